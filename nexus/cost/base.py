@@ -1,0 +1,68 @@
+"""The cost-model interface and the shape of one iteration's work."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from nexus.specs import GPUSpec, ModelSpec
+
+# SM count meaning "a plain stream on the whole GPU". On a real GPU this is faster than a
+# green context holding nearly every SM, so it is kept distinct from num_sms.
+FULL_GPU = 0
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    """What one iteration computes: prefill chunks and/or one decode step.
+
+    prefill_chunks: (new_tokens, prior_tokens) per chunk: new_tokens are computed now,
+        attending causally to themselves and to prior_tokens already in the KV cache.
+    decode_seqs: sequences that each produce one token this step.
+    decode_kv_tokens: KV tokens those sequences attend to, summed over sequences.
+    """
+    prefill_chunks: tuple[tuple[int, int], ...] = ()
+    decode_seqs: int = 0
+    decode_kv_tokens: int = 0
+
+    @property
+    def prefill_tokens(self) -> int:
+        return sum(n for n, _ in self.prefill_chunks)
+
+    @property
+    def tokens(self) -> int:
+        return self.prefill_tokens + self.decode_seqs
+
+    @property
+    def is_empty(self) -> bool:
+        return self.tokens == 0
+
+
+class CostModel(Protocol):
+    """Answers: how long does this iteration take on `sms` SMs while the other phase runs that?
+
+    `sms` may be an int or a numpy array of SM counts (results broadcast), so a controller can
+    score every candidate split in one call. FULL_GPU (0) means a plain stream on all SMs.
+    """
+
+    name: str
+    model: ModelSpec
+    gpu: GPUSpec
+
+    def solo_time(self, shape: BatchShape, sms: int | np.ndarray) -> float | np.ndarray:
+        """Seconds for the iteration with the GPU otherwise idle."""
+        ...
+
+    def slowdown(self, shape: BatchShape, sms: int | np.ndarray,
+                 other: BatchShape, other_sms: int | np.ndarray) -> float | np.ndarray:
+        """Factor >= 1 by which `shape` on `sms` is stretched while `other` runs on `other_sms`.
+
+        Contention is two-way: slowdown(a, b) and slowdown(b, a) both exceed 1 when the pair
+        together wants more HBM bandwidth than the chip has.
+        """
+        ...
+
+    def describe(self) -> dict:
+        """Which model this is and where its parameters came from (for result files)."""
+        ...

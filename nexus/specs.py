@@ -1,0 +1,176 @@
+"""Model and GPU specifications: shapes and datasheet numbers, nothing that runs.
+
+Presets cite their sources; users may pass their own spec as a JSON or TOML file
+with the same field names.
+"""
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from nexus.errors import UserError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None
+    rms_norm_eps: float = 1e-5
+    attention_bias: bool = False
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 131072
+    dtype_bytes: int = 2
+
+    @property
+    def params_per_layer(self) -> int:
+        h, d = self.hidden_size, self.head_dim
+        qkv = h * (self.num_heads + 2 * self.num_kv_heads) * d
+        bias = (self.num_heads + 2 * self.num_kv_heads) * d if self.attention_bias else 0
+        o = self.num_heads * d * h
+        mlp = 3 * h * self.intermediate_size
+        return qkv + bias + o + mlp + 2 * h
+
+    @property
+    def num_params(self) -> int:
+        embed = self.vocab_size * self.hidden_size
+        head = 0 if self.tie_word_embeddings else embed
+        return self.num_layers * self.params_per_layer + embed + head + self.hidden_size
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.num_params * self.dtype_bytes
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    name: str
+    num_sms: int
+    sm_step: int          # green-context partitions come in multiples of this
+    sm_min: int           # and are at least this large
+    peak_flops: float     # dense bf16 tensor-core FLOP/s
+    hbm_bandwidth: float  # bytes/s
+    memory_bytes: int
+    compute_capability: str = ""
+    source: str = ""
+
+    def partition_sizes(self) -> list[int]:
+        """Every SM count a green context can be given, smallest first (excluding 'all SMs')."""
+        sizes = list(range(self.sm_min, self.num_sms, self.sm_step))
+        return [s for s in sizes if self.num_sms - s >= self.sm_min]
+
+    def check_split(self, prefill_sms: int, decode_sms: int) -> None:
+        """Raise UserError unless the GPU can give this pair of disjoint partitions."""
+        for role, sms in (("prefill", prefill_sms), ("decode", decode_sms)):
+            if sms < self.sm_min or sms % self.sm_step:
+                raise UserError(
+                    f"{self.name} cannot give a {role} partition of {sms} SMs: partitions are "
+                    f"multiples of {self.sm_step} SMs, at least {self.sm_min}"
+                )
+        if prefill_sms + decode_sms > self.num_sms:
+            raise UserError(
+                f"split {prefill_sms}:{decode_sms} asks for {prefill_sms + decode_sms} SMs, "
+                f"but {self.name} has {self.num_sms}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+# Shapes from each model's published config.json on its Hugging Face model card.
+MODELS: dict[str, ModelSpec] = {
+    "llama-3.1-8b": ModelSpec("llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, 128256,
+                              rope_theta=500000.0, rope_scaling=_LLAMA3_ROPE),
+    "llama-3.1-70b": ModelSpec("llama-3.1-70b", 80, 8192, 64, 8, 128, 28672, 128256,
+                               rope_theta=500000.0, rope_scaling=_LLAMA3_ROPE),
+    "qwen2.5-3b": ModelSpec("qwen2.5-3b", 36, 2048, 16, 2, 128, 11008, 151936,
+                            rope_theta=1000000.0, rms_norm_eps=1e-6, attention_bias=True,
+                            tie_word_embeddings=True, max_position_embeddings=32768),
+    "qwen2.5-14b": ModelSpec("qwen2.5-14b", 48, 5120, 40, 8, 128, 13824, 152064,
+                             rope_theta=1000000.0, rms_norm_eps=1e-6, attention_bias=True,
+                             max_position_embeddings=32768),
+}
+
+# Dense (no sparsity) bf16 tensor throughput and HBM bandwidth from NVIDIA's datasheets:
+# H100 SXM5 and H200 SXM (Hopper datasheets, 2023/2024), A100 80GB SXM (A100 datasheet,
+# 2021), L20 (L20 product brief, 2023). SM step/min from the CUDA driver API docs of
+# cuDevSmResourceSplitByCount: multiples of 8, at least 8 on compute capability 9.0;
+# multiples of 2, at least 4 on 8.x.
+GPUS: dict[str, GPUSpec] = {
+    "h100-sxm": GPUSpec("h100-sxm", 132, 8, 8, 989.4e12, 3.35e12, 80 * 2**30, "9.0",
+                        "NVIDIA H100 Tensor Core GPU datasheet (SXM5)"),
+    "h200": GPUSpec("h200", 132, 8, 8, 989.4e12, 4.8e12, 141 * 10**9, "9.0",
+                    "NVIDIA H200 Tensor Core GPU datasheet (SXM)"),
+    "a100-80gb": GPUSpec("a100-80gb", 108, 2, 4, 312e12, 2.039e12, 80 * 2**30, "8.0",
+                         "NVIDIA A100 Tensor Core GPU datasheet (80GB SXM)"),
+    "l20": GPUSpec("l20", 92, 2, 4, 119.5e12, 864e9, 48 * 2**30, "8.9",
+                   "NVIDIA L20 product brief (48GB GDDR6)"),
+}
+
+
+def _read_spec_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such spec file") from None
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        raise UserError(f"{path}: not valid {path.suffix.lstrip('.') or 'JSON'}: {e}") from None
+
+
+def _build(cls: type, data: dict[str, Any], origin: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise UserError(f"{origin}: unknown {cls.__name__} field(s): {', '.join(sorted(unknown))}")
+    try:
+        spec = cls(**data)
+    except TypeError as e:
+        raise UserError(f"{origin}: {e}") from None
+    for f in fields(cls):
+        value = getattr(spec, f.name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value) or value <= 0:
+                raise UserError(f"{origin}: field {f.name} must be a positive number, got {value!r}")
+    return spec
+
+
+def resolve_model(name_or_path: str) -> ModelSpec:
+    """A preset name, or a path to a JSON/TOML file with ModelSpec fields."""
+    if name_or_path in MODELS:
+        return MODELS[name_or_path]
+    path = Path(name_or_path)
+    if path.suffix in (".json", ".toml"):
+        return _build(ModelSpec, _read_spec_file(path), str(path))
+    raise UserError(f"unknown model {name_or_path!r}; known: {', '.join(MODELS)} (or a .json/.toml spec file)")
+
+
+def resolve_gpu(name_or_path: str) -> GPUSpec:
+    """A preset name, or a path to a JSON/TOML file with GPUSpec fields."""
+    if name_or_path in GPUS:
+        return GPUS[name_or_path]
+    path = Path(name_or_path)
+    if path.suffix in (".json", ".toml"):
+        return _build(GPUSpec, _read_spec_file(path), str(path))
+    raise UserError(f"unknown GPU {name_or_path!r}; known: {', '.join(GPUS)} (or a .json/.toml spec file)")
