@@ -73,23 +73,31 @@ class GPUSpec:
     source: str = ""
 
     def partition_sizes(self) -> list[int]:
-        """Every SM count a green context can be given, smallest first (excluding 'all SMs')."""
-        sizes = list(range(self.sm_min, self.num_sms, self.sm_step))
-        return [s for s in sizes if self.num_sms - s >= self.sm_min]
+        """SM counts a green context split off the device can have, smallest first.
+
+        The other side of a split is the remainder, num_sms - size, which need not be a
+        multiple of the step (132 = 16 x 8 + 4 on an H100).
+        """
+        return [s for s in range(self.sm_min, self.num_sms, self.sm_step)
+                if self.num_sms - s >= self.sm_min]
 
     def check_split(self, prefill_sms: int, decode_sms: int) -> None:
-        """Raise UserError unless the GPU can give this pair of disjoint partitions."""
-        for role, sms in (("prefill", prefill_sms), ("decode", decode_sms)):
-            if sms < self.sm_min or sms % self.sm_step:
-                raise UserError(
-                    f"{self.name} cannot give a {role} partition of {sms} SMs: partitions are "
-                    f"multiples of {self.sm_step} SMs, at least {self.sm_min}"
-                )
-        if prefill_sms + decode_sms > self.num_sms:
+        """Raise UserError unless one side is a grantable partition and the other fits in the rest."""
+        def grantable(sms: int) -> bool:
+            return sms >= self.sm_min and sms % self.sm_step == 0
+
+        total = prefill_sms + decode_sms
+        if min(prefill_sms, decode_sms) <= 0 or total > self.num_sms:
             raise UserError(
-                f"split {prefill_sms}:{decode_sms} asks for {prefill_sms + decode_sms} SMs, "
-                f"but {self.name} has {self.num_sms}"
-            )
+                f"split {prefill_sms}:{decode_sms} asks for {total} SMs; {self.name} has "
+                f"{self.num_sms} and each side needs at least {self.sm_min}")
+        for a, b in ((prefill_sms, decode_sms), (decode_sms, prefill_sms)):
+            if grantable(a) and (grantable(b) or b == self.num_sms - a) and b >= self.sm_min:
+                return
+        raise UserError(
+            f"{self.name} cannot give the split {prefill_sms}:{decode_sms}: one side must be a "
+            f"multiple of {self.sm_step} SMs (at least {self.sm_min}) and the other a multiple "
+            f"too or exactly the remaining SMs, e.g. 64:{self.num_sms - 64}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
