@@ -82,22 +82,25 @@ class GPUSpec:
                 if self.num_sms - s >= self.sm_min]
 
     def check_split(self, prefill_sms: int, decode_sms: int) -> None:
-        """Raise UserError unless one side is a grantable partition and the other fits in the rest."""
-        def grantable(sms: int) -> bool:
-            return sms >= self.sm_min and sms % self.sm_step == 0
+        """Raise UserError unless the GPU can give this split.
 
+        The prefill partition is split off the device, so it must be grantable; decode runs
+        on the remainder, or on a grantable part of it.
+        """
         total = prefill_sms + decode_sms
-        if min(prefill_sms, decode_sms) <= 0 or total > self.num_sms:
+        if total > self.num_sms:
+            raise UserError(f"split {prefill_sms}:{decode_sms} asks for {total} SMs; "
+                            f"{self.name} has {self.num_sms}")
+        remainder = self.num_sms - prefill_sms
+        if prefill_sms not in self.partition_sizes():
             raise UserError(
-                f"split {prefill_sms}:{decode_sms} asks for {total} SMs; {self.name} has "
-                f"{self.num_sms} and each side needs at least {self.sm_min}")
-        for a, b in ((prefill_sms, decode_sms), (decode_sms, prefill_sms)):
-            if grantable(a) and (grantable(b) or b == self.num_sms - a) and b >= self.sm_min:
-                return
-        raise UserError(
-            f"{self.name} cannot give the split {prefill_sms}:{decode_sms}: one side must be a "
-            f"multiple of {self.sm_step} SMs (at least {self.sm_min}) and the other a multiple "
-            f"too or exactly the remaining SMs, e.g. 64:{self.num_sms - 64}")
+                f"{self.name} cannot give a prefill partition of {prefill_sms} SMs: partitions are "
+                f"multiples of {self.sm_step} SMs from {self.sm_min} to "
+                f"{self.partition_sizes()[-1]}, e.g. --split 64:{self.num_sms - 64}")
+        if decode_sms != remainder and (decode_sms < self.sm_min or decode_sms % self.sm_step):
+            raise UserError(
+                f"{self.name} cannot give a decode partition of {decode_sms} SMs: it must be the "
+                f"remaining {remainder} SMs or a multiple of {self.sm_step} below that")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
