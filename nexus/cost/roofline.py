@@ -1,0 +1,114 @@
+"""What one iteration asks of the GPU: FLOPs and HBM bytes per operator, from a ModelSpec.
+
+An iteration is a handful of operators: four dense matmuls per layer, the LM head, the
+memory-bound elementwise kernels, and attention (prefill chunks and the decode step are
+separate kernels). Every per-layer operator is identical across layers, so its totals are
+the per-layer figures times num_layers; no loop over layers is needed.
+
+FLOPs are stored already divided by the operator's compute efficiency, so a time is simply
+flops / peak_rate. Weights are read once per matmul per iteration, shared by every token
+in the batch; that sharing is what makes small batches memory-bound.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from nexus.cost.base import BatchShape
+from nexus.specs import ModelSpec
+
+# Logits are cast to fp32 for sampling: written once, read once by the sampler.
+_LOGIT_BYTES = 4
+
+
+class Work:
+    """Per-operator effective FLOPs and HBM bytes of one iteration (all layers)."""
+    __slots__ = ("names", "ops", "total_bytes", "_arrays")
+
+    def __init__(self, names: tuple[str, ...], ops: tuple[tuple[float, float], ...]):
+        self.names = names
+        self.ops = ops                      # (effective flops, bytes) per operator
+        self.total_bytes = sum(b for _, b in ops)
+        self._arrays: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.ops
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(flops, bytes) as arrays, built on first use: only vectorized calls need them."""
+        if self._arrays is None:
+            a = np.array(self.ops, dtype=float).reshape(-1, 2)
+            self._arrays = (a[:, 0].copy(), a[:, 1].copy())
+        return self._arrays
+
+
+EMPTY_WORK = Work((), ())
+
+
+class IterationWork:
+    """Turns a BatchShape into Work for one model; per-token coefficients are precomputed."""
+
+    def __init__(self, model: ModelSpec, matmul_efficiency: float, attention_efficiency: float):
+        m = model
+        nl, h, d, db = m.num_layers, m.hidden_size, m.head_dim, m.dtype_bytes
+        q, kv = m.num_heads * d, m.num_kv_heads * d
+        qkv = q + 2 * kv
+        inter, vocab = m.intermediate_size, m.vocab_size
+        mm, at = 1.0 / matmul_efficiency, 1.0 / attention_efficiency
+
+        def dense(k: int, n: int, bias: int = 0) -> tuple[float, float, float]:
+            # (effective flops per token, weight bytes, activation bytes per token), all layers
+            return (nl * 2.0 * k * n * mm, nl * db * float(k * n + bias), nl * db * float(k + n))
+
+        self._dense = (
+            ("qkv_proj", dense(h, qkv, qkv if m.attention_bias else 0)),
+            ("o_proj", dense(q, h)),
+            ("gate_up_proj", dense(h, 2 * inter)),
+            ("down_proj", dense(inter, h)),
+        )
+        # LM head runs only on tokens that produce logits.
+        self._lm = (2.0 * h * vocab * mm, db * float(h * vocab), db * float(h + vocab))
+        # Memory-bound kernels, bytes per token: per layer two fused residual-add + RMSNorms
+        # (read x and residual, write both), RoPE in place on q and k, the KV-cache write
+        # (read k, v; write the cache), SiLU-and-mul (read 2I, write I); once per iteration
+        # the embedding gather and the final norm.
+        self._elem_per_token = db * float(nl * (8 * h + 2 * (q + kv) + 4 * kv + 3 * inter) + 4 * h)
+        self._elem_per_logit = 2.0 * _LOGIT_BYTES * vocab
+        # Attention per query-key pair: QK^T and PV, 2 FLOPs each per head dim per query head.
+        self._attn_flops_per_pair = nl * 4.0 * q * at
+        self._kv_bytes_per_token = nl * db * 2.0 * kv     # K and V read once per kernel
+        self._q_bytes_per_token = nl * db * 2.0 * q       # read Q, write the output
+
+    def __call__(self, shape: BatchShape) -> Work:
+        prefill = pairs = span = logits = 0
+        for n, prior in shape.prefill_chunks:
+            if n > 0:
+                prefill += n
+                pairs += n * prior + n * (n + 1) // 2
+                span += n + prior
+                logits += 1
+        ds, dkv = shape.decode_seqs, shape.decode_kv_tokens
+        tokens = prefill + ds
+        if tokens == 0:
+            return EMPTY_WORK
+        logits += ds
+
+        names: list[str] = []
+        ops: list[tuple[float, float]] = []
+        for name, (f, w, a) in self._dense:
+            names.append(name)
+            ops.append((f * tokens, w + a * tokens))
+        f, w, a = self._lm
+        names.append("lm_head")
+        ops.append((f * logits, w + a * logits))
+        names.append("elementwise")
+        ops.append((0.0, self._elem_per_token * tokens + self._elem_per_logit * logits))
+        if prefill:
+            names.append("prefill_attention")
+            ops.append((self._attn_flops_per_pair * pairs,
+                        self._kv_bytes_per_token * span + self._q_bytes_per_token * prefill))
+        if ds:
+            names.append("decode_attention")
+            ops.append((self._attn_flops_per_pair * dkv,
+                        self._kv_bytes_per_token * dkv + self._q_bytes_per_token * ds))
+        return Work(tuple(names), tuple(ops))

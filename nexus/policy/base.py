@@ -1,0 +1,73 @@
+"""The policy interface both engines drive, and the two moves every policy is built from.
+
+An engine has one stream ("mixed") or two ("prefill", "decode"). Before each iteration of a
+stream it calls `plan(state, stream)`; the batch it gets back runs on `split(state)`'s SMs
+for that stream. The decode part of a batch is always one step of every running request:
+policies decide *when* decode runs, *where*, and *who* gets prefilled.
+"""
+from __future__ import annotations
+
+from nexus.request import Request
+from nexus.state import Batch, ServingState, Split
+
+
+class Policy:
+    name = "policy"
+    streams: tuple[str, ...] = ("mixed",)
+
+    def priority(self, req: Request) -> float:
+        """Waiting-queue order, smallest first; must not change while a request waits."""
+        return req.arrival_s
+
+    def split(self, state: ServingState) -> Split:
+        return Split()
+
+    def plan(self, state: ServingState, stream: str) -> Batch | None:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"policy": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
+
+
+def take_prefill_chunks(state: ServingState, token_budget: int,
+                        whole_prompts: bool = False) -> list[tuple[Request, int]]:
+    """Pop waiting requests in priority order and give each a chunk, until the budget is spent.
+
+    A request is admitted only when the KV blocks for its chunk fit. With whole_prompts the
+    first request is taken whole even past the budget, and later ones only if they fit in it.
+    """
+    chunks: list[tuple[Request, int]] = []
+    seats = state.seats_free
+    waiting = state.waiting
+    while waiting and token_budget > 0:
+        req = waiting.peek()
+        new = req.kv_tokens == 0
+        if new and seats <= 0:
+            break
+        want = req.prefill_remaining
+        n = want if whole_prompts else min(want, token_budget)
+        if whole_prompts and chunks and n > token_budget:
+            break
+        if not state.kv.grow(req, req.kv_tokens + n):
+            break
+        waiting.pop()
+        chunks.append((req, n))
+        token_budget -= n
+        seats -= new
+    return chunks
+
+
+def make_decode_room(state: ServingState, batch: Batch) -> bool:
+    """Let newly prefilled requests join, then preempt the newest until one step fits.
+
+    Returns True when there is a decode step to run; records who joined on `batch`.
+    """
+    running = state.running
+    batch.joined = running.admit_pending()
+    while running.batch_size and running.steps_that_fit(1) == 0:
+        victim = running.newest()
+        if victim in batch.joined:
+            batch.joined.remove(victim)
+        state.preempt(victim)
+    batch.decode = running.batch_size > 0
+    return batch.decode

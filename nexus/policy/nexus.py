@@ -1,0 +1,59 @@
+"""Nexus: two streams, a cost-model split controller, shortest-prompt-first prefill with ageing.
+
+Prefill priority is `remaining tokens - gamma * seconds waited`. `spf=False` gives FCFS and
+`dynamic=False` keeps the `static_split`, which together make the paper's ablations.
+"""
+from __future__ import annotations
+
+from nexus.cost.base import BatchShape
+from nexus.policy.base import Policy, make_decode_room, take_prefill_chunks
+from nexus.policy.split_controller import SplitController
+from nexus.request import Request
+from nexus.state import Batch, ServingState, Split
+
+
+class Nexus(Policy):
+    name = "nexus"
+    streams = ("prefill", "decode")
+
+    def __init__(self, alpha: float = 1.3, beta: float = 1.1, kv_threshold: float = 0.7,
+                 hysteresis: float = 0.05, gamma: float = 15.0, chunk_tokens: int = 2048,
+                 spf: bool = True, dynamic: bool = True, static_split: tuple[int, int] = (64, 68)):
+        self.alpha, self.beta, self.kv_threshold = alpha, beta, kv_threshold
+        self.hysteresis, self.gamma, self.chunk_tokens = hysteresis, gamma, chunk_tokens
+        self.spf, self.dynamic, self.static_split = spf, dynamic, tuple(static_split)
+        self._controller: SplitController | None = None
+        self._split = Split(*static_split)
+
+    def priority(self, req: Request) -> float:
+        if not self.spf:
+            return req.arrival_s
+        # remaining - gamma*(now - arrival); the gamma*now term is common, so drop it.
+        return req.prefill_remaining + self.gamma * req.arrival_s
+
+    def split(self, state: ServingState) -> Split:
+        prefill_busy = state.inflight.get("prefill") is not None or bool(state.waiting)
+        if not prefill_busy or not len(state.running):
+            return Split()    # one phase alone runs on a plain stream with every SM
+        return self._split
+
+    def plan(self, state: ServingState, stream: str) -> Batch | None:
+        if stream == "decode":
+            batch = Batch(stream, repeatable=True)
+            return batch if make_decode_room(state, batch) else None
+        chunks = take_prefill_chunks(state, self.chunk_tokens)
+        if not chunks:
+            return None
+        batch = Batch(stream, prefill=chunks)
+        if self.dynamic:
+            self._split = self._choose(state, batch)
+        return batch
+
+    def _choose(self, state: ServingState, batch: Batch) -> Split:
+        if self._controller is None:
+            self._controller = SplitController(state.cost, self.alpha, self.beta,
+                                               self.kv_threshold, self.hysteresis)
+        running = state.running
+        seqs = len(running)
+        decode = BatchShape((), seqs, running.kv_tokens() + sum(r.kv_tokens for r in running.pending) + seqs)
+        return self._controller.choose(batch.shape(state), decode, state.kv.usage)

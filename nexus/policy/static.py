@@ -1,0 +1,24 @@
+"""A fixed SM split: prefill chunks on one partition, decode on the other (semi-PD, SGLang PD multiplexing)."""
+from __future__ import annotations
+
+from nexus.policy.base import Policy, make_decode_room, take_prefill_chunks
+from nexus.state import Batch, ServingState, Split
+
+
+class Static(Policy):
+    name = "static"
+    streams = ("prefill", "decode")
+
+    def __init__(self, prefill_sms: int = 64, decode_sms: int = 68, chunk_tokens: int = 2048):
+        self.prefill_sms, self.decode_sms = prefill_sms, decode_sms
+        self.chunk_tokens = chunk_tokens
+
+    def split(self, state: ServingState) -> Split:
+        return Split(self.prefill_sms, self.decode_sms)
+
+    def plan(self, state: ServingState, stream: str) -> Batch | None:
+        if stream == "prefill":
+            chunks = take_prefill_chunks(state, self.chunk_tokens)
+            return Batch(stream, prefill=chunks) if chunks else None
+        batch = Batch(stream, repeatable=True)
+        return batch if make_decode_room(state, batch) else None

@@ -1,0 +1,139 @@
+"""The decoding requests: they advance together, one token each per engine step.
+
+Progress is kept lazily. A member's generated count and KV length follow from the set's
+step counter, so running k steps costs O(1) rather than O(members); that is what lets the
+simulator jump over decode steps in closed form. A member's own fields are written back
+when it leaves, or by `materialize()` (the real engine calls it every step).
+"""
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+from nexus.kv import BLOCK_SIZE, BlockPool, blocks_for
+from nexus.request import Request
+
+
+@dataclass
+class _Member:
+    kv_offset: int      # kv_tokens - steps, constant while a member
+    gen_offset: int     # generated - steps
+    finish_step: int
+
+
+class RunningSet:
+    def __init__(self, pool: BlockPool):
+        self.pool = pool
+        self.steps = 0
+        self.members: dict[Request, _Member] = {}   # insertion order = join order
+        self.pending: list[Request] = []            # joined since the last step started
+        self.last_step_end_s = 0.0
+        self._finish_heap: list[tuple[int, int, Request]] = []
+        self._seq = 0
+        self._kv_offset_sum = 0
+        self._residues = [0] * BLOCK_SIZE           # members per kv_offset mod block size
+        self._held_blocks = 0                       # blocks the pool counts for members
+
+    def __len__(self) -> int:
+        return len(self.members) + len(self.pending)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.members)
+
+    def kv_tokens(self) -> int:
+        return self._kv_offset_sum + len(self.members) * self.steps
+
+    def blocks_needed(self, steps: int) -> int:
+        """Blocks the members need after `steps` more steps (closed form over residues)."""
+        s = self.steps + steps
+        pad = sum(c * ((-(m + s)) % BLOCK_SIZE) for m, c in enumerate(self._residues) if c)
+        return (self._kv_offset_sum + len(self.members) * s + pad) // BLOCK_SIZE
+
+    def add(self, req: Request) -> None:
+        """A request whose prefill produced its token; it decodes from the next step on."""
+        self.pending.append(req)
+
+    def admit_pending(self) -> list[Request]:
+        joined, self.pending = self.pending, []
+        for req in joined:
+            offset = req.kv_tokens - self.steps
+            member = _Member(offset, req.generated - self.steps,
+                             self.steps + req.output_tokens - req.generated)
+            self.members[req] = member
+            self._kv_offset_sum += offset
+            self._residues[offset % BLOCK_SIZE] += 1
+            self._held_blocks += req.kv_blocks
+            self._seq += 1
+            heapq.heappush(self._finish_heap, (member.finish_step, self._seq, req))
+        return joined
+
+    def steps_until_finish(self) -> int:
+        heap = self._finish_heap
+        while heap and heap[0][2] not in self.members:
+            heapq.heappop(heap)
+        return heap[0][0] - self.steps if heap else 0
+
+    def steps_that_fit(self, limit: int) -> int:
+        """Most steps (<= limit) whose KV growth fits in the pool's free blocks."""
+        free = self.pool.free + self._held_blocks
+        if self.blocks_needed(1) > free:
+            return 0
+        lo, hi = 1, limit
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.blocks_needed(mid) <= free:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def reserve(self, steps: int) -> None:
+        """Take from the pool the blocks `steps` more steps will need."""
+        extra = self.blocks_needed(steps) - self._held_blocks
+        if extra > 0:
+            ok = self.pool.take(extra)
+            assert ok, "reserve() called for more steps than fit"
+            self._held_blocks += extra
+
+    def advance(self, steps: int) -> None:
+        """Record `steps` completed steps and hand back blocks reserved beyond them."""
+        self.steps += steps
+        surplus = self._held_blocks - self.blocks_needed(0)
+        if surplus > 0:
+            self.pool.give(surplus)
+            self._held_blocks -= surplus
+
+    def finished_now(self) -> list[Request]:
+        done = []
+        heap = self._finish_heap
+        while heap and heap[0][0] <= self.steps:
+            _, _, req = heapq.heappop(heap)
+            if req in self.members:
+                done.append(req)
+        return done
+
+    def remove(self, req: Request) -> None:
+        """Take a member out, writing its progress back; its blocks stay counted to it."""
+        member = self.members.pop(req)
+        req.kv_tokens = member.kv_offset + self.steps
+        req.generated = member.gen_offset + self.steps
+        req.kv_blocks = blocks_for(req.kv_tokens, self.pool.block_size)
+        self._kv_offset_sum -= member.kv_offset
+        self._residues[member.kv_offset % BLOCK_SIZE] -= 1
+        self._held_blocks -= req.kv_blocks
+
+    def newest(self) -> Request | None:
+        return next(reversed(self.members), None)
+
+    def materialize(self, lookahead: int = 0) -> None:
+        """Write every member's progress back to its Request and sync its block ids.
+
+        With lookahead=1 (after reserve(1)) each block table also covers the token the next
+        step writes, which is what the real engine needs before launching that step.
+        """
+        for req, member in self.members.items():
+            req.kv_tokens = member.kv_offset + self.steps
+            req.generated = member.gen_offset + self.steps
+            req.kv_blocks = blocks_for(req.kv_tokens + lookahead, self.pool.block_size)
+            self.pool.sync_ids(req)

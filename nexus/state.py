@@ -1,0 +1,140 @@
+"""What an engine knows at one instant, and the bookkeeping when an iteration ends.
+
+The simulator and the real engine both own one `ServingState`; policies read it and
+plan batches against it; the engine calls `begin`/`end` around each iteration, so
+token accounting, KV blocks and timestamps follow one set of rules in both.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nexus.cost.base import FULL_GPU, BatchShape, CostModel
+from nexus.kv import BlockPool
+from nexus.metrics import TokenGaps
+from nexus.request import Request
+from nexus.running import RunningSet
+from nexus.specs import GPUSpec, ModelSpec
+from nexus.waiting import WaitingQueue
+
+
+@dataclass(frozen=True)
+class Split:
+    """SMs for each phase; FULL_GPU means a plain stream on the whole GPU."""
+    prefill_sms: int = FULL_GPU
+    decode_sms: int = FULL_GPU
+
+
+@dataclass(eq=False)
+class Batch:
+    """One iteration of one stream: prefill chunks and/or one step of every running request.
+
+    A decode-only batch marked `repeatable` may be run for several steps back to back
+    until the state changes (an arrival, a finish, a new split, the other stream moving);
+    the policy promises it would plan the same batch again until then.
+    """
+    stream: str
+    prefill: list[tuple[Request, int]] = field(default_factory=list)
+    decode: bool = False
+    repeatable: bool = False
+    sms: int = FULL_GPU
+    joined: list[Request] = field(default_factory=list)   # first decode step for these
+
+    def shape(self, state: "ServingState", steps_ahead: int = 0) -> BatchShape:
+        chunks = tuple((n, req.kv_tokens) for req, n in self.prefill)
+        if not self.decode:
+            return BatchShape(chunks)
+        running = state.running
+        b = running.batch_size
+        return BatchShape(chunks, b, running.kv_tokens() + b * (steps_ahead + 1))
+
+
+class ServingState:
+    def __init__(self, model: ModelSpec, gpu: GPUSpec, cost: CostModel, kv: BlockPool,
+                 priority, max_num_seqs: int = 256):
+        self.model, self.gpu, self.cost, self.kv = model, gpu, cost, kv
+        self.max_num_seqs = max_num_seqs
+        self.now = 0.0
+        self.waiting = WaitingQueue(priority)
+        self.running = RunningSet(kv)
+        self.prefilling = 0            # requests inside an in-flight prefill batch
+        self.finished: list[Request] = []
+        self.gaps = TokenGaps()
+        self.split = Split()
+        self.inflight: dict[str, Batch | None] = {}
+
+    @property
+    def seats_free(self) -> int:
+        return self.max_num_seqs - len(self.running) - self.prefilling
+
+    def arrive(self, req: Request) -> None:
+        self.waiting.push(req)
+
+    def preempt(self, req: Request) -> None:
+        """Evict a running request by recompute, as vLLM does when decode cannot grow."""
+        self.running.remove(req)
+        req.last_token_s = max(req.last_token_s or 0.0, self.running.last_step_end_s)
+        self.kv.release(req)
+        req.preempt()
+        self.waiting.push(req)
+
+    # ---- iteration bookkeeping, called by the engine ----
+
+    def begin(self, batch: Batch, steps: int = 1) -> None:
+        self.prefilling += len(batch.prefill)
+        if batch.decode:
+            self.running.reserve(steps)
+        self.inflight[batch.stream] = batch
+
+    def end(self, batch: Batch, steps: int, start_s: float, end_s: float) -> list[Request]:
+        """Account a finished iteration that ran `steps` decode steps from start_s to end_s."""
+        self.inflight[batch.stream] = None
+        self.prefilling -= len(batch.prefill)
+        done: list[Request] = []
+        if batch.decode:
+            done += self._end_decode(batch, steps, start_s, end_s)
+        for req, n in batch.prefill:
+            req.kv_tokens += n
+            if req.prefill_remaining:
+                self.waiting.push(req)
+                continue
+            self._emit_token(req, end_s)
+            if req.generated >= req.output_tokens:
+                self._finish(req, end_s)
+                done.append(req)
+            else:
+                self.running.add(req)
+        return done
+
+    def _end_decode(self, batch: Batch, steps: int, start_s: float, end_s: float) -> list[Request]:
+        running = self.running
+        dt = (end_s - start_s) / steps
+        first_step_end = start_s + dt
+        joined = batch.joined
+        continuing = running.batch_size - len(joined)
+        if continuing:
+            self.gaps.add(first_step_end - running.last_step_end_s, continuing)
+        for req in joined:
+            self.gaps.add(first_step_end - req.last_token_s, 1)
+        if steps > 1:
+            self.gaps.add(dt, running.batch_size * (steps - 1))
+        running.advance(steps)
+        running.last_step_end_s = end_s
+        done = running.finished_now()
+        for req in done:
+            running.remove(req)
+            req.last_token_s = end_s
+            self._finish(req, end_s)
+        return done
+
+    def _emit_token(self, req: Request, t: float) -> None:
+        if req.first_token_s is None:
+            req.first_token_s = t
+        else:
+            self.gaps.add(t - req.last_token_s, 1)
+        req.generated += 1
+        req.last_token_s = t
+
+    def _finish(self, req: Request, t: float) -> None:
+        req.finish_s = t
+        self.kv.release(req)
+        self.finished.append(req)
