@@ -25,7 +25,8 @@ from nexus.cost.roofline import IterationWork, Work
 from nexus.errors import UserError
 from nexus.specs import GPUSpec, ModelSpec
 
-_CACHE_LIMIT = 1 << 16
+# Decode shapes rarely repeat (KV grows each step), so keep the memo small and cheap to drop.
+_CACHE_LIMIT = 4096
 
 
 @dataclass(frozen=True)
