@@ -1,0 +1,117 @@
+"""The simulated engine: arrivals, and one simpy process per stream that plans, runs, accounts.
+
+Each stream's story: ask the policy for a batch; if there is none, sleep until something
+happens; otherwise run it on the GPU (a repeatable decode batch runs as many steps as
+can pass before anything could change its composition), then account the tokens and
+wake whoever may now have work.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import simpy
+
+from nexus.cost.base import FULL_GPU, BatchShape, CostModel
+from nexus.errors import UserError
+from nexus.policy.base import Policy
+from nexus.request import Request
+from nexus.state import Batch, ServingState
+from sim.gpu import FluidGPU, Job
+
+MAX_RUN_STEPS = 1 << 20
+
+
+class SimEngine:
+    def __init__(self, env: simpy.Environment, state: ServingState, policy: Policy,
+                 cost: CostModel, requests: list[Request],
+                 on_finish: Callable[[int], None] | None = None):
+        self.env, self.state, self.policy, self.cost = env, state, policy, cost
+        self.requests = requests
+        self.gpu = FluidGPU(env, cost)
+        self.idle: dict[str, simpy.Event | None] = {s: None for s in policy.streams}
+        self.all_done = env.event()
+        self.arrived = 0
+        self.timeline: list[tuple] = []
+        self.on_finish = on_finish
+        env.process(self._arrivals())
+        for stream in policy.streams:
+            env.process(self._stream(stream))
+
+    def _arrivals(self):
+        env, state = self.env, self.state
+        for req in self.requests:
+            if req.arrival_s > env.now:
+                yield env.timeout(req.arrival_s - env.now)
+            state.arrive(req)
+            self.arrived += 1
+            self._poke()
+
+    def _poke(self) -> None:
+        """Something changed: repeatable decode runs stop at their next step; idle streams wake."""
+        self.gpu.shorten_runs()
+        for stream, event in self.idle.items():
+            if event is not None:
+                self.idle[stream] = None
+                event.succeed()
+
+    def _stream(self, stream: str):
+        env, state, policy, cost = self.env, self.state, self.policy, self.cost
+        running = state.running
+        while True:
+            state.now = env.now
+            batch = policy.plan(state, stream)
+            if batch is None:
+                self._check_stalled(stream)
+                self.idle[stream] = env.event()
+                yield self.idle[stream]
+                continue
+            split = policy.split(state)
+            batch.sms = split.decode_sms if stream == "decode" else split.prefill_sms
+            steps = 1
+            if batch.repeatable and batch.decode and not batch.prefill:
+                steps = min(running.steps_until_finish(), running.steps_that_fit(MAX_RUN_STEPS))
+            state.begin(batch, steps)
+            job = self._job(batch, steps)
+            self.gpu.start(job)
+            self._poke()
+            yield job.done
+            state.now = env.now
+            finished = state.end(batch, job.steps, job.start_s, env.now)
+            self.timeline.append((job.start_s, env.now, stream, batch.sms,
+                                  sum(n for _, n in batch.prefill),
+                                  running.batch_size if batch.decode else 0,
+                                  job.steps if batch.decode else 0, state.kv.usage))
+            if finished and self.on_finish:
+                self.on_finish(len(finished))
+            if len(state.finished) == len(self.requests):
+                if not self.all_done.triggered:
+                    self.all_done.succeed()
+                return
+            self._poke()
+
+    def _job(self, batch: Batch, steps: int) -> Job:
+        cost, state = self.cost, self.state
+        first = batch.shape(state)
+        if steps == 1:
+            work = float(cost.solo_time(first, batch.sms))
+            shape = first
+        else:
+            last = batch.shape(state, steps - 1)
+            # Step time is affine in KV tokens within a regime, so the trapezoid is exact there.
+            work = steps * 0.5 * float(cost.solo_time(first, batch.sms) + cost.solo_time(last, batch.sms))
+            shape = batch.shape(state, (steps - 1) // 2)
+        return Job(batch.stream, shape, batch.sms, steps, work, batch.repeatable, self.env.event())
+
+    def _check_stalled(self, stream: str) -> None:
+        state = self.state
+        if self.gpu.jobs or self.arrived < len(self.requests) or not state.waiting:
+            return
+        if len(state.running) or state.prefilling:
+            return
+        if any(ev is None for name, ev in self.idle.items() if name != stream):
+            return  # another stream is between iterations and will plan again
+        req = state.waiting.peek()
+        raise UserError(
+            f"simulation stalled: request {req.request_id} needs {req.prefill_remaining} more "
+            f"prefill tokens but only {state.kv.free} of {state.kv.num_blocks} KV blocks are free "
+            f"and nothing is running to free more; the KV cache is too small for this trace")

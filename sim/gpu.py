@@ -1,0 +1,99 @@
+"""A GPU as a fluid server: running iterations progress at rates set by what co-runs.
+
+Each job carries its solo work (seconds alone on its SMs). While another job runs beside
+it, it progresses at 1/slowdown. Whenever a job starts, ends or is shortened, every job's
+progress is brought up to date, rates are recomputed and one timer is set for the next
+finish. This is exact while slowdowns are piecewise constant.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import simpy
+
+from nexus.cost.base import BatchShape, CostModel
+
+_EPS = 1e-12
+
+
+@dataclass(eq=False)
+class Job:
+    stream: str
+    shape: BatchShape          # representative shape, for contention
+    sms: int
+    steps: int                 # decode steps it covers (1 unless a repeatable decode run)
+    work: float                # solo seconds for all its steps
+    truncatable: bool
+    done: simpy.Event
+    start_s: float = 0.0
+    remaining: float = field(init=False)
+    rate: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.remaining = self.work
+
+
+class FluidGPU:
+    def __init__(self, env: simpy.Environment, cost: CostModel, contention: bool = True):
+        self.env, self.cost, self.contention = env, cost, contention
+        self.jobs: list[Job] = []
+        self._synced_at = 0.0
+        self._generation = 0
+
+    def start(self, job: Job) -> None:
+        self._sync()
+        job.start_s = self.env.now
+        self.jobs.append(job)
+        self._retime()
+
+    def shorten_runs(self) -> None:
+        """End every repeatable decode run at its next step boundary (the state changed)."""
+        self._sync()
+        changed = False
+        for job in self.jobs:
+            if not job.truncatable or job.steps == 1:
+                continue
+            progress = 1.0 - job.remaining / job.work
+            keep = min(job.steps, int(progress * job.steps) + 1)
+            if keep < job.steps:
+                per_step = job.work / job.steps
+                job.remaining -= per_step * (job.steps - keep)
+                job.work = per_step * keep
+                job.steps = keep
+                changed = True
+        if changed:
+            self._retime()
+
+    def _sync(self) -> None:
+        elapsed = self.env.now - self._synced_at
+        if elapsed > 0:
+            for job in self.jobs:
+                job.remaining -= elapsed * job.rate
+        self._synced_at = self.env.now
+
+    def _retime(self) -> None:
+        jobs = self.jobs
+        for job in jobs:
+            job.rate = 1.0
+        if self.contention and len(jobs) == 2:
+            a, b = jobs
+            a.rate = 1.0 / float(self.cost.slowdown(a.shape, a.sms, b.shape, b.sms))
+            b.rate = 1.0 / float(self.cost.slowdown(b.shape, b.sms, a.shape, a.sms))
+        self._generation += 1
+        if jobs:
+            delay = max(0.0, min(j.remaining / j.rate for j in jobs))
+            generation = self._generation
+            self.env.timeout(delay).callbacks.append(lambda _ev: self._on_timer(generation))
+
+    def _on_timer(self, generation: int) -> None:
+        if generation != self._generation:
+            return
+        self._sync()
+        finished = [j for j in self.jobs if j.remaining <= _EPS * max(1.0, j.work) + 1e-12]
+        if not finished:   # rounding left a sliver: finish the nearest job
+            finished = [min(self.jobs, key=lambda j: j.remaining / j.rate)]
+        for job in finished:
+            self.jobs.remove(job)
+        self._retime()
+        for job in finished:
+            job.done.succeed()
