@@ -105,6 +105,6 @@ def run(trace: str | Path | Sequence[TraceEntry], policy: str | Policy = "nexus"
     summary["kv_blocks"] = pool.num_blocks
     config = {"policy": pol.describe(), "max_num_seqs": max_num_seqs,
               "gpu_memory_utilization": gpu_memory_utilization, "rate_scale": rate_scale,
-              "rate": rate, "seed": seed, "sim_wall_s": wall}
+              "rate": rate, "seed": seed, "num_sms": gpu_spec.num_sms, "sim_wall_s": wall}
     timeline = pd.DataFrame(engine.timeline, columns=TIMELINE_COLUMNS)
     return Result(pol.name, summary, frame, timeline, config)

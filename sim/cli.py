@@ -1,0 +1,142 @@
+"""nexus-sim: simulate a trace under one or more policies and report latency and throughput."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from nexus.errors import UserError
+from nexus.policy import POLICIES
+from nexus.specs import GPUS, MODELS
+from sim.report import plot_latency_cdfs, plot_timeline, print_table, write_run
+from sim.run import Result, run
+
+DEFAULT_TRACE = Path(__file__).resolve().parent.parent / "traces" / "sharegpt.jsonl"
+
+
+def parse_split(text: str) -> tuple[int, int]:
+    try:
+        prefill, decode = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise UserError(f"--split takes PREFILL_SMS:DECODE_SMS, e.g. 64:68; got {text!r}") from None
+    return prefill, decode
+
+
+def parse_params(items: list[str]) -> dict:
+    """--param key=value pairs; values parse as JSON where they can (numbers, true, lists)."""
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--param takes KEY=VALUE, got {item!r}")
+        try:
+            params[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.replace("-", "_")] = value
+    return params
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nexus-sim",
+        description="Simulate LLM serving on one GPU with intra-GPU prefill/decode disaggregation.",
+        epilog="Example: nexus-sim --trace traces/sharegpt.jsonl --compare chunked,static,nexus --out out/")
+    p.add_argument("--trace", default=str(DEFAULT_TRACE), help="JSONL trace (default: the shipped ShareGPT trace)")
+    p.add_argument("--policy", default="nexus", help=f"one of {', '.join(POLICIES)} (default: nexus)")
+    p.add_argument("--compare", help="comma-separated policies to run side by side on the same trace")
+    p.add_argument("--model", default="llama-3.1-8b", help=f"{', '.join(MODELS)}, or a .json/.toml ModelSpec")
+    p.add_argument("--gpu", default="h100-sxm", help=f"{', '.join(GPUS)}, or a .json/.toml GPUSpec")
+    p.add_argument("--calibration", help="calibration JSON (default: the shipped one for the model and GPU, "
+                                         "if any); 'analytical' forces the roofline model")
+    p.add_argument("--split", help="static split PREFILL_SMS:DECODE_SMS, e.g. 64:68 (static policy)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="policy parameter, e.g. --param alpha=1.3 --param gamma=15 (repeatable)")
+    p.add_argument("--rate-scale", type=float, default=1.0, help="multiply the trace's request rate")
+    p.add_argument("--rate", type=float, help="redraw Poisson arrivals at this rate (req/s), using --seed")
+    p.add_argument("--seed", type=int, default=0, help="seed for --rate (default 0)")
+    p.add_argument("--max-num-seqs", type=int, default=256, help="most requests running at once")
+    p.add_argument("--slo-ttft", type=float, help="TTFT SLO in seconds (reports attainment and goodput)")
+    p.add_argument("--slo-tbt", type=float, help="TBT SLO in seconds, on each request's mean TBT")
+    p.add_argument("--out", help="write summary.json, requests.parquet, timeline.parquet and plots here")
+    p.add_argument("--json", action="store_true", help="print the summaries as JSON instead of a table")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=True)
+    try:
+        return _main(args, console)
+    except UserError as e:
+        console.print(f"[red]nexus-sim: error:[/red] {e}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print("nexus-sim: interrupted; no results written")
+        return 130
+
+
+def _main(args: argparse.Namespace, console: Console) -> int:
+    names = [n.strip() for n in (args.compare or args.policy).split(",") if n.strip()]
+    for name in names:
+        if name not in POLICIES:
+            raise UserError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
+    params = parse_params(args.param)
+    results: list[Result] = []
+    show_progress = not args.quiet and console.is_terminal
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, disable=not show_progress) as progress:
+        for name in names:
+            task = progress.add_task(f"simulating {name}", total=None)
+            policy_params = dict(params)
+            if args.split and name in ("static", "nexus"):
+                prefill, decode = parse_split(args.split)
+                key = "static_split" if name == "nexus" else None
+                if key:
+                    policy_params[key] = (prefill, decode)
+                else:
+                    policy_params.update(prefill_sms=prefill, decode_sms=decode)
+            results.append(run(
+                args.trace, policy=name, model=args.model, gpu=args.gpu, calibration=args.calibration,
+                policy_params=_params_for(name, policy_params), rate_scale=args.rate_scale,
+                rate=args.rate, seed=args.seed, max_num_seqs=args.max_num_seqs,
+                slo_ttft_s=args.slo_ttft, slo_tbt_s=args.slo_tbt,
+                on_progress=lambda done, total, t=task: progress.update(t, completed=done, total=total)))
+    summaries = [r.summary for r in results]
+    if args.json:
+        print(json.dumps(summaries if len(summaries) > 1 else summaries[0], indent=2, default=str))
+    else:
+        print_table(summaries)
+    if args.out:
+        _write(Path(args.out), results, args)
+    return 0
+
+
+def _params_for(name: str, params: dict) -> dict:
+    """Policy parameters apply to the policies that have them, so --compare can share flags."""
+    from inspect import signature
+    accepted = signature(POLICIES[name].__init__).parameters
+    unknown = [k for k in params if not any(k in signature(c.__init__).parameters for c in POLICIES.values())]
+    if unknown:
+        raise UserError(f"unknown policy parameter(s): {', '.join(unknown)}")
+    return {k: v for k, v in params.items() if k in accepted}
+
+
+def _write(out: Path, results: list[Result], args: argparse.Namespace) -> None:
+    command = "nexus-sim " + " ".join(sys.argv[1:])
+    for r in results:
+        target = out if len(results) == 1 else out / r.policy
+        write_run(target, r.summary, r.requests, r.timeline,
+                  {"config": r.config, "trace": str(args.trace), "command": command})
+    gpu_sms = results[0].config.get("num_sms") or 132
+    plot_latency_cdfs({r.policy: r.requests for r in results}, out / "latency_cdf.png")
+    plot_timeline({r.policy: r.timeline for r in results}, gpu_sms, out / "split_and_kv.png")
+    Console(stderr=True).print(f"wrote results to {out}/")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
