@@ -118,18 +118,25 @@ def parse_entry(obj: Any, where: str) -> TraceEntry:
 
 
 class SequenceChecker:
-    """Checks what only a whole trace can violate: arrival order and unique ids."""
+    """Checks what only a whole trace can violate: arrival order and unique ids.
 
-    def __init__(self) -> None:
+    Importers name their own arrival field, and its unit as a multiple of seconds.
+    """
+
+    def __init__(self, arrival_field: str = "arrival_time_s", per_second: float = 1.0) -> None:
+        self._arrival_field = arrival_field
+        self._per_second = per_second
         self._first_line: dict[str, int] = {}
         self._last_arrival = -math.inf
         self._last_line = 0
 
     def add(self, entry: TraceEntry, line: int, where: str) -> None:
         if entry.arrival_time_s < self._last_arrival:
+            # Rounding hides the float noise that converting units back can add.
+            now, before = (round(x * self._per_second, 6) for x in (entry.arrival_time_s, self._last_arrival))
             raise UserError(
-                f"{where}: field 'arrival_time_s': arrivals must not decrease, "
-                f"{entry.arrival_time_s!r} comes after {self._last_arrival!r} on line {self._last_line}"
+                f"{where}: field '{self._arrival_field}': arrivals must not decrease, "
+                f"{now!r} comes after {before!r} on line {self._last_line}"
             )
         first = self._first_line.get(entry.request_id)
         if first is not None:

@@ -53,7 +53,7 @@ def read_vidur_csv(path: str | Path) -> list[TraceEntry]:
     for column in VIDUR_COLUMNS:
         if column not in header:
             raise UserError(f"{path}:1: field '{column}': missing from the header (found {', '.join(header) or 'nothing'})")
-    checker = SequenceChecker()
+    checker = SequenceChecker("arrived_at")
     entries = []
     for index, row in enumerate(reader):
         line = reader.line_num
@@ -91,7 +91,7 @@ def _mooncake_entry(obj: Any, index: int, where: str) -> TraceEntry:
 
 
 def read_mooncake(path: str | Path) -> list[TraceEntry]:
-    checker = SequenceChecker()
+    checker = SequenceChecker("timestamp", per_second=1000.0)
     entries = []
     for number, line in enumerate(read_text(path).split("\n"), start=1):
         if not line.strip():

@@ -172,8 +172,11 @@ def parse_length_spec(spec: str) -> LengthDist:
         lo, hi = _bounds(spec, _positive_int(spec, kw.get("min", "1"), "min"),
                          _positive_int(spec, kw.get("max", str(DEFAULT_MAX)), "max"))
         p95 = _positive_float(spec, kw["p95"], "p95") if "p95" in kw else None
-        return LogNormal.fit(_positive_float(spec, kw["mean"], "mean"),
-                             _positive_float(spec, kw["median"], "median"), p95, lo, hi)
+        mean, median = _positive_float(spec, kw["mean"], "mean"), _positive_float(spec, kw["median"], "median")
+        try:
+            return LogNormal.fit(mean, median, p95, lo, hi)
+        except UserError as e:
+            raise _bad(spec, str(e)) from None
     if kind == "zipf":
         kw = _keywords(spec, body, {"a", "max"}, {"min"})
         lo, hi = _bounds(spec, _positive_int(spec, kw.get("min", "1"), "min"), _positive_int(spec, kw["max"], "max"))
