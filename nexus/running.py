@@ -28,7 +28,7 @@ class RunningSet:
         self.members: dict[Request, _Member] = {}   # insertion order = join order
         self.pending: list[Request] = []            # joined since the last step started
         self.last_step_end_s = 0.0
-        self._finish_heap: list[tuple[int, int, Request]] = []
+        self._finish_heap: list[tuple[int, int, Request, _Member]] = []
         self._seq = 0
         self._kv_offset_sum = 0
         self._residues = [0] * BLOCK_SIZE           # members per kv_offset mod block size
@@ -65,28 +65,40 @@ class RunningSet:
             self._residues[offset % BLOCK_SIZE] += 1
             self._held_blocks += req.kv_blocks
             self._seq += 1
-            heapq.heappush(self._finish_heap, (member.finish_step, self._seq, req))
+            heapq.heappush(self._finish_heap, (member.finish_step, self._seq, req, member))
         return joined
 
     def steps_until_finish(self) -> int:
         heap = self._finish_heap
-        while heap and heap[0][2] not in self.members:
-            heapq.heappop(heap)
+        while heap and self.members.get(heap[0][2]) is not heap[0][3]:
+            heapq.heappop(heap)   # left the set (finished or preempted) since it was pushed
         return heap[0][0] - self.steps if heap else 0
 
     def steps_that_fit(self, limit: int) -> int:
-        """Most steps (<= limit) whose KV growth fits in the pool's free blocks."""
-        free = self.pool.free + self._held_blocks
-        if self.blocks_needed(1) > free:
-            return 0
-        lo, hi = 1, limit
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if self.blocks_needed(mid) <= free:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
+        """Most steps (<= limit) whose KV growth fits in the pool's free blocks.
+
+        A member whose KV length is L needs a new block on the step that takes it to
+        16q + 1 tokens, so within any 16 steps each residue class of members grows once:
+        the blocks needed after j steps are B * (j // 16) plus a prefix sum over the
+        classes that have crossed within the last partial cycle.
+        """
+        members = len(self.members)
+        if not members:
+            return limit
+        spare = self.pool.free + self._held_blocks - self.blocks_needed(0)
+        crossing_at = [0] * (BLOCK_SIZE + 1)
+        for m, count in enumerate(self._residues):
+            if count:
+                crossing_at[(1 - m - self.steps) % BLOCK_SIZE or BLOCK_SIZE] += count
+        cycles = spare // members
+        left = spare - cycles * members
+        extra, grown = 0, 0
+        for j in range(1, BLOCK_SIZE):
+            grown += crossing_at[j]
+            if grown > left:
+                break
+            extra = j
+        return min(limit, cycles * BLOCK_SIZE + extra)
 
     def reserve(self, steps: int) -> None:
         """Take from the pool the blocks `steps` more steps will need."""
@@ -108,8 +120,8 @@ class RunningSet:
         done = []
         heap = self._finish_heap
         while heap and heap[0][0] <= self.steps:
-            _, _, req = heapq.heappop(heap)
-            if req in self.members:
+            _, _, req, member = heapq.heappop(heap)
+            if self.members.get(req) is member:
                 done.append(req)
         return done
 

@@ -46,9 +46,9 @@ class SimEngine:
             self.arrived += 1
             self._poke()
 
-    def _poke(self) -> None:
+    def _poke(self, started: Job | None = None) -> None:
         """Something changed: repeatable decode runs stop at their next step; idle streams wake."""
-        self.gpu.shorten_runs()
+        self.gpu.shorten_runs(keep_whole=started)
         for stream, event in self.idle.items():
             if event is not None:
                 self.idle[stream] = None
@@ -65,21 +65,21 @@ class SimEngine:
                 self.idle[stream] = env.event()
                 yield self.idle[stream]
                 continue
-            split = policy.split(state)
-            batch.sms = split.decode_sms if stream == "decode" else split.prefill_sms
             steps = 1
             if batch.repeatable and batch.decode and not batch.prefill:
                 steps = min(running.steps_until_finish(), running.steps_that_fit(MAX_RUN_STEPS))
             state.begin(batch, steps)
+            split = policy.split(state)
+            batch.sms = split.decode_sms if stream == "decode" else split.prefill_sms
             job = self._job(batch, steps)
             self.gpu.start(job)
-            self._poke()
+            self._poke(started=job)
             yield job.done
             state.now = env.now
+            decode_seqs = running.batch_size if batch.decode else 0
             finished = state.end(batch, job.steps, job.start_s, env.now)
             self.timeline.append((job.start_s, env.now, stream, batch.sms,
-                                  sum(n for _, n in batch.prefill),
-                                  running.batch_size if batch.decode else 0,
+                                  sum(n for _, n in batch.prefill), decode_seqs,
                                   job.steps if batch.decode else 0, state.kv.usage))
             if finished and self.on_finish:
                 self.on_finish(len(finished))
@@ -91,16 +91,16 @@ class SimEngine:
 
     def _job(self, batch: Batch, steps: int) -> Job:
         cost, state = self.cost, self.state
-        first = batch.shape(state)
-        if steps == 1:
-            work = float(cost.solo_time(first, batch.sms))
-            shape = first
-        else:
-            last = batch.shape(state, steps - 1)
-            # Step time is affine in KV tokens within a regime, so the trapezoid is exact there.
-            work = steps * 0.5 * float(cost.solo_time(first, batch.sms) + cost.solo_time(last, batch.sms))
+        first_shape = batch.shape(state)
+        first = float(cost.solo_time(first_shape, batch.sms))
+        growth, shape = 0.0, first_shape
+        if steps > 1:
+            # Step time is affine in KV tokens within a regime: interpolate between the ends.
+            last = float(cost.solo_time(batch.shape(state, steps - 1), batch.sms))
+            growth = (last - first) / (steps - 1)
             shape = batch.shape(state, (steps - 1) // 2)
-        return Job(batch.stream, shape, batch.sms, steps, work, batch.repeatable, self.env.event())
+        return Job(batch.stream, shape, batch.sms, steps, first, growth, batch.repeatable,
+                   self.env.event())
 
     def _check_stalled(self, stream: str) -> None:
         state = self.state

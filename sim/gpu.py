@@ -7,6 +7,7 @@ finish. This is exact while slowdowns are piecewise constant.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import simpy
@@ -18,19 +19,32 @@ _EPS = 1e-12
 
 @dataclass(eq=False)
 class Job:
+    """One iteration, or a run of decode steps whose solo times grow linearly (KV grows)."""
     stream: str
     shape: BatchShape          # representative shape, for contention
     sms: int
     steps: int                 # decode steps it covers (1 unless a repeatable decode run)
-    work: float                # solo seconds for all its steps
+    first_step: float          # solo seconds of the first step
+    step_growth: float         # each later step takes this much longer
     truncatable: bool
     done: simpy.Event
     start_s: float = 0.0
+    work: float = field(init=False)
     remaining: float = field(init=False)
     rate: float = 1.0
 
     def __post_init__(self) -> None:
-        self.remaining = self.work
+        self.work = self.remaining = self.work_of(self.steps)
+
+    def work_of(self, steps: int) -> float:
+        return steps * self.first_step + self.step_growth * steps * (steps - 1) / 2
+
+    def steps_done(self) -> int:
+        """Whole steps finished so far (inverts work_of)."""
+        done = self.work - self.remaining
+        a, b = self.step_growth / 2, self.first_step - self.step_growth / 2
+        n = done / b if a == 0 else (-b + math.sqrt(b * b + 4 * a * done)) / (2 * a)
+        return max(0, min(self.steps, int(n * (1 + 1e-12))))
 
 
 class FluidGPU:
@@ -46,20 +60,18 @@ class FluidGPU:
         self.jobs.append(job)
         self._retime()
 
-    def shorten_runs(self) -> None:
+    def shorten_runs(self, keep_whole: Job | None = None) -> None:
         """End every repeatable decode run at its next step boundary (the state changed)."""
         self._sync()
         changed = False
         for job in self.jobs:
-            if not job.truncatable or job.steps == 1:
+            if not job.truncatable or job.steps == 1 or job is keep_whole:
                 continue
-            progress = 1.0 - job.remaining / job.work
-            keep = min(job.steps, int(progress * job.steps) + 1)
+            keep = min(job.steps, job.steps_done() + 1)
             if keep < job.steps:
-                per_step = job.work / job.steps
-                job.remaining -= per_step * (job.steps - keep)
-                job.work = per_step * keep
-                job.steps = keep
+                cut = job.work - job.work_of(keep)
+                job.steps, job.work = keep, job.work - cut
+                job.remaining -= cut
                 changed = True
         if changed:
             self._retime()

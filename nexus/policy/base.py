@@ -70,4 +70,6 @@ def make_decode_room(state: ServingState, batch: Batch) -> bool:
             batch.joined.remove(victim)
         state.preempt(victim)
     batch.decode = running.batch_size > 0
+    if batch.decode:
+        running.reserve(1)   # before any prefill chunk of this plan can take the blocks
     return batch.decode

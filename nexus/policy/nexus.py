@@ -55,5 +55,7 @@ class Nexus(Policy):
                                                self.kv_threshold, self.hysteresis)
         running = state.running
         seqs = len(running)
+        if not seqs:
+            return self._split   # prefill runs alone on every SM; nothing to trade off
         decode = BatchShape((), seqs, running.kv_tokens() + sum(r.kv_tokens for r in running.pending) + seqs)
         return self._controller.choose(batch.shape(state), decode, state.kv.usage)

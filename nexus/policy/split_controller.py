@@ -49,14 +49,17 @@ class SplitController:
         cost, p, d = self.cost, self.prefill_sms, self.decode_sms
         t_prefill = cost.solo_time(prefill, p) * cost.slowdown(prefill, p, decode, d)
         t_decode = cost.solo_time(decode, d) * cost.slowdown(decode, d, prefill, p)
+        prefill_full = cost.solo_time(prefill, FULL_GPU)
+        decode_full = cost.solo_time(decode, FULL_GPU)
         if decode_first:
-            objective, feasible = t_decode, t_prefill <= self.alpha * cost.solo_time(prefill, FULL_GPU)
-            fallback = t_prefill
+            objective, bound = t_decode / decode_full, t_prefill / (self.alpha * prefill_full)
         else:
-            objective, feasible = t_prefill, t_decode <= self.beta * cost.solo_time(decode, FULL_GPU)
-            fallback = t_decode
+            objective, bound = t_prefill / prefill_full, t_decode / (self.beta * decode_full)
+        feasible = bound <= 1.0
         if not feasible.any():
-            return int(np.argmin(fallback))
+            # No split keeps the other phase in bounds (two memory-bound phases stretch each
+            # other): take the split whose worse phase is least stretched.
+            return int(np.argmin(np.maximum(objective, bound)))
         best = int(np.argmin(np.where(feasible, objective, np.inf)))
         if self.current is not None:
             # Hysteresis: keep a feasible current split unless the best beats it clearly.
