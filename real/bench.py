@@ -1,0 +1,113 @@
+"""`nexus-real bench`: replay a trace on this machine's GPU (or CPU) under each policy."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from nexus.cost import load_cost_model
+from nexus.errors import UserError
+from nexus.kv import BlockPool, blocks_for
+from nexus.metrics import requests_frame, summarize
+from nexus.policy import Policy, make_policy
+from nexus.request import Request
+from nexus.specs import GPUSpec, ModelSpec
+from nexus.state import ServingState
+from real.batch import Chunk
+from real.engine import RealEngine
+from real.gpu_info import ClockPowerSampler, gpu_facts
+from real.model_runner import ModelRunner
+from real.partitions import Partitions
+from traces import TraceEntry
+
+
+def splits_needed(policy: Policy, gpu: GPUSpec) -> list[int]:
+    """Prefill SM counts whose partition pairs the policy may ask for (made at start-up)."""
+    if policy.streams == ("mixed",):
+        return []
+    if getattr(policy, "dynamic", False):
+        return gpu.partition_sizes()
+    prefill = getattr(policy, "prefill_sms", None) or policy.static_split[0]
+    return [prefill]
+
+
+def build_partitions(policies: list[Policy], gpu: GPUSpec, device: str) -> Partitions:
+    sizes = sorted({p for pol in policies for p in splits_needed(pol, gpu)})
+    parts = Partitions(sizes, device=device, cpu_gpu=gpu)
+    if parts.num_sms != gpu.num_sms:
+        raise UserError(f"this GPU has {parts.num_sms} SMs but the GPU spec {gpu.name!r} says "
+                        f"{gpu.num_sms}; pass the right --gpu")
+    return parts
+
+
+def warm_up(runner: ModelRunner, parts: Partitions) -> None:
+    """Compile kernels and fill caches on every partition before the clock starts."""
+    table = list(range(min(runner.num_blocks, 8)))
+    for part in parts.all():
+        runner.step([Chunk(list(range(1, 65)), 0, table)], part)
+        runner.step([Chunk([1], 64, table)], part)
+
+
+def bench_policy(runner: ModelRunner, parts: Partitions, policy: Policy, model: ModelSpec,
+                 gpu: GPUSpec, entries: list[TraceEntry], calibration: str | None,
+                 max_num_seqs: int, seed: int, slo_ttft_s: float | None,
+                 slo_tbt_s: float | None) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    cost = load_cost_model(model, gpu, calibration)
+    pool = BlockPool(runner.num_blocks, runner.block_size, track_ids=True)
+    for e in entries:
+        need = blocks_for(e.prompt_tokens + e.output_tokens, runner.block_size)
+        if need > pool.num_blocks:
+            raise UserError(f"request {e.request_id} needs {need} KV blocks but the cache has {pool.num_blocks}")
+        if e.prompt_tokens + e.output_tokens > runner.max_model_len:
+            raise UserError(f"request {e.request_id} needs {e.prompt_tokens + e.output_tokens} positions; "
+                            f"{model.name} allows {runner.max_model_len}")
+    requests = [Request(e.request_id, e.arrival_time_s, e.prompt_tokens, e.output_tokens) for e in entries]
+    state = ServingState(model, gpu, cost, pool, policy.priority, max_num_seqs)
+    engine = RealEngine(runner, parts, policy, state, requests, seed)
+    with ClockPowerSampler() as sampler:
+        engine.run()
+    frame = requests_frame(requests)
+    summary = summarize(frame, state.gaps, policy.name, slo_ttft_s, slo_tbt_s)
+    summary.update(cost_model=cost.describe(), model=model.name, gpu=gpu.name, kv_blocks=pool.num_blocks,
+                   measured=True, clocks_during_run=sampler.summary())
+    timeline = pd.DataFrame([asdict(r) for r in engine.timeline])
+    return summary, frame, timeline
+
+
+def make_policies(names: list[str], params: dict, split: tuple[int, int] | None,
+                  gpu: GPUSpec) -> list[Policy]:
+    from inspect import signature
+    from nexus.policy import POLICIES
+    policies = []
+    for name in names:
+        if name not in POLICIES:
+            raise UserError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
+        if name == "disagg":
+            raise UserError("disagg needs two GPUs; nexus-real runs on one")
+        accepted = signature(POLICIES[name].__init__).parameters
+        kwargs = {k: v for k, v in params.items() if k in accepted}
+        if split and name == "static":
+            kwargs.update(prefill_sms=split[0], decode_sms=split[1])
+        elif split and name == "nexus":
+            kwargs["static_split"] = split
+        pol = make_policy(name, **kwargs)
+        if hasattr(pol, "prefill_sms"):
+            gpu.check_split(pol.prefill_sms, pol.decode_sms)
+        if getattr(pol, "static_split", None):
+            gpu.check_split(*pol.static_split)
+        policies.append(pol)
+    return policies
+
+
+def facts(device: str) -> dict:
+    return gpu_facts() if device == "cuda" else {"device": "cpu"}
+
+
+def write_outputs(out: Path, runs: dict[str, tuple[dict, pd.DataFrame, pd.DataFrame]], extra: dict,
+                  num_sms: int) -> None:
+    from nexus.report import plot_latency_cdfs, plot_timeline, write_run
+    for name, (summary, frame, timeline) in runs.items():
+        write_run(out if len(runs) == 1 else out / name, summary, frame, timeline, extra)
+    plot_latency_cdfs({n: r[1] for n, r in runs.items()}, out / "latency_cdf.png")
+    plot_timeline({n: r[2] for n, r in runs.items()}, num_sms, out / "split_and_kv.png")

@@ -1,0 +1,103 @@
+"""nexus-real: run the shared policies on a real GPU (or a tiny model on CPU) and measure them."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from nexus.errors import UserError
+from nexus.policy import POLICIES
+from nexus.specs import GPUS, MODELS, resolve_gpu, resolve_model
+
+DEFAULT_TRACE = Path(__file__).resolve().parent.parent / "traces" / "sharegpt.jsonl"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nexus-real", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("bench", help="replay a trace under one or more policies and measure TTFT/TBT",
+                       description="Replay a trace in real time on one GPU; write the same files as nexus-sim.")
+    b.add_argument("--trace", default=str(DEFAULT_TRACE))
+    b.add_argument("--policy", default="nexus", help=f"one of {', '.join(p for p in POLICIES if p != 'disagg')}")
+    b.add_argument("--compare", help="comma-separated policies, run one after another on the same engine")
+    b.add_argument("--model", default="llama-3.1-8b", help=f"{', '.join(MODELS)}, or a .json/.toml ModelSpec")
+    b.add_argument("--gpu", default="h100-sxm", help=f"GPU spec for the cost model: {', '.join(GPUS)}")
+    b.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                   help="cpu runs the same engine without partitions (use a tiny model)")
+    b.add_argument("--weights", help="local Hugging Face safetensors checkpoint dir (default: random weights)")
+    b.add_argument("--calibration", help="calibration JSON for the Nexus controller ('analytical' to force the roofline)")
+    b.add_argument("--split", help="PREFILL_SMS:DECODE_SMS for static (and nexus's fallback split)")
+    b.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="policy parameter")
+    b.add_argument("--rate-scale", type=float, default=1.0)
+    b.add_argument("--limit", type=int, help="only the first N requests of the trace")
+    b.add_argument("--max-num-seqs", type=int, default=256)
+    b.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    b.add_argument("--num-blocks", type=int, help="KV blocks (default: as many as fit)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--slo-ttft", type=float)
+    b.add_argument("--slo-tbt", type=float)
+    b.add_argument("--out", required=True, help="directory for summary.json, requests.parquet, timeline.parquet, plots")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=True)
+    try:
+        if args.command == "bench":
+            return bench(args, console)
+        return 2
+    except UserError as e:
+        console.print(f"[red]nexus-real: error:[/red] {e}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print("nexus-real: interrupted; no results written")
+        return 130
+
+
+def bench(args: argparse.Namespace, console: Console) -> int:
+    import sys as _sys
+    from nexus.report import print_table
+    from real.bench import bench_policy, build_partitions, facts, make_policies, warm_up, write_outputs
+    from real.model_runner import ModelRunner
+    from sim.cli import parse_params, parse_split
+    from sim.run import load_entries
+
+    model, gpu = resolve_model(args.model), resolve_gpu(args.gpu)
+    entries = load_entries(args.trace, args.rate_scale)
+    if args.limit:
+        entries = entries[:args.limit]
+    names = [n.strip() for n in (args.compare or args.policy).split(",") if n.strip()]
+    split = parse_split(args.split) if args.split else None
+    policies = make_policies(names, parse_params(args.param), split, gpu)
+
+    runner = ModelRunner(model, device=args.device, weights=args.weights, seed=args.seed,
+                         num_blocks=args.num_blocks, memory_utilization=args.gpu_memory_utilization,
+                         max_decode_batch=args.max_num_seqs)
+    parts = build_partitions(policies, gpu, args.device)
+    console.print(f"partitions: {parts.describe()}")
+    decode_parts = [parts.decode(p) for p in parts.made()] + [parts.decode(0)]
+    runner.capture_graphs(decode_parts)
+    warm_up(runner, parts)
+    runs = {}
+    for policy in policies:
+        console.print(f"running {policy.name} on {len(entries)} requests ...")
+        runs[policy.name] = bench_policy(runner, parts, policy, model, gpu, entries, args.calibration,
+                                         args.max_num_seqs, args.seed, args.slo_ttft, args.slo_tbt)
+    print_table([r[0] for r in runs.values()])
+    extra = {"machine": facts(args.device), "partitions": parts.describe(), "trace": str(args.trace),
+             "command": "nexus-real " + " ".join(_sys.argv[1:] if argv_is_cli() else [])}
+    write_outputs(Path(args.out), runs, extra, gpu.num_sms)
+    parts.close()
+    console.print(f"wrote results to {args.out}/")
+    return 0
+
+
+def argv_is_cli() -> bool:
+    return Path(sys.argv[0]).name in ("nexus-real", "cli.py", "__main__.py")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

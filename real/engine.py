@@ -1,0 +1,175 @@
+"""The real engine: the shared policies drive a ModelRunner on green-context partitions.
+
+One thread per policy stream tells the same story as the simulator's processes: take the
+requests that have arrived by the wall clock, ask the policy for a batch, launch it on the
+partition of the current split, wait for its tokens, account them. The ServingState is
+shared under one lock; the GPU work runs outside it, so prefill and decode overlap.
+
+Token times come from CUDA events measured against one origin event (host clock on CPU).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from nexus.policy.base import Policy
+from nexus.request import Request
+from nexus.state import Batch, ServingState
+from real.batch import Chunk
+from real.model_runner import ModelRunner
+from real.partitions import Partition, Partitions
+
+
+class _Clock:
+    """Seconds since the origin, read from CUDA events on a GPU, from the host clock on CPU."""
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+        self.host_origin = time.perf_counter()
+        if cuda:
+            self.origin = torch.cuda.Event(enable_timing=True)
+            self.origin.record()
+            self.origin.synchronize()
+
+    def host_now(self) -> float:
+        return time.perf_counter() - self.host_origin
+
+    def mark(self, stream) -> object:
+        if not self.cuda:
+            return self.host_now()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(stream)
+        return event
+
+    def seconds(self, mark: object) -> float:
+        if not self.cuda:
+            return float(mark)
+        mark.synchronize()
+        return self.origin.elapsed_time(mark) / 1e3
+
+
+@dataclass
+class StepRecord:
+    start_s: float
+    end_s: float
+    stream: str
+    sms: int
+    prefill_tokens: int
+    decode_seqs: int
+    kv_usage: float
+
+
+class RealEngine:
+    def __init__(self, runner: ModelRunner, partitions: Partitions, policy: Policy,
+                 state: ServingState, requests: list[Request], seed: int = 0):
+        self.runner, self.partitions, self.policy, self.state = runner, partitions, policy, state
+        self.requests = sorted(requests, key=lambda r: r.arrival_s)
+        self.lock = threading.Condition()
+        self.timeline: list[StepRecord] = []
+        self.tokens: dict[Request, list[int]] = {}
+        rng = np.random.default_rng(seed)
+        vocab = runner.spec.vocab_size
+        for req in self.requests:   # random prompts: lengths matter, contents do not
+            self.tokens[req] = rng.integers(0, vocab, req.prompt_tokens).tolist()
+        self._next_arrival = 0
+        self._error: BaseException | None = None
+        self.clock: _Clock | None = None
+
+    def run(self) -> None:
+        self.clock = _Clock(self.runner.is_cuda)
+        threads = [threading.Thread(target=self._guarded, args=(s,), name=f"stream-{s}", daemon=True)
+                   for s in self.policy.streams]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if self._error is not None:
+            raise self._error
+
+    def _done(self) -> bool:
+        return len(self.state.finished) == len(self.requests) or self._error is not None
+
+    def _admit_arrivals(self) -> float | None:
+        """Move arrived requests into the state; seconds until the next arrival, if any."""
+        now = self.clock.host_now()
+        while self._next_arrival < len(self.requests):
+            req = self.requests[self._next_arrival]
+            if req.arrival_s > now:
+                return req.arrival_s - now
+            self.state.arrive(req)
+            self._next_arrival += 1
+        return None
+
+    def _guarded(self, stream: str) -> None:
+        try:
+            self._loop(stream)
+        except BaseException as e:  # surface a worker's failure in the main thread
+            with self.lock:
+                self._error = e
+                self.lock.notify_all()
+
+    def _loop(self, stream: str) -> None:
+        state, policy = self.state, self.policy
+        while True:
+            with self.lock:
+                if self._done():
+                    self.lock.notify_all()
+                    return
+                wait = self._admit_arrivals()
+                state.now = self.clock.host_now()
+                batch = policy.plan(state, stream)
+                if batch is None:
+                    self.lock.wait(timeout=wait if wait is not None else 0.05)
+                    continue
+                state.begin(batch, 1)
+                split = policy.split(state)
+                batch.sms = split.decode_sms if stream == "decode" else split.prefill_sms
+                chunks = self._chunks(batch)
+                prefill_sms = split.prefill_sms
+            partition = self._partition(stream, prefill_sms)
+            start = self.clock.mark(partition.stream)
+            next_tokens = self.runner.step(chunks, partition)
+            end = self.clock.mark(partition.stream)
+            start_s, end_s = self.clock.seconds(start), self.clock.seconds(end)
+            with self.lock:
+                decode_seqs = state.running.batch_size if batch.decode else 0
+                self._record_tokens(batch, next_tokens)
+                state.end(batch, 1, start_s, end_s)
+                self.timeline.append(StepRecord(start_s, end_s, stream, batch.sms,
+                                                sum(n for _, n in batch.prefill), decode_seqs,
+                                                state.kv.usage))
+                self.lock.notify_all()
+
+    def _partition(self, stream: str, prefill_sms: int) -> Partition:
+        if stream == "decode":
+            return self.partitions.decode(prefill_sms)
+        return self.partitions.prefill(prefill_sms)
+
+    def _chunks(self, batch: Batch) -> list[Chunk]:
+        """Token ids, positions and block tables of this step (decode members first synced)."""
+        kv = self.state.kv
+        chunks = []
+        for req, n in batch.prefill:
+            ids = self.tokens[req][req.kv_tokens:req.kv_tokens + n]
+            chunks.append(Chunk(ids, req.kv_tokens, list(kv.tables[req])))
+        if batch.decode:
+            running = self.state.running
+            running.materialize(lookahead=1)
+            for req in running.members:
+                chunks.append(Chunk(self.tokens[req][-1:], req.kv_tokens, list(kv.tables[req])))
+        return chunks
+
+    def _record_tokens(self, batch: Batch, next_tokens: list[int]) -> None:
+        i = 0
+        for req, n in batch.prefill:
+            if req.kv_tokens + n == req.prefill_target:   # this chunk ends the prompt: keep its token
+                self.tokens[req].append(next_tokens[i])
+            i += 1
+        if batch.decode:
+            for req in self.state.running.members:
+                self.tokens[req].append(next_tokens[i])
+                i += 1

@@ -1,0 +1,116 @@
+"""CUDA graphs of decode steps, one per (partition, batch-size bucket).
+
+A graph is captured on its partition's own stream: one captured elsewhere and replayed on a
+green-context stream hangs. All graphs share one memory pool and one set of static input
+buffers; that is safe because a replay first waits for the previous replay, wherever it ran.
+A batch is padded up to its bucket with rows that write to and read from the KV cache's sink
+block.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from real.attention import AttentionMetadata, decode_splits_for
+from real.batch import Chunk
+from real.kv_cache import KVCache
+from real.model import Transformer
+from real.partitions import Partition
+
+DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256)
+
+
+class DecodeGraphs:
+    def __init__(self, model: Transformer, kv: KVCache, max_batch: int, max_blocks_per_seq: int,
+                 device: torch.device) -> None:
+        self.model, self.kv, self.device = model, kv, device
+        self.max_batch, self.width = max_batch, max_blocks_per_seq
+        b, w = max_batch, max_blocks_per_seq
+        # Layout of the one static int32 buffer: ids | positions | slots | ctx lens | tables.
+        self.static = torch.zeros(4 * b + b * w, dtype=torch.int32, device=device)
+        self.host = torch.zeros_like(self.static, device="cpu").pin_memory()
+        self._pad_rows(0)
+        self.graphs: dict[tuple[str, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        self.pool = torch.cuda.graph_pool_handle()
+        self._last_replay: torch.cuda.Event | None = None
+        self._empty = torch.zeros(0, dtype=torch.int32, device=device)
+
+    def _views(self, n: int) -> tuple[torch.Tensor, ...]:
+        b, s = self.max_batch, self.static
+        tables = s[4 * b:].view(b, self.width)
+        return s[:n], s[b:b + n], s[2 * b:2 * b + n], s[3 * b:3 * b + n], tables[:n]
+
+    def _pad_rows(self, first: int) -> None:
+        """Rows from `first` on: token 0 at position 0 in the sink block, context of one."""
+        b, h = self.max_batch, self.host
+        h[first:b] = 0
+        h[b + first:2 * b] = 0
+        h[2 * b + first:3 * b] = self.kv.pad_block * self.kv.block_size
+        h[3 * b + first:4 * b] = 1
+        h[4 * b:].view(b, self.width)[first:, 0] = self.kv.pad_block
+
+    def buckets(self, partition: Partition) -> list[int]:
+        return sorted(n for name, n in self.graphs if name == partition.name)
+
+    def capture(self, partition: Partition, buckets: Iterable[int]) -> None:
+        """Capture one graph per bucket on `partition`'s stream, largest first."""
+        self.static.copy_(self.host)
+        for n in sorted({b for b in buckets if b <= self.max_batch}, reverse=True):
+            ids, pos, slots, ctx, tables = self._views(n)
+            meta = AttentionMetadata(
+                slots=slots, num_prefill_tokens=0, prefill_cu_q=self._empty[:1], prefill_start=self._empty,
+                prefill_block_tables=self._empty.view(0, 1), prefill_max_q=0, decode_ctx_lens=ctx,
+                decode_block_tables=tables,
+                decode_splits=decode_splits_for(n, self.kv.k.shape[3], partition.sm_count),
+                block_size=self.kv.block_size)
+
+            def forward() -> tuple[torch.Tensor, torch.Tensor]:
+                logits = self.model.compute_logits(self.model(ids, pos, self.kv, meta))
+                return logits, logits.argmax(-1)
+
+            with partition.use():
+                torch.cuda.current_stream().wait_stream(torch.cuda.default_stream(self.device))
+                forward()  # compiles kernels and warms cuBLAS on this stream, outside the capture
+                torch.cuda.current_stream().synchronize()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=self.pool, stream=torch.cuda.current_stream()):
+                    logits, tokens = forward()
+                torch.cuda.current_stream().synchronize()
+            self.graphs[(partition.name, n)] = (graph, logits, tokens)
+
+    def bucket_for(self, partition: Partition, n: int) -> int | None:
+        fits = [b for b in self.buckets(partition) if b >= n]
+        return fits[0] if fits else None
+
+    def run(self, batch: Sequence[Chunk], partition: Partition, bucket: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replay the bucket's graph on the decode batch; returns (logits, tokens) rows of the batch.
+
+        Must be called inside partition.use(). Results live in static buffers until the next replay.
+        """
+        n, b, bs, h = len(batch), self.max_batch, self.kv.block_size, self.host.numpy()
+        if self._last_replay is not None:
+            self._last_replay.synchronize()  # the last copy out of `host` has finished
+        self._pad_rows(n)  # rows past this batch may still hold a longer previous batch
+        ctx = np.fromiter((c.end for c in batch), dtype=np.int32, count=n)
+        h[:n] = [c.token_ids[0] for c in batch]
+        h[b:b + n] = ctx - 1
+        tables = h[4 * b:].reshape(b, self.width)
+        for r, c in enumerate(batch):
+            need = -(-int(ctx[r]) // bs)
+            tables[r, :need] = c.block_table[:need]
+        last_blocks = tables[np.arange(n), (ctx - 1) // bs]
+        h[2 * b:2 * b + n] = last_blocks * bs + (ctx - 1) % bs
+        h[3 * b:3 * b + n] = ctx
+        stream = torch.cuda.current_stream()
+        if self._last_replay is not None:
+            stream.wait_event(self._last_replay)  # shared pool and inputs: one replay at a time
+        self.static[:4 * b].copy_(self.host[:4 * b], non_blocking=True)
+        self.static[4 * b:4 * b + bucket * self.width].copy_(self.host[4 * b:4 * b + bucket * self.width],
+                                                             non_blocking=True)
+        graph, logits, tokens = self.graphs[(partition.name, bucket)]
+        graph.replay()
+        self._last_replay = torch.cuda.Event()
+        self._last_replay.record(stream)
+        return logits[:n], tokens[:n]

@@ -1,0 +1,130 @@
+"""The model runner: owns the model and the KV cache and runs one batch step at a time.
+
+    runner = ModelRunner(MODELS["llama-3.1-8b"], device="cuda")
+    parts = Partitions([64], device="cuda")
+    runner.capture_graphs([parts.decode(64)])
+    tokens = runner.step([Chunk(prompt_ids, 0, table)], parts.prefill(64))
+
+Decode-only batches on a partition with captured graphs replay a CUDA graph; anything else
+(prefill chunks, mixed batches, larger batches) runs eagerly on the partition's stream.
+`step` and `logits` block until their results are ready, waiting only for their own stream,
+so prefill and decode can be driven from two threads at once.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+from nexus.errors import UserError
+from nexus.specs import ModelSpec
+from real.batch import Chunk, pack, validate
+from real.graphs import DEFAULT_BUCKETS, DecodeGraphs
+from real.kv_cache import BLOCK_SIZE, KVCache, blocks_for_memory
+from real.model import build_model
+from real.partitions import Partition
+from real.weights import load_weights
+
+CPU_DEFAULT_BLOCKS = 256
+
+
+class ModelRunner:
+    def __init__(self, spec: ModelSpec, *, device: str | torch.device = "cuda",
+                 dtype: torch.dtype | None = None, weights: str | Path | None = None, seed: int = 0,
+                 num_blocks: int | None = None, memory_utilization: float = 0.9,
+                 max_model_len: int | None = None, max_batch_tokens: int = 8192,
+                 max_decode_batch: int = 256) -> None:
+        """Build the model (random seeded weights, or `weights`, a Hugging Face checkpoint dir)
+        and the KV cache: `num_blocks` blocks, or as many as fit in the free memory x
+        `memory_utilization` beside the weights and activations of `max_batch_tokens` tokens."""
+        self.spec = spec
+        self.device = torch.device(device)
+        self.is_cuda = self.device.type == "cuda"
+        if self.is_cuda and not torch.cuda.is_available():
+            raise UserError("device 'cuda' asked for, but torch sees no CUDA GPU (use --device cpu)")
+        self.dtype = dtype or (torch.bfloat16 if self.is_cuda else torch.float32)
+        self.max_model_len = min(max_model_len or spec.max_position_embeddings, spec.max_position_embeddings)
+        self.num_sms = torch.cuda.get_device_properties(self.device).multi_processor_count if self.is_cuda else 1
+
+        free_before = torch.cuda.mem_get_info(self.device)[0] if self.is_cuda else 0
+        self.model = build_model(spec, self.device, self.dtype, self.max_model_len, seed)
+        if weights is not None:
+            load_weights(self.model, weights)
+        if num_blocks is None:
+            if self.is_cuda:
+                weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+                num_blocks = blocks_for_memory(spec, free_before, memory_utilization, weight_bytes=weight_bytes,
+                                               max_batch_tokens=max_batch_tokens)
+            else:
+                num_blocks = CPU_DEFAULT_BLOCKS
+        if num_blocks < 1:
+            raise UserError(f"no GPU memory left for the KV cache of {spec.name} "
+                            f"(utilization {memory_utilization}); raise --gpu-memory-utilization")
+        self.kv = KVCache(spec, num_blocks, self.device, self.dtype)
+        self.max_decode_batch = max_decode_batch
+        self._graphs: DecodeGraphs | None = None
+
+    @property
+    def num_blocks(self) -> int:
+        """Usable KV block ids are 0..num_blocks-1."""
+        return self.kv.num_blocks
+
+    @property
+    def block_size(self) -> int:
+        return self.kv.block_size
+
+    def capture_graphs(self, partitions: Iterable[Partition], buckets: Iterable[int] = DEFAULT_BUCKETS) -> None:
+        """Capture decode CUDA graphs on each partition for each batch-size bucket."""
+        if not self.is_cuda:
+            return
+        if self._graphs is None:
+            width = math.ceil(self.max_model_len / BLOCK_SIZE)
+            self._graphs = DecodeGraphs(self.model, self.kv, self.max_decode_batch, width, self.device)
+        with torch.inference_mode():
+            for part in partitions:
+                self._graphs.capture(part, buckets)
+
+    def graph_buckets(self, partition: Partition) -> list[int]:
+        return self._graphs.buckets(partition) if self._graphs else []
+
+    def step(self, batch: Sequence[Chunk], partition: Partition | None = None) -> list[int]:
+        """Run one step; returns the greedy next token of each sequence, in batch order.
+
+        A prefill chunk that does not end its prompt also gets a token; the caller drops it.
+        """
+        with self._on(partition):
+            _, tokens = self._run(batch, partition)
+            host = tokens.to("cpu", non_blocking=self.is_cuda)
+            self._wait()
+        return host.tolist()
+
+    def logits(self, batch: Sequence[Chunk], partition: Partition | None = None) -> torch.Tensor:
+        """float32 logits of each sequence's last token, [len(batch), vocab], in batch order."""
+        with self._on(partition):
+            logits, _ = self._run(batch, partition)
+            logits = logits.clone()
+            self._wait()
+        return logits
+
+    def _on(self, partition: Partition | None) -> AbstractContextManager:
+        return partition.use() if partition is not None else nullcontext()
+
+    def _wait(self) -> None:
+        if self.is_cuda:
+            torch.cuda.current_stream().synchronize()
+
+    @torch.inference_mode()
+    def _run(self, batch: Sequence[Chunk], partition: Partition | None) -> tuple[torch.Tensor, torch.Tensor]:
+        validate(batch, self.kv.num_blocks, self.kv.block_size, self.max_model_len)
+        if self._graphs is not None and partition is not None and all(len(c.token_ids) == 1 for c in batch):
+            bucket = self._graphs.bucket_for(partition, len(batch))
+            if bucket is not None:
+                return self._graphs.run(batch, partition, bucket)
+        sms = partition.sm_count if partition is not None else self.num_sms
+        packed = pack(batch, self.device, self.kv.block_size, self.spec.num_kv_heads, sms)
+        hidden = self.model(packed.input_ids, packed.positions, self.kv, packed.meta, packed.select)
+        logits = self.model.compute_logits(hidden)[packed.inverse]
+        return logits, logits.argmax(-1)

@@ -1,0 +1,67 @@
+"""KV cache sizing, partitions on CPU (same API, null streams), and GPU facts without a GPU."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nexus.cost.base import FULL_GPU
+from nexus.errors import UserError
+from nexus.specs import GPUS, MODELS
+from real.gpu_info import ClockPowerSampler, gpu_facts
+from real.kv_cache import KVCache, activation_reserve_bytes, block_bytes, blocks_for_memory
+from real.partitions import Partitions
+
+
+def test_block_bytes_llama8b() -> None:
+    # 32 layers x (K + V) x 8 KV heads x 128 dims x 2 bytes = 128 KiB a token, 16 tokens a block.
+    assert block_bytes(MODELS["llama-3.1-8b"]) == 16 * 131072
+
+
+def test_blocks_for_memory_budget() -> None:
+    spec = MODELS["llama-3.1-8b"]
+    free = 80 * 2**30
+    n = blocks_for_memory(spec, free, 0.9, max_batch_tokens=4096)
+    budget = int(free * 0.9) - spec.weight_bytes - activation_reserve_bytes(spec, 4096)
+    assert n == budget // block_bytes(spec)
+    assert 20_000 < n < 30_000
+    assert blocks_for_memory(spec, free, 0.5) < n
+    assert blocks_for_memory(spec, 10 * 2**30) == 0  # the weights alone do not fit
+    with pytest.raises(ValueError):
+        blocks_for_memory(spec, free, 1.5)
+
+
+def test_kv_cache_layout_and_sink_block() -> None:
+    spec = MODELS["qwen2.5-3b"]
+    kv = KVCache(spec, 3, "cpu", torch.bfloat16)
+    assert kv.k.shape == (spec.num_layers, 4, 16, spec.num_kv_heads, spec.head_dim)
+    assert kv.pad_block == 3 and kv.k[0].is_contiguous()
+    assert kv.bytes == 4 * block_bytes(spec)
+
+
+def test_cpu_partitions_follow_the_gpu_spec() -> None:
+    parts = Partitions([64, 8, FULL_GPU], device="cpu", cpu_gpu=GPUS["h100-sxm"])
+    assert parts.made() == [8, 64]
+    assert (parts.prefill(64).sm_count, parts.decode(64).sm_count) == (64, 68)
+    assert parts.prefill(64).stream is None
+    assert parts.prefill(FULL_GPU).sm_count == 132 and parts.prefill(FULL_GPU) != parts.decode(FULL_GPU)
+    assert len({p.name for p in parts.all()}) == len(parts.all()) == 6
+    assert parts.sizes() == GPUS["h100-sxm"].partition_sizes() and parts.sizes()[-1] == 120
+    with pytest.raises(UserError, match="made: \\[8, 64\\]"):
+        parts.prefill(16)
+    with pytest.raises(UserError, match="cannot split off 60 SMs"):
+        Partitions([60], device="cpu")
+    with pytest.raises(UserError, match="cannot split off 128 SMs"):
+        Partitions([128], device="cpu")  # would leave 4, under the minimum
+    with parts.decode(8).use():
+        pass
+
+
+def test_gpu_facts_and_sampler_degrade_without_a_gpu() -> None:
+    facts = gpu_facts()
+    assert "torch" in facts and "available" in facts
+    if not torch.cuda.is_available():
+        assert "num_sms" not in facts
+    with ClockPowerSampler(interval_s=0.01) as s:
+        pass
+    summary = s.summary()
+    assert summary["samples"] == len(s.samples)
