@@ -121,6 +121,8 @@ MODELS: dict[str, ModelSpec] = {
     "qwen2.5-14b": ModelSpec("qwen2.5-14b", 48, 5120, 40, 8, 128, 13824, 152064,
                              rope_theta=1000000.0, rms_norm_eps=1e-6, attention_bias=True,
                              max_position_embeddings=32768),
+    # A toy model for CPU runs of the real engine and for tests; not a published model.
+    "tiny-llama": ModelSpec("tiny-llama", 2, 64, 4, 2, 16, 128, 256, max_position_embeddings=4096),
 }
 
 # Dense (no sparsity) bf16 tensor throughput and HBM bandwidth from NVIDIA's datasheets:

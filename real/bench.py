@@ -41,6 +41,18 @@ def build_partitions(policies: list[Policy], gpu: GPUSpec, device: str) -> Parti
     return parts
 
 
+def check_fits(entries: list[TraceEntry], runner: ModelRunner) -> None:
+    """Every request must fit the KV cache and the model's positions on its own."""
+    for e in entries:
+        tokens = e.prompt_tokens + e.output_tokens
+        need = blocks_for(tokens, runner.block_size)
+        if need > runner.num_blocks:
+            raise UserError(f"request {e.request_id} needs {need} KV blocks but the cache has {runner.num_blocks}")
+        if tokens > runner.max_model_len:
+            raise UserError(f"request {e.request_id} needs {tokens} positions; "
+                            f"{runner.spec.name} allows {runner.max_model_len}")
+
+
 def warm_up(runner: ModelRunner, parts: Partitions) -> None:
     """Compile kernels and fill caches on every partition before the clock starts."""
     table = list(range(min(runner.num_blocks, 8)))
@@ -55,13 +67,6 @@ def bench_policy(runner: ModelRunner, parts: Partitions, policy: Policy, model: 
                  slo_tbt_s: float | None) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     cost = load_cost_model(model, gpu, calibration)
     pool = BlockPool(runner.num_blocks, runner.block_size, track_ids=True)
-    for e in entries:
-        need = blocks_for(e.prompt_tokens + e.output_tokens, runner.block_size)
-        if need > pool.num_blocks:
-            raise UserError(f"request {e.request_id} needs {need} KV blocks but the cache has {pool.num_blocks}")
-        if e.prompt_tokens + e.output_tokens > runner.max_model_len:
-            raise UserError(f"request {e.request_id} needs {e.prompt_tokens + e.output_tokens} positions; "
-                            f"{model.name} allows {runner.max_model_len}")
     requests = [Request(e.request_id, e.arrival_time_s, e.prompt_tokens, e.output_tokens) for e in entries]
     state = ServingState(model, gpu, cost, pool, policy.priority, max_num_seqs)
     engine = RealEngine(runner, parts, policy, state, requests, seed)

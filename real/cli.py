@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
 def bench(args: argparse.Namespace, console: Console) -> int:
     import sys as _sys
     from nexus.report import print_table
-    from real.bench import bench_policy, build_partitions, facts, make_policies, warm_up, write_outputs
+    from real.bench import (bench_policy, build_partitions, check_fits, facts, make_policies,
+                            warm_up, write_outputs)
     from real.model_runner import ModelRunner
     from sim.cli import parse_params, parse_split
     from sim.run import load_entries
@@ -76,6 +77,7 @@ def bench(args: argparse.Namespace, console: Console) -> int:
     runner = ModelRunner(model, device=args.device, weights=args.weights, seed=args.seed,
                          num_blocks=args.num_blocks, memory_utilization=args.gpu_memory_utilization,
                          max_decode_batch=args.max_num_seqs)
+    check_fits(entries, runner)
     parts = build_partitions(policies, gpu, args.device)
     console.print(f"partitions: {parts.describe()}")
     decode_parts = [parts.decode(p) for p in parts.made()] + [parts.decode(0)]

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from nexus.errors import UserError
 from nexus.policy import POLICIES
 from nexus.specs import GPUS, MODELS
-from sim.report import plot_latency_cdfs, plot_timeline, print_table, write_run
+from nexus.report import plot_latency_cdfs, plot_timeline, print_table, write_run
 from sim.run import Result, run
 
 DEFAULT_TRACE = Path(__file__).resolve().parent.parent / "traces" / "sharegpt.jsonl"

@@ -37,7 +37,9 @@ def test_cpu_bench_gives_every_request_all_its_tokens(trace_file, tmp_path):
         assert streams == ({"mixed"} if policy == "chunked" else {"prefill", "decode"})
 
 
-def test_cpu_bench_survives_preemption(trace_file, tmp_path):
+def test_cpu_bench_survives_preemption(tmp_path):
+    trace_file = tmp_path / "busy.jsonl"
+    write_trace(make_trace(16, 1000.0, (60, 120), (30, 60), seed=6), trace_file)
     out = tmp_path / "out"
     assert main(["bench", "--device", "cpu", "--model", "tiny-llama", "--trace", str(trace_file),
                  "--policy", "chunked", "--num-blocks", "24", "--out", str(out)]) == 0
