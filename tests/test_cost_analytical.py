@@ -10,7 +10,9 @@ from nexus.cost.base import FULL_GPU, BatchShape, CostModel
 from nexus.errors import UserError
 from nexus.specs import GPUS, MODELS
 
-PRESETS = [(m, g) for m in MODELS for g in GPUS]
+# Published models only: the toy CPU model is all overhead, which the hand checks ignore.
+SERVED = {name: spec for name, spec in MODELS.items() if not name.startswith("tiny")}
+PRESETS = [(m, g) for m in SERVED for g in GPUS]
 H100 = GPUS["h100-sxm"]
 LLAMA8 = MODELS["llama-3.1-8b"]
 P = AnalyticalParams()
@@ -52,7 +54,7 @@ def test_satisfies_protocol_and_describes_itself():
     json.dumps(d)
 
 
-@pytest.mark.parametrize("model", MODELS.values(), ids=list(MODELS))
+@pytest.mark.parametrize("model", SERVED.values(), ids=list(SERVED))
 def test_batch1_decode_streams_the_weights(model):
     # One token, short context: every weight matrix is streamed once; the embedding table is
     # only gathered by row, so it does not count unless it doubles as the LM head.
@@ -64,7 +66,7 @@ def test_batch1_decode_streams_the_weights(model):
     assert got == pytest.approx(expected, rel=0.02)
 
 
-@pytest.mark.parametrize("model", MODELS.values(), ids=list(MODELS))
+@pytest.mark.parametrize("model", SERVED.values(), ids=list(SERVED))
 def test_long_prefill_is_matmul_and_attention_compute(model):
     m, t = model, 8192
     h, q, kv = m.hidden_size, m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim
