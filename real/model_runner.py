@@ -90,21 +90,23 @@ class ModelRunner:
     def graph_buckets(self, partition: Partition) -> list[int]:
         return self._graphs.buckets(partition) if self._graphs else []
 
-    def step(self, batch: Sequence[Chunk], partition: Partition | None = None) -> list[int]:
+    def step(self, batch: Sequence[Chunk], partition: Partition | None = None, graphs: bool = True) -> list[int]:
         """Run one step; returns the greedy next token of each sequence, in batch order.
 
         A prefill chunk that does not end its prompt also gets a token; the caller drops it.
+        graphs=False runs a decode batch eagerly even where a graph was captured.
         """
         with self._on(partition):
-            _, tokens = self._run(batch, partition)
+            _, tokens = self._run(batch, partition, graphs)
             host = tokens.to("cpu", non_blocking=self.is_cuda)
             self._wait()
         return host.tolist()
 
-    def logits(self, batch: Sequence[Chunk], partition: Partition | None = None) -> torch.Tensor:
+    def logits(self, batch: Sequence[Chunk], partition: Partition | None = None,
+               graphs: bool = True) -> torch.Tensor:
         """float32 logits of each sequence's last token, [len(batch), vocab], in batch order."""
         with self._on(partition):
-            logits, _ = self._run(batch, partition)
+            logits, _ = self._run(batch, partition, graphs)
             logits = logits.clone()
             self._wait()
         return logits
@@ -117,9 +119,10 @@ class ModelRunner:
             torch.cuda.current_stream().synchronize()
 
     @torch.inference_mode()
-    def _run(self, batch: Sequence[Chunk], partition: Partition | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run(self, batch: Sequence[Chunk], partition: Partition | None,
+             graphs: bool) -> tuple[torch.Tensor, torch.Tensor]:
         validate(batch, self.kv.num_blocks, self.kv.block_size, self.max_model_len)
-        if self._graphs is not None and partition is not None and all(len(c.token_ids) == 1 for c in batch):
+        if graphs and self._graphs is not None and partition is not None and all(len(c.token_ids) == 1 for c in batch):
             bucket = self._graphs.bucket_for(partition, len(batch))
             if bucket is not None:
                 return self._graphs.run(batch, partition, bucket)

@@ -171,8 +171,8 @@ class _Driver:
     def green_stream(self, resource) -> tuple[Any, Any, int]:
         d = self.drv
         desc = self._call(d.cuDevResourceGenerateDesc, [resource], 1)
-        ctx = self._call(d.cuGreenCtxCreate, desc, self.dev, d.CUgreenCtxCreate_flags.CU_GREEN_CTX_DEFAULT_STREAM)
-        stream = self._call(d.cuGreenCtxStreamCreate, ctx, d.CUstream_flags.CU_STREAM_NON_BLOCKING, 0)
+        ctx = self._call(d.cuGreenCtxCreate, desc, self.dev, int(d.CUgreenCtxCreate_flags.CU_GREEN_CTX_DEFAULT_STREAM))
+        stream = self._call(d.cuGreenCtxStreamCreate, ctx, int(d.CUstream_flags.CU_STREAM_NON_BLOCKING), 0)
         granted = self._call(d.cuGreenCtxGetDevResource, ctx, self.sm_type).sm.smCount
         return ctx, stream, granted
 

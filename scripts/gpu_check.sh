@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Run the real engine's GPU tests and benchmarks on a CUDA machine; results go to OUTDIR.
+#
+#   bash scripts/gpu_check.sh [OUTDIR]      (default: gpu_check_out)
+#
+# Works from a plain checkout (no pip install): the repo root goes on PYTHONPATH.
+# Exit status is non-zero if any step failed; every step runs regardless.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUTDIR=${1:-gpu_check_out}
+PY=${PYTHON:-python3}
+mkdir -p "$OUTDIR"
+export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+
+if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "gpu_check: torch sees no CUDA GPU" >&2
+    exit 2
+fi
+nvidia-smi > "$OUTDIR/nvidia-smi.txt" 2>&1 || true
+status=0
+
+step() {  # step NAME TIMEOUT_S COMMAND...: run one step, log it, remember a failure
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name"
+    timeout "$limit" "$@" 2>&1 | tee "$OUTDIR/$name.log"
+    local rc=${PIPESTATUS[0]}
+    [ "$rc" -eq 0 ] || { echo "== $name FAILED (exit $rc)"; status=1; }
+}
+
+# --noconftest: the GPU tests need none of the suite's fixtures, and the shared conftest
+# imports modules (simulator, traces) whose dependencies a GPU box may lack.
+step gpu_tests 900 $PY -m pytest -m gpu --noconftest -p no:cacheprovider -q -rs tests/test_real_*.py \
+    --junitxml "$OUTDIR/gpu_tests.xml"
+step bench_real_roofline 600 $PY experiments/bench_real_roofline.py --out "$OUTDIR/real_roofline_h100.json"
+
+echo "gpu_check: results in $OUTDIR (status $status)"
+exit $status

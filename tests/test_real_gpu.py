@@ -1,0 +1,175 @@
+"""On a CUDA GPU: green-context partitions, CUDA graphs on them, and the model end to end."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from nexus.cost.base import FULL_GPU
+from nexus.errors import UserError
+from nexus.specs import ModelSpec
+from real.batch import Chunk
+from real.model_runner import ModelRunner
+from real_helpers import rel_err
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+SMALL = ModelSpec("small", num_layers=2, hidden_size=1024, num_heads=8, num_kv_heads=2, head_dim=128,
+                  intermediate_size=2816, vocab_size=4096, rope_theta=500000.0, max_position_embeddings=4096)
+
+
+@pytest.fixture(scope="module")
+def parts():
+    from real.partitions import Partitions
+    p = Partitions([8, 32, 64], device="cuda")
+    yield p
+    torch.cuda.synchronize()
+    p.close()
+
+
+if torch.cuda.is_available():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _where_am_i(out_ptr, spin_ns):
+        zero = tl.zeros([1], tl.int32)
+        sm = tl.inline_asm_elementwise("mov.u32 $0, %smid;", "=r,r", [zero], dtype=tl.int32,
+                                       is_pure=False, pack=1)
+        t0 = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,r", [zero], dtype=tl.int64,
+                                       is_pure=False, pack=1)
+        t = t0
+        while tl.max(t - t0, axis=0) < spin_ns:  # keep each SM busy so blocks spread over all
+            t = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,r", [zero], dtype=tl.int64,
+                                          is_pure=False, pack=1)
+        tl.store(out_ptr + tl.program_id(0) + tl.arange(0, 1), sm)
+
+
+def _sm_ids(stream: torch.cuda.Stream, programs: int = 4000, spin_ns: int = 20_000) -> torch.Tensor:
+    """The SM id each of `programs` blocks ran on, launched on `stream`."""
+    with torch.cuda.stream(stream):
+        out = torch.full((programs,), -1, dtype=torch.int32, device="cuda")
+        _where_am_i[(programs,)](out, spin_ns)
+    return out
+
+
+def test_partitions_are_disjoint_and_of_granted_size(parts) -> None:
+    total = torch.cuda.get_device_properties(0).multi_processor_count
+    assert parts.num_sms == total and parts.sm_min >= 1 and parts.sm_step >= 1
+    full = _sm_ids(parts.prefill(FULL_GPU).stream)
+    torch.cuda.synchronize()
+    assert len(set(full.tolist())) == total
+    for p in parts.made():
+        a, b = parts.prefill(p), parts.decode(p)
+        assert a.sm_count == p and b.sm_count == total - p
+        ids_a, ids_b = _sm_ids(a.stream), _sm_ids(b.stream)  # run at the same time
+        torch.cuda.synchronize()
+        set_a, set_b = set(ids_a.tolist()), set(ids_b.tolist())
+        assert -1 not in set_a | set_b
+        assert not set_a & set_b, f"split {p}: partitions share SMs {sorted(set_a & set_b)}"
+        assert len(set_a) == p and len(set_b) == total - p
+
+
+def test_impossible_split_is_a_user_error(parts) -> None:
+    from real.partitions import Partitions
+    with pytest.raises(UserError, match="cannot split off"):
+        Partitions([parts.sm_min + 1 if parts.sm_step > 1 else parts.num_sms], device="cuda")
+
+
+def test_matmul_slows_as_its_partition_shrinks(parts) -> None:
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+
+    def ms(part) -> float:
+        with part.use():
+            for _ in range(2):
+                a @ b
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(5):
+                a @ b
+            end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+
+    t32, t64, t_all = ms(parts.prefill(32)), ms(parts.prefill(64)), ms(parts.prefill(FULL_GPU))
+    assert t32 > 1.5 * t64 and t64 > 1.4 * t_all, (t32, t64, t_all)
+
+
+def _prefilled_runner(num_seqs: int, prompt: int):
+    runner = ModelRunner(SMALL, device="cuda", num_blocks=512, max_model_len=2048, max_decode_batch=16)
+    gen = torch.Generator().manual_seed(0)
+    tables = [list(range(i * 32, (i + 1) * 32)) for i in range(num_seqs)]
+    prompts = [torch.randint(0, SMALL.vocab_size, (prompt + i,), generator=gen).tolist() for i in range(num_seqs)]
+    runner.step([Chunk(p, 0, t) for p, t in zip(prompts, tables)])
+    return runner, prompts, tables
+
+
+def test_graphs_replay_like_eager_on_every_partition(parts) -> None:
+    runner, prompts, tables = _prefilled_runner(8, 100)
+    targets = [parts.decode(64), parts.prefill(32), parts.decode(FULL_GPU)]
+    runner.capture_graphs(targets, buckets=[1, 4, 8])
+    assert runner.graph_buckets(parts.decode(64)) == [1, 4, 8]
+    for k, part in enumerate(targets):
+        for n in (3, 8, 1):  # a padded bucket, a full one, and a single sequence
+            # A new token each time, so every batch token changes its cache slot.
+            batch = [Chunk([(7 + i + 31 * n + 97 * k) % SMALL.vocab_size], len(prompts[i]), tables[i])
+                     for i in range(n)]
+            before = runner.kv.data[:, :, :runner.num_blocks].clone()
+            graph = runner.logits(batch, part)
+            after = runner.kv.data[:, :, :runner.num_blocks].clone()
+            eager = runner.logits(batch, part, graphs=False)
+            assert rel_err(graph, eager) < 1e-2, part.name
+            # Padded rows wrote only to the sink block: every changed slot is a batch token's.
+            changed = (before != after).flatten(4).any(-1).any(0).any(0).nonzero().tolist()
+            expected = sorted([tables[i][len(prompts[i]) // 16], len(prompts[i]) % 16] for i in range(n))
+            assert sorted(changed) == expected
+
+
+def test_prefill_and_decode_run_concurrently_on_a_split(parts) -> None:
+    runner, prompts, tables = _prefilled_runner(8, 60)
+    decode = parts.decode(64)
+    runner.capture_graphs([decode], buckets=[8])
+    long_prompt = torch.randint(0, SMALL.vocab_size, (1500,), generator=torch.Generator().manual_seed(1)).tolist()
+    long_table = list(range(400, 400 + 94))
+
+    def decode_steps() -> list[list[int]]:
+        out, last = [], [1] * 8
+        for step in range(20):
+            batch = [Chunk([last[i]], len(prompts[i]) + step, tables[i]) for i in range(8)]
+            last = runner.step(batch, decode)
+            out.append(last)
+        return out
+
+    serial_decode = decode_steps()
+    serial_prefill = runner.logits([Chunk(long_prompt, 0, long_table)], parts.prefill(64))
+    results = {}
+    thread = threading.Thread(target=lambda: results.setdefault("decode", decode_steps()))
+    thread.start()
+    results["prefill"] = runner.logits([Chunk(long_prompt, 0, long_table)], parts.prefill(64))
+    thread.join()
+    assert results["decode"] == serial_decode
+    assert rel_err(results["prefill"], serial_prefill) < 1e-3
+
+
+def test_bf16_gpu_model_matches_transformers_fp32(tmp_path) -> None:
+    transformers = pytest.importorskip("transformers")
+    from real.weights import spec_from_hf_config
+    config = transformers.LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                                      max_position_embeddings=1024, rms_norm_eps=1e-5, initializer_range=0.1)
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(config).eval()
+    hf.save_pretrained(tmp_path)
+    runner = ModelRunner(spec_from_hf_config(tmp_path), device="cuda", weights=tmp_path, num_blocks=64)
+    ids = torch.randint(0, 512, (300,), generator=torch.Generator().manual_seed(2)).tolist()
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits[0].float()
+    table = list(range(20))
+    got = [runner.logits([Chunk(ids[:200], 0, table)])[0]]
+    for pos in range(200, 203):
+        got.append(runner.logits([Chunk(ids[pos:pos + 1], pos, table)])[0])
+    got = torch.stack(got).cpu()
+    assert rel_err(got, ref[199:203]) < 3e-2
