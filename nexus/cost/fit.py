@@ -1,0 +1,363 @@
+"""Fit the measured cost model to a calibration file's measurements (numpy only).
+
+Solo time of one phase on an SM count s is a sum of non-negative terms, each a fitted
+coefficient times a physical feature of the shape:
+
+    prefill: base(tokens) + pair_s * attention_pairs + prior_token_s * prior_tokens
+    decode:  base(batch)  + kv_token_s * kv_tokens
+
+attention_pairs = sum over chunks of n*prior + n(n+1)/2 (causal query-key pairs), and
+kv_tokens = batch * context. base() is piecewise linear through knots at the measured
+chunk sizes (batch sizes), non-decreasing, flat below the first knot (a tiny chunk still
+streams every weight) and extended with its last slope above the last one. Piecewise
+linear rather than a line because a matmul is weight-bound for few tokens and
+compute-bound for many: its time has a knee whose place depends on the SM count.
+
+Every coefficient is fitted at every measured SM count at once, constrained to be
+non-negative and non-increasing in SMs (the plain stream, sms=0, ranks above the largest
+partition). With non-negative features this makes "more SMs is never slower" hold for
+every shape, not only for the measured ones. The constraint becomes plain non-negativity
+by writing each coefficient as a sum of non-negative increments, one per SM count at or
+above it, which a small active-set NNLS (Lawson-Hanson) then solves. Rows are weighted by
+1/time so that relative error is what is minimised.
+
+Co-run slowdown of a phase is 1 + a*u_o + b*u_s*u_o + c*min(u_o, max(0, u_s + u_o - k)),
+with u_s and u_o the HBM bandwidth each phase draws alone (its bytes, from the model's
+shapes, over its fitted solo time, as a fraction of the datasheet bandwidth). a is
+interference felt even by compute-bound work, b grows with how memory-bound the slowed
+phase is, and c is the oversubscription above k, the fraction of datasheet bandwidth the
+chip really delivers. a, b, c >= 0 are fitted per slowed phase by NNLS; k by a grid search.
+The factor is 1 when the other phase is idle and never falls as its demand grows.
+
+Held-out error: a seeded random quarter of the grid points of each kind (a point is an SM
+count and a shape, with all its repeats) is left out, the model is fitted on the rest and
+scored on it. The shipped parameters are then refitted on everything.
+
+Run `python -m nexus.cost.fit CALIBRATION.json` to refit a file in place.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nexus.cost.base import FULL_GPU, BatchShape
+from nexus.cost.calibration import read_calibration, spec_from_dict, write_calibration
+from nexus.errors import UserError
+from nexus.specs import GPUSpec, ModelSpec
+
+FIT_METHOD = "monotone-piecewise-nnls"
+FIT_VERSION = 1
+MAX_KNOTS = 12
+# Candidate fractions of datasheet bandwidth at which co-running phases start to queue.
+BANDWIDTH_FRACTIONS = np.round(np.arange(0.40, 1.201, 0.05), 2)
+# Used when a calibration holds no co-run measurements: rough, in line with the analytical
+# model's defaults, and reported as such.
+DEFAULT_CORUN = {"bandwidth_fraction": 0.85,
+                 "prefill": {"other_use": 0.10, "own_x_other_use": 0.0, "oversubscription": 0.5},
+                 "decode": {"other_use": 0.05, "own_x_other_use": 0.0, "oversubscription": 1.0}}
+CORUN_TERMS = ("other_use", "own_x_other_use", "oversubscription")
+
+
+# ---- non-negative least squares ------------------------------------------------------
+
+def nnls(a: np.ndarray, b: np.ndarray, max_iter: int | None = None) -> np.ndarray:
+    """argmin ||a x - b|| subject to x >= 0, by the Lawson-Hanson active-set method."""
+    m, n = a.shape
+    x = np.zeros(n)
+    passive = np.zeros(n, dtype=bool)
+    tol = 10 * np.finfo(float).eps * max(m, n) * (np.abs(a).sum(0).max() if a.size else 0.0)
+    for _ in range(max_iter or 3 * n):
+        grad = a.T @ (b - a @ x)
+        candidates = np.where(passive, -np.inf, grad)
+        j = int(np.argmax(candidates)) if n else 0
+        if n == 0 or candidates[j] <= tol:
+            break
+        passive[j] = True
+        while True:
+            z = np.zeros(n)
+            z[passive] = np.linalg.lstsq(a[:, passive], b, rcond=None)[0]
+            if np.all(z[passive] > 0):
+                x = z
+                break
+            # Step from x toward z until the first passive variable reaches zero; drop it.
+            blocked = passive & (z <= 0)
+            alpha = np.min(x[blocked] / (x[blocked] - z[blocked]))
+            x = x + alpha * (z - x)
+            passive &= x > tol
+            x[~passive] = 0.0
+            if not passive.any():
+                break
+    return x
+
+
+# ---- solo-time features ----------------------------------------------------------------
+
+def prefill_attention(chunks: tuple[tuple[int, int], ...]) -> tuple[int, int, int]:
+    """(new tokens, causal query-key pairs, prior KV tokens) summed over prefill chunks."""
+    tokens = pairs = prior = 0
+    for n, p in chunks:
+        if n > 0:
+            tokens += n
+            pairs += n * p + n * (n + 1) // 2
+            prior += p
+    return tokens, pairs, prior
+
+
+def _pick_knots(values: np.ndarray) -> np.ndarray:
+    distinct = np.unique(values)
+    if len(distinct) > MAX_KNOTS:
+        distinct = distinct[np.round(np.linspace(0, len(distinct) - 1, MAX_KNOTS)).astype(int)]
+    return distinct.astype(float)
+
+
+def _ramps(x: np.ndarray, knots: np.ndarray) -> np.ndarray:
+    """Columns [1, r_1 .. r_{K-1}]: base(x) = sum of them times (value at knot 0, increments)."""
+    cols = [np.ones_like(x, dtype=float)]
+    for i in range(1, len(knots)):
+        r = (x - knots[i - 1]) / (knots[i] - knots[i - 1])
+        cols.append(np.maximum(r, 0.0) if i == len(knots) - 1 else np.clip(r, 0.0, 1.0))
+    return np.stack(cols, axis=1)
+
+
+def _sm_order(sms: list[int]) -> list[int]:
+    """Measured SM counts from fewest to most, the plain stream (all SMs, no partition) last."""
+    green = sorted(s for s in set(sms) if s != FULL_GPU)
+    return green + ([FULL_GPU] if FULL_GPU in sms else [])
+
+
+def _fit_monotone(sms: np.ndarray, features: np.ndarray, times: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """Coefficients (SM columns x features), >= 0 and non-increasing along the SM order."""
+    order = _sm_order(sms.tolist())
+    col = np.array([order.index(s) for s in sms.tolist()])
+    ncols, p = len(order), features.shape[1]
+    # Increment d[k, c'] counts toward the coefficient at every column c <= c'.
+    reach = np.arange(ncols)[None, :] >= col[:, None]
+    design = (features[:, :, None] * reach[:, None, :]).reshape(len(times), p * ncols)
+    design /= times[:, None]
+    norms = np.linalg.norm(design, axis=0)
+    used = norms > 0
+    inc = np.zeros(p * ncols)
+    inc[used] = nnls(design[:, used] / norms[used], np.ones(len(times))) / norms[used]
+    inc = inc.reshape(p, ncols)
+    coef = np.cumsum(inc[:, ::-1], axis=1)[:, ::-1]
+    return order, coef.T
+
+
+def _fit_phase(sms: np.ndarray, size: np.ndarray, attention: np.ndarray, times: np.ndarray,
+               phase: str, size_name: str) -> dict[str, Any]:
+    if len(times) == 0:
+        raise UserError(f"no {phase} measurements: cannot fit a {phase} model")
+    knots = _pick_knots(size)
+    if len(knots) < 2:
+        raise UserError(f"{phase} measurements cover a single {size_name} ({int(knots[0])}); "
+                        f"at least two are needed to fit how time grows with it")
+    features = np.concatenate([_ramps(size, knots), attention], axis=1)
+    order, coef = _fit_monotone(sms, features, times)
+    k = len(knots)
+    base = np.cumsum(coef[:, :k], axis=1)    # value at each knot, without attention terms
+    return {"sms": order, "knots": [int(v) for v in knots], "base_s": base.tolist(),
+            "attention": coef[:, k:].tolist()}
+
+
+def fit_prefill(records: list[dict]) -> dict[str, Any]:
+    sms = np.array([r["sms"] for r in records], dtype=int)
+    n = np.array([r["chunk_tokens"] for r in records], dtype=float)
+    prior = np.array([r["prior_tokens"] for r in records], dtype=float)
+    pairs = n * prior + n * (n + 1) / 2
+    times = np.array([r["time_s"] for r in records], dtype=float)
+    fit = _fit_phase(sms, n, np.stack([pairs, prior], axis=1), times, "prefill", "chunk size")
+    att = np.array(fit.pop("attention")).reshape(-1, 2)
+    return {"sms": fit["sms"], "token_knots": fit["knots"], "base_s": fit["base_s"],
+            "pair_s": att[:, 0].tolist(), "prior_token_s": att[:, 1].tolist()}
+
+
+def fit_decode(records: list[dict]) -> dict[str, Any]:
+    sms = np.array([r["sms"] for r in records], dtype=int)
+    batch = np.array([r["batch"] for r in records], dtype=float)
+    kv = batch * np.array([r["context"] for r in records], dtype=float)
+    times = np.array([r["time_s"] for r in records], dtype=float)
+    fit = _fit_phase(sms, batch, kv[:, None], times, "decode", "batch size")
+    att = np.array(fit.pop("attention")).reshape(-1, 1)
+    return {"sms": fit["sms"], "batch_knots": fit["knots"], "base_s": fit["base_s"],
+            "kv_token_s": att[:, 0].tolist()}
+
+
+# ---- co-run contention -----------------------------------------------------------------
+
+def prefill_shape(rec: dict) -> BatchShape:
+    return BatchShape(prefill_chunks=((rec["chunk_tokens"], rec["prior_tokens"]),))
+
+
+def decode_shape(rec: dict) -> BatchShape:
+    return BatchShape(decode_seqs=rec["batch"], decode_kv_tokens=rec["batch"] * rec["context"])
+
+
+def corun_terms(own: np.ndarray, other: np.ndarray, bandwidth_fraction: float) -> np.ndarray:
+    """Feature columns of the slowdown model (see the module docstring), one row per pair."""
+    over = np.minimum(other, np.maximum(own + other - bandwidth_fraction, 0.0))
+    return np.stack([other, own * other, over], axis=-1)
+
+
+def _corun_uses(cost: Any, records: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Bandwidth fractions each phase of each co-run draws alone, under the solo model."""
+    bw = cost.gpu.hbm_bandwidth
+    up = [cost.memory_demand(prefill_shape(r["prefill"]), r["prefill"]["sms"]) / bw for r in records]
+    ud = [cost.memory_demand(decode_shape(r["decode"]), r["decode"]["sms"]) / bw for r in records]
+    return np.array(up), np.array(ud)
+
+
+def fit_corun(cost: Any, records: list[dict]) -> dict[str, Any]:
+    """Contention parameters from co-run records, given a cost model for solo times."""
+    if not records:
+        return {**DEFAULT_CORUN, "n": 0,
+                "source": "defaults: the calibration has no co-run measurements"}
+    up, ud = _corun_uses(cost, records)
+    measured = {"prefill": np.array([r["prefill_time_s"] / r["prefill_solo_s"] for r in records]),
+                "decode": np.array([r["decode_time_s"] / r["decode_solo_s"] for r in records])}
+    own_other = {"prefill": (up, ud), "decode": (ud, up)}
+    best = None
+    for k in BANDWIDTH_FRACTIONS:
+        params, sse = {}, 0.0
+        for phase, (own, other) in own_other.items():
+            slow = measured[phase]
+            x = corun_terms(own, other, float(k)) / slow[:, None]
+            coef = nnls(x, (slow - 1.0) / slow)
+            sse += float(np.sum((x @ coef - (slow - 1.0) / slow) ** 2))
+            params[phase] = dict(zip(CORUN_TERMS, coef.tolist()))
+        if best is None or sse < best[0] - 1e-15:
+            best = (sse, float(k), params)
+    _, k, params = best
+    return {"bandwidth_fraction": k, **params, "n": len(records),
+            "source": f"fitted to {len(records)} co-run measurements"}
+
+
+# ---- the whole fit, with held-out error --------------------------------------------------
+
+def fit_params(measurements: dict[str, list], model: ModelSpec, gpu: GPUSpec) -> dict[str, Any]:
+    """Fitted parameters (the calibration file's "fit") from all of `measurements`."""
+    from nexus.cost.measured import MeasuredCost
+
+    solo = {"method": FIT_METHOD, "version": FIT_VERSION,
+            "prefill": fit_prefill(measurements.get("prefill", [])),
+            "decode": fit_decode(measurements.get("decode", []))}
+    cost = MeasuredCost(model, gpu, {**solo, "corun": DEFAULT_CORUN})
+    return {**solo, "corun": fit_corun(cost, measurements.get("corun", []))}
+
+
+def _point_key(phase: str, rec: dict) -> tuple:
+    if phase == "prefill":
+        return rec["sms"], rec["chunk_tokens"], rec["prior_tokens"]
+    if phase == "decode":
+        return rec["sms"], rec["batch"], rec["context"]
+    p, d = rec["prefill"], rec["decode"]
+    return p["sms"], p["chunk_tokens"], p["prior_tokens"], d["sms"], d["batch"], d["context"]
+
+
+def split_holdout(measurements: dict[str, list], fraction: float, seed: int
+                  ) -> tuple[dict[str, list], dict[str, list]]:
+    """(train, held out): a seeded random `fraction` of each kind's grid points, repeats together."""
+    train: dict[str, list] = {}
+    held: dict[str, list] = {}
+    for i, phase in enumerate(("prefill", "decode", "corun")):
+        records = measurements.get(phase, [])
+        keys = sorted({_point_key(phase, r) for r in records})
+        n_out = int(round(fraction * len(keys))) if len(keys) >= 4 else 0
+        rng = np.random.default_rng([seed, i])
+        out = {keys[j] for j in rng.permutation(len(keys))[:n_out]}
+        train[phase] = [r for r in records if _point_key(phase, r) not in out]
+        held[phase] = [r for r in records if _point_key(phase, r) in out]
+    return train, held
+
+
+def _stats(errors: list[float]) -> dict[str, Any]:
+    if not errors:
+        return {"median_abs_pct": None, "p90_abs_pct": None, "n": 0}
+    e = np.abs(np.array(errors))
+    return {"median_abs_pct": round(float(np.median(e)), 3),
+            "p90_abs_pct": round(float(np.percentile(e, 90)), 3), "n": len(errors)}
+
+
+def prediction_errors(cost: Any, measurements: dict[str, list]) -> dict[str, list[float]]:
+    """Signed % errors of `cost` against measurements: solo times, and co-run slowdowns."""
+    out: dict[str, list[float]] = {"prefill": [], "decode": [], "corun_slowdown": []}
+    for phase, shape_of in (("prefill", prefill_shape), ("decode", decode_shape)):
+        for r in measurements.get(phase, []):
+            pred = cost.solo_time(shape_of(r), r["sms"])
+            out[phase].append(100.0 * (pred / r["time_s"] - 1.0))
+    for r in measurements.get("corun", []):
+        p, d = prefill_shape(r["prefill"]), decode_shape(r["decode"])
+        ps, ds = r["prefill"]["sms"], r["decode"]["sms"]
+        for pred, meas in ((cost.slowdown(p, ps, d, ds), r["prefill_time_s"] / r["prefill_solo_s"]),
+                           (cost.slowdown(d, ds, p, ps), r["decode_time_s"] / r["decode_solo_s"])):
+            out["corun_slowdown"].append(100.0 * (pred / meas - 1.0))
+    return out
+
+
+def fit_calibration(data: dict[str, Any], holdout_fraction: float = 0.25,
+                    seed: int = 0) -> dict[str, Any]:
+    """{"fit": parameters fitted on all measurements, "fit_error": held-out error}.
+
+    `data` is a validated calibration (see nexus.cost.calibration). Co-run slowdown error
+    counts two factors per co-run, one per phase.
+    """
+    from nexus.cost.measured import MeasuredCost
+
+    if not 0.0 <= holdout_fraction < 1.0:
+        raise UserError(f"holdout fraction must be in [0, 1), got {holdout_fraction}")
+    model = spec_from_dict(ModelSpec, data["model"], "calibration model")
+    gpu = spec_from_dict(GPUSpec, data["gpu"], "calibration gpu")
+    measurements = data["measurements"]
+    fit = fit_params(measurements, model, gpu)
+
+    train, held = split_holdout(measurements, holdout_fraction, seed)
+    how = (f"{holdout_fraction:.0%} of the grid points of each kind (an SM count and a shape, "
+           f"with all its repeats) drawn with numpy default_rng([{seed}, kind]), fitted on the "
+           f"rest; the shipped fit uses every point")
+    try:
+        errors = prediction_errors(MeasuredCost(model, gpu, fit_params(train, model, gpu)), held)
+    except UserError as e:
+        errors = {"prefill": [], "decode": [], "corun_slowdown": []}
+        how = f"none: too little data left to fit after holding points out ({e})"
+    fit_error = {kind: _stats(errors[kind]) for kind in ("prefill", "decode", "corun_slowdown")}
+    fit_error["holdout"] = how
+    return {"fit": fit, "fit_error": fit_error}
+
+
+def refit_file(path: str | Path, holdout_fraction: float = 0.25, seed: int = 0) -> dict[str, Any]:
+    """Refit a calibration file in place; returns its new fit_error."""
+    data = read_calibration(path)
+    data.update(fit_calibration(data, holdout_fraction, seed))
+    write_calibration(data, path)
+    return data["fit_error"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nexus.cost.fit",
+                                     description="Refit a calibration file in place and print "
+                                                 "its held-out error.")
+    parser.add_argument("calibration", help="calibration JSON file")
+    parser.add_argument("--holdout", type=float, default=0.25,
+                        help="fraction of grid points held out to measure error (default 0.25)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the held-out draw")
+    args = parser.parse_args(argv)
+    try:
+        err = refit_file(args.calibration, args.holdout, args.seed)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for kind in ("prefill", "decode", "corun_slowdown"):
+        s = err[kind]
+        if s["n"]:
+            print(f"{kind:15s} median {s['median_abs_pct']:6.2f}%  P90 {s['p90_abs_pct']:6.2f}%  "
+                  f"n={s['n']}")
+        else:
+            print(f"{kind:15s} no held-out points")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

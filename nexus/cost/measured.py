@@ -1,0 +1,317 @@
+"""The measured cost model: latencies fitted to a GPU profile (a calibration file).
+
+See nexus.cost.fit for the model and how it is fitted. At load, each phase's coefficients
+are tabulated at every SM count 0..num_sms, so a call is a few list look-ups and
+multiply-adds. Between measured SM counts each coefficient is interpolated linearly in
+1/s (exact for work that scales with SMs, and for work that has stopped scaling). Outside
+them it is extrapolated from the two nearest columns along 1/s, but never past the
+nearest measured value nor beyond perfect scaling from it (s0/s times it). Each
+coefficient is then made non-increasing in s, and the plain stream (FULL_GPU) no slower
+than a partition of every SM. Because every term is a non-negative weight times such a
+coefficient, and is evaluated in the same order for every s, more SMs never predict a
+slower time, to the last bit. Without a measured plain-stream column, FULL_GPU is
+predicted as a partition of all SMs; without partitions, a partition of s SMs as the
+plain stream scaled by num_sms/s.
+
+An iteration that mixes prefill chunks and a decode step (chunked prefill) is read off the
+prefill curve at prefill tokens + decode sequences, since the dense layers take every
+token of the batch in one pass (and the fixed cost, launches and one sweep over the
+weights, is paid once); both phases' attention terms are added. Per-sequence sampling
+beyond that (a logit row per decode sequence) is not counted; it is small next to the
+dense layers.
+"""
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nexus.cost.base import FULL_GPU, BatchShape
+from nexus.cost.calibration import check_matches, read_calibration
+from nexus.cost.fit import (CORUN_TERMS, FIT_METHOD, FIT_VERSION, fit_calibration,
+                            prefill_attention)
+from nexus.cost.roofline import IterationWork
+from nexus.errors import UserError
+from nexus.specs import GPUSpec, ModelSpec
+
+_CACHE_LIMIT = 4096
+
+
+def tabulate(sms: list[int], coef: np.ndarray, num_sms: int) -> np.ndarray:
+    """Coefficients (measured SM columns x k) -> (num_sms + 1) x k, row s for s SMs.
+
+    Row 0 is the plain stream. See the module docstring for the rules.
+    """
+    coef = np.asarray(coef, dtype=float)
+    by_s = {s: coef[i] for i, s in enumerate(sms)}
+    green = sorted(s for s in by_s if s != FULL_GPU)
+    full = by_s.get(FULL_GPU)
+    s = np.arange(1, num_sms + 1, dtype=float)[:, None]
+    table = np.empty((num_sms + 1, coef.shape[1]))
+    if not green:
+        table[1:] = full * (num_sms / s)
+    else:
+        g = np.array(green, dtype=float)
+        vals = np.array([by_s[x] for x in green])
+        if len(green) == 1 and full is not None and green[0] < num_sms:
+            # A lone partition: interpolate toward the plain stream standing in for all SMs.
+            g, vals = np.array([g[0], num_sms], dtype=float), np.stack([vals[0], full])
+        inv, x = 1.0 / g, 1.0 / s
+        out = np.empty((num_sms, coef.shape[1]))
+        for k in range(coef.shape[1]):
+            out[:, k] = np.interp(x[:, 0], inv[::-1], vals[::-1, k])
+        if len(g) >= 2:
+            for lo, hi, mask in ((0, 1, s[:, 0] < g[0]), (-1, -2, s[:, 0] > g[-1])):
+                slope = (vals[lo] - vals[hi]) / (inv[lo] - inv[hi])
+                line = vals[lo] + slope * (x - inv[lo])
+                bound = vals[lo] * (g[lo] / s)
+                clipped = np.clip(line, np.minimum(vals[lo], bound), np.maximum(vals[lo], bound))
+                out[mask] = clipped[mask]
+        else:
+            below = s[:, 0] < g[0]
+            out[below] = (vals[0] * (g[0] / s))[below]
+        table[1:] = out
+    table[1:] = np.minimum.accumulate(np.maximum(table[1:], 0.0), axis=0)
+    table[0] = table[num_sms] if full is None else np.minimum(full, table[num_sms])
+    return table
+
+
+class _Phase:
+    """One phase's fitted terms, tabulated over SM counts.
+
+    Table columns: 0 the fixed part (value at the first knot); 1..K-1 the rise of the base
+    curve from knot 0 to knot i; K the slope beyond the last knot; K+1.. the attention
+    coefficients.
+    """
+
+    def __init__(self, sms: list[int], knots: list[int], base: np.ndarray, attention: np.ndarray,
+                 num_sms: int):
+        base = np.asarray(base, dtype=float)
+        k = len(knots)
+        tail = (base[:, -1] - base[:, -2]) / (knots[-1] - knots[-2])
+        coef = np.concatenate([base[:, :1], base[:, 1:] - base[:, :1], tail[:, None],
+                               np.asarray(attention, dtype=float).reshape(len(sms), -1)], axis=1)
+        self.table = tabulate(sms, coef, num_sms)
+        self.rows: list[list[float]] = self.table.tolist()
+        self.cols: list[np.ndarray] = [c.copy() for c in self.table.T]
+        self.knots = [float(v) for v in knots]
+        self.k = k
+
+    def locate(self, x: float) -> tuple[int, float, int, float, float]:
+        """Where x falls: (i, weight of rise i, j, weight of rise j, beyond the last knot)."""
+        kn = self.knots
+        if x <= kn[0]:
+            return 0, 0.0, 0, 0.0, 0.0
+        if x >= kn[-1]:
+            return self.k - 1, 1.0, 0, 0.0, x - kn[-1]
+        j = bisect_right(kn, x)
+        f = (x - kn[j - 1]) / (kn[j] - kn[j - 1])
+        return j - 1, 1.0 - f, j, f, 0.0
+
+    def variable(self, c: Any, where: tuple, attention: tuple[float, ...]) -> Any:
+        """Everything above the fixed part; `c` is a table row, or the columns at array s."""
+        i, wi, j, wj, beyond = where
+        # Rise 0 is zero: only positive weights on non-increasing coefficients, in a fixed order.
+        v = (c[i] * wi if i else 0.0) + (c[j] * wj if j else 0.0) + c[self.k] * beyond
+        for n, a in enumerate(attention):
+            v = v + c[self.k + 1 + n] * a
+        return v
+
+
+class _Columns:
+    """Looks like a table row but yields each column at an array of SM counts."""
+    __slots__ = ("cols", "s")
+
+    def __init__(self, cols: list[np.ndarray], s: np.ndarray):
+        self.cols, self.s = cols, s
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        return self.cols[k][self.s]
+
+
+class MeasuredCost:
+    """Latencies from a fitted GPU profile (nexus.cost.fit), with two-way co-run contention.
+
+    `sms` arguments take an int or an integer numpy array (FULL_GPU = 0 for a plain stream);
+    array arguments broadcast and return arrays.
+    """
+
+    name = "measured"
+
+    def __init__(self, model: ModelSpec, gpu: GPUSpec, fit: dict[str, Any], *,
+                 calibration: str | None = None, fit_error: dict | None = None,
+                 created: str | None = None):
+        self.model, self.gpu = model, gpu
+        self.fit = fit
+        self.calibration, self.fit_error, self.created = calibration, fit_error, created
+        origin = calibration or "fit"
+        try:
+            self._prefill, self._decode, self._corun = self._parse(fit, gpu.num_sms)
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise UserError(f"{origin}: malformed fit ({type(e).__name__}: {e}); refit it with "
+                            f"`python -m nexus.cost.fit {origin}`") from None
+        self._bytes_of = IterationWork(model, 1.0, 1.0)
+        self._bytes: dict[BatchShape, float] = {}
+        self._bandwidth = gpu.hbm_bandwidth
+
+    @classmethod
+    def load(cls, path: str | Path, model: ModelSpec, gpu: GPUSpec) -> "MeasuredCost":
+        """Read, check and (if it has no fit yet) fit a calibration file for this model and GPU."""
+        data = read_calibration(path)
+        check_matches(data, model, gpu, str(path))
+        if "fit" in data:
+            fit, fit_error = data["fit"], data.get("fit_error")
+        else:
+            try:
+                out = fit_calibration(data)
+            except UserError as e:
+                raise UserError(f"{path}: {e}") from None
+            fit, fit_error = out["fit"], out["fit_error"]
+        return cls(model, gpu, fit, calibration=str(path), fit_error=fit_error,
+                   created=data["created"])
+
+    @staticmethod
+    def _parse(fit: dict, num_sms: int) -> tuple[_Phase, _Phase, dict]:
+        if fit.get("method") != FIT_METHOD or fit.get("version") != FIT_VERSION:
+            raise ValueError(f"fit method {fit.get('method')!r} version {fit.get('version')!r}, "
+                             f"this build reads {FIT_METHOD!r} version {FIT_VERSION}")
+        p, d, c = fit["prefill"], fit["decode"], fit["corun"]
+        phases = []
+        for spec, knots, att in ((p, "token_knots", ("pair_s", "prior_token_s")),
+                                 (d, "batch_knots", ("kv_token_s",))):
+            sms, kn, base = spec["sms"], spec[knots], np.asarray(spec["base_s"], dtype=float)
+            attention = np.stack([np.asarray(spec[a], dtype=float) for a in att], axis=1)
+            if (len(kn) < 2 or list(kn) != sorted(set(kn)) or base.shape != (len(sms), len(kn))
+                    or attention.shape[0] != len(sms) or len(set(sms)) != len(sms)
+                    or not all(0 <= s <= num_sms for s in sms)):
+                raise ValueError(f"inconsistent shapes in the {knots.split('_')[0]} fit")
+            if not (np.all(np.isfinite(base)) and np.all(base >= 0)
+                    and np.all(np.isfinite(attention)) and np.all(attention >= 0)):
+                raise ValueError("coefficients must be finite and non-negative")
+            phases.append(_Phase(sms, kn, base, attention, num_sms))
+        corun = {"k": float(c["bandwidth_fraction"])}
+        for phase in ("prefill", "decode"):
+            terms = [float(c[phase][t]) for t in CORUN_TERMS]
+            if not all(math.isfinite(v) and v >= 0 for v in terms):
+                raise ValueError("co-run coefficients must be finite and non-negative")
+            corun[phase] = terms
+        return phases[0], phases[1], corun
+
+    # ---- solo time ---------------------------------------------------------------------
+
+    def _plan(self, shape: BatchShape) -> tuple | None:
+        """(phase curve, where the size falls on it, its attention features, decode KV tokens)."""
+        tokens, pairs, prior = prefill_attention(shape.prefill_chunks)
+        seqs = shape.decode_seqs if shape.decode_seqs > 0 else 0
+        if tokens:
+            return (self._prefill, self._prefill.locate(tokens + seqs), (pairs, prior),
+                    shape.decode_kv_tokens if seqs else 0)
+        if seqs:
+            return self._decode, self._decode.locate(seqs), (shape.decode_kv_tokens,), 0
+        return None
+
+    def _time(self, plan: tuple, p: Any, d: Any) -> Any:
+        """Solo time from table rows (or columns at array s) p of prefill and d of decode."""
+        phase, where, attention, decode_kv = plan
+        c = p if phase is self._prefill else d
+        t = c[0] + phase.variable(c, where, attention)
+        if decode_kv:
+            t = t + d[self._decode.k + 1] * decode_kv
+        return t
+
+    def _check_sms(self, s: int) -> int:
+        if not 0 <= s <= self.gpu.num_sms:
+            raise ValueError(f"SM count {s} outside 0..{self.gpu.num_sms} (0 = whole GPU)")
+        return int(s)
+
+    def _sms_array(self, sms: int | np.ndarray) -> np.ndarray:
+        s = np.asarray(sms)
+        if s.dtype.kind not in "iu":
+            raise TypeError(f"SM counts must be integers, got dtype {s.dtype}")
+        if s.size and (s.min() < 0 or s.max() > self.gpu.num_sms):
+            raise ValueError(f"SM counts must be in 0..{self.gpu.num_sms} (0 = whole GPU)")
+        return s
+
+    def solo_time(self, shape: BatchShape, sms: int | np.ndarray) -> float | np.ndarray:
+        """Seconds for the iteration with the GPU otherwise idle."""
+        plan = self._plan(shape)
+        if isinstance(sms, (int, np.integer)):
+            s = self._check_sms(sms)
+            if plan is None:
+                return 0.0
+            return self._time(plan, self._prefill.rows[s], self._decode.rows[s])
+        s = self._sms_array(sms)
+        if plan is None:
+            return np.zeros(s.shape)
+        return self._time(plan, _Columns(self._prefill.cols, s), _Columns(self._decode.cols, s))
+
+    # ---- contention ----------------------------------------------------------------------
+
+    def _total_bytes(self, shape: BatchShape) -> float:
+        b = self._bytes.get(shape)
+        if b is None:
+            if len(self._bytes) >= _CACHE_LIMIT:
+                self._bytes.clear()
+            b = self._bytes[shape] = self._bytes_of(shape).total_bytes
+        return b
+
+    def memory_demand(self, shape: BatchShape, sms: int | np.ndarray) -> float | np.ndarray:
+        """Average HBM bytes/s the iteration draws alone on `sms` SMs (bytes from the model's
+        shapes, time from the fit)."""
+        t = self.solo_time(shape, sms)
+        if shape.is_empty:
+            return t
+        return self._total_bytes(shape) / t
+
+    def _excess(self, phase: str, own: Any, other: Any) -> Any:
+        a, b, c = self._corun[phase]
+        k = self._corun["k"]
+        if isinstance(own, np.ndarray) or isinstance(other, np.ndarray):
+            over = np.minimum(other, np.maximum(own + other - k, 0.0))
+        else:
+            over = min(other, max(own + other - k, 0.0))
+        return a * other + b * own * other + c * over
+
+    def slowdown(self, shape: BatchShape, sms: int | np.ndarray,
+                 other: BatchShape, other_sms: int | np.ndarray) -> float | np.ndarray:
+        """Factor >= 1 by which `shape` on `sms` is stretched while `other` runs on `other_sms`.
+
+        Each side's bandwidth use is its bytes over its fitted solo time; the factor is
+        1 + the fitted contention of nexus.cost.fit for the slowed phase. A batch mixing
+        prefill and decode takes the two phases' contention weighted by their share of its
+        solo time.
+        """
+        scalar = isinstance(sms, (int, np.integer)) and isinstance(other_sms, (int, np.integer))
+        if shape.is_empty or other.is_empty:
+            return 1.0 if scalar else np.ones(np.broadcast_shapes(np.shape(sms),
+                                                                  np.shape(other_sms)))
+        bw = self._bandwidth
+        own = self._total_bytes(shape) / self.solo_time(shape, sms) / bw
+        rival = self._total_bytes(other) / self.solo_time(other, other_sms) / bw
+        has_pre, has_dec = shape.prefill_tokens > 0, shape.decode_seqs > 0
+        if has_pre and has_dec:
+            pre_only = BatchShape(prefill_chunks=shape.prefill_chunks)
+            tp = self.solo_time(pre_only, sms)
+            w = tp / (tp + self.solo_time(BatchShape(decode_seqs=shape.decode_seqs,
+                                                     decode_kv_tokens=shape.decode_kv_tokens), sms))
+            excess = w * self._excess("prefill", own, rival) + \
+                (1.0 - w) * self._excess("decode", own, rival)
+        else:
+            excess = self._excess("prefill" if has_pre else "decode", own, rival)
+        if scalar:
+            return 1.0 + excess
+        return np.broadcast_to(1.0 + excess, np.broadcast_shapes(np.shape(sms),
+                                                                 np.shape(other_sms))).copy()
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "calibration": self.calibration,
+            "gpu": self.gpu.name,
+            "model": self.model.name,
+            "fit_error": self.fit_error,
+            "created": self.created,
+        }
