@@ -39,6 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--slo-ttft", type=float)
     b.add_argument("--slo-tbt", type=float)
     b.add_argument("--out", required=True, help="directory for summary.json, requests.parquet, timeline.parquet, plots")
+
+    pr = sub.add_parser("profile", help="measure step times over SM counts and shapes; write a calibration file",
+                        description="Profile prefill, decode and co-run step times on every partition; "
+                                    "resumable: rerun with the same --out to continue.")
+    pr.add_argument("--model", default="llama-3.1-8b")
+    pr.add_argument("--gpu", default="h100-sxm")
+    pr.add_argument("--out", required=True, help="calibration JSON (created, or merged into)")
+    pr.add_argument("--part", default="prefill,decode,corun", help="which parts to measure now")
+    pr.add_argument("--repeats", type=int, default=5)
+    pr.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     return p
 
 
@@ -48,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "bench":
             return bench(args, console)
-        return 2
+        return profile_command(args, console)
     except UserError as e:
         console.print(f"[red]nexus-real: error:[/red] {e}", highlight=False)
         return 2
@@ -94,6 +104,34 @@ def bench(args: argparse.Namespace, console: Console) -> int:
     write_outputs(Path(args.out), runs, extra, gpu.num_sms)
     parts.close()
     console.print(f"wrote results to {args.out}/")
+    return 0
+
+
+def profile_command(args: argparse.Namespace, console: Console) -> int:
+    from real.model_runner import ModelRunner
+    from real.partitions import Partitions
+    from real.profile import PARTS, Grid, profile
+
+    model, gpu = resolve_model(args.model), resolve_gpu(args.gpu)
+    which = [w.strip() for w in args.part.split(",") if w.strip()]
+    unknown = set(which) - set(PARTS)
+    if unknown:
+        raise UserError(f"unknown --part {', '.join(sorted(unknown))}; parts are {', '.join(PARTS)}")
+    runner = ModelRunner(model, device=args.device, max_decode_batch=256)
+    parts = Partitions(gpu.partition_sizes(), device=args.device, cpu_gpu=gpu)
+    if "decode" in which or "corun" in which:
+        runner.capture_graphs([parts.decode(0), *(parts.decode(p) for p in parts.made())],
+                              buckets=Grid().decode_batches())
+    data = profile(runner, parts, model, gpu, Path(args.out), which,
+                   "nexus-real profile " + " ".join(sys.argv[2:]), args.repeats,
+                   log=lambda m: console.print(m))
+    err = data.get("fit_error")
+    if err:
+        for kind in ("prefill", "decode", "corun_slowdown"):
+            s = err[kind]
+            if s.get("n"):
+                console.print(f"{kind:15s} held-out median {s['median_abs_pct']:.2f}%  P90 {s['p90_abs_pct']:.2f}%")
+    parts.close()
     return 0
 
 

@@ -1,0 +1,162 @@
+"""`nexus-real profile`: measure the engine's own step times on every partition the GPU offers.
+
+The grid is dense where the curves bend (every SM step, so the low counts and the decode
+knee are covered) and sparse in shapes, where the fitted model interpolates well. A full
+profile is three parts, each a few minutes on an H100; after every SM count the file is
+written, and a rerun skips the points it already holds, so an interrupted profile resumes.
+
+Times are the engine's view: wall time of `ModelRunner.step` (packing, launch or graph
+replay, and the wait for tokens), which is what the simulator must predict.
+"""
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nexus.cost.calibration import merge_calibrations, new_calibration, read_calibration, write_calibration
+from nexus.cost.fit import fit_calibration
+from nexus.errors import UserError
+from nexus.specs import GPUSpec, ModelSpec
+from real.batch import Chunk
+from real.gpu_info import gpu_facts
+from real.model_runner import ModelRunner
+from real.partitions import Partitions
+
+PARTS = ("prefill", "decode", "corun")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Shapes to measure at every SM count: prefill (chunk, prior), decode (batch, context)."""
+    prefill: tuple = ((128, 0), (512, 0), (2048, 0), (4096, 0), (128, 4096), (512, 4096), (2048, 4096))
+    decode: tuple = ((1, 512), (1, 2048), (16, 512), (16, 2048), (64, 512), (64, 2048), (128, 512),
+                     (128, 2048), (256, 512), (256, 1024), (64, 4096), (32, 8192))
+    corun_splits: tuple = (32, 64, 96)
+    corun_prefill: tuple = ((512, 0), (2048, 0), (2048, 4096))
+    corun_decode: tuple = ((16, 1024), (64, 1024), (128, 2048))
+
+    def decode_batches(self) -> list[int]:
+        return sorted({b for b, _ in self.decode + self.corun_decode})
+
+
+class Profiler:
+    def __init__(self, runner: ModelRunner, parts: Partitions, repeats: int = 5):
+        self.runner, self.parts, self.repeats = runner, parts, repeats
+        self.rng = np.random.default_rng(0)
+        self._next_block = 0
+
+    def _table(self, tokens: int) -> list[int]:
+        """Distinct blocks where the cache has room, wrapping around where it does not."""
+        n = -(-tokens // self.runner.block_size)
+        ids = [(self._next_block + i) % self.runner.num_blocks for i in range(n)]
+        self._next_block = (self._next_block + n) % self.runner.num_blocks
+        return ids
+
+    def prefill_batch(self, chunk: int, prior: int) -> list[Chunk]:
+        ids = self.rng.integers(0, self.runner.spec.vocab_size, chunk).tolist()
+        return [Chunk(ids, prior, self._table(prior + chunk))]
+
+    def decode_batch(self, batch: int, context: int) -> list[Chunk]:
+        self._next_block = 0
+        return [Chunk([int(self.rng.integers(0, self.runner.spec.vocab_size))], context - 1,
+                      self._table(context)) for _ in range(batch)]
+
+    def time_alone(self, chunks: list[Chunk], part) -> float:
+        step = self.runner.step
+        step(chunks, part)
+        times = []
+        for _ in range(self.repeats):
+            t0 = time.perf_counter()
+            step(chunks, part)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    def time_together(self, a: tuple[list[Chunk], object], b: tuple[list[Chunk], object],
+                      duration_s: float = 0.6) -> tuple[float, float]:
+        """Median step time of each phase while both loop on their partitions at once."""
+        stop = threading.Event()
+        times: list[list[float]] = [[], []]
+
+        def loop(which: int, chunks: list[Chunk], part) -> None:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                self.runner.step(chunks, part)
+                times[which].append(time.perf_counter() - t0)
+
+        threads = [threading.Thread(target=loop, args=(i, *pair)) for i, pair in enumerate((a, b))]
+        for t in threads:
+            t.start()
+        time.sleep(duration_s)
+        stop.set()
+        for t in threads:
+            t.join()
+        # The first and last steps of each side may have run partly alone.
+        return tuple(statistics.median(ts[1:-1] if len(ts) > 3 else ts) for ts in times)
+
+
+def profile(runner: ModelRunner, parts: Partitions, model: ModelSpec, gpu: GPUSpec, out: Path,
+            which: list[str], command: str, repeats: int = 5, grid: Grid = Grid(), log=print) -> dict:
+    data = new_calibration(model, gpu, command=command, machine=gpu_facts(),
+                           grid={"sms": [0, *parts.made()], **asdict(grid)})
+    if out.exists():
+        data = merge_calibrations(read_calibration(out), data, str(out))
+    have = {(k, tuple(sorted((kk, str(vv)) for kk, vv in r.items() if not kk.endswith("_s"))))
+            for k in PARTS for r in data["measurements"].get(k, [])}
+
+    def missing(kind: str, rec: dict) -> bool:
+        return (kind, tuple(sorted((k, str(v)) for k, v in rec.items()))) not in have
+
+    fits = lambda tokens: tokens <= runner.max_model_len  # noqa: E731  (the tiny CPU model is short)
+    prefill_shapes = [(c, p) for c, p in grid.prefill if fits(c + p)]
+    decode_shapes = [(b, c) for b, c in grid.decode if fits(c)]
+    corun_prefill = [(c, p) for c, p in grid.corun_prefill if fits(c + p)]
+    prof = Profiler(runner, parts, repeats)
+    meas = data["measurements"]
+    if "prefill" in which:
+        for p in [0, *parts.made()]:
+            part = parts.prefill(p)
+            for chunk, prior in prefill_shapes:
+                key = {"sms": part.sm_count if p else 0, "chunk_tokens": chunk, "prior_tokens": prior}
+                if missing("prefill", key):
+                    meas["prefill"].append({**key, "time_s": prof.time_alone(prof.prefill_batch(chunk, prior), part)})
+            write_calibration(data, out)
+            log(f"prefill: {part.name} done")
+    if "decode" in which:
+        for p in [0, *parts.made()]:
+            part = parts.decode(p)
+            for batch, context in decode_shapes:
+                key = {"sms": part.sm_count if p else 0, "batch": batch, "context": context}
+                if missing("decode", key):
+                    meas["decode"].append({**key, "time_s": prof.time_alone(prof.decode_batch(batch, context), part)})
+            write_calibration(data, out)
+            log(f"decode: {part.name} done")
+    if "corun" in which:
+        for p in grid.corun_splits:
+            if p not in parts.made():
+                continue
+            pp, dp = parts.prefill(p), parts.decode(p)
+            for chunk, prior in corun_prefill:
+                for batch, context in grid.corun_decode:
+                    rec = {"prefill": {"sms": pp.sm_count, "chunk_tokens": chunk, "prior_tokens": prior},
+                           "decode": {"sms": dp.sm_count, "batch": batch, "context": context}}
+                    if not missing("corun", rec):
+                        continue
+                    dec = prof.decode_batch(batch, context)
+                    pre = prof.prefill_batch(chunk, prior)
+                    solo_p, solo_d = prof.time_alone(pre, pp), prof.time_alone(dec, dp)
+                    together_p, together_d = prof.time_together((pre, pp), (dec, dp))
+                    meas["corun"].append({**rec, "prefill_time_s": together_p, "decode_time_s": together_d,
+                                          "prefill_solo_s": solo_p, "decode_solo_s": solo_d})
+            write_calibration(data, out)
+            log(f"corun: split {p} done")
+    try:
+        data.update(fit_calibration(data))
+    except UserError as e:
+        log(f"not fitted yet ({e}); measure the remaining parts and rerun")
+    write_calibration(data, out)
+    return data
