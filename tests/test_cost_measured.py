@@ -1,0 +1,474 @@
+"""The measured cost model, fitted to synthetic calibrations drawn from the analytical model.
+
+The analytical model plays the GPU: its times, times a few % of log-normal noise, are the
+"measurements", so the fit can be checked against the noise-free truth.
+"""
+import copy
+import itertools
+import json
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nexus.cost import load_cost_model
+from nexus.cost.analytical import AnalyticalCost
+from nexus.cost.base import FULL_GPU, BatchShape, CostModel
+from nexus.cost.calibration import (merge_calibrations, new_calibration, read_calibration,
+                                    write_calibration)
+from nexus.cost.fit import (decode_shape, fit_calibration, fit_params, main, nnls,
+                            prefill_shape, split_holdout)
+from nexus.cost.measured import MeasuredCost
+from nexus.errors import UserError
+from nexus.specs import GPUS, MODELS
+
+H100 = GPUS["h100-sxm"]
+LLAMA8 = MODELS["llama-3.1-8b"]
+SMS = [FULL_GPU] + list(range(8, 129, 8))
+CHUNKS = [64, 128, 256, 512, 1024, 2048, 4096, 8192]
+PRIORS = [0, 1024, 4096, 8192]
+BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+CONTEXTS = [128, 512, 2048, 8192]
+NOISE = 0.02
+
+
+def synthetic(model=LLAMA8, gpu=H100, noise=NOISE, seed=1, sms=SMS, corun=True) -> dict:
+    """A calibration measured on the analytical model, with multiplicative noise."""
+    truth = AnalyticalCost(model, gpu)
+    rng = np.random.default_rng(seed)
+    data = new_calibration(model, gpu, command="synthetic", machine={"gpu_name": "analytical"},
+                           grid={"sms": list(sms)})
+    meas = data["measurements"]
+
+    def noisy(t: float) -> float:
+        return float(t * np.exp(rng.normal(0.0, noise)))
+
+    for s in sms:
+        for n, p in itertools.product(CHUNKS, PRIORS):
+            rec = {"sms": s, "chunk_tokens": n, "prior_tokens": p}
+            meas["prefill"].append({**rec, "time_s": noisy(truth.solo_time(prefill_shape(rec), s))})
+        for b, c in itertools.product(BATCHES, CONTEXTS):
+            rec = {"sms": s, "batch": b, "context": c}
+            meas["decode"].append({**rec, "time_s": noisy(truth.solo_time(decode_shape(rec), s))})
+    if corun:
+        for sp, n, p, b, c in itertools.product((32, 64, 96), (256, 1024, 4096), (0, 4096),
+                                                (16, 64, 256), (512, 4096)):
+            pre = {"sms": sp, "chunk_tokens": n, "prior_tokens": p}
+            dec = {"sms": gpu.num_sms - sp, "batch": b, "context": c}
+            ps, ds = prefill_shape(pre), decode_shape(dec)
+            tp, td = truth.solo_time(ps, sp), truth.solo_time(ds, dec["sms"])
+            meas["corun"].append({
+                "prefill": pre, "decode": dec,
+                "prefill_time_s": noisy(tp * truth.slowdown(ps, sp, ds, dec["sms"])),
+                "decode_time_s": noisy(td * truth.slowdown(ds, dec["sms"], ps, sp)),
+                "prefill_solo_s": noisy(tp), "decode_solo_s": noisy(td)})
+    return data
+
+
+@pytest.fixture(scope="module")
+def data() -> dict:
+    return synthetic()
+
+
+@pytest.fixture(scope="module")
+def fitted(data) -> dict:
+    return fit_calibration(data)
+
+
+@pytest.fixture(scope="module")
+def cost(fitted) -> MeasuredCost:
+    return MeasuredCost(LLAMA8, H100, fitted["fit"])
+
+
+@pytest.fixture(scope="module")
+def truth() -> AnalyticalCost:
+    return AnalyticalCost(LLAMA8, H100)
+
+
+def abs_pct(pred, true) -> np.ndarray:
+    return np.abs(np.asarray(pred) / np.asarray(true) - 1.0) * 100.0
+
+
+# ---- NNLS --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(8))
+def test_nnls_matches_exhaustive_search(seed):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(12, 5))
+    b = rng.normal(size=12)
+    x = nnls(a, b)
+    assert np.all(x >= 0)
+    best = np.inf
+    for mask in itertools.product([False, True], repeat=5):
+        mask = np.array(mask)
+        z = np.zeros(5)
+        if mask.any():
+            z[mask] = np.linalg.lstsq(a[:, mask], b, rcond=None)[0]
+        if np.all(z >= 0):
+            best = min(best, float(np.sum((a @ z - b) ** 2)))
+    assert np.sum((a @ x - b) ** 2) == pytest.approx(best, rel=1e-9, abs=1e-12)
+
+
+def test_nnls_recovers_a_nonnegative_solution_exactly():
+    rng = np.random.default_rng(3)
+    a = rng.uniform(size=(40, 6))
+    x_true = np.array([0.0, 2.0, 0.5, 0.0, 1.0, 3.0])
+    assert np.allclose(nnls(a, a @ x_true), x_true, atol=1e-9)
+
+
+# ---- the fit against the generating model ------------------------------------------------
+
+def test_fit_recovers_the_generating_times_on_the_grid(data, cost, truth):
+    for kind, shape_of in (("prefill", prefill_shape), ("decode", decode_shape)):
+        recs = data["measurements"][kind]
+        pred = [cost.solo_time(shape_of(r), r["sms"]) for r in recs]
+        true = [truth.solo_time(shape_of(r), r["sms"]) for r in recs]
+        err = abs_pct(pred, true)
+        assert np.median(err) < 1.5 and np.percentile(err, 90) < 3.0 and err.max() < 6.0, kind
+
+
+def test_fit_generalises_off_the_grid(cost, truth):
+    # Shapes and SM counts (including partition remainders such as 68 and 132) never measured.
+    rng = np.random.default_rng(7)
+    errs = {"prefill": [], "decode": [], "mixed": []}
+    for _ in range(600):
+        s = int(rng.choice([0, 12, 36, 68, 100, 124, 132] + list(range(8, 129, 8))))
+        n = int(np.exp(rng.uniform(np.log(64), np.log(8192))))
+        p = int(rng.uniform(0, 8192))
+        b = int(np.exp(rng.uniform(0, np.log(256))))
+        kv = b * int(np.exp(rng.uniform(np.log(128), np.log(8192))))
+        for kind, shape in (("prefill", BatchShape(((n, p),))),
+                            ("decode", BatchShape(decode_seqs=b, decode_kv_tokens=kv)),
+                            ("mixed", BatchShape(((n, p),), decode_seqs=b, decode_kv_tokens=kv))):
+            errs[kind].append(abs_pct(cost.solo_time(shape, s), truth.solo_time(shape, s)))
+    for kind, e in errs.items():
+        # Between knots a kink in the truth is cut by a chord: bounded, rare.
+        assert np.median(e) < 2.0 and np.percentile(e, 90) < 5.0 and max(e) < 15.0, kind
+
+
+def test_several_chunks_add_their_features(cost, truth):
+    one = BatchShape(((1024, 2048),))
+    two = BatchShape(((512, 0), (512, 4096)))
+    # Same tokens through the dense layers, fewer attention pairs and KV reads.
+    assert cost.solo_time(two, 64) < cost.solo_time(one, 64)
+    assert cost.solo_time(two, 64) > cost.solo_time(BatchShape(((1024, 0),)), 64) * 0.99
+    assert abs_pct(cost.solo_time(two, 64), truth.solo_time(two, 64)) < 5.0
+
+
+def test_corun_slowdown_recovers_the_generating_model(data, cost, truth):
+    pred, true = [], []
+    for r in data["measurements"]["corun"]:
+        p, d = prefill_shape(r["prefill"]), decode_shape(r["decode"])
+        ps, ds = r["prefill"]["sms"], r["decode"]["sms"]
+        pred += [cost.slowdown(p, ps, d, ds), cost.slowdown(d, ds, p, ps)]
+        true += [truth.slowdown(p, ps, d, ds), truth.slowdown(d, ds, p, ps)]
+    err = abs_pct(pred, true)
+    assert max(true) > 1.1      # the synthetic co-runs really do contend
+    assert np.median(err) < 2.0 and err.max() < 8.0
+
+
+# ---- held-out error ----------------------------------------------------------------------
+
+def test_heldout_error_meets_the_targets(fitted):
+    err = fitted["fit_error"]
+    for kind in ("prefill", "decode"):
+        assert err[kind]["n"] > 0
+        assert err[kind]["median_abs_pct"] <= 5.0 and err[kind]["p90_abs_pct"] <= 12.0, kind
+    assert err["corun_slowdown"]["n"] > 0 and err["corun_slowdown"]["median_abs_pct"] <= 10.0
+    assert "25%" in err["holdout"]
+
+
+def test_heldout_error_is_computed_from_held_out_points(data, fitted):
+    train, held = split_holdout(data["measurements"], 0.25, 0)
+    cost = MeasuredCost(LLAMA8, H100, fit_params(train, LLAMA8, H100))
+    for kind, shape_of in (("prefill", prefill_shape), ("decode", decode_shape)):
+        # One record per grid point here, so a quarter of the records are held out.
+        assert len(held[kind]) == round(0.25 * len(data["measurements"][kind]))
+        assert not any(r in train[kind] for r in held[kind])
+        e = [abs_pct(cost.solo_time(shape_of(r), r["sms"]), r["time_s"]) for r in held[kind]]
+        assert fitted["fit_error"][kind]["n"] == len(e)
+        assert fitted["fit_error"][kind]["median_abs_pct"] == pytest.approx(np.median(e), abs=1e-3)
+        assert fitted["fit_error"][kind]["p90_abs_pct"] == pytest.approx(np.percentile(e, 90),
+                                                                         abs=1e-3)
+
+
+def test_heldout_error_sees_points_the_fit_did_not():
+    # Make every held-out point 40% slower than the GPU would be: only held-out error notices.
+    data = synthetic(noise=0.0, corun=False)
+    _, held = split_holdout(data["measurements"], 0.25, 0)
+    tampered = {id(r) for r in held["decode"]}
+    for r in data["measurements"]["decode"]:
+        if id(r) in tampered:
+            r["time_s"] *= 1.4
+    err = fit_calibration(data)["fit_error"]["decode"]
+    assert err["median_abs_pct"] == pytest.approx(100 * (1 - 1 / 1.4), abs=2.0)
+
+
+def test_stored_errors_are_the_computed_ones(data, fitted, tmp_path):
+    path = tmp_path / "calib.json"
+    write_calibration(data, path)
+    assert main([str(path)]) == 0
+    stored = read_calibration(path)
+    assert stored["fit_error"] == fitted["fit_error"]
+    assert stored["fit"] == json.loads(json.dumps(fitted["fit"]))
+    loaded = MeasuredCost.load(path, LLAMA8, H100)
+    assert loaded.describe()["fit_error"] == fitted["fit_error"]
+
+
+# ---- more SMs never slower ----------------------------------------------------------------
+
+shapes = st.builds(
+    BatchShape,
+    prefill_chunks=st.lists(st.tuples(st.integers(0, 20000), st.integers(0, 40000)),
+                            max_size=3).map(tuple),
+    decode_seqs=st.integers(0, 600),
+    decode_kv_tokens=st.integers(0, 600 * 10000),
+)
+ALL_SMS = np.arange(1, H100.num_sms + 1)
+
+
+def assert_monotone(c: MeasuredCost, shape: BatchShape) -> None:
+    t = c.solo_time(shape, ALL_SMS)
+    assert np.all(np.diff(t) <= 0.0)
+    assert c.solo_time(shape, FULL_GPU) <= t[-1]
+    for s in (1, 8, 67, 68, 132):
+        assert c.solo_time(shape, s) == t[s - 1]     # scalar and array paths agree exactly
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=shapes)
+def test_more_sms_never_slower(cost, shape):
+    assert_monotone(cost, shape)
+
+
+@pytest.fixture(scope="module")
+def rough_cost() -> MeasuredCost:
+    # Noisy, with the 64-SM column 30% too slow and the plain stream slower than 128 SMs.
+    data = synthetic(noise=0.05, seed=4, corun=False)
+    for r in data["measurements"]["prefill"] + data["measurements"]["decode"]:
+        if r["sms"] == 64:
+            r["time_s"] *= 1.3
+        if r["sms"] == FULL_GPU:
+            r["time_s"] *= 1.2
+    return MeasuredCost(LLAMA8, H100, fit_calibration(data)["fit"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=shapes)
+def test_more_sms_never_slower_even_on_contradictory_data(rough_cost, shape):
+    assert_monotone(rough_cost, shape)
+
+
+def test_extrapolates_sanely_outside_the_measured_sms(truth):
+    data = synthetic(sms=[16, 32, 48, 64, 80, 96], corun=False, noise=0.0)
+    c = MeasuredCost(LLAMA8, H100, fit_calibration(data)["fit"])
+    for shape in (BatchShape(((2048, 1024),)), BatchShape(decode_seqs=64, decode_kv_tokens=64000)):
+        t16, t96 = c.solo_time(shape, 16), c.solo_time(shape, 96)
+        assert t16 <= c.solo_time(shape, 8) <= 2 * t16        # between no loss and linear loss
+        assert t96 * 96 / 132 <= c.solo_time(shape, 132) <= t96
+        assert c.solo_time(shape, FULL_GPU) == c.solo_time(shape, 132)   # no plain-stream column
+        assert abs_pct(c.solo_time(shape, 8), truth.solo_time(shape, 8)) < 10.0
+
+
+# ---- contention ----------------------------------------------------------------------------
+
+def test_slowdown_is_one_beside_an_idle_phase(cost):
+    p = BatchShape(((2048, 0),))
+    assert cost.slowdown(p, 64, BatchShape(), 68) == 1.0
+    assert cost.slowdown(BatchShape(), 64, p, 68) == 1.0
+    assert np.all(cost.slowdown(p, np.array([8, 64]), BatchShape(), 68) == 1.0)
+
+
+nonempty = shapes.filter(lambda s: s.prefill_tokens > 0 or s.decode_seqs > 0)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=nonempty, a=nonempty, b=nonempty, s=st.sampled_from([8, 64, 124]),
+       so=st.sampled_from([8, 68, 124]))
+def test_slowdown_grows_with_the_other_phases_demand(cost, shape, a, b, s, so):
+    da, db = cost.memory_demand(a, so), cost.memory_demand(b, so)
+    sa, sb = cost.slowdown(shape, s, a, so), cost.slowdown(shape, s, b, so)
+    assert sa >= 1.0 and sb >= 1.0
+    if da <= db:
+        assert sa <= sb + 1e-12
+    else:
+        assert sb <= sa + 1e-12
+
+
+def test_slowdown_broadcasts_like_scalar_calls(cost):
+    d = BatchShape(decode_seqs=128, decode_kv_tokens=128 * 2000)
+    p = BatchShape(((1024, 4096),))
+    sp = np.array([16, 64, 96])
+    got = cost.slowdown(d, H100.num_sms - sp, p, sp)
+    want = [cost.slowdown(d, H100.num_sms - int(x), p, int(x)) for x in sp]
+    assert np.allclose(got, want, rtol=1e-12)
+    assert cost.slowdown(p, 64, d, np.array([[8], [68]])).shape == (2, 1)
+
+
+def test_no_corun_measurements_fall_back_to_labelled_defaults():
+    out = fit_calibration(synthetic(corun=False))
+    assert out["fit"]["corun"]["source"].startswith("defaults")
+    assert out["fit_error"]["corun_slowdown"]["n"] == 0
+    c = MeasuredCost(LLAMA8, H100, out["fit"])
+    d = BatchShape(decode_seqs=256, decode_kv_tokens=256 * 4096)
+    assert c.slowdown(d, 68, BatchShape(((4096, 0),)), 64) > 1.0
+
+
+# ---- the CostModel interface and loading ---------------------------------------------------
+
+def test_load_cost_model_returns_a_measured_model(data, tmp_path):
+    path = tmp_path / "h100.json"
+    write_calibration(data, path)          # no fit yet: fitted on load
+    c = load_cost_model(LLAMA8, H100, path)
+    assert isinstance(c, MeasuredCost) and c.name == "measured"
+    _: CostModel = c
+    d = c.describe()
+    assert d["name"] == "measured" and d["calibration"] == str(path)
+    assert d["gpu"] == "h100-sxm" and d["model"] == "llama-3.1-8b"
+    assert d["created"] == data["created"] and d["fit_error"]["prefill"]["n"] > 0
+    json.dumps(d)
+
+
+def test_empty_and_array_shapes(cost):
+    assert cost.solo_time(BatchShape(), 64) == 0.0
+    assert np.all(cost.solo_time(BatchShape(((0, 100),)), np.array([8, 16])) == 0.0)
+    with pytest.raises(ValueError):
+        cost.solo_time(BatchShape(((10, 0),)), 133)
+    with pytest.raises(TypeError):
+        cost.solo_time(BatchShape(((10, 0),)), np.array([8.0]))
+
+
+def test_scalar_calls_are_fast(cost):
+    rng = np.random.default_rng(0)
+    decodes = [BatchShape(decode_seqs=int(b), decode_kv_tokens=int(b) * int(c))
+               for b, c in zip(rng.integers(1, 256, 5000), rng.integers(100, 8000, 5000))]
+    start = time.perf_counter()
+    for i, sh in enumerate(decodes):
+        cost.solo_time(sh, 8 * (1 + i % 16))
+    per_call = (time.perf_counter() - start) / len(decodes)
+    assert per_call < 50e-6      # a few microseconds on a desktop; slack for a loaded CI box
+
+
+# ---- validation ------------------------------------------------------------------------------
+
+def _write(tmp_path, data, name="calib.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _edit(data: dict, fn) -> dict:
+    d = copy.deepcopy(data)
+    fn(d)
+    return d
+
+
+def _set(path: str, value):
+    def fn(d):
+        *keys, last = path.split(".")
+        obj = d
+        for k in keys:
+            obj = obj[int(k)] if isinstance(obj, list) else obj[k]
+        if value is KeyError:
+            del obj[last]
+        else:
+            obj[last] = value
+    return fn
+
+
+BAD = {
+    "wrong format": (_set("format", "something-else"), "not a calibration file"),
+    "newer version": (_set("version", 2), "version 2 is not supported"),
+    "missing measurements": (_set("measurements", KeyError), "missing field measurements"),
+    "missing time": (_set("measurements.prefill.3.time_s", KeyError),
+                     "measurements.prefill[3]: missing field time_s"),
+    "negative time": (_set("measurements.decode.5.time_s", -0.01),
+                      "measurements.decode[5].time_s must be a positive number"),
+    "string batch": (_set("measurements.decode.0.batch", "8"),
+                     "measurements.decode[0].batch must be an integer"),
+    "too many sms": (_set("measurements.prefill.0.sms", 200), "the GPU has 132 SMs"),
+    "bad corun": (_set("measurements.corun.0.decode_solo_s", 0.0),
+                  "measurements.corun[0].decode_solo_s must be a positive number"),
+    "unknown kind": (_set("measurements.warmup", []), "unknown measurement kind(s) warmup"),
+    "bad model field": (_set("model.num_layerz", 3), "model: unknown field(s) num_layerz"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_bad_files_name_the_file_and_the_problem(data, tmp_path, case):
+    fn, message = BAD[case]
+    path = _write(tmp_path, _edit(data, fn))
+    with pytest.raises(UserError) as e:
+        MeasuredCost.load(path, LLAMA8, H100)
+    assert str(path) in str(e.value) and message in str(e.value)
+
+
+def test_not_json_and_missing_file(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text('{"format": "nexus-calibration", ')
+    with pytest.raises(UserError, match=r"broken\.json: not valid JSON"):
+        load_cost_model(LLAMA8, H100, path)
+    with pytest.raises(UserError, match="no such calibration file"):
+        load_cost_model(LLAMA8, H100, tmp_path / "absent.json")
+    path.write_text("[1, 2]")
+    with pytest.raises(UserError, match="holds a JSON object"):
+        load_cost_model(LLAMA8, H100, path)
+
+
+def test_mismatched_model_and_gpu(data, tmp_path):
+    path = _write(tmp_path, data)
+    with pytest.raises(UserError, match="calibration is for llama-3.1-8b but the model asked "
+                                        "for is qwen2.5-3b"):
+        MeasuredCost.load(path, MODELS["qwen2.5-3b"], H100)
+    with pytest.raises(UserError, match="calibration is for h100-sxm but the GPU asked for is h200"):
+        MeasuredCost.load(path, LLAMA8, GPUS["h200"])
+    from dataclasses import replace
+    with pytest.raises(UserError, match="has num_layers=32 but the model asked for has num_layers=16"):
+        MeasuredCost.load(path, replace(LLAMA8, num_layers=16), H100)
+    with pytest.raises(UserError, match="has hbm_bandwidth=.* but the GPU asked for has"):
+        MeasuredCost.load(path, LLAMA8, replace(H100, hbm_bandwidth=3.0e12))
+
+
+def test_too_little_data_to_fit(data, tmp_path):
+    no_decode = _edit(data, _set("measurements.decode", []))
+    with pytest.raises(UserError, match="no decode measurements"):
+        MeasuredCost.load(_write(tmp_path, no_decode), LLAMA8, H100)
+    one_size = _edit(data, lambda d: d["measurements"].update(
+        prefill=[r for r in d["measurements"]["prefill"] if r["chunk_tokens"] == 512]))
+    with pytest.raises(UserError, match="single chunk size"):
+        MeasuredCost.load(_write(tmp_path, one_size, "one.json"), LLAMA8, H100)
+
+
+def test_malformed_fit_asks_for_a_refit(data, fitted, tmp_path):
+    broken = _edit({**data, **fitted}, _set("fit.prefill.pair_s", [-1.0] * 17))
+    path = _write(tmp_path, broken)
+    with pytest.raises(UserError, match="malformed fit .*`python -m nexus.cost.fit "):
+        MeasuredCost.load(path, LLAMA8, H100)
+    assert main([str(path)]) == 0                  # refitting repairs it
+    MeasuredCost.load(path, LLAMA8, H100)
+
+
+def test_cli_reports_user_errors(tmp_path, capsys):
+    assert main([str(tmp_path / "absent.json")]) == 2
+    assert "no such calibration file" in capsys.readouterr().err
+
+
+# ---- partial profiles ---------------------------------------------------------------------------
+
+def test_parts_merge_into_the_whole(data):
+    meas = data["measurements"]
+    first = _edit(data, lambda d: d["measurements"].update(
+        prefill=meas["prefill"][:100], decode=[], corun=meas["corun"]))
+    second = _edit(data, lambda d: d["measurements"].update(
+        prefill=meas["prefill"][100:], decode=meas["decode"], corun=[]))
+    first["fit"] = {"stale": True}
+    merged = merge_calibrations(first, second, "part2.json")
+    assert "fit" not in merged
+    for kind in ("prefill", "decode", "corun"):
+        assert sorted(map(json.dumps, merged["measurements"][kind])) == \
+            sorted(map(json.dumps, meas[kind]))
+    other = synthetic(model=MODELS["qwen2.5-3b"], corun=False, sms=[0, 64])
+    with pytest.raises(UserError, match="part2.json: calibration is for qwen2.5-3b"):
+        merge_calibrations(first, other, "part2.json")
