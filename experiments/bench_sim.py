@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from traces import TraceEntry, read_trace, write_trace  # noqa: E402
 
-POLICIES = ["chunked", "prefill-first", "static", "nexus"]
+POLICIES = ["chunked", "prefill-first", "static", "nexus", "disagg"]
 
 
 def build_trace(n: int, rate: float, seed: int, path: Path) -> None:

@@ -61,6 +61,10 @@ class ServingState:
         self.gaps = TokenGaps()
         self.split = Split()
         self.inflight: dict[str, Batch | None] = {}
+        # Engine-level disaggregation prefills into another GPU's pool and hands requests
+        # over (after a KV transfer) instead of adding them to `running` directly.
+        self.prefill_kv: BlockPool = kv
+        self.handoff = None
 
     @property
     def seats_free(self) -> int:
@@ -99,8 +103,10 @@ class ServingState:
                 continue
             self._emit_token(req, end_s)
             if req.generated >= req.output_tokens:
-                self._finish(req, end_s)
+                self._finish(req, end_s, self.prefill_kv)
                 done.append(req)
+            elif self.handoff is not None:
+                self.handoff(req)
             else:
                 self.running.add(req)
         return done
@@ -134,7 +140,7 @@ class ServingState:
         req.generated += 1
         req.last_token_s = t
 
-    def _finish(self, req: Request, t: float) -> None:
+    def _finish(self, req: Request, t: float, pool: BlockPool | None = None) -> None:
         req.finish_s = t
-        self.kv.release(req)
+        (pool or self.kv).release(req)
         self.finished.append(req)

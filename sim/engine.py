@@ -13,6 +13,7 @@ import simpy
 
 from nexus.cost.base import FULL_GPU, BatchShape, CostModel
 from nexus.errors import UserError
+from nexus.kv import BlockPool
 from nexus.policy.base import Policy
 from nexus.request import Request
 from nexus.state import Batch, ServingState
@@ -27,7 +28,17 @@ class SimEngine:
                  on_finish: Callable[[int], None] | None = None):
         self.env, self.state, self.policy, self.cost = env, state, policy, cost
         self.requests = requests
-        self.gpu = FluidGPU(env, cost)
+        if getattr(policy, "gpus", 1) == 2:
+            # Engine-level disaggregation: a whole GPU and KV pool per phase, no contention.
+            self.gpu_of = {s: FluidGPU(env, cost) for s in policy.streams}
+            state.prefill_kv = BlockPool(state.kv.num_blocks, state.kv.block_size)
+            state.handoff = self._handoff
+        else:
+            shared = FluidGPU(env, cost)
+            self.gpu_of = {s: shared for s in policy.streams}
+        self.gpus = list({id(g): g for g in self.gpu_of.values()}.values())
+        self.transfers = 0
+        self.kv_freed: list[simpy.Event] = []
         self.idle: dict[str, simpy.Event | None] = {s: None for s in policy.streams}
         self.all_done = env.event()
         self.arrived = 0
@@ -48,7 +59,8 @@ class SimEngine:
 
     def _poke(self, started: Job | None = None) -> None:
         """Something changed: repeatable decode runs stop at their next step; idle streams wake."""
-        self.gpu.shorten_runs(keep_whole=started)
+        for gpu in self.gpus:
+            gpu.shorten_runs(keep_whole=started)
         for stream, event in self.idle.items():
             if event is not None:
                 self.idle[stream] = None
@@ -72,7 +84,7 @@ class SimEngine:
             split = policy.split(state)
             batch.sms = split.decode_sms if stream == "decode" else split.prefill_sms
             job = self._job(batch, steps)
-            self.gpu.start(job)
+            self.gpu_of[stream].start(job)
             self._poke(started=job)
             yield job.done
             state.now = env.now
@@ -81,13 +93,34 @@ class SimEngine:
             self.timeline.append((job.start_s, env.now, stream, batch.sms,
                                   sum(n for _, n in batch.prefill), decode_seqs,
                                   job.steps if batch.decode else 0, state.kv.usage))
-            if finished and self.on_finish:
-                self.on_finish(len(finished))
+            if finished:
+                if self.on_finish:
+                    self.on_finish(len(finished))
+                waiters, self.kv_freed = self.kv_freed, []
+                for event in waiters:
+                    event.succeed()
             if len(state.finished) == len(self.requests):
                 if not self.all_done.triggered:
                     self.all_done.succeed()
                 return
             self._poke()
+
+    def _handoff(self, req: Request) -> None:
+        self.transfers += 1
+        self.env.process(self._transfer(req))
+
+    def _transfer(self, req: Request):
+        """A prefilled request's KV crosses the link once the decode GPU has room for it."""
+        state = self.state
+        while not state.kv.take(req.kv_blocks):
+            freed = self.env.event()
+            self.kv_freed.append(freed)
+            yield freed
+        yield self.env.timeout(self.policy.transfer_s(req, state.model))
+        state.prefill_kv.give(req.kv_blocks)
+        self.transfers -= 1
+        state.running.add(req)
+        self._poke()
 
     def _job(self, batch: Batch, steps: int) -> Job:
         cost, state = self.cost, self.state
@@ -104,7 +137,8 @@ class SimEngine:
 
     def _check_stalled(self, stream: str) -> None:
         state = self.state
-        if self.gpu.jobs or self.arrived < len(self.requests) or not state.waiting:
+        if any(g.jobs for g in self.gpus) or self.transfers or self.arrived < len(self.requests) \
+                or not state.waiting:
             return
         if len(state.running) or state.prefilling:
             return

@@ -11,7 +11,7 @@ from nexus.specs import GPUS, MODELS
 from synthetic import make_trace
 from traces import TraceEntry
 
-POLICIES = ["chunked", "prefill-first", "static", "nexus"]
+POLICIES = ["chunked", "prefill-first", "static", "nexus", "disagg"]
 
 
 @pytest.mark.parametrize("policy", POLICIES)
@@ -96,3 +96,14 @@ def test_prefill_heavy_trace_orders_tbt_tails():
            for p in ("prefill-first", "chunked", "nexus")}
     assert p99["chunked"] > p99["nexus"]
     assert p99["prefill-first"] > p99["chunked"]
+
+
+def test_disagg_pays_exactly_the_kv_transfer():
+    from nexus.policy.disagg import LINKS
+    prompt, output = 1500, 20
+    trace = [TraceEntry("solo", 0.0, prompt, output)]
+    fast = sim.run(trace, policy="disagg", policy_params={"link": "nvlink"}).requests.iloc[0]
+    slow = sim.run(trace, policy="disagg", policy_params={"link": "pcie4"}).requests.iloc[0]
+    kv_bytes = prompt * MODELS["llama-3.1-8b"].kv_bytes_per_token
+    assert fast["ttft_s"] == pytest.approx(slow["ttft_s"], rel=1e-12)
+    assert slow["e2e_s"] - fast["e2e_s"] == pytest.approx(kv_bytes / LINKS["pcie4"] - kv_bytes / LINKS["nvlink"], rel=1e-6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from nexus.errors import UserError
 from nexus.policy.base import Policy, make_decode_room, take_prefill_chunks
 from nexus.policy.chunked import Chunked
+from nexus.policy.disagg import Disagg
 from nexus.policy.nexus import Nexus
 from nexus.policy.prefill_first import PrefillFirst
 from nexus.policy.static import Static
@@ -13,6 +14,7 @@ POLICIES: dict[str, type[Policy]] = {
     "prefill-first": PrefillFirst,
     "static": Static,
     "nexus": Nexus,
+    "disagg": Disagg,
 }
 
 
@@ -27,4 +29,4 @@ def make_policy(name: str, **params) -> Policy:
 
 
 __all__ = ["POLICIES", "Policy", "make_policy", "make_decode_room", "take_prefill_chunks",
-           "Chunked", "PrefillFirst", "Static", "Nexus"]
+           "Chunked", "PrefillFirst", "Static", "Nexus", "Disagg"]

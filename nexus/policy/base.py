@@ -48,7 +48,7 @@ def take_prefill_chunks(state: ServingState, token_budget: int,
         n = want if whole_prompts else min(want, token_budget)
         if whole_prompts and chunks and n > token_budget:
             break
-        if not state.kv.grow(req, req.kv_tokens + n):
+        if not state.prefill_kv.grow(req, req.kv_tokens + n):
             break
         waiting.pop()
         chunks.append((req, n))
