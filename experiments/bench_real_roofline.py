@@ -53,7 +53,6 @@ def copy_bandwidth(reps: int) -> dict:
     src = torch.randint(0, 255, (n,), dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
     times = event_times_ms(lambda: dst.copy_(src), reps)
-    del src, dst
     return {"bytes_moved": 2 * n, "times_ms": times,
             "bytes_per_s": 2 * n / (statistics.median(times) / 1e3)}
 
