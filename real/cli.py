@@ -73,8 +73,8 @@ def bench(args: argparse.Namespace, console: Console) -> int:
     from real.bench import (bench_policy, build_partitions, check_fits, facts, make_policies,
                             warm_up, write_outputs)
     from real.model_runner import ModelRunner
-    from sim.cli import parse_params, parse_split
-    from sim.run import load_entries
+    from nexus.cli_args import parse_params, parse_split
+    from traces.retime import load_entries
 
     model, gpu = resolve_model(args.model), resolve_gpu(args.gpu)
     entries = load_entries(args.trace, args.rate_scale)

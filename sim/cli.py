@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from nexus.cli_args import parse_params, parse_split
 from nexus.errors import UserError
 from nexus.policy import POLICIES
 from nexus.specs import GPUS, MODELS
@@ -16,28 +17,6 @@ from nexus.report import plot_latency_cdfs, plot_timeline, print_table, write_ru
 from sim.run import Result, run
 
 DEFAULT_TRACE = Path(__file__).resolve().parent.parent / "traces" / "sharegpt.jsonl"
-
-
-def parse_split(text: str) -> tuple[int, int]:
-    try:
-        prefill, decode = (int(x) for x in text.split(":"))
-    except ValueError:
-        raise UserError(f"--split takes PREFILL_SMS:DECODE_SMS, e.g. 64:68; got {text!r}") from None
-    return prefill, decode
-
-
-def parse_params(items: list[str]) -> dict:
-    """--param key=value pairs; values parse as JSON where they can (numbers, true, lists)."""
-    params = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UserError(f"--param takes KEY=VALUE, got {item!r}")
-        try:
-            params[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key.replace("-", "_")] = value
-    return params
 
 
 def build_parser() -> argparse.ArgumentParser:

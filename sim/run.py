@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import pandas as pd
 import simpy
 
@@ -19,7 +18,8 @@ from nexus.request import Request
 from nexus.specs import resolve_gpu, resolve_model
 from nexus.state import ServingState
 from sim.engine import SimEngine
-from traces import TraceEntry, read_trace
+from traces import TraceEntry
+from traces.retime import load_entries
 
 TIMELINE_COLUMNS = ["start_s", "end_s", "stream", "sms", "prefill_tokens", "decode_seqs",
                     "decode_steps", "kv_usage"]
@@ -37,26 +37,6 @@ class Result:
         s = self.summary
         return (f"Result(policy={self.policy!r}, requests={s['requests']}, "
                 f"ttft_p95={s['ttft_s']['p95']:.3f}s, tbt_p95={s['tbt_s']['p95'] * 1e3:.1f}ms)")
-
-
-def load_entries(trace: str | Path | Sequence[TraceEntry], rate_scale: float = 1.0,
-                 rate: float | None = None, seed: int = 0) -> list[TraceEntry]:
-    """Read a trace and optionally re-time it: scale its rate, or redraw Poisson arrivals."""
-    entries = list(read_trace(trace)) if isinstance(trace, (str, Path)) else list(trace)
-    if not entries:
-        raise UserError("the trace has no requests")
-    if rate_scale <= 0 or not np.isfinite(rate_scale):
-        raise UserError(f"--rate-scale must be a positive number, got {rate_scale}")
-    if rate is not None:
-        if rate <= 0:
-            raise UserError(f"--rate must be positive, got {rate}")
-        gaps = np.random.default_rng(seed).exponential(1.0 / rate, len(entries))
-        times = np.cumsum(gaps) - gaps[0]
-    else:
-        t0 = entries[0].arrival_time_s
-        times = [(e.arrival_time_s - t0) / rate_scale for e in entries]
-    return [TraceEntry(e.request_id, float(t), e.prompt_tokens, e.output_tokens)
-            for e, t in zip(entries, times)]
 
 
 def run(trace: str | Path | Sequence[TraceEntry], policy: str | Policy = "nexus",
