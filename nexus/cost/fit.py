@@ -7,11 +7,12 @@ coefficient times a physical feature of the shape:
     decode:  base(batch)  + kv_token_s * kv_tokens
 
 attention_pairs = sum over chunks of n*prior + n(n+1)/2 (causal query-key pairs), and
-kv_tokens = batch * context. base() is piecewise linear through knots at the measured
-chunk sizes (batch sizes), non-decreasing, flat below the first knot (a tiny chunk still
-streams every weight) and extended with its last slope above the last one. Piecewise
-linear rather than a line because a matmul is weight-bound for few tokens and
-compute-bound for many: its time has a knee whose place depends on the SM count.
+kv_tokens = batch * context. base() is fitted as a non-decreasing piecewise-linear curve
+with knots at the measured chunk sizes (batch sizes), flat below the first knot (a tiny
+chunk still streams every weight) and extended with its last slope above the last one.
+Not a line, because a matmul is weight-bound for few tokens and compute-bound for many:
+its time has a knee whose place depends on the SM count. (Between knots the evaluator
+places that knee more precisely than a chord: see nexus.cost.measured.densify.)
 
 Every coefficient is fitted at every measured SM count at once, constrained to be
 non-negative and non-increasing in SMs (the plain stream, sms=0, ranks above the largest

@@ -1,8 +1,8 @@
 """The measured cost model: latencies fitted to a GPU profile (a calibration file).
 
-See nexus.cost.fit for the model and how it is fitted. At load, each phase's coefficients
-are tabulated at every SM count 0..num_sms, so a call is a few list look-ups and
-multiply-adds. Between measured SM counts each coefficient is interpolated linearly in
+See nexus.cost.fit for the model and how it is fitted. At load, each phase's base curve
+is resampled between its knots (`densify`) and all its coefficients are tabulated at every
+SM count 0..num_sms, so a call is a bisection, a few list look-ups and multiply-adds. Between measured SM counts each coefficient is interpolated linearly in
 1/s (exact for work that scales with SMs, and for work that has stopped scaling). Outside
 them it is extrapolated from the two nearest columns along 1/s, but never past the
 nearest measured value nor beyond perfect scaling from it (s0/s times it). Each
@@ -38,6 +38,8 @@ from nexus.errors import UserError
 from nexus.specs import GPUSpec, ModelSpec
 
 _CACHE_LIMIT = 4096
+# Points per interval between measured sizes at which the base curve is tabulated.
+SEGMENT_STEPS = 16
 
 
 def tabulate(sms: list[int], coef: np.ndarray, num_sms: int) -> np.ndarray:
@@ -79,19 +81,53 @@ def tabulate(sms: list[int], coef: np.ndarray, num_sms: int) -> np.ndarray:
     return table
 
 
+def densify(knots: list[int], base: np.ndarray, steps: int = SEGMENT_STEPS
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The base curves (SM columns x knots) resampled at `steps` points per knot interval.
+
+    Between two knots a plain chord overshoots a knee (weight-bound turning compute-bound)
+    by up to a third on a sparse grid. Where the curve bends upward there, the knee is put
+    where the neighbouring intervals' lines, extended inward, cross: min(chord,
+    max(line of the interval before, line of the interval after)). Where it bends the
+    other way the chord stays. The first interval's "line before" is flat, as the curve is
+    below the first knot; the last interval keeps its chord.
+    """
+    kn = np.asarray(knots, dtype=float)
+    base = np.asarray(base, dtype=float)
+    slopes = np.diff(base, axis=1) / np.diff(kn)            # columns x intervals
+    fine_knots, fine = [], []
+    last = len(kn) - 1
+    for j in range(1, last + 1):
+        x = np.linspace(kn[j - 1], kn[j], steps + 1)[:-1]
+        lo, hi = base[:, j - 1:j], base[:, j:j + 1]
+        chord = lo + slopes[:, j - 1:j] * (x - kn[j - 1])
+        fine_knots.append(x)
+        if j == last:
+            fine.append(chord)
+            continue
+        before = lo + (slopes[:, j - 2:j - 1] if j >= 2 else 0.0) * (x - kn[j - 1])
+        after = hi - slopes[:, j:j + 1] * (kn[j] - x)
+        fine.append(np.minimum(chord, np.maximum(before, after)))
+    fine_knots.append(kn[-1:])
+    fine.append(base[:, -1:])
+    values = np.maximum.accumulate(np.concatenate(fine, axis=1), axis=1)   # rounding only
+    return np.concatenate(fine_knots), values
+
+
 class _Phase:
     """One phase's fitted terms, tabulated over SM counts.
 
     Table columns: 0 the fixed part (value at the first knot); 1..K-1 the rise of the base
-    curve from knot 0 to knot i; K the slope beyond the last knot; K+1.. the attention
-    coefficients.
+    curve from knot 0 to knot i (on the densified knots); K the slope beyond the last knot;
+    K+1.. the attention coefficients.
     """
 
     def __init__(self, sms: list[int], knots: list[int], base: np.ndarray, attention: np.ndarray,
                  num_sms: int):
         base = np.asarray(base, dtype=float)
-        k = len(knots)
         tail = (base[:, -1] - base[:, -2]) / (knots[-1] - knots[-2])
+        knots, base = densify(knots, base)
+        k = len(knots)
         coef = np.concatenate([base[:, :1], base[:, 1:] - base[:, :1], tail[:, None],
                                np.asarray(attention, dtype=float).reshape(len(sms), -1)], axis=1)
         self.table = tabulate(sms, coef, num_sms)
