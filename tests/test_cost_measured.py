@@ -111,6 +111,13 @@ def test_nnls_matches_exhaustive_search(seed):
     assert np.sum((a @ x - b) ** 2) == pytest.approx(best, rel=1e-9, abs=1e-12)
 
 
+def test_nnls_handles_collinear_and_empty_columns():
+    a = np.ones((6, 3))
+    a[:, 2] = 0.0
+    x = nnls(a, np.full(6, 2.0))
+    assert np.all(x >= 0) and x[2] == 0.0 and x.sum() == pytest.approx(2.0)
+
+
 def test_nnls_recovers_a_nonnegative_solution_exactly():
     rng = np.random.default_rng(3)
     a = rng.uniform(size=(40, 6))

@@ -86,7 +86,8 @@ def nnls(a: np.ndarray, b: np.ndarray, max_iter: int | None = None) -> np.ndarra
                 break
             # Step from x toward z until the first passive variable reaches zero; drop it.
             blocked = passive & (z <= 0)
-            alpha = np.min(x[blocked] / (x[blocked] - z[blocked]))
+            gap = x[blocked] - z[blocked]
+            alpha = np.min(np.divide(x[blocked], gap, out=np.zeros_like(gap), where=gap > 0))
             x = x + alpha * (z - x)
             passive &= x > tol
             x[~passive] = 0.0
