@@ -279,6 +279,23 @@ def test_extrapolates_sanely_outside_the_measured_sms(truth):
         assert abs_pct(c.solo_time(shape, 8), truth.solo_time(shape, 8)) < 10.0
 
 
+@pytest.mark.parametrize("sms", [[FULL_GPU], [64], [FULL_GPU, 64]], ids=str)
+def test_a_profile_of_few_sm_counts_still_answers_every_one(sms, truth):
+    c = MeasuredCost(LLAMA8, H100, fit_calibration(synthetic(sms=sms, corun=False))["fit"])
+    shape = BatchShape(((1024, 0),))
+    for s in sms:
+        assert abs_pct(c.solo_time(shape, s), truth.solo_time(shape, s)) < 5.0
+    t = c.solo_time(shape, ALL_SMS)
+    assert np.all(np.diff(t) <= 0.0) and c.solo_time(shape, FULL_GPU) <= t[-1]
+    if sms == [FULL_GPU]:       # partitions scale the plain stream by their share of SMs
+        assert t[65] == pytest.approx(c.solo_time(shape, FULL_GPU) * 132 / 66, rel=1e-12)
+    if sms == [64]:             # no gain assumed above the one partition, linear loss below
+        assert t[-1] == c.solo_time(shape, 64) == c.solo_time(shape, FULL_GPU)
+        assert t[31] == pytest.approx(2 * c.solo_time(shape, 64), rel=1e-12)
+    if sms == [FULL_GPU, 64]:
+        assert c.solo_time(shape, FULL_GPU) < c.solo_time(shape, 100) < c.solo_time(shape, 64)
+
+
 # ---- contention ----------------------------------------------------------------------------
 
 def test_slowdown_is_one_beside_an_idle_phase(cost):

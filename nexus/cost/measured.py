@@ -2,9 +2,11 @@
 
 See nexus.cost.fit for the model and how it is fitted. At load, each phase's base curve
 is resampled between its knots (`densify`) and all its coefficients are tabulated at every
-SM count 0..num_sms, so a call is a bisection, a few list look-ups and multiply-adds. Between measured SM counts each coefficient is interpolated linearly in
-1/s (exact for work that scales with SMs, and for work that has stopped scaling). Outside
-them it is extrapolated from the two nearest columns along 1/s, but never past the
+SM count 0..num_sms, so a call is a bisection, a few list look-ups and multiply-adds.
+
+Between measured SM counts each coefficient is interpolated linearly in 1/s (exact for
+work that scales with SMs, and for work that has stopped scaling). Outside them it is
+extrapolated from the two nearest columns along 1/s, but never past the
 nearest measured value nor beyond perfect scaling from it (s0/s times it). Each
 coefficient is then made non-increasing in s, and the plain stream (FULL_GPU) no slower
 than a partition of every SM. Because every term is a non-negative weight times such a
