@@ -71,6 +71,10 @@ class GPUSpec:
     memory_bytes: int
     compute_capability: str = ""
     source: str = ""
+    # Smallest side a split may have in practice. On an H100 the driver grants 8 SMs, but
+    # cuBLAS GEMMs failed to launch on a 12-SM green context (its kernels use thread-block
+    # clusters larger than such a partition can host), so both sides keep at least 16.
+    usable_min_sms: int = 0
 
     def partition_sizes(self) -> list[int]:
         """SM counts a green context split off the device can have, smallest first.
@@ -78,8 +82,9 @@ class GPUSpec:
         The other side of a split is the remainder, num_sms - size, which need not be a
         multiple of the step (132 = 16 x 8 + 4 on an H100).
         """
+        least = max(self.sm_min, self.usable_min_sms)
         return [s for s in range(self.sm_min, self.num_sms, self.sm_step)
-                if self.num_sms - s >= self.sm_min]
+                if s >= least and self.num_sms - s >= least]
 
     def check_split(self, prefill_sms: int, decode_sms: int) -> None:
         """Raise UserError unless the GPU can give this split.
@@ -95,9 +100,10 @@ class GPUSpec:
         if prefill_sms not in self.partition_sizes():
             raise UserError(
                 f"{self.name} cannot give a prefill partition of {prefill_sms} SMs: partitions are "
-                f"multiples of {self.sm_step} SMs from {self.sm_min} to "
+                f"multiples of {self.sm_step} SMs from {self.partition_sizes()[0]} to "
                 f"{self.partition_sizes()[-1]}, e.g. --split 64:{self.num_sms - 64}")
-        if decode_sms != remainder and (decode_sms < self.sm_min or decode_sms % self.sm_step):
+        if decode_sms != remainder and (decode_sms < max(self.sm_min, self.usable_min_sms)
+                                        or decode_sms % self.sm_step):
             raise UserError(
                 f"{self.name} cannot give a decode partition of {decode_sms} SMs: it must be the "
                 f"remaining {remainder} SMs or a multiple of {self.sm_step} below that")
@@ -132,9 +138,9 @@ MODELS: dict[str, ModelSpec] = {
 # multiples of 2, at least 4 on 8.x.
 GPUS: dict[str, GPUSpec] = {
     "h100-sxm": GPUSpec("h100-sxm", 132, 8, 8, 989.4e12, 3.35e12, 80 * 2**30, "9.0",
-                        "NVIDIA H100 Tensor Core GPU datasheet (SXM5)"),
+                        "NVIDIA H100 Tensor Core GPU datasheet (SXM5)", usable_min_sms=16),
     "h200": GPUSpec("h200", 132, 8, 8, 989.4e12, 4.8e12, 141 * 10**9, "9.0",
-                    "NVIDIA H200 Tensor Core GPU datasheet (SXM)"),
+                    "NVIDIA H200 Tensor Core GPU datasheet (SXM)", usable_min_sms=16),
     "a100-80gb": GPUSpec("a100-80gb", 108, 2, 4, 312e12, 2.039e12, 80 * 2**30, "8.0",
                          "NVIDIA A100 Tensor Core GPU datasheet (80GB SXM)"),
     "l20": GPUSpec("l20", 92, 2, 4, 119.5e12, 864e9, 48 * 2**30, "8.9",

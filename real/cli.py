@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--part", default="prefill,decode,corun", help="which parts to measure now")
     pr.add_argument("--repeats", type=int, default=5)
     pr.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    pr.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     return p
 
 
@@ -117,7 +118,8 @@ def profile_command(args: argparse.Namespace, console: Console) -> int:
     unknown = set(which) - set(PARTS)
     if unknown:
         raise UserError(f"unknown --part {', '.join(sorted(unknown))}; parts are {', '.join(PARTS)}")
-    runner = ModelRunner(model, device=args.device, max_decode_batch=256)
+    runner = ModelRunner(model, device=args.device, max_decode_batch=256,
+                         memory_utilization=args.gpu_memory_utilization)
     parts = Partitions(gpu.partition_sizes(), device=args.device, cpu_gpu=gpu)
     if "decode" in which or "corun" in which:
         runner.capture_graphs([parts.decode(0), *(parts.decode(p) for p in parts.made())],

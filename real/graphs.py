@@ -66,9 +66,10 @@ class DecodeGraphs:
                 decode_splits=decode_splits_for(n, self.kv.k.shape[3], partition.sm_count),
                 block_size=self.kv.block_size)
 
-            def forward() -> tuple[torch.Tensor, torch.Tensor]:
-                logits = self.model.compute_logits(self.model(ids, pos, self.kv, meta))
-                return logits, logits.argmax(-1)
+            # The graph stops at the final hidden states: keeping [bucket, vocab] logits alive
+            # for every (partition, bucket) would take gigabytes; the LM head runs after replay.
+            def forward() -> torch.Tensor:
+                return self.model(ids, pos, self.kv, meta)
 
             with partition.use():
                 torch.cuda.current_stream().wait_stream(torch.cuda.default_stream(self.device))
@@ -76,9 +77,9 @@ class DecodeGraphs:
                 torch.cuda.current_stream().synchronize()
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=self.pool, stream=torch.cuda.current_stream()):
-                    logits, tokens = forward()
+                    hidden = forward()
                 torch.cuda.current_stream().synchronize()
-            self.graphs[(partition.name, n)] = (graph, logits, tokens)
+            self.graphs[(partition.name, n)] = (graph, hidden)
 
     def bucket_for(self, partition: Partition, n: int) -> int | None:
         fits = [b for b in self.buckets(partition) if b >= n]
@@ -109,8 +110,10 @@ class DecodeGraphs:
         self.static[:4 * b].copy_(self.host[:4 * b], non_blocking=True)
         self.static[4 * b:4 * b + bucket * self.width].copy_(self.host[4 * b:4 * b + bucket * self.width],
                                                              non_blocking=True)
-        graph, logits, tokens = self.graphs[(partition.name, bucket)]
+        graph, hidden = self.graphs[(partition.name, bucket)]
         graph.replay()
+        logits = self.model.compute_logits(hidden[:n])
+        tokens = logits.argmax(-1)
         self._last_replay = torch.cuda.Event()
-        self._last_replay.record(stream)
-        return logits[:n], tokens[:n]
+        self._last_replay.record(stream)   # after the LM head has read the graph's output
+        return logits, tokens
