@@ -54,11 +54,27 @@ def check_fits(entries: list[TraceEntry], runner: ModelRunner) -> None:
 
 
 def warm_up(runner: ModelRunner, parts: Partitions) -> None:
-    """Compile kernels and fill caches on every partition before the clock starts."""
-    table = list(range(min(runner.num_blocks, 8)))
+    """Compile every kernel variant a run can meet, on every partition, before the clock starts.
+
+    Triton specialises the decode kernel on its split count (which depends on the batch size
+    and the partition's SMs) and on integer arguments; a first use inside a timed run would
+    cost seconds and land on whichever policy happens to run first.
+    """
+    from real.attention import decode_splits_for
+    if not runner.is_cuda:
+        return   # the CPU path compiles nothing
+    kv_heads, width = runner.spec.num_kv_heads, min(runner.num_blocks, 64)
+    table = list(range(width))
     for part in parts.all():
-        runner.step([Chunk(list(range(1, 65)), 0, table)], part)
-        runner.step([Chunk([1], 64, table)], part)
+        for chunk, prior in ((2, 0), (17, 0), (64, 16), (300, 33), (1024, 0)):
+            runner.step([Chunk(list(range(1, chunk + 1)), prior, table)], part)
+        seen: dict[int, int] = {}
+        for n in range(1, runner.max_decode_batch + 1):
+            seen.setdefault(decode_splits_for(n, kv_heads, part.sm_count), n)
+        for n in seen.values():
+            decodes = [Chunk([1], 16 + i % 32, table) for i in range(n)]
+            runner.step(decodes, part, graphs=False)
+            runner.step([Chunk(list(range(1, 18)), 0, table), *decodes], part)
 
 
 def bench_policy(runner: ModelRunner, parts: Partitions, policy: Policy, model: ModelSpec,
