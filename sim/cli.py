@@ -15,6 +15,7 @@ from nexus.policy import POLICIES
 from nexus.specs import GPUS, MODELS
 from nexus.report import plot_latency_cdfs, plot_timeline, print_table, write_run
 from sim.run import Result, run
+from traces.retime import load_entries
 
 DEFAULT_TRACE = Path(__file__).resolve().parent.parent / "traces" / "sharegpt.jsonl"
 
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate-scale", type=float, default=1.0, help="multiply the trace's request rate")
     p.add_argument("--rate", type=float, help="redraw Poisson arrivals at this rate (req/s), using --seed")
     p.add_argument("--seed", type=int, default=0, help="seed for --rate (default 0)")
+    p.add_argument("--limit", type=int, help="only the first N requests of the trace")
     p.add_argument("--max-num-seqs", type=int, default=256, help="most requests running at once")
     p.add_argument("--slo-ttft", type=float, help="TTFT SLO in seconds (reports attainment and goodput)")
     p.add_argument("--slo-tbt", type=float, help="TBT SLO in seconds, on each request's mean TBT")
@@ -65,6 +67,11 @@ def _main(args: argparse.Namespace, console: Console) -> int:
         if name not in POLICIES:
             raise UserError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
     params = parse_params(args.param)
+    trace = load_entries(args.trace, args.rate_scale, args.rate, args.seed)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise UserError(f"--limit must be at least 1, got {args.limit}")
+        trace = trace[:args.limit]
     results: list[Result] = []
     show_progress = not args.quiet and console.is_terminal
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -80,9 +87,8 @@ def _main(args: argparse.Namespace, console: Console) -> int:
                 else:
                     policy_params.update(prefill_sms=prefill, decode_sms=decode)
             results.append(run(
-                args.trace, policy=name, model=args.model, gpu=args.gpu, calibration=args.calibration,
-                policy_params=_params_for(name, policy_params), rate_scale=args.rate_scale,
-                rate=args.rate, seed=args.seed, max_num_seqs=args.max_num_seqs,
+                trace, policy=name, model=args.model, gpu=args.gpu, calibration=args.calibration,
+                policy_params=_params_for(name, policy_params), max_num_seqs=args.max_num_seqs,
                 slo_ttft_s=args.slo_ttft, slo_tbt_s=args.slo_tbt,
                 on_progress=lambda done, total, t=task: progress.update(t, completed=done, total=total)))
     summaries = [r.summary for r in results]

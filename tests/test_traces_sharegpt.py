@@ -20,7 +20,7 @@ from traces.sharegpt import Exchange, LengthFilter, bundled_conversations, parse
 
 TRACES = Path(__file__).resolve().parents[1] / "traces"
 # How the shipped traces were made (traces/README.md says the same).
-SHIPPED_SHAREGPT = ["sharegpt", "-n", "1000", "--rate", "12", "--seed", "0"]
+SHIPPED_SHAREGPT = ["sharegpt", "-n", "1000", "--rate", "20", "--seed", "0"]
 SHIPPED_MIXED = ["synthetic", "--preset", "mixed", "-n", "400", "--rate", "2", "--seed", "0"]
 
 
@@ -137,7 +137,7 @@ def test_shipped_sharegpt_trace_regenerates_byte_for_byte(sharegpt_1000):
 
 def test_sharegpt_seed_changes_the_sample(sharegpt_1000, tmp_path):
     other = tmp_path / "other.jsonl"
-    assert main(["sharegpt", "-n", "1000", "--rate", "12", "--seed", "1", "-o", str(other)]) == 0
+    assert main(["sharegpt", "-n", "1000", "--rate", "20", "--seed", "1", "-o", str(other)]) == 0
     a, b = read_trace(sharegpt_1000), read_trace(other)
     assert [(e.prompt_tokens, e.output_tokens) for e in a] != [(e.prompt_tokens, e.output_tokens) for e in b]
     assert [e.arrival_time_s for e in a] != [e.arrival_time_s for e in b]
