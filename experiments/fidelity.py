@@ -1,0 +1,176 @@
+"""Simulator fidelity: the same traces on the real H100 and in nexus-sim, compared.
+
+    # on the GPU machine (one call per trace keeps each under ten minutes):
+    python experiments/fidelity.py real --traces sharegpt --out experiments/results/fidelity_real_sharegpt.json
+    python experiments/fidelity.py real --traces mixed --out experiments/results/fidelity_real_mixed.json
+    # anywhere, afterwards:
+    python experiments/fidelity.py compare experiments/results/fidelity_real_*.json
+
+`compare` simulates every measured case on the identical requests (same prefix, same
+re-timing) with the shipped H100 calibration and writes experiments/results/fidelity_h100.json,
+experiments/results/fidelity_h100.md and experiments/figures/fidelity_cdf_*.png. No case
+is used to fit anything: the calibration comes from `nexus-real profile` microbenchmarks.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from traces.retime import load_entries  # noqa: E402
+
+POLICIES = ("chunked", "static", "nexus")
+# (trace name, file, rate scales: low / middle / near saturation, requests used)
+CASES = {
+    "sharegpt": ("traces/sharegpt.jsonl", (0.5, 1.0, 2.0), 400),
+    "mixed": ("traces/mixed.jsonl", (1.0, 2.0, 3.0), 120),
+}
+METRICS = [("ttft_s", k) for k in ("mean", "p50", "p95", "p99")] + \
+          [("tbt_s", k) for k in ("mean", "p50", "p95", "p99")]
+
+
+def case_entries(trace: str, scale: float, limit: int):
+    return load_entries(ROOT / CASES[trace][0], rate_scale=scale)[:limit]
+
+
+def run_real(args: argparse.Namespace) -> int:
+    from nexus.specs import MODELS, GPUS
+    from real.bench import bench_policy, build_partitions, make_policies, warm_up
+    from real.gpu_info import gpu_facts
+    from real.model_runner import ModelRunner
+
+    model, gpu = MODELS["llama-3.1-8b"], GPUS["h100-sxm"]
+    policies = make_policies(list(POLICIES), {}, None, gpu)
+    runner = ModelRunner(model, device="cuda")
+    parts = build_partitions(policies, gpu, "cuda")
+    runner.capture_graphs([parts.decode(0), *(parts.decode(p) for p in parts.made())])
+    warm_up(runner, parts)
+    record = {"command": "python experiments/fidelity.py " + " ".join(sys.argv[1:]),
+              "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "machine": gpu_facts(), "cases": []}
+    for trace in args.traces.split(","):
+        path, scales, limit = CASES[trace]
+        for scale in scales:
+            entries = case_entries(trace, scale, limit)
+            for policy in make_policies(list(POLICIES), {}, None, gpu):
+                print(f"{trace} x{scale} {policy.name} ...", flush=True)
+                summary, frame, _ = bench_policy(runner, parts, policy, model, gpu, entries, None,
+                                                 256, 0, None, None)
+                record["cases"].append({
+                    "trace": trace, "rate_scale": scale, "requests": limit, "policy": policy.name,
+                    "summary": summary,
+                    "ttft_s": frame["ttft_s"].round(6).tolist(),
+                    "tbt_mean_s": frame["tbt_mean_s"].round(6).tolist()})
+                Path(args.out).write_text(json.dumps(record) + "\n")   # keep what finished
+    parts.close()
+    return 0
+
+
+def signed_pct(sim: float, real: float) -> float:
+    return 100.0 * (sim - real) / real
+
+
+def compare(args: argparse.Namespace) -> int:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    import sim
+
+    cases, machines = [], []
+    for f in args.real:
+        data = json.loads(Path(f).read_text())
+        machines.append(data["machine"])
+        cases += data["cases"]
+    out_cases = []
+    for case in cases:
+        entries = case_entries(case["trace"], case["rate_scale"], case["requests"])
+        result = sim.run(entries, policy=case["policy"])
+        real, simulated = case["summary"], result.summary
+        errors = {f"{m}.{k}": signed_pct(simulated[m][k], real[m][k]) for m, k in METRICS}
+        errors["throughput_rps"] = signed_pct(simulated["throughput_rps"], real["throughput_rps"])
+        out_cases.append({
+            "trace": case["trace"], "rate_scale": case["rate_scale"], "requests": case["requests"],
+            "policy": case["policy"], "errors_pct": errors,
+            "real": {m: real[m] for m in ("ttft_s", "tbt_s", "throughput_rps", "preemptions")},
+            "sim": {m: simulated[m] for m in ("ttft_s", "tbt_s", "throughput_rps", "preemptions")},
+            "cost_model": simulated["cost_model"]["name"],
+        })
+        case["_sim_ttft"] = result.requests["ttft_s"].tolist()
+        case["_sim_tbt"] = result.requests["tbt_mean_s"].tolist()
+
+    def med_abs(key: str) -> float:
+        return statistics.median(abs(c["errors_pct"][key]) for c in out_cases)
+
+    summary = {"median_abs_pct": {k: med_abs(k) for k in ("ttft_s.mean", "tbt_s.mean", "ttft_s.p95",
+                                                          "tbt_s.p95", "throughput_rps")},
+               "targets_pct": {"ttft_s.mean": 5, "tbt_s.mean": 5, "ttft_s.p95": 10, "tbt_s.p95": 10},
+               "cases": len(out_cases)}
+    summary["within_target"] = {k: summary["median_abs_pct"][k] <= v for k, v in summary["targets_pct"].items()}
+    results = ROOT / "experiments" / "results"
+    record = {"command": "python experiments/fidelity.py compare " + " ".join(args.real),
+              "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "real_machine": machines[0], "summary": summary, "cases": out_cases}
+    (results / "fidelity_h100.json").write_text(json.dumps(record, indent=1) + "\n")
+
+    lines = ["# Simulator fidelity on an H100 (Llama-3.1-8B shapes, random bf16 weights)", "",
+             "Signed error of the simulator against the measured engine, % of the measured value.", "",
+             "| trace | rate x | policy | TTFT mean | TTFT p50 | TTFT p95 | TBT mean | TBT p50 | TBT p95 | thr. |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in out_cases:
+        e = c["errors_pct"]
+        lines.append(f"| {c['trace']} | {c['rate_scale']} | {c['policy']} | " + " | ".join(
+            f"{e[k]:+.1f}" for k in ("ttft_s.mean", "ttft_s.p50", "ttft_s.p95", "tbt_s.mean", "tbt_s.p50",
+                                     "tbt_s.p95", "throughput_rps")) + " |")
+    lines += ["", "Median absolute error across cases: " + ", ".join(
+        f"{k} {v:.1f}%" for k, v in summary["median_abs_pct"].items()), ""]
+    (results / "fidelity_h100.md").write_text("\n".join(lines) + "\n")
+
+    figures = ROOT / "experiments" / "figures"
+    figures.mkdir(exist_ok=True)
+    for trace in sorted({c["trace"] for c in cases}):
+        sub = [c for c in cases if c["trace"] == trace]
+        scales = sorted({c["rate_scale"] for c in sub})
+        fig, axes = plt.subplots(2, len(scales), figsize=(4 * len(scales), 6.5), squeeze=False)
+        for col, scale in enumerate(scales):
+            for c in (c for c in sub if c["rate_scale"] == scale):
+                for row, (real_key, sim_key, scale_y) in enumerate((("ttft_s", "_sim_ttft", 1.0),
+                                                                    ("tbt_mean_s", "_sim_tbt", 1e3))):
+                    ax = axes[row][col]
+                    for values, style, label in ((c[real_key], "-", "real"), (c[sim_key], "--", "sim")):
+                        v = np.sort(np.asarray([x for x in values if x == x]) * scale_y)
+                        ax.plot(v, np.arange(1, v.size + 1) / max(v.size, 1), style,
+                                label=f"{c['policy']} {label}")
+            axes[0][col].set(title=f"{trace}, rate x{scale}", xlabel="TTFT (s)", xscale="log")
+            axes[1][col].set(xlabel="mean TBT per request (ms)")
+            for row in (0, 1):
+                axes[row][col].grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(figures / f"fidelity_cdf_{trace}.png", dpi=110)
+        plt.close(fig)
+    print("\n".join(lines))
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("real", help="measure the cases on this machine's GPU")
+    r.add_argument("--traces", default="sharegpt,mixed")
+    r.add_argument("--out", required=True)
+    c = sub.add_parser("compare", help="simulate the measured cases and report the errors")
+    c.add_argument("real", nargs="+")
+    args = ap.parse_args()
+    return run_real(args) if args.command == "real" else compare(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
