@@ -466,7 +466,7 @@ def test_too_little_data_to_fit(data, tmp_path):
 
 
 def test_malformed_fit_asks_for_a_refit(data, fitted, tmp_path):
-    broken = _edit({**data, **fitted}, _set("fit.prefill.pair_s", [-1.0] * 17))
+    broken = _edit({**data, **fitted}, _set("fit.prefill.own_pair_s", [-1.0] * 17))
     path = _write(tmp_path, broken)
     with pytest.raises(UserError, match="malformed fit .*`python -m nexus.cost.fit "):
         MeasuredCost.load(path, LLAMA8, H100)
@@ -518,3 +518,30 @@ def test_densify_keeps_the_chord_where_the_curve_bends_down():
     values = np.sqrt(np.array(knots, dtype=float))[None, :]
     fine_knots, fine = densify(knots, values)
     assert np.allclose(fine[0], np.interp(fine_knots, knots, values[0]), rtol=1e-12)
+
+
+# ---- structure shared across SM columns and attention kinds --------------------------------
+
+def test_a_shape_missing_from_one_column_is_filled_in_from_its_neighbours(truth):
+    data = synthetic(noise=0.0, corun=False)
+    data["measurements"]["prefill"] = [r for r in data["measurements"]["prefill"]
+                                       if not (r["sms"] == 40 and r["chunk_tokens"] == 8192)]
+    c = MeasuredCost(LLAMA8, H100, fit_calibration(data)["fit"])
+    for p in PRIORS:
+        shape = BatchShape(((8192, p),))
+        assert abs_pct(c.solo_time(shape, 40), truth.solo_time(shape, 40)) < 3.0, p
+
+
+def test_attention_over_a_cached_prefix_is_priced_apart_from_causal_attention(truth):
+    # A GPU on which a query against a cached token costs more than one within the chunk.
+    data = synthetic(noise=0.0, corun=False, sms=[FULL_GPU, 32, 64, 96])
+    extra = 3e-10
+    for r in data["measurements"]["prefill"]:
+        r["time_s"] += extra * r["chunk_tokens"] * r["prior_tokens"] * 64 / (r["sms"] or 132)
+    held = [r for r in data["measurements"]["prefill"]
+            if r["chunk_tokens"] == 128 and r["prior_tokens"] == 8192]
+    data["measurements"]["prefill"] = [r for r in data["measurements"]["prefill"] if r not in held]
+    c = MeasuredCost(LLAMA8, H100, fit_calibration(data)["fit"])
+    assert held
+    for r in held:
+        assert abs_pct(c.solo_time(prefill_shape(r), r["sms"]), r["time_s"]) < 3.0, r["sms"]

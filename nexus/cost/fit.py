@@ -3,16 +3,21 @@
 Solo time of one phase on an SM count s is a sum of non-negative terms, each a fitted
 coefficient times a physical feature of the shape:
 
-    prefill: base(tokens) + pair_s * attention_pairs + prior_token_s * prior_tokens
+    prefill: base(tokens) + own_pair_s * own_pairs + cross_pair_s * cross_pairs
+             + prior_token_s * prior_tokens
     decode:  base(batch)  + kv_token_s * kv_tokens
 
-attention_pairs = sum over chunks of n*prior + n(n+1)/2 (causal query-key pairs), and
-kv_tokens = batch * context. base() is fitted as a non-decreasing piecewise-linear curve
-with knots at the measured chunk sizes (batch sizes), flat below the first knot (a tiny
-chunk still streams every weight) and extended with its last slope above the last one.
-Not a line, because a matmul is weight-bound for few tokens and compute-bound for many:
-its time has a knee whose place depends on the SM count. (Between knots the evaluator
-places that knee more precisely than a chord: see nexus.cost.measured.densify.)
+own_pairs = sum over chunks of n(n+1)/2, the causal query-key pairs among a chunk's n new
+tokens; cross_pairs = sum of n*prior, its queries against the prior tokens already cached;
+kv_tokens = batch * context. The two kinds of pairs get their own coefficients: attention
+over a cached prefix runs other kernels than causal attention within a chunk, and on the
+H100 profile costs several times more per pair. base() is fitted as a non-decreasing
+piecewise-linear curve with knots at the measured chunk sizes (batch sizes), flat below
+the first knot (a tiny chunk still streams every weight and launches every kernel) and
+extended with its last slope above the last one. Not a line, because a matmul is
+weight-bound for few tokens and compute-bound for many: its time has a knee whose place
+depends on the SM count. (Between knots the evaluator places that knee more precisely
+than a chord: see nexus.cost.measured.densify.)
 
 Every coefficient is fitted at every measured SM count at once, constrained to be
 non-negative and non-increasing in SMs (the plain stream, sms=0, ranks above the largest
@@ -21,6 +26,14 @@ every shape, not only for the measured ones. The constraint becomes plain non-ne
 by writing each coefficient as a sum of non-negative increments, one per SM count at or
 above it, which a small active-set NNLS (Lawson-Hanson) then solves. Rows are weighted by
 1/time so that relative error is what is minimised.
+
+A column of SMs has as many coefficients as shapes measured on it, so a shape missing from
+one column (the 8192-token chunk at 40 SMs, say) would leave its knot unconstrained there.
+Penalty rows tie the columns together: each coefficient's deviation from the straight line
+in 1/s through its two neighbouring columns is pushed toward zero, with weight SMOOTHING
+(the plain stream stands at 1/num_sms at the end of that chain). Straight in 1/s is what
+work that scales with SMs, and work that has stopped scaling, both are; the knee where
+one turns into the other costs a little penalty and stays.
 
 Co-run slowdown of a phase is 1 + a*u_o + b*u_s*u_o + c*min(u_o, max(0, u_s + u_o - k)),
 with u_s and u_o the HBM bandwidth each phase draws alone (its bytes, from the model's
@@ -51,8 +64,14 @@ from nexus.errors import UserError
 from nexus.specs import GPUSpec, ModelSpec
 
 FIT_METHOD = "monotone-piecewise-nnls"
-FIT_VERSION = 1
+FIT_VERSION = 2
+# Prefill attention coefficients, in the order of prefill_attention's features.
+PREFILL_ATTENTION = ("own_pair_s", "cross_pair_s", "prior_token_s")
 MAX_KNOTS = 12
+# Weight of the penalty on each coefficient's bend in 1/s between neighbouring SM columns,
+# relative to a measurement's relative error. It fills in a shape a column lacks from the
+# columns beside it; the held-out error is flat for weights between 0.3 and 3.
+SMOOTHING = 1.0
 # Candidate fractions of datasheet bandwidth at which co-running phases start to queue.
 BANDWIDTH_FRACTIONS = np.round(np.arange(0.40, 1.201, 0.05), 2)
 # Used when a calibration holds no co-run measurements: rough, in line with the analytical
@@ -98,15 +117,17 @@ def nnls(a: np.ndarray, b: np.ndarray, max_iter: int | None = None) -> np.ndarra
 
 # ---- solo-time features ----------------------------------------------------------------
 
-def prefill_attention(chunks: tuple[tuple[int, int], ...]) -> tuple[int, int, int]:
-    """(new tokens, causal query-key pairs, prior KV tokens) summed over prefill chunks."""
-    tokens = pairs = prior = 0
+def prefill_attention(chunks: tuple[tuple[int, int], ...]) -> tuple[int, int, int, int]:
+    """(new tokens, causal pairs among new tokens, new x prior pairs, prior KV tokens),
+    summed over prefill chunks."""
+    tokens = own = cross = prior = 0
     for n, p in chunks:
         if n > 0:
             tokens += n
-            pairs += n * p + n * (n + 1) // 2
+            own += n * (n + 1) // 2
+            cross += n * p
             prior += p
-    return tokens, pairs, prior
+    return tokens, own, cross, prior
 
 
 def _pick_knots(values: np.ndarray) -> np.ndarray:
@@ -131,8 +152,37 @@ def _sm_order(sms: list[int]) -> list[int]:
     return green + ([FULL_GPU] if FULL_GPU in sms else [])
 
 
-def _fit_monotone(sms: np.ndarray, features: np.ndarray, times: np.ndarray) -> tuple[list[int], np.ndarray]:
-    """Coefficients (SM columns x features), >= 0 and non-increasing along the SM order."""
+def _smoothing_rows(order: list[int], num_sms: int, scale: np.ndarray) -> np.ndarray:
+    """Penalty rows on the coefficients (features x SM columns, flattened feature-major).
+
+    One row per feature and inner column of the chain of SM counts ordered by 1/s (the plain
+    stream last, standing at 1/num_sms): that column's value minus the line in 1/s through
+    its two neighbours, in units of the feature's typical share of a measured time.
+    """
+    chain = [i for i, s in enumerate(order) if s != FULL_GPU]
+    x = [1.0 / order[i] for i in chain]
+    if FULL_GPU in order and (not x or 1.0 / num_sms < x[-1]):
+        chain.append(order.index(FULL_GPU))
+        x.append(1.0 / num_sms)
+    ncols, p = len(order), len(scale)
+    rows = []
+    for j in range(1, len(chain) - 1):
+        span = x[j - 1] - x[j + 1]
+        w = np.zeros(ncols)
+        w[chain[j - 1]] = -(x[j] - x[j + 1]) / span
+        w[chain[j]] = 1.0
+        w[chain[j + 1]] = -(x[j - 1] - x[j]) / span
+        for k in range(p):
+            row = np.zeros((p, ncols))
+            row[k] = w * scale[k]
+            rows.append(row.ravel())
+    return np.array(rows).reshape(-1, p * ncols)
+
+
+def _fit_monotone(sms: np.ndarray, features: np.ndarray, times: np.ndarray, num_sms: int
+                  ) -> tuple[list[int], np.ndarray]:
+    """Coefficients (SM columns x features), >= 0, non-increasing along the SM order and
+    softly straight in 1/s across neighbouring columns."""
     order = _sm_order(sms.tolist())
     col = np.array([order.index(s) for s in sms.tolist()])
     ncols, p = len(order), features.shape[1]
@@ -140,17 +190,27 @@ def _fit_monotone(sms: np.ndarray, features: np.ndarray, times: np.ndarray) -> t
     reach = np.arange(ncols)[None, :] >= col[:, None]
     design = (features[:, :, None] * reach[:, None, :]).reshape(len(times), p * ncols)
     design /= times[:, None]
+    target = np.ones(len(times))
+    if SMOOTHING > 0 and ncols >= 3:
+        share = features / times[:, None]
+        present = (share > 0).sum(0)
+        # A knot's ramp is non-zero only for sizes past it: average where it is present.
+        scale = share.sum(0) / np.maximum(present, 1)
+        increments_to_coef = np.kron(np.eye(p), np.triu(np.ones((ncols, ncols))))
+        penalty = SMOOTHING * _smoothing_rows(order, num_sms, scale) @ increments_to_coef
+        design = np.vstack([design, penalty])
+        target = np.concatenate([target, np.zeros(len(penalty))])
     norms = np.linalg.norm(design, axis=0)
     used = norms > 0
     inc = np.zeros(p * ncols)
-    inc[used] = nnls(design[:, used] / norms[used], np.ones(len(times))) / norms[used]
+    inc[used] = nnls(design[:, used] / norms[used], target) / norms[used]
     inc = inc.reshape(p, ncols)
     coef = np.cumsum(inc[:, ::-1], axis=1)[:, ::-1]
     return order, coef.T
 
 
 def _fit_phase(sms: np.ndarray, size: np.ndarray, attention: np.ndarray, times: np.ndarray,
-               phase: str, size_name: str) -> dict[str, Any]:
+               num_sms: int, phase: str, size_name: str) -> dict[str, Any]:
     if len(times) == 0:
         raise UserError(f"no {phase} measurements: cannot fit a {phase} model")
     knots = _pick_knots(size)
@@ -158,31 +218,31 @@ def _fit_phase(sms: np.ndarray, size: np.ndarray, attention: np.ndarray, times: 
         raise UserError(f"{phase} measurements cover a single {size_name} ({int(knots[0])}); "
                         f"at least two are needed to fit how time grows with it")
     features = np.concatenate([_ramps(size, knots), attention], axis=1)
-    order, coef = _fit_monotone(sms, features, times)
+    order, coef = _fit_monotone(sms, features, times, num_sms)
     k = len(knots)
     base = np.cumsum(coef[:, :k], axis=1)    # value at each knot, without attention terms
     return {"sms": order, "knots": [int(v) for v in knots], "base_s": base.tolist(),
             "attention": coef[:, k:].tolist()}
 
 
-def fit_prefill(records: list[dict]) -> dict[str, Any]:
+def fit_prefill(records: list[dict], num_sms: int) -> dict[str, Any]:
     sms = np.array([r["sms"] for r in records], dtype=int)
     n = np.array([r["chunk_tokens"] for r in records], dtype=float)
     prior = np.array([r["prior_tokens"] for r in records], dtype=float)
-    pairs = n * prior + n * (n + 1) / 2
     times = np.array([r["time_s"] for r in records], dtype=float)
-    fit = _fit_phase(sms, n, np.stack([pairs, prior], axis=1), times, "prefill", "chunk size")
-    att = np.array(fit.pop("attention")).reshape(-1, 2)
+    attention = np.stack([n * (n + 1) / 2, n * prior, prior], axis=1)
+    fit = _fit_phase(sms, n, attention, times, num_sms, "prefill", "chunk size")
+    att = np.array(fit.pop("attention")).reshape(-1, 3)
     return {"sms": fit["sms"], "token_knots": fit["knots"], "base_s": fit["base_s"],
-            "pair_s": att[:, 0].tolist(), "prior_token_s": att[:, 1].tolist()}
+            **{name: att[:, i].tolist() for i, name in enumerate(PREFILL_ATTENTION)}}
 
 
-def fit_decode(records: list[dict]) -> dict[str, Any]:
+def fit_decode(records: list[dict], num_sms: int) -> dict[str, Any]:
     sms = np.array([r["sms"] for r in records], dtype=int)
     batch = np.array([r["batch"] for r in records], dtype=float)
     kv = batch * np.array([r["context"] for r in records], dtype=float)
     times = np.array([r["time_s"] for r in records], dtype=float)
-    fit = _fit_phase(sms, batch, kv[:, None], times, "decode", "batch size")
+    fit = _fit_phase(sms, batch, kv[:, None], times, num_sms, "decode", "batch size")
     att = np.array(fit.pop("attention")).reshape(-1, 1)
     return {"sms": fit["sms"], "batch_knots": fit["knots"], "base_s": fit["base_s"],
             "kv_token_s": att[:, 0].tolist()}
@@ -244,8 +304,8 @@ def fit_params(measurements: dict[str, list], model: ModelSpec, gpu: GPUSpec) ->
     from nexus.cost.measured import MeasuredCost
 
     solo = {"method": FIT_METHOD, "version": FIT_VERSION,
-            "prefill": fit_prefill(measurements.get("prefill", [])),
-            "decode": fit_decode(measurements.get("decode", []))}
+            "prefill": fit_prefill(measurements.get("prefill", []), gpu.num_sms),
+            "decode": fit_decode(measurements.get("decode", []), gpu.num_sms)}
     cost = MeasuredCost(model, gpu, {**solo, "corun": DEFAULT_CORUN})
     return {**solo, "corun": fit_corun(cost, measurements.get("corun", []))}
 

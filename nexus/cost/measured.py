@@ -33,8 +33,8 @@ import numpy as np
 
 from nexus.cost.base import FULL_GPU, BatchShape
 from nexus.cost.calibration import check_matches, read_calibration
-from nexus.cost.fit import (CORUN_TERMS, FIT_METHOD, FIT_VERSION, fit_calibration,
-                            prefill_attention)
+from nexus.cost.fit import (CORUN_TERMS, FIT_METHOD, FIT_VERSION, PREFILL_ATTENTION,
+                            fit_calibration, prefill_attention)
 from nexus.cost.roofline import IterationWork
 from nexus.errors import UserError
 from nexus.specs import GPUSpec, ModelSpec
@@ -218,7 +218,7 @@ class MeasuredCost:
                              f"this build reads {FIT_METHOD!r} version {FIT_VERSION}")
         p, d, c = fit["prefill"], fit["decode"], fit["corun"]
         phases = []
-        for spec, knots, att in ((p, "token_knots", ("pair_s", "prior_token_s")),
+        for spec, knots, att in ((p, "token_knots", PREFILL_ATTENTION),
                                  (d, "batch_knots", ("kv_token_s",))):
             sms, kn, base = spec["sms"], spec[knots], np.asarray(spec["base_s"], dtype=float)
             attention = np.stack([np.asarray(spec[a], dtype=float) for a in att], axis=1)
@@ -242,10 +242,10 @@ class MeasuredCost:
 
     def _plan(self, shape: BatchShape) -> tuple | None:
         """(phase curve, where the size falls on it, its attention features, decode KV tokens)."""
-        tokens, pairs, prior = prefill_attention(shape.prefill_chunks)
+        tokens, *attention = prefill_attention(shape.prefill_chunks)
         seqs = shape.decode_seqs if shape.decode_seqs > 0 else 0
         if tokens:
-            return (self._prefill, self._prefill.locate(tokens + seqs), (pairs, prior),
+            return (self._prefill, self._prefill.locate(tokens + seqs), tuple(attention),
                     shape.decode_kv_tokens if seqs else 0)
         if seqs:
             return self._decode, self._decode.locate(seqs), (shape.decode_kv_tokens,), 0
