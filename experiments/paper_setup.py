@@ -1,0 +1,153 @@
+"""What the paper experiments run on: workloads, GPU setups, policy variants and SLOs.
+
+Workloads are built with the project's own trace generator (the same bytes as the
+`nexus-trace` command recorded next to each), then re-timed with Poisson arrivals at each
+probed rate. One arrival seed is used for every rate, so the arrival times at rate r are the
+times at rate 1 divided by r: rates differ only in how fast the same requests come.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nexus.cost import FULL_GPU, BatchShape, load_cost_model
+from nexus.specs import resolve_gpu, resolve_model
+from traces import TraceEntry, read_trace
+from traces.cli import main as nexus_trace
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "llama-3.1-8b"
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    requests: int
+    seed: int = 0
+
+    def command(self) -> str:
+        """The nexus-trace command that makes these requests (arrivals are redrawn per rate)."""
+        if self.name == "sharegpt":
+            return f"nexus-trace sharegpt -n {self.requests} --rate 20 --seed {self.seed} -o sharegpt.jsonl"
+        return (f"nexus-trace synthetic --preset {self.name} -n {self.requests} --rate 1 "
+                f"--seed {self.seed} -o {self.name}.jsonl")
+
+
+# Sizes keep the whole study to a few minutes on two cores: a point is one simulated run of
+# the whole trace, and past saturation the queue (so TTFT) grows with the trace's length.
+WORKLOADS = {
+    "sharegpt": Workload("sharegpt", 1000),
+    "long-doc": Workload("long-doc", 600),
+    "mixed": Workload("mixed", 1000),
+}
+
+
+@dataclass(frozen=True)
+class GPUSetup:
+    """A GPU and the cost model the simulator uses for it; `split` is the static baseline's."""
+    gpu: str
+    calibration: str | None
+    split: tuple[int, int]
+    note: str = ""
+
+
+GPU_SETUPS = {
+    "h100-sxm": GPUSetup("h100-sxm", None, (64, 68),
+                         "shipped measured calibration (H100 SXM x Llama-3.1-8B)"),
+    "l20": GPUSetup("l20", "analytical", (46, 46),
+                    "analytical roofline from the L20 datasheet (no calibration exists): the paper's GPU"),
+}
+
+POLICIES = ["chunked", "prefill-first", "static", "nexus", "disagg"]
+
+# The ablation of the paper: each Nexus ingredient alone on top of a static split with FCFS.
+ABLATION = {
+    "static+fcfs": {"dynamic": False, "spf": False},
+    "spf-only": {"dynamic": False, "spf": True},
+    "dynamic-only": {"dynamic": True, "spf": False},
+    "nexus": {"dynamic": True, "spf": True},
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One line of a plot: a policy with its parameters, and how many GPUs it occupies."""
+    label: str
+    policy: str
+    params: dict = field(default_factory=dict)
+    gpus: int = 1
+
+
+def variant(name: str, setup: GPUSetup) -> Variant:
+    """A sweep policy on `setup`: static splits are the setup's, disagg uses two GPUs."""
+    if name == "static":
+        return Variant(name, name, {"prefill_sms": setup.split[0], "decode_sms": setup.split[1]})
+    if name == "nexus":
+        return Variant(name, name, {"static_split": setup.split})
+    if name == "disagg":
+        return Variant(name, name, {}, gpus=2)
+    return Variant(name, name)
+
+
+def ablation_variant(name: str, setup: GPUSetup) -> Variant:
+    return Variant(name, "nexus", {**ABLATION[name], "static_split": setup.split})
+
+
+def build_trace(workload: Workload, requests: int | None = None) -> list[TraceEntry]:
+    """The workload's requests, made by the project's trace generator; `requests` trims it."""
+    n = workload.requests if requests is None else requests
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.jsonl"
+        args = workload.command().split()[1:]
+        args[args.index("-n") + 1] = str(max(n, 1))
+        args[args.index("-o") + 1] = str(path)
+        with contextlib.redirect_stderr(io.StringIO()):   # the generator's progress notes
+            nexus_trace(args)
+        return read_trace(path)[:n]
+
+
+def trace_stats(entries: list[TraceEntry]) -> dict:
+    p = np.array([e.prompt_tokens for e in entries])
+    o = np.array([e.output_tokens for e in entries])
+    return {"requests": len(entries),
+            "prompt_tokens": {"mean": float(p.mean()), "p50": float(np.median(p)),
+                              "p95": float(np.percentile(p, 95))},
+            "output_tokens": {"mean": float(o.mean()), "p50": float(np.median(o)),
+                              "p95": float(np.percentile(o, 95))}}
+
+
+# SLOs are multiples of what one request costs on an idle, whole GPU, so they mean the same
+# thing on a fast and a slow GPU and for short and long prompts.
+TTFT_SCALE = 10.0
+TBT_SCALE = 5.0
+
+
+def slo_rule(ttft_scale: float = TTFT_SCALE, tbt_scale: float = TBT_SCALE) -> str:
+    return (f"P95 TTFT <= {ttft_scale:g} x the solo whole-GPU prefill time of the workload's P95 "
+            f"prompt, and P95 TBT (over all tokens) <= {tbt_scale:g} x the solo whole-GPU decode "
+            f"step of one request at the workload's mean context (prompt + output/2); both "
+            f"rounded to 2 significant digits")
+
+
+def _round2(x: float) -> float:
+    return float(f"{x:.2g}")
+
+
+def slos(entries: list[TraceEntry], setup: GPUSetup, ttft_scale: float = TTFT_SCALE,
+         tbt_scale: float = TBT_SCALE) -> dict:
+    """The workload's latency bounds on this GPU, with the solo times they are scaled from."""
+    cost = load_cost_model(resolve_model(MODEL), resolve_gpu(setup.gpu), setup.calibration)
+    stats = trace_stats(entries)
+    p95_prompt = int(stats["prompt_tokens"]["p95"])
+    context = int(stats["prompt_tokens"]["mean"] + stats["output_tokens"]["mean"] / 2)
+    prefill_s = float(cost.solo_time(BatchShape(((p95_prompt, 0),)), FULL_GPU))
+    decode_s = float(cost.solo_time(BatchShape((), 1, context), FULL_GPU))
+    return {"ttft_p95_s": _round2(ttft_scale * prefill_s), "tbt_p95_s": _round2(tbt_scale * decode_s),
+            "solo_prefill_p95_prompt_s": prefill_s, "p95_prompt_tokens": p95_prompt,
+            "solo_decode_step_s": decode_s, "mean_context_tokens": context,
+            "ttft_scale": ttft_scale, "tbt_scale": tbt_scale, "rule": slo_rule(ttft_scale, tbt_scale)}
