@@ -72,6 +72,8 @@ ABLATION = {
     "dynamic-only": {"dynamic": True, "spf": False},
     "nexus": {"dynamic": True, "spf": True},
 }
+# Not the paper's ablation: how much the decode bound beta (1.1 in the paper) decides.
+BETA_SENSITIVITY = {f"nexus beta={b:g}": {"beta": b} for b in (1.3, 1.5, 2.0)}
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,8 @@ def variant(name: str, setup: GPUSetup) -> Variant:
 
 
 def ablation_variant(name: str, setup: GPUSetup) -> Variant:
-    return Variant(name, "nexus", {**ABLATION[name], "static_split": setup.split})
+    params = ABLATION.get(name) or BETA_SENSITIVITY[name]
+    return Variant(name, "nexus", {**params, "static_split": setup.split})
 
 
 def build_trace(workload: Workload, requests: int | None = None) -> list[TraceEntry]:
