@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -27,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paper_plots import plot_max_rates, plot_sweep  # noqa: E402
 from paper_search import bisect_max_rate, cost_model_of, drain_rate, simulate, within  # noqa: E402
+from paper_tables import print_headline, print_max_rates, print_sweep  # noqa: E402
 from paper_setup import (ABLATION, BETA_SENSITIVITY, GPU_SETUPS, MODEL, POLICIES,  # noqa: E402
                          ROOT, TBT_SCALE, TTFT_SCALE, WORKLOADS, ablation_variant, build_trace,
                          slos, trace_stats, variant)
@@ -70,6 +72,7 @@ class Study:
             "experiment": experiment,
             "command": "python experiments/paper.py " + " ".join(argv),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "git_commit": _git_commit(),
             "machine": {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
                         "cpus": os.cpu_count(), "python": platform.python_version(), "jobs": self.jobs},
             "model": MODEL,
@@ -85,6 +88,18 @@ class Study:
             "within_slo_definition": "a run is within the latency bounds when its P95 TTFT and its "
                                      "token-weighted P95 TBT are both at or under the workload's SLO",
         }
+
+
+def _git_commit() -> str | None:
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "nexus", "sim", "traces",
+                                "experiments/paper*.py"], cwd=ROOT, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + (" (with uncommitted changes to the code)" if dirty else "")
 
 
 def _call(args):
@@ -141,56 +156,6 @@ def _write(record: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1, default=str) + "\n")
     print(f"wrote {path}")
-
-
-# ---- tables ----
-
-def print_sweep(record: dict) -> None:
-    print(f"\n{record['experiment']}: TTFT s mean/P95, TBT ms mean/P95, completed req/s per GPU")
-    for gpu in record["slos"]:
-        for wl in record["workloads"]:
-            rows = [r for r in record["runs"] if r["gpu"] == gpu and r["workload"] == wl]
-            if not rows:
-                continue
-            slo = record["slos"][gpu][wl]
-            print(f"\n[{gpu} / {wl}]  SLO: P95 TTFT <= {slo['ttft_p95_s']} s, P95 TBT <= "
-                  f"{slo['tbt_p95_s'] * 1e3:.0f} ms   ('*' = within)")
-            rates = sorted({r["rate_rps"] for r in rows})
-            print(f"{'policy':>14} " + " ".join(f"{rate:>22.3g}" for rate in rates))
-            for name in dict.fromkeys(r["policy"] for r in rows):
-                by_rate = {r["rate_rps"]: r for r in rows if r["policy"] == name}
-                cells = []
-                for rate in rates:
-                    r = by_rate.get(rate)
-                    cells.append(f"{'':>22}" if r is None else
-                                 f"{r['ttft_s']['mean']:.2f}/{r['ttft_s']['p95']:.2f} "
-                                 f"{r['tbt_s']['mean'] * 1e3:.0f}/{r['tbt_s']['p95'] * 1e3:.0f}"
-                                 f"{'*' if r.get('within_slo') else ' '}{r['throughput_rps_per_gpu']:.3g}"
-                                 .rjust(22))
-                print(f"{name:>14} " + " ".join(cells))
-
-
-def print_max_rates(record: dict) -> None:
-    print(f"\n{record['experiment']}: highest rate within SLO (req/s; per GPU in brackets)")
-    workloads = list(record["workloads"])
-    for gpu in record["slos"]:
-        print(f"\n[{gpu}] " + "  ".join(f"{w}: TTFT<={record['slos'][gpu][w]['ttft_p95_s']}s "
-                                         f"TBT<={record['slos'][gpu][w]['tbt_p95_s'] * 1e3:.0f}ms"
-                                         for w in workloads))
-        print(f"{'policy':>14} " + " ".join(f"{w:>20}" for w in workloads))
-        rows = [r for r in record["results"] if r["gpu"] == gpu]
-        for name in dict.fromkeys(r["policy"] for r in rows):
-            cells = []
-            for w in workloads:
-                r = next((r for r in rows if r["workload"] == w and r["policy"] == name), None)
-                if r is None:
-                    cells.append(f"{'':>20}")
-                elif r["max_rate_rps"] is None:
-                    cells.append(f"< {r['first_failing_rate_rps']:.3g}".rjust(20))
-                else:
-                    more = ">=" if r["status"] == "holds-at-highest" else ""
-                    cells.append(f"{more}{r['max_rate_rps']:.3g} ({r['max_rate_rps_per_gpu']:.3g})".rjust(20))
-            print(f"{name:>14} " + " ".join(cells))
 
 
 # ---- experiments ----
@@ -275,11 +240,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     if args.what == "table":
+        saved = {name: json.loads(path.read_text()) for name in
+                 ("paper_rate_sweep", "paper_max_rate", "paper_ablation")
+                 if (path := Path(args.results_dir) / f"{name}.json").exists()}
         for name, show in (("paper_rate_sweep", print_sweep), ("paper_max_rate", print_max_rates),
                            ("paper_ablation", print_max_rates)):
-            path = Path(args.results_dir) / f"{name}.json"
-            if path.exists():
-                show(json.loads(path.read_text()))
+            if name in saved:
+                show(saved[name])
+        if "paper_rate_sweep" in saved and "paper_max_rate" in saved:
+            print_headline(saved["paper_rate_sweep"], saved["paper_max_rate"])
         return 0
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
     for g in split(args.gpus):
@@ -295,11 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     policies = split(args.policies)
     out = Path(args.results_dir), Path(args.figures_dir)
     if args.what in ("sweep", "all"):
-        run_sweep(study, argv, policies, *out)
+        sweep_record = run_sweep(study, argv, policies, *out)
     if args.what in ("max-rate", "all"):
-        run_max_rate(study, argv, policies, *out)
+        best_record = run_max_rate(study, argv, policies, *out)
     if args.what in ("ablation", "all"):
         run_ablation(study, argv, *out)
+    if args.what == "all":
+        print_headline(sweep_record, best_record)
     print(f"\ntotal {time.perf_counter() - t:.0f} s on {args.jobs} worker(s)")
     return 0
 

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 import sim
-from paper_setup import MODEL, GPUSetup, Variant
+from paper_setup import MODEL, ROOT, GPUSetup, Variant
 from traces import TraceEntry
 
 # Arrivals "all at once" when measuring what a policy drains at full load.
@@ -51,8 +52,13 @@ def simulate(entries: list[TraceEntry], setup: GPUSetup, v: Variant, rate: float
 def cost_model_of(setup: GPUSetup) -> dict:
     """The cost model's self-description, as sim.run reports it."""
     one = [TraceEntry("0", 0.0, 16, 2)]
-    return sim.run(one, policy="chunked", model=MODEL, gpu=setup.gpu,
-                   calibration=setup.calibration).summary["cost_model"]
+    described = sim.run(one, policy="chunked", model=MODEL, gpu=setup.gpu,
+                        calibration=setup.calibration).summary["cost_model"]
+    if "calibration" in described:   # a path inside the checkout reads the same on every machine
+        path = Path(described["calibration"])
+        if path.is_relative_to(ROOT):
+            described["calibration"] = str(path.relative_to(ROOT))
+    return described
 
 
 def within(point: dict, slo: dict) -> bool:
