@@ -60,16 +60,19 @@ def run_real(args: argparse.Namespace) -> int:
             entries = case_entries(trace, scale, limit)
             for policy in make_policies(list(POLICIES), {}, None, gpu):
                 print(f"{trace} x{scale} {policy.name} ...", flush=True)
-                summary, frame, _ = bench_policy(runner, parts, policy, model, gpu, entries, None,
-                                                 256, 0, None, None)
+                summary, frame, timeline = bench_policy(runner, parts, policy, model, gpu, entries,
+                                                        None, 256, 0, None, None)
                 record["cases"].append({
                     "trace": trace, "rate_scale": scale, "requests": limit, "policy": policy.name,
                     "summary": summary,
                     "ttft_s": frame["ttft_s"].round(6).tolist(),
-                    "tbt_mean_s": frame["tbt_mean_s"].round(6).tolist()})
+                    "tbt_mean_s": frame["tbt_mean_s"].round(6).tolist(),
+                    "timeline": {col: timeline[col].round(6).tolist() if timeline[col].dtype.kind == "f"
+                                 else timeline[col].tolist()
+                                 for col in ("start_s", "end_s", "stream", "sms", "prefill_tokens",
+                                             "decode_seqs")}})
                 Path(args.out).write_text(json.dumps(record) + "\n")   # keep what finished
-    parts.close()
-    return 0
+    return 0   # green contexts are released with the process
 
 
 def signed_pct(sim: float, real: float) -> float:

@@ -145,9 +145,11 @@ class RealEngine:
                 self.lock.notify_all()
 
     def _partition(self, stream: str, prefill_sms: int) -> Partition:
-        if stream == "decode":
-            return self.partitions.decode(prefill_sms)
-        return self.partitions.prefill(prefill_sms)
+        # A single ("mixed") stream runs on the decode side of the whole GPU: a plain stream
+        # whose decode graphs were captured there.
+        if stream == "prefill":
+            return self.partitions.prefill(prefill_sms)
+        return self.partitions.decode(prefill_sms)
 
     def _chunks(self, batch: Batch) -> list[Chunk]:
         """Token ids, positions and block tables of this step (decode members first synced)."""
@@ -155,12 +157,12 @@ class RealEngine:
         chunks = []
         for req, n in batch.prefill:
             ids = self.tokens[req][req.kv_tokens:req.kv_tokens + n]
-            chunks.append(Chunk(ids, req.kv_tokens, list(kv.tables[req])))
+            chunks.append(Chunk(ids, req.kv_tokens, kv.tables[req]))
         if batch.decode:
             running = self.state.running
             running.materialize(lookahead=1)
             for req in running.members:
-                chunks.append(Chunk(self.tokens[req][-1:], req.kv_tokens, list(kv.tables[req])))
+                chunks.append(Chunk(self.tokens[req][-1:], req.kv_tokens, kv.tables[req]))
         return chunks
 
     def _record_tokens(self, batch: Batch, next_tokens: list[int]) -> None:
