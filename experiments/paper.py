@@ -80,7 +80,8 @@ class Study:
                            "static_split": list(GPU_SETUPS[g].split), "note": GPU_SETUPS[g].note,
                            "cost_model": cost_model_of(GPU_SETUPS[g])} for g in self.gpus},
             "workloads": {w: {"command": WORKLOADS[w].command(),
-                              "arrivals": "Poisson at each probed rate, seed 0 (same unit-rate draws at every rate)",
+                              "arrivals": "Poisson at each probed rate, seed 0 "
+                                          "(the same unit-rate draws at every rate)",
                               **trace_stats(self.traces[w])} for w in self.workloads},
             "rate_reference": {"what": "chunked prefill's throughput with every request waiting at t=0",
                                "rps": self.drain},
@@ -224,11 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["sweep", "max-rate", "ablation", "all", "table"])
     p.add_argument("--gpus", default=",".join(GPU_SETUPS), help="comma-separated: h100-sxm,l20")
-    p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated: sharegpt,long-doc,mixed")
+    p.add_argument("--workloads", default=",".join(WORKLOADS),
+                   help="comma-separated: sharegpt,long-doc,mixed")
     p.add_argument("--policies", default=",".join(POLICIES), help="for sweep and max-rate")
     p.add_argument("--requests", type=int, help="requests per trace (default: 1000 / 600 / 1000)")
     p.add_argument("--fractions", help="rate grid as fractions of the chunked drain rate, comma-separated")
-    p.add_argument("--ttft-scale", type=float, default=TTFT_SCALE, help="TTFT SLO / solo prefill of the P95 prompt")
+    p.add_argument("--ttft-scale", type=float, default=TTFT_SCALE,
+                   help="TTFT SLO / solo prefill of the P95 prompt")
     p.add_argument("--tbt-scale", type=float, default=TBT_SCALE, help="TBT SLO / solo decode step")
     p.add_argument("--results-dir", default=str(RESULTS), help="where the JSON goes")
     p.add_argument("--figures-dir", default=str(FIGURES), help="where the PNGs go")

@@ -7,7 +7,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
 PANELS = [("ttft_s", "mean", "TTFT mean (s)"), ("ttft_s", "p95", "TTFT P95 (s)"),
           ("tbt_s", "mean", "TBT mean (ms)"), ("tbt_s", "p95", "TBT P95 (ms)")]
@@ -70,7 +69,7 @@ def plot_max_rates(record: dict, path: Path, title: str) -> None:
             names = [label(r["policy"], r["gpus"]) for r in rows]
             vals = [(r["max_rate_rps_per_gpu"] or 0.0) for r in rows]
             bars = ax.bar(range(len(rows)), vals, color=colors[:len(rows)],
-                          hatch=None, edgecolor="k", linewidth=0.5)
+                          edgecolor="k", linewidth=0.5)
             for bar, r in zip(bars, rows):
                 if r["status"] == "holds-at-highest":
                     bar.set_hatch("//")

@@ -45,7 +45,8 @@ def simulate(entries: list[TraceEntry], setup: GPUSetup, v: Variant, rate: float
     if len(split) and v.gpus == 1:
         # SMs the prefill side held while the GPU was split, weighted by time.
         w = (split["end_s"] - split["start_s"]).to_numpy()
-        point["prefill_sms_when_split"] = float(np.average(split["sms"], weights=w)) if w.sum() > 0 else math.nan
+        point["prefill_sms_when_split"] = (float(np.average(split["sms"], weights=w))
+                                           if w.sum() > 0 else math.nan)
     return point
 
 
