@@ -46,7 +46,8 @@ def run_real(args: argparse.Namespace) -> int:
     from real.model_runner import ModelRunner
 
     model, gpu = MODELS["llama-3.1-8b"], GPUS["h100-sxm"]
-    policies = make_policies(list(POLICIES), {}, None, gpu)
+    names = args.policies.split(",")
+    policies = make_policies(names, {}, None, gpu)
     runner = ModelRunner(model, device="cuda")
     parts = build_partitions(policies, gpu, "cuda")
     runner.capture_graphs([parts.decode(0), *(parts.decode(p) for p in parts.made())])
@@ -58,7 +59,7 @@ def run_real(args: argparse.Namespace) -> int:
         path, scales, limit = CASES[trace]
         for scale in scales:
             entries = case_entries(trace, scale, limit)
-            for policy in make_policies(list(POLICIES), {}, None, gpu):
+            for policy in make_policies(names, {}, None, gpu):
                 print(f"{trace} x{scale} {policy.name} ...", flush=True)
                 summary, frame, timeline = bench_policy(runner, parts, policy, model, gpu, entries,
                                                         None, 256, 0, None, None)
@@ -87,11 +88,13 @@ def compare(args: argparse.Namespace) -> int:
 
     import sim
 
-    cases, machines = [], []
+    by_key, machines = {}, []
     for f in args.real:
         data = json.loads(Path(f).read_text())
         machines.append(data["machine"])
-        cases += data["cases"]
+        for case in data["cases"]:
+            by_key[(case["trace"], case["rate_scale"], case["policy"])] = case
+    cases = list(by_key.values())
     out_cases = []
     for case in cases:
         entries = case_entries(case["trace"], case["rate_scale"], case["requests"])
@@ -168,9 +171,10 @@ def main() -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     r = sub.add_parser("real", help="measure the cases on this machine's GPU")
     r.add_argument("--traces", default="sharegpt,mixed")
+    r.add_argument("--policies", default=",".join(POLICIES))
     r.add_argument("--out", required=True)
     c = sub.add_parser("compare", help="simulate the measured cases and report the errors")
-    c.add_argument("real", nargs="+")
+    c.add_argument("real", nargs="+", help="measured files; a later file's case replaces an earlier one's")
     args = ap.parse_args()
     return run_real(args) if args.command == "real" else compare(args)
 

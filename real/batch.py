@@ -59,7 +59,9 @@ def validate(batch: Sequence[Chunk], num_blocks: int, block_size: int, max_len: 
 
 
 def _table_rows(chunks: list[Chunk], block_size: int) -> np.ndarray:
-    width = max([-(-c.end // block_size) for c in chunks], default=1)
+    # A width that is a multiple of 16 keeps the row stride's divisibility constant, so Triton
+    # does not compile a new kernel variant when a batch's longest sequence changes.
+    width = -(-max([-(-c.end // block_size) for c in chunks], default=1) // 16) * 16
     rows = np.zeros((len(chunks), width), dtype=np.int32)
     for r, c in enumerate(chunks):
         need = -(-c.end // block_size)
@@ -94,8 +96,11 @@ def pack(batch: Sequence[Chunk], device: torch.device, block_size: int, kv_heads
     inverse[order] = np.arange(len(order))
 
     parts = [ids, positions, slots, cu, starts, ctx, pre_tables.ravel(), dec_tables.ravel(), select, inverse]
-    flat = torch.from_numpy(np.concatenate(parts).astype(np.int32)).to(device, non_blocking=True)
-    views = list(flat.split([len(p) for p in parts]))
+    # Each part starts on a 16-byte boundary: Triton specialises kernels on pointer alignment,
+    # and unaligned views would compile fresh variants mid-run (about a second each).
+    padded = [np.pad(p, (0, -len(p) % 4)) for p in parts]
+    flat = torch.from_numpy(np.concatenate(padded).astype(np.int32)).to(device, non_blocking=True)
+    views = [v[:len(p)] for v, p in zip(flat.split([len(p) for p in padded]), parts)]
     views[6] = views[6].view(pre_tables.shape)
     views[7] = views[7].view(dec_tables.shape)
     ids_t, pos_t, slots_t, cu_t, starts_t, ctx_t, pre_t, dec_t, select_t, inverse_t = views

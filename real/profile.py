@@ -27,7 +27,7 @@ from real.gpu_info import gpu_facts
 from real.model_runner import ModelRunner
 from real.partitions import Partitions
 
-PARTS = ("prefill", "decode", "corun")
+PARTS = ("prefill", "decode", "corun", "mixed")
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,9 @@ class Grid:
     corun_splits: tuple = (32, 64, 96)
     corun_prefill: tuple = ((512, 0), (2048, 0), (2048, 4096))
     corun_decode: tuple = ((16, 1024), (64, 1024), (128, 2048))
+    # chunked-prefill steps on the whole GPU: (chunk, prior) x (decode batch, context)
+    mixed_prefill: tuple = ((16, 0), (128, 0), (512, 0), (2048, 0), (512, 2048))
+    mixed_decode: tuple = ((1, 1024), (16, 1024), (64, 1024), (128, 1024), (256, 512))
 
     def decode_batches(self) -> list[int]:
         return sorted({b for b, _ in self.decode + self.corun_decode})
@@ -156,6 +159,17 @@ def profile(runner: ModelRunner, parts: Partitions, model: ModelSpec, gpu: GPUSp
                                           "prefill_solo_s": solo_p, "decode_solo_s": solo_d})
             write_calibration(data, out)
             log(f"corun: split {p} done")
+    if "mixed" in which:
+        part = parts.decode(0)   # where a single-stream engine runs
+        for chunk, prior in [(c, p) for c, p in grid.mixed_prefill if fits(c + p)]:
+            for batch, context in [(b, c) for b, c in grid.mixed_decode if fits(c)]:
+                key = {"sms": 0, "chunk_tokens": chunk, "prior_tokens": prior, "batch": batch,
+                       "context": context}
+                if missing("mixed", key):
+                    steps = prof.decode_batch(batch, context) + prof.prefill_batch(chunk, prior)
+                    meas.setdefault("mixed", []).append({**key, "time_s": prof.time_alone(steps, part)})
+        write_calibration(data, out)
+        log("mixed: done")
     try:
         data.update(fit_calibration(data))
     except UserError as e:

@@ -545,3 +545,32 @@ def test_attention_over_a_cached_prefix_is_priced_apart_from_causal_attention(tr
     assert held
     for r in held:
         assert abs_pct(c.solo_time(prefill_shape(r), r["sms"]), r["time_s"]) < 3.0, r["sms"]
+
+
+def test_mixed_batch_overhead_is_recovered_and_applied():
+    """A chunked-prefill step's extra cost (const + per decode row) is fitted and then predicted."""
+    from pathlib import Path
+
+    from nexus.cost.calibration import read_calibration
+    from nexus.cost.fit import fit_mixed, fit_params, mixed_shape
+    from nexus.cost.measured import MeasuredCost
+    from nexus.specs import GPUS, MODELS
+
+    data = read_calibration(Path(__file__).parent.parent / "nexus/cost/calibrations/h100-sxm__llama-3.1-8b.json")
+    model, gpu = MODELS["llama-3.1-8b"], GPUS["h100-sxm"]
+    base_fit = fit_params({k: v for k, v in data["measurements"].items() if k != "mixed"}, model, gpu)
+    base = MeasuredCost(model, gpu, base_fit)
+    const, per_seq = 3e-3, 40e-6
+    records = [{"sms": 0, "chunk_tokens": c, "prior_tokens": p, "batch": b, "context": 1024}
+               for c, p in ((16, 0), (512, 0), (512, 2048)) for b in (1, 32, 200)]
+    for r in records:
+        r["time_s"] = float(base.solo_time(mixed_shape(r), 0)) + const + per_seq * r["batch"]
+    fitted = fit_mixed(base, records)
+    assert fitted["const_s"] == pytest.approx(const, rel=1e-6)
+    assert fitted["per_seq_s"] == pytest.approx(per_seq, rel=1e-6)
+    with_mixed = MeasuredCost(model, gpu, {**base_fit, "mixed": fitted})
+    for r in records:
+        assert with_mixed.solo_time(mixed_shape(r), 0) == pytest.approx(r["time_s"], rel=1e-9)
+    # A pure prefill or pure decode step pays none of it.
+    pure = BatchShape(((512, 0),))
+    assert with_mixed.solo_time(pure, 0) == pytest.approx(base.solo_time(pure, 0), rel=1e-12)

@@ -39,11 +39,13 @@ from nexus.specs import GPUSpec, ModelSpec
 
 FORMAT = "nexus-calibration"
 VERSION = 1
-PHASES = ("prefill", "decode", "corun")
+PHASES = ("prefill", "decode", "corun", "mixed")
 
 # Integer fields of each record, with the least value each may take.
 PREFILL_KEYS = {"sms": 0, "chunk_tokens": 1, "prior_tokens": 0}
 DECODE_KEYS = {"sms": 0, "batch": 1, "context": 1}
+# A mixed record is one chunked-prefill step: a prefill chunk and a decode step in one batch.
+MIXED_KEYS = {"sms": 0, "chunk_tokens": 1, "prior_tokens": 0, "batch": 1, "context": 1}
 CORUN_TIMES = ("prefill_time_s", "decode_time_s", "prefill_solo_s", "decode_solo_s")
 
 
@@ -55,7 +57,7 @@ def new_calibration(model: ModelSpec, gpu: GPUSpec, *, command: str, machine: di
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command, "machine": dict(machine),
         "gpu": gpu.to_dict(), "model": model.to_dict(), "grid": dict(grid),
-        "measurements": {"prefill": [], "decode": [], "corun": []},
+        "measurements": {"prefill": [], "decode": [], "corun": [], "mixed": []},
     }
 
 
@@ -138,7 +140,7 @@ def validate_calibration(data: Any, origin: str) -> None:
             if phase == "corun":
                 _check_corun(rec, where, gpu.num_sms)
             else:
-                keys = PREFILL_KEYS if phase == "prefill" else DECODE_KEYS
+                keys = {"prefill": PREFILL_KEYS, "decode": DECODE_KEYS, "mixed": MIXED_KEYS}[phase]
                 _check_record(rec, keys, ("time_s",), where, gpu.num_sms)
 
 

@@ -307,7 +307,28 @@ def fit_params(measurements: dict[str, list], model: ModelSpec, gpu: GPUSpec) ->
             "prefill": fit_prefill(measurements.get("prefill", []), gpu.num_sms),
             "decode": fit_decode(measurements.get("decode", []), gpu.num_sms)}
     cost = MeasuredCost(model, gpu, {**solo, "corun": DEFAULT_CORUN})
-    return {**solo, "corun": fit_corun(cost, measurements.get("corun", []))}
+    return {**solo, "corun": fit_corun(cost, measurements.get("corun", [])),
+            "mixed": fit_mixed(cost, measurements.get("mixed", []))}
+
+
+def mixed_shape(rec: dict) -> BatchShape:
+    return BatchShape(((rec["chunk_tokens"], rec["prior_tokens"]),), rec["batch"],
+                      rec["batch"] * rec["context"])
+
+
+def fit_mixed(cost: Any, records: list[dict]) -> dict[str, float]:
+    """Extra time of a chunked-prefill step over the prefill and decode curves combined.
+
+    A mixed batch runs eagerly and packs every decode row on the host, so it costs a fixed
+    amount plus a per-sequence amount beyond what the solo curves predict; both >= 0.
+    """
+    if not records:
+        return {"const_s": 0.0, "per_seq_s": 0.0}
+    a = np.array([[1.0, r["batch"]] for r in records])
+    residual = np.array([r["time_s"] - float(cost.solo_time(mixed_shape(r), r["sms"]))
+                         for r in records])
+    const, per_seq = nnls(a, residual)
+    return {"const_s": float(const), "per_seq_s": float(per_seq)}
 
 
 def _point_key(phase: str, rec: dict) -> tuple:
@@ -315,6 +336,8 @@ def _point_key(phase: str, rec: dict) -> tuple:
         return rec["sms"], rec["chunk_tokens"], rec["prior_tokens"]
     if phase == "decode":
         return rec["sms"], rec["batch"], rec["context"]
+    if phase == "mixed":
+        return rec["sms"], rec["chunk_tokens"], rec["prior_tokens"], rec["batch"], rec["context"]
     p, d = rec["prefill"], rec["decode"]
     return p["sms"], p["chunk_tokens"], p["prior_tokens"], d["sms"], d["batch"], d["context"]
 
@@ -324,7 +347,7 @@ def split_holdout(measurements: dict[str, list], fraction: float, seed: int
     """(train, held out): a seeded random `fraction` of each kind's grid points, repeats together."""
     train: dict[str, list] = {}
     held: dict[str, list] = {}
-    for i, phase in enumerate(("prefill", "decode", "corun")):
+    for i, phase in enumerate(("prefill", "decode", "corun", "mixed")):
         records = measurements.get(phase, [])
         keys = sorted({_point_key(phase, r) for r in records})
         n_out = int(round(fraction * len(keys))) if len(keys) >= 4 else 0
@@ -345,8 +368,8 @@ def _stats(errors: list[float]) -> dict[str, Any]:
 
 def prediction_errors(cost: Any, measurements: dict[str, list]) -> dict[str, list[float]]:
     """Signed % errors of `cost` against measurements: solo times, and co-run slowdowns."""
-    out: dict[str, list[float]] = {"prefill": [], "decode": [], "corun_slowdown": []}
-    for phase, shape_of in (("prefill", prefill_shape), ("decode", decode_shape)):
+    out: dict[str, list[float]] = {"prefill": [], "decode": [], "corun_slowdown": [], "mixed": []}
+    for phase, shape_of in (("prefill", prefill_shape), ("decode", decode_shape), ("mixed", mixed_shape)):
         for r in measurements.get(phase, []):
             pred = cost.solo_time(shape_of(r), r["sms"])
             out[phase].append(100.0 * (pred / r["time_s"] - 1.0))
@@ -382,9 +405,9 @@ def fit_calibration(data: dict[str, Any], holdout_fraction: float = 0.25,
     try:
         errors = prediction_errors(MeasuredCost(model, gpu, fit_params(train, model, gpu)), held)
     except UserError as e:
-        errors = {"prefill": [], "decode": [], "corun_slowdown": []}
+        errors = {"prefill": [], "decode": [], "corun_slowdown": [], "mixed": []}
         how = f"none: too little data left to fit after holding points out ({e})"
-    fit_error = {kind: _stats(errors[kind]) for kind in ("prefill", "decode", "corun_slowdown")}
+    fit_error = {kind: _stats(errors[kind]) for kind in ("prefill", "decode", "corun_slowdown", "mixed")}
     fit_error["holdout"] = how
     return {"fit": fit, "fit_error": fit_error}
 
@@ -411,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for kind in ("prefill", "decode", "corun_slowdown"):
+    for kind in ("prefill", "decode", "corun_slowdown", "mixed"):
         s = err[kind]
         if s["n"]:
             print(f"{kind:15s} median {s['median_abs_pct']:6.2f}%  P90 {s['p90_abs_pct']:6.2f}%  "

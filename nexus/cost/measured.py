@@ -188,6 +188,10 @@ class MeasuredCost:
         origin = calibration or "fit"
         try:
             self._prefill, self._decode, self._corun = self._parse(fit, gpu.num_sms)
+            mixed = fit.get("mixed", {"const_s": 0.0, "per_seq_s": 0.0})
+            self._mixed = (float(mixed["const_s"]), float(mixed["per_seq_s"]))
+            if not all(math.isfinite(v) and v >= 0 for v in self._mixed):
+                raise ValueError("mixed-batch coefficients must be finite and non-negative")
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise UserError(f"{origin}: malformed fit ({type(e).__name__}: {e}); refit it with "
                             f"`python -m nexus.cost.fit {origin}`") from None
@@ -246,18 +250,20 @@ class MeasuredCost:
         seqs = shape.decode_seqs if shape.decode_seqs > 0 else 0
         if tokens:
             return (self._prefill, self._prefill.locate(tokens + seqs), tuple(attention),
-                    shape.decode_kv_tokens if seqs else 0)
+                    shape.decode_kv_tokens if seqs else 0, seqs)
         if seqs:
-            return self._decode, self._decode.locate(seqs), (shape.decode_kv_tokens,), 0
+            return self._decode, self._decode.locate(seqs), (shape.decode_kv_tokens,), 0, 0
         return None
 
     def _time(self, plan: tuple, p: Any, d: Any) -> Any:
         """Solo time from table rows (or columns at array s) p of prefill and d of decode."""
-        phase, where, attention, decode_kv = plan
+        phase, where, attention, decode_kv, mixed_seqs = plan
         c = p if phase is self._prefill else d
         t = c[0] + phase.variable(c, where, attention)
         if decode_kv:
             t = t + d[self._decode.k + 1] * decode_kv
+        if mixed_seqs:   # eager execution and host packing of the decode rows (see fit_mixed)
+            t = t + self._mixed[0] + self._mixed[1] * mixed_seqs
         return t
 
     def _check_sms(self, s: int) -> int:
