@@ -57,9 +57,10 @@ class SplitController:
             objective, bound = t_prefill / prefill_full, t_decode / (self.beta * decode_full)
         feasible = bound <= 1.0
         if not feasible.any():
-            # No split keeps the other phase in bounds (two memory-bound phases stretch each
-            # other): take the split whose worse phase is least stretched.
-            return int(np.argmin(np.maximum(objective, bound)))
+            # No split keeps the protected phase in bounds: come as close as possible. This
+            # keeps the choice monotone in alpha and beta (a tighter bound never gives the
+            # protected phase fewer SMs).
+            return int(np.argmin(bound))
         best = int(np.argmin(np.where(feasible, objective, np.inf)))
         if self.current is not None:
             # Hysteresis: keep a feasible current split unless the best beats it clearly.
