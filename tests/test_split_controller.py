@@ -27,17 +27,34 @@ def test_prefill_first_keeps_decode_within_beta_when_it_can(beta):
         assert decode_time(split) <= bound * (1 + 1e-9)
 
 
-def test_decode_sms_never_grow_as_beta_loosens():
-    decode_sms = [SplitController(COST, beta=b).choose(PREFILL, DECODE, 0.1).decode_sms
-                  for b in (1.02, 1.05, 1.1, 1.2, 1.3, 1.5, 2.0, 3.0)]
-    assert all(a >= b for a, b in zip(decode_sms, decode_sms[1:])), decode_sms
-    assert decode_sms[0] > decode_sms[-1]
+def test_infeasible_bound_takes_the_least_stretched_split():
+    ctl = SplitController(COST, beta=1.0001)        # decode can never be this close to alone
+    split = ctl.choose(PREFILL, DECODE, 0.1)
+    t_p_full, t_d_full = COST.solo_time(PREFILL, FULL_GPU), COST.solo_time(DECODE, FULL_GPU)
+
+    def worse_stretch(p: int) -> float:
+        d = COST.gpu.num_sms - p
+        tp = COST.solo_time(PREFILL, p) * COST.slowdown(PREFILL, p, DECODE, d) / t_p_full
+        td = COST.solo_time(DECODE, d) * COST.slowdown(DECODE, d, PREFILL, p) / (1.0001 * t_d_full)
+        return max(tp, td)
+
+    best = min(COST.gpu.partition_sizes(), key=worse_stretch)
+    assert split.prefill_sms == best
+    assert all(decode_time(type(split)(p, COST.gpu.num_sms - p)) > 1.0001 * t_d_full
+               for p in COST.gpu.partition_sizes())
 
 
-def test_prefill_sms_never_grow_as_alpha_loosens_in_decode_first_mode():
-    prefill_sms = [SplitController(COST, alpha=a).choose(PREFILL, DECODE, 0.9).prefill_sms
-                   for a in (1.02, 1.1, 1.3, 1.6, 2.0, 4.0)]
-    assert all(a >= b for a, b in zip(prefill_sms, prefill_sms[1:])), prefill_sms
+def test_decode_first_mode_keeps_prefill_within_alpha_when_it_can():
+    alpha = 3.0
+    split = SplitController(COST, alpha=alpha).choose(PREFILL, DECODE, kv_usage=0.9)
+    p, d = split.prefill_sms, split.decode_sms
+    t_prefill = COST.solo_time(PREFILL, p) * COST.slowdown(PREFILL, p, DECODE, d)
+    assert t_prefill <= alpha * COST.solo_time(PREFILL, FULL_GPU)
+    # ... and no other split within that bound decodes faster.
+    for q in COST.gpu.partition_sizes():
+        dq = COST.gpu.num_sms - q
+        if COST.solo_time(PREFILL, q) * COST.slowdown(PREFILL, q, DECODE, dq) <= alpha * COST.solo_time(PREFILL, FULL_GPU):
+            assert decode_time(type(split)(q, dq)) >= decode_time(split) * (1 - 1e-12)
 
 
 def test_hysteresis_keeps_a_near_optimal_current_split():
