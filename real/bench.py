@@ -22,18 +22,8 @@ from real.partitions import Partitions
 from traces import TraceEntry
 
 
-def splits_needed(policy: Policy, gpu: GPUSpec) -> list[int]:
-    """Prefill SM counts whose partition pairs the policy may ask for (made at start-up)."""
-    if policy.streams == ("mixed",):
-        return []
-    if getattr(policy, "dynamic", False):
-        return gpu.partition_sizes()
-    prefill = getattr(policy, "prefill_sms", None) or policy.static_split[0]
-    return [prefill]
-
-
 def build_partitions(policies: list[Policy], gpu: GPUSpec, device: str) -> Partitions:
-    sizes = sorted({p for pol in policies for p in splits_needed(pol, gpu)})
+    sizes = sorted({p for pol in policies for p in pol.splits(gpu)})
     parts = Partitions(sizes, device=device, cpu_gpu=gpu)
     if parts.num_sms != gpu.num_sms:
         raise UserError(f"this GPU has {parts.num_sms} SMs but the GPU spec {gpu.name!r} says "

@@ -8,6 +8,7 @@ policies decide *when* decode runs, *where*, and *who* gets prefilled.
 from __future__ import annotations
 
 from nexus.request import Request
+from nexus.specs import GPUSpec
 from nexus.state import Batch, ServingState, Split
 
 
@@ -24,6 +25,10 @@ class Policy:
 
     def plan(self, state: ServingState, stream: str) -> Batch | None:
         raise NotImplementedError
+
+    def splits(self, gpu: GPUSpec) -> list[int]:
+        """Prefill SM counts `split` may return; a real engine makes these partitions at start-up."""
+        return [] if self.streams == ("mixed",) else gpu.partition_sizes()
 
     def describe(self) -> dict:
         return {"policy": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}

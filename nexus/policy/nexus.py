@@ -9,6 +9,7 @@ from nexus.cost.base import BatchShape
 from nexus.policy.base import Policy, make_decode_room, take_prefill_chunks
 from nexus.policy.split_controller import SplitController
 from nexus.request import Request
+from nexus.specs import GPUSpec
 from nexus.state import Batch, ServingState, Split
 
 
@@ -30,6 +31,9 @@ class Nexus(Policy):
             return req.arrival_s
         # remaining - gamma*(now - arrival); the gamma*now term is common, so drop it.
         return req.prefill_remaining + self.gamma * req.arrival_s
+
+    def splits(self, gpu: GPUSpec) -> list[int]:
+        return gpu.partition_sizes() if self.dynamic else [self.static_split[0]]
 
     def split(self, state: ServingState) -> Split:
         prefill_busy = state.inflight.get("prefill") is not None or bool(state.waiting)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from nexus.policy.base import Policy, make_decode_room, take_prefill_chunks
+from nexus.specs import GPUSpec
 from nexus.state import Batch, ServingState, Split
 
 
@@ -12,6 +13,9 @@ class Static(Policy):
     def __init__(self, prefill_sms: int = 64, decode_sms: int = 68, chunk_tokens: int = 2048):
         self.prefill_sms, self.decode_sms = prefill_sms, decode_sms
         self.chunk_tokens = chunk_tokens
+
+    def splits(self, gpu: GPUSpec) -> list[int]:
+        return [self.prefill_sms]
 
     def split(self, state: ServingState) -> Split:
         return Split(self.prefill_sms, self.decode_sms)
