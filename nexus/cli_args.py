@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from typing import Callable
 
 from nexus.errors import UserError
 
@@ -26,3 +27,18 @@ def parse_params(items: list[str]) -> dict:
         except json.JSONDecodeError:
             params[key.replace("-", "_")] = value
     return params
+
+
+def run_reporting_user_errors(prog: str, body: Callable[[], int]) -> int:
+    """Run a CLI body; a UserError prints one line and exits 2, an interrupt exits 130."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    try:
+        return body()
+    except UserError as e:
+        console.print(f"[red]{prog}: error:[/red] {e}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print(f"{prog}: interrupted; no results written")
+        return 130

@@ -54,18 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nexus.cli_args import run_reporting_user_errors
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
-    try:
-        if args.command == "bench":
-            return bench(args, console)
-        return profile_command(args, console)
-    except UserError as e:
-        console.print(f"[red]nexus-real: error:[/red] {e}", highlight=False)
-        return 2
-    except KeyboardInterrupt:
-        console.print("nexus-real: interrupted; no results written")
-        return 130
+    command = bench if args.command == "bench" else profile_command
+    return run_reporting_user_errors("nexus-real", lambda: command(args, console))
 
 
 def bench(args: argparse.Namespace, console: Console) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from nexus.cli_args import parse_params, parse_split
+from nexus.cli_args import parse_params, parse_split, run_reporting_user_errors
 from nexus.errors import UserError
 from nexus.policy import POLICIES
 from nexus.specs import GPUS, MODELS
@@ -50,15 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console(stderr=True)
-    try:
-        return _main(args, console)
-    except UserError as e:
-        console.print(f"[red]nexus-sim: error:[/red] {e}", highlight=False)
-        return 2
-    except KeyboardInterrupt:
-        console.print("nexus-sim: interrupted; no results written")
-        return 130
+    return run_reporting_user_errors("nexus-sim", lambda: _main(args, Console(stderr=True)))
 
 
 def _main(args: argparse.Namespace, console: Console) -> int:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from nexus.cost.base import FULL_GPU, BatchShape
+from nexus.cost.base import FULL_GPU, BatchShape, sms_array
 from nexus.cost.roofline import IterationWork, Work
 from nexus.errors import UserError
 from nexus.specs import GPUSpec, ModelSpec
@@ -161,12 +161,7 @@ class AnalyticalCost:
         return np.where(compute_bound, a, 0.0).sum(0), np.where(compute_bound, 0.0, m).sum(0)
 
     def _sms_array(self, sms: int | np.ndarray) -> np.ndarray:
-        s = np.asarray(sms)
-        if s.dtype.kind not in "iu":
-            raise TypeError(f"SM counts must be integers, got dtype {s.dtype}")
-        if s.size and (s.min() < 0 or s.max() > self.gpu.num_sms):
-            raise ValueError(f"SM counts must be in 0..{self.gpu.num_sms} (0 = whole GPU)")
-        return s
+        return sms_array(sms, self.gpu.num_sms)
 
     def _check_sms(self, s: int) -> int:
         if not 0 <= s <= self.gpu.num_sms:

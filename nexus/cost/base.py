@@ -66,3 +66,13 @@ class CostModel(Protocol):
     def describe(self) -> dict:
         """Which model this is and where its parameters came from (for result files)."""
         ...
+
+
+def sms_array(sms: int | np.ndarray, num_sms: int) -> np.ndarray:
+    """`sms` as an integer array, checked to lie in 0..num_sms (0 = the whole GPU)."""
+    s = np.asarray(sms)
+    if s.dtype.kind not in "iu":
+        raise TypeError(f"SM counts must be integers, got dtype {s.dtype}")
+    if s.size and (s.min() < 0 or s.max() > num_sms):
+        raise ValueError(f"SM counts must be in 0..{num_sms} (0 = whole GPU)")
+    return s

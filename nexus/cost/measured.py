@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from nexus.cost.base import FULL_GPU, BatchShape
+from nexus.cost.base import FULL_GPU, BatchShape, sms_array
 from nexus.cost.calibration import check_matches, read_calibration
 from nexus.cost.fit import (CORUN_TERMS, FIT_METHOD, FIT_VERSION, PREFILL_ATTENTION,
                             fit_calibration, prefill_attention)
@@ -272,12 +272,7 @@ class MeasuredCost:
         return int(s)
 
     def _sms_array(self, sms: int | np.ndarray) -> np.ndarray:
-        s = np.asarray(sms)
-        if s.dtype.kind not in "iu":
-            raise TypeError(f"SM counts must be integers, got dtype {s.dtype}")
-        if s.size and (s.min() < 0 or s.max() > self.gpu.num_sms):
-            raise ValueError(f"SM counts must be in 0..{self.gpu.num_sms} (0 = whole GPU)")
-        return s
+        return sms_array(sms, self.gpu.num_sms)
 
     def solo_time(self, shape: BatchShape, sms: int | np.ndarray) -> float | np.ndarray:
         """Seconds for the iteration with the GPU otherwise idle."""

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from nexus.errors import UserError
-from nexus.policy.base import Policy, make_decode_room, take_prefill_chunks
+from nexus.policy.base import Policy, decode_step, make_decode_room, take_prefill_chunks
 from nexus.policy.chunked import Chunked
 from nexus.policy.disagg import Disagg
 from nexus.policy.nexus import Nexus
@@ -28,5 +28,5 @@ def make_policy(name: str, **params) -> Policy:
         raise UserError(f"policy {name!r}: {e}") from None
 
 
-__all__ = ["POLICIES", "Policy", "make_policy", "make_decode_room", "take_prefill_chunks",
+__all__ = ["POLICIES", "Policy", "make_policy", "decode_step", "make_decode_room", "take_prefill_chunks",
            "Chunked", "PrefillFirst", "Static", "Nexus", "Disagg"]

@@ -78,3 +78,9 @@ def make_decode_room(state: ServingState, batch: Batch) -> bool:
     if batch.decode:
         running.reserve(1)   # before any prefill chunk of this plan can take the blocks
     return batch.decode
+
+
+def decode_step(state: ServingState, stream: str) -> Batch | None:
+    """The usual decode plan: one repeatable step of every running request, if any."""
+    batch = Batch(stream, repeatable=True)
+    return batch if make_decode_room(state, batch) else None

@@ -7,7 +7,7 @@ figures: NVLink 4 on H100 SXM 450 GB/s; PCIe 5.0 x16 64 GB/s; PCIe 4.0 x16 32 GB
 from __future__ import annotations
 
 from nexus.errors import UserError
-from nexus.policy.base import Policy, make_decode_room, take_prefill_chunks
+from nexus.policy.base import Policy, decode_step, take_prefill_chunks
 from nexus.request import Request
 from nexus.specs import ModelSpec
 from nexus.state import Batch, ServingState
@@ -32,5 +32,4 @@ class Disagg(Policy):
         if stream == "prefill":
             chunks = take_prefill_chunks(state, self.prefill_tokens)
             return Batch(stream, prefill=chunks) if chunks else None
-        batch = Batch(stream, repeatable=True)
-        return batch if make_decode_room(state, batch) else None
+        return decode_step(state, stream)

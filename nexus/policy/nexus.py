@@ -6,7 +6,7 @@ Prefill priority is `remaining tokens - gamma * seconds waited`. `spf=False` giv
 from __future__ import annotations
 
 from nexus.cost.base import BatchShape
-from nexus.policy.base import Policy, make_decode_room, take_prefill_chunks
+from nexus.policy.base import Policy, decode_step, take_prefill_chunks
 from nexus.policy.split_controller import SplitController
 from nexus.request import Request
 from nexus.specs import GPUSpec
@@ -43,8 +43,7 @@ class Nexus(Policy):
 
     def plan(self, state: ServingState, stream: str) -> Batch | None:
         if stream == "decode":
-            batch = Batch(stream, repeatable=True)
-            return batch if make_decode_room(state, batch) else None
+            return decode_step(state, stream)
         chunks = take_prefill_chunks(state, self.chunk_tokens)
         if not chunks:
             return None

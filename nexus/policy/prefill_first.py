@@ -1,7 +1,7 @@
 """Prefill-first without chunking (the original vLLM scheduler): whole prompts pre-empt decode."""
 from __future__ import annotations
 
-from nexus.policy.base import Policy, make_decode_room, take_prefill_chunks
+from nexus.policy.base import Policy, decode_step, take_prefill_chunks
 from nexus.state import Batch, ServingState
 
 
@@ -15,5 +15,4 @@ class PrefillFirst(Policy):
         chunks = take_prefill_chunks(state, self.max_prefill_tokens, whole_prompts=True)
         if chunks:
             return Batch(stream, prefill=chunks)
-        batch = Batch(stream, repeatable=True)
-        return batch if make_decode_room(state, batch) else None
+        return decode_step(state, stream)

@@ -1,7 +1,7 @@
 """A fixed SM split: prefill chunks on one partition, decode on the other (semi-PD, SGLang PD multiplexing)."""
 from __future__ import annotations
 
-from nexus.policy.base import Policy, make_decode_room, take_prefill_chunks
+from nexus.policy.base import Policy, decode_step, take_prefill_chunks
 from nexus.specs import GPUSpec
 from nexus.state import Batch, ServingState, Split
 
@@ -24,5 +24,4 @@ class Static(Policy):
         if stream == "prefill":
             chunks = take_prefill_chunks(state, self.chunk_tokens)
             return Batch(stream, prefill=chunks) if chunks else None
-        batch = Batch(stream, repeatable=True)
-        return batch if make_decode_room(state, batch) else None
+        return decode_step(state, stream)
