@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Run the real engine's GPU tests and benchmarks on a CUDA machine; results go to OUTDIR.
 #
-#   bash scripts/gpu_check.sh [OUTDIR]      (default: gpu_check_out)
+#   bash scripts/gpu_check.sh [OUTDIR]          GPU tests + roofline benchmark (~3 min on an H100)
+#   FULL=1 bash scripts/gpu_check.sh [OUTDIR]   also a fresh profile, the fidelity cases and a bench
+#                                               smoke run (~25 min; each step fits in 10 minutes)
 #
 # Works from a plain checkout (no pip install): the repo root goes on PYTHONPATH.
 # Exit status is non-zero if any step failed; every step runs regardless.
@@ -33,6 +35,15 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run one step, log it, remember a fai
 step gpu_tests 900 $PY -m pytest -m gpu --noconftest -p no:cacheprovider -q -rs tests/test_real_*.py \
     --junitxml "$OUTDIR/gpu_tests.xml"
 step bench_real_roofline 600 $PY experiments/bench_real_roofline.py --out "$OUTDIR/real_roofline_h100.json"
+step bench_smoke 600 $PY -m real.cli bench --trace traces/sharegpt.jsonl --limit 100 \
+    --compare chunked,static,nexus --out "$OUTDIR/bench_smoke"
+
+if [ "${FULL:-0}" = 1 ]; then
+    step profile_prefill_decode 600 $PY -m real.cli profile --part prefill,decode --out "$OUTDIR/calibration.json"
+    step profile_corun_mixed 600 $PY -m real.cli profile --part corun,mixed --out "$OUTDIR/calibration.json"
+    step fidelity_sharegpt 600 $PY experiments/fidelity.py real --traces sharegpt --out "$OUTDIR/fidelity_real_sharegpt.json"
+    step fidelity_mixed 600 $PY experiments/fidelity.py real --traces mixed --out "$OUTDIR/fidelity_real_mixed.json"
+fi
 
 echo "gpu_check: results in $OUTDIR (status $status)"
 exit $status
