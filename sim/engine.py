@@ -125,11 +125,12 @@ class SimEngine:
     def _job(self, batch: Batch, steps: int) -> Job:
         cost, state = self.cost, self.state
         first_shape = batch.shape(state)
-        first = float(cost.solo_time(first_shape, batch.sms))
+        # The engine's host time between iterations is charged to each step.
+        first = float(cost.solo_time(first_shape, batch.sms)) + cost.step_overhead_s
         growth, shape = 0.0, first_shape
         if steps > 1:
             # Step time is affine in KV tokens within a regime: interpolate between the ends.
-            last = float(cost.solo_time(batch.shape(state, steps - 1), batch.sms))
+            last = float(cost.solo_time(batch.shape(state, steps - 1), batch.sms)) + cost.step_overhead_s
             growth = (last - first) / (steps - 1)
             shape = batch.shape(state, (steps - 1) // 2)
         return Job(batch.stream, shape, batch.sms, steps, first, growth, batch.repeatable,

@@ -89,6 +89,7 @@ class AnalyticalCost:
     """
 
     name = "analytical"
+    step_overhead_s = 0.0   # host time between iterations: folded into iteration_overhead_s here
 
     def __init__(self, model: ModelSpec, gpu: GPUSpec, params: AnalyticalParams | None = None):
         self.model = model

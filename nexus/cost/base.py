@@ -49,6 +49,7 @@ class CostModel(Protocol):
     name: str
     model: ModelSpec
     gpu: GPUSpec
+    step_overhead_s: float   # engine host time between two iterations of one stream
 
     def solo_time(self, shape: BatchShape, sms: int | np.ndarray) -> float | np.ndarray:
         """Seconds for the iteration with the GPU otherwise idle."""

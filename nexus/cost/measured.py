@@ -185,6 +185,10 @@ class MeasuredCost:
         self.model, self.gpu = model, gpu
         self.fit = fit
         self.calibration, self.fit_error, self.created = calibration, fit_error, created
+        # Host time an engine spends between two iterations of a stream (scheduling,
+        # bookkeeping); measured from engine runs, not from the kernel profile.
+        self.step_overhead_s = 0.0
+        self.engine: dict = {}
         origin = calibration or "fit"
         try:
             self._prefill, self._decode, self._corun = self._parse(fit, gpu.num_sms)
@@ -212,8 +216,15 @@ class MeasuredCost:
             except UserError as e:
                 raise UserError(f"{path}: {e}") from None
             fit, fit_error = out["fit"], out["fit_error"]
-        return cls(model, gpu, fit, calibration=str(path), fit_error=fit_error,
+        cost = cls(model, gpu, fit, calibration=str(path), fit_error=fit_error,
                    created=data["created"])
+        engine = data.get("engine", {})
+        gap = engine.get("step_gap_s", 0.0) if isinstance(engine, dict) else None
+        if not isinstance(gap, (int, float)) or isinstance(gap, bool) or not 0 <= gap < 1:
+            raise UserError(f"{path}: engine.step_gap_s must be a number of seconds in [0, 1), got {gap!r}")
+        cost.step_overhead_s = float(gap)
+        cost.engine = engine
+        return cost
 
     @staticmethod
     def _parse(fit: dict, num_sms: int) -> tuple[_Phase, _Phase, dict]:
@@ -353,4 +364,6 @@ class MeasuredCost:
             "model": self.model.name,
             "fit_error": self.fit_error,
             "created": self.created,
+            "step_overhead_s": self.step_overhead_s,
+            "engine": self.engine,
         }
