@@ -55,14 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from nexus.cli_args import run_reporting_user_errors
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.command_line = "nexus-real " + " ".join(argv)
     console = Console(stderr=True)
     command = bench if args.command == "bench" else profile_command
     return run_reporting_user_errors("nexus-real", lambda: command(args, console))
 
 
 def bench(args: argparse.Namespace, console: Console) -> int:
-    import sys as _sys
     from nexus.report import print_table
     from real.bench import (bench_policy, build_partitions, check_fits, facts, make_policies,
                             warm_up, write_outputs)
@@ -94,7 +95,7 @@ def bench(args: argparse.Namespace, console: Console) -> int:
                                          args.max_num_seqs, args.seed, args.slo_ttft, args.slo_tbt)
     print_table([r[0] for r in runs.values()])
     extra = {"machine": facts(args.device), "partitions": parts.describe(), "trace": str(args.trace),
-             "command": "nexus-real " + " ".join(_sys.argv[1:] if argv_is_cli() else [])}
+             "command": args.command_line}
     write_outputs(Path(args.out), runs, extra, gpu.num_sms)
     parts.close()
     console.print(f"wrote results to {args.out}/")
@@ -118,7 +119,7 @@ def profile_command(args: argparse.Namespace, console: Console) -> int:
         runner.capture_graphs([parts.decode(0), *(parts.decode(p) for p in parts.made())],
                               buckets=Grid().decode_batches())
     data = profile(runner, parts, model, gpu, Path(args.out), which,
-                   "nexus-real profile " + " ".join(sys.argv[2:]), args.repeats,
+                   args.command_line, args.repeats,
                    log=lambda m: console.print(m))
     err = data.get("fit_error")
     if err:
@@ -128,10 +129,6 @@ def profile_command(args: argparse.Namespace, console: Console) -> int:
                 console.print(f"{kind:15s} held-out median {s['median_abs_pct']:.2f}%  P90 {s['p90_abs_pct']:.2f}%")
     parts.close()
     return 0
-
-
-def argv_is_cli() -> bool:
-    return Path(sys.argv[0]).name in ("nexus-real", "cli.py", "__main__.py")
 
 
 if __name__ == "__main__":
