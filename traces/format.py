@@ -158,19 +158,23 @@ def read_text(path: str | Path) -> str:
         raise UserError(f"{path}:{line}: not UTF-8 text") from None
 
 
-def read_trace(path: str | Path) -> list[TraceEntry]:
-    """Read and validate a whole trace file; raise UserError on the first problem."""
-    text = read_text(path)
-    checker = SequenceChecker()
-    entries: list[TraceEntry] = []
-    for number, line in enumerate(text.split("\n"), start=1):
+def json_lines(path: str | Path):
+    """(line number, parsed object, 'file:line') for each non-blank line of a JSONL file."""
+    for number, line in enumerate(read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
         try:
-            obj = JSON_DECODER.decode(line)
+            yield number, JSON_DECODER.decode(line), where
         except json.JSONDecodeError as e:
             raise UserError(f"{where}: not valid JSON: {e.msg} (column {e.colno})") from None
+
+
+def read_trace(path: str | Path) -> list[TraceEntry]:
+    """Read and validate a whole trace file; raise UserError on the first problem."""
+    checker = SequenceChecker()
+    entries: list[TraceEntry] = []
+    for number, obj, where in json_lines(path):
         entry = parse_entry(obj, where)
         checker.add(entry, number, where)
         entries.append(entry)

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 from nexus.errors import UserError
 from traces.format import (
-    JSON_DECODER, SequenceChecker, TraceEntry, check_arrival, check_tokens, is_number, read_text, show,
+    SequenceChecker, TraceEntry, check_arrival, check_tokens, is_number, json_lines, read_text, show,
 )
 from traces.generate import with_arrivals
 from traces.sharegpt import Conversations, read_conversations
@@ -93,14 +92,7 @@ def _mooncake_entry(obj: Any, index: int, where: str) -> TraceEntry:
 def read_mooncake(path: str | Path) -> list[TraceEntry]:
     checker = SequenceChecker("timestamp", per_second=1000.0)
     entries = []
-    for number, line in enumerate(read_text(path).split("\n"), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            obj = JSON_DECODER.decode(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where}: not valid JSON: {e.msg} (column {e.colno})") from None
+    for number, obj, where in json_lines(path):
         entry = _mooncake_entry(obj, number - 1, where)
         checker.add(entry, number, where)
         entries.append(entry)
