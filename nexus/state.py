@@ -59,7 +59,6 @@ class ServingState:
         self.prefilling = 0            # requests inside an in-flight prefill batch
         self.finished: list[Request] = []
         self.gaps = TokenGaps()
-        self.split = Split()
         self.inflight: dict[str, Batch | None] = {}
         # Engine-level disaggregation prefills into another GPU's pool and hands requests
         # over (after a KV transfer) instead of adding them to `running` directly.

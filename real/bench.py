@@ -10,7 +10,7 @@ from nexus.cost import load_cost_model
 from nexus.errors import UserError
 from nexus.kv import BlockPool, blocks_for
 from nexus.metrics import requests_frame, summarize
-from nexus.policy import Policy, make_policy
+from nexus.policy import Policy, build_policies
 from nexus.request import Request
 from nexus.specs import GPUSpec, ModelSpec
 from nexus.state import ServingState
@@ -88,26 +88,11 @@ def bench_policy(runner: ModelRunner, parts: Partitions, policy: Policy, model: 
 
 def make_policies(names: list[str], params: dict, split: tuple[int, int] | None,
                   gpu: GPUSpec) -> list[Policy]:
-    from inspect import signature
-    from nexus.policy import POLICIES
-    policies = []
-    for name in names:
-        if name not in POLICIES:
-            raise UserError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
-        if name == "disagg":
-            raise UserError("disagg needs two GPUs; nexus-real runs on one")
-        accepted = signature(POLICIES[name].__init__).parameters
-        kwargs = {k: v for k, v in params.items() if k in accepted}
-        if split and name == "static":
-            kwargs.update(prefill_sms=split[0], decode_sms=split[1])
-        elif split and name == "nexus":
-            kwargs["static_split"] = split
-        pol = make_policy(name, **kwargs)
-        if hasattr(pol, "prefill_sms"):
-            gpu.check_split(pol.prefill_sms, pol.decode_sms)
-        if getattr(pol, "static_split", None):
-            gpu.check_split(*pol.static_split)
-        policies.append(pol)
+    policies = build_policies(names, params, split)
+    for pol in policies:
+        if getattr(pol, "gpus", 1) > 1:
+            raise UserError(f"{pol.name} needs two GPUs; nexus-real runs on one")
+        pol.check(gpu)
     return policies
 
 

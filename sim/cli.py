@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from nexus.cli_args import parse_params, parse_split, run_reporting_user_errors
 from nexus.errors import UserError
-from nexus.policy import POLICIES
+from nexus.policy import POLICIES, build_policies
 from nexus.specs import GPUS, MODELS
 from nexus.report import plot_latency_cdfs, plot_timeline, print_table, write_run
 from sim.run import Result, run
@@ -55,10 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace, console: Console) -> int:
     names = [n.strip() for n in (args.compare or args.policy).split(",") if n.strip()]
-    for name in names:
-        if name not in POLICIES:
-            raise UserError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
-    params = parse_params(args.param)
+    split = parse_split(args.split) if args.split else None
+    policies = build_policies(names, parse_params(args.param), split)
     trace = load_entries(args.trace, args.rate_scale, args.rate, args.seed)
     if args.limit is not None:
         if args.limit < 1:
@@ -68,19 +66,11 @@ def _main(args: argparse.Namespace, console: Console) -> int:
     show_progress = not args.quiet and console.is_terminal
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, disable=not show_progress) as progress:
-        for name in names:
-            task = progress.add_task(f"simulating {name}", total=None)
-            policy_params = dict(params)
-            if args.split and name in ("static", "nexus"):
-                prefill, decode = parse_split(args.split)
-                key = "static_split" if name == "nexus" else None
-                if key:
-                    policy_params[key] = (prefill, decode)
-                else:
-                    policy_params.update(prefill_sms=prefill, decode_sms=decode)
+        for policy in policies:
+            task = progress.add_task(f"simulating {policy.name}", total=None)
             results.append(run(
-                trace, policy=name, model=args.model, gpu=args.gpu, calibration=args.calibration,
-                policy_params=_params_for(name, policy_params), max_num_seqs=args.max_num_seqs,
+                trace, policy=policy, model=args.model, gpu=args.gpu, calibration=args.calibration,
+                max_num_seqs=args.max_num_seqs,
                 slo_ttft_s=args.slo_ttft, slo_tbt_s=args.slo_tbt,
                 on_progress=lambda done, total, t=task: progress.update(t, completed=done, total=total)))
     summaries = [r.summary for r in results]
@@ -91,16 +81,6 @@ def _main(args: argparse.Namespace, console: Console) -> int:
     if args.out:
         _write(Path(args.out), results, args)
     return 0
-
-
-def _params_for(name: str, params: dict) -> dict:
-    """Policy parameters apply to the policies that have them, so --compare can share flags."""
-    from inspect import signature
-    accepted = signature(POLICIES[name].__init__).parameters
-    unknown = [k for k in params if not any(k in signature(c.__init__).parameters for c in POLICIES.values())]
-    if unknown:
-        raise UserError(f"unknown policy parameter(s): {', '.join(unknown)}")
-    return {k: v for k, v in params.items() if k in accepted}
 
 
 def _write(out: Path, results: list[Result], args: argparse.Namespace) -> None:

@@ -11,7 +11,7 @@ from typing import Callable
 
 import simpy
 
-from nexus.cost.base import FULL_GPU, BatchShape, CostModel
+from nexus.cost.base import CostModel
 from nexus.errors import UserError
 from nexus.kv import BlockPool
 from nexus.policy.base import Policy
@@ -67,7 +67,7 @@ class SimEngine:
                 event.succeed()
 
     def _stream(self, stream: str):
-        env, state, policy, cost = self.env, self.state, self.policy, self.cost
+        env, state, policy = self.env, self.state, self.policy
         running = state.running
         while True:
             state.now = env.now

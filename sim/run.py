@@ -48,10 +48,7 @@ def run(trace: str | Path | Sequence[TraceEntry], policy: str | Policy = "nexus"
     """Simulate serving `trace` with `policy`; returns per-request and timeline DataFrames."""
     model_spec, gpu_spec = resolve_model(model), resolve_gpu(gpu)
     pol = policy if isinstance(policy, Policy) else make_policy(policy, **(policy_params or {}))
-    if hasattr(pol, "prefill_sms"):
-        gpu_spec.check_split(pol.prefill_sms, pol.decode_sms)
-    if getattr(pol, "static_split", None):
-        gpu_spec.check_split(*pol.static_split)
+    pol.check(gpu_spec)
     cost = load_cost_model(model_spec, gpu_spec, calibration)
     pool = BlockPool(kv_capacity_blocks(model_spec, gpu_spec, gpu_memory_utilization))
     entries = load_entries(trace, rate_scale, rate, seed)

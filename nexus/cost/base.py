@@ -1,7 +1,7 @@
 """The cost-model interface and the shape of one iteration's work."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np

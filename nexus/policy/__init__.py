@@ -28,5 +28,27 @@ def make_policy(name: str, **params) -> Policy:
         raise UserError(f"policy {name!r}: {e}") from None
 
 
-__all__ = ["POLICIES", "Policy", "make_policy", "decode_step", "make_decode_room", "take_prefill_chunks",
+def build_policies(names: list[str], params: dict, split: tuple[int, int] | None = None) -> list[Policy]:
+    """Policies by name for a command line: shared --param values go to the policies that take
+    them (so --compare can share flags), and --split sets static's split and nexus's fallback."""
+    from inspect import signature
+
+    accepts = {name: signature(cls.__init__).parameters for name, cls in POLICIES.items()}
+    unknown = [k for k in params if not any(k in a for a in accepts.values())]
+    if unknown:
+        raise UserError(f"unknown policy parameter(s): {', '.join(unknown)}")
+    policies = []
+    for name in names:
+        if name not in POLICIES:
+            raise UserError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
+        kwargs = {k: v for k, v in params.items() if k in accepts[name]}
+        if split and name == "static":
+            kwargs.update(prefill_sms=split[0], decode_sms=split[1])
+        elif split and name == "nexus":
+            kwargs["static_split"] = split
+        policies.append(make_policy(name, **kwargs))
+    return policies
+
+
+__all__ = ["build_policies", "POLICIES", "Policy", "make_policy", "decode_step", "make_decode_room", "take_prefill_chunks",
            "Chunked", "PrefillFirst", "Static", "Nexus", "Disagg"]

@@ -26,6 +26,9 @@ class Policy:
     def plan(self, state: ServingState, stream: str) -> Batch | None:
         raise NotImplementedError
 
+    def check(self, gpu: GPUSpec) -> None:
+        """Raise UserError if this policy asks for a split `gpu` cannot give."""
+
     def splits(self, gpu: GPUSpec) -> list[int]:
         """Prefill SM counts `split` may return; a real engine makes these partitions at start-up."""
         return [] if self.streams == ("mixed",) else gpu.partition_sizes()

@@ -32,6 +32,9 @@ class Nexus(Policy):
         # remaining - gamma*(now - arrival); the gamma*now term is common, so drop it.
         return req.prefill_remaining + self.gamma * req.arrival_s
 
+    def check(self, gpu: GPUSpec) -> None:
+        gpu.check_split(*self.static_split)
+
     def splits(self, gpu: GPUSpec) -> list[int]:
         return gpu.partition_sizes() if self.dynamic else [self.static_split[0]]
 

@@ -14,6 +14,9 @@ class Static(Policy):
         self.prefill_sms, self.decode_sms = prefill_sms, decode_sms
         self.chunk_tokens = chunk_tokens
 
+    def check(self, gpu: GPUSpec) -> None:
+        gpu.check_split(self.prefill_sms, self.decode_sms)
+
     def splits(self, gpu: GPUSpec) -> list[int]:
         return [self.prefill_sms]
 
