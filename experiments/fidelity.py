@@ -48,7 +48,7 @@ def case_entries(trace: str, scale: float, limit: int):
 
 def run_real(args: argparse.Namespace) -> int:
     from nexus.specs import MODELS, GPUS
-    from real.bench import bench_policy, build_partitions, make_policies, warm_up
+    from real.bench import bench_policy, build_partitions, capture_all_graphs, make_policies, warm_up
     from real.gpu_info import gpu_facts
     from real.model_runner import ModelRunner
 
@@ -57,7 +57,7 @@ def run_real(args: argparse.Namespace) -> int:
     policies = make_policies(names, {}, None, gpu)
     runner = ModelRunner(model, device="cuda")
     parts = build_partitions(policies, gpu, "cuda")
-    runner.capture_graphs([parts.decode(0), *(parts.decode(p) for p in parts.made())])
+    capture_all_graphs(runner, parts)
     warm_up(runner, parts)
     record = {"command": "python experiments/fidelity.py " + " ".join(sys.argv[1:]),
               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

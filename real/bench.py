@@ -43,6 +43,13 @@ def check_fits(entries: list[TraceEntry], runner: ModelRunner) -> None:
                             f"{runner.spec.name} allows {runner.max_model_len}")
 
 
+def capture_all_graphs(runner: ModelRunner, parts: Partitions) -> None:
+    """Decode graphs where decode steps run; prefill graphs where prefill-only steps run
+    (the prefill sides, and the single stream of one-stream policies)."""
+    runner.capture_graphs([parts.decode(0), *(parts.decode(p) for p in parts.made())])
+    runner.capture_prefill_graphs([parts.decode(0), parts.prefill(0), *(parts.prefill(p) for p in parts.made())])
+
+
 def warm_up(runner: ModelRunner, parts: Partitions) -> None:
     """Compile every kernel variant a run can meet, on every partition, before the clock starts.
 
@@ -57,7 +64,7 @@ def warm_up(runner: ModelRunner, parts: Partitions) -> None:
     table = list(range(width))
     for part in parts.all():
         for chunk, prior in ((2, 0), (17, 0), (64, 16), (300, 33), (1024, 0)):
-            runner.step([Chunk(list(range(1, chunk + 1)), prior, table)], part)
+            runner.step([Chunk(list(range(1, chunk + 1)), prior, table)], part, graphs=False)
         seen: dict[int, int] = {}
         for n in range(1, runner.max_decode_batch + 1):
             seen.setdefault(decode_splits_for(n, kv_heads, part.sm_count), n)

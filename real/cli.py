@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def bench(args: argparse.Namespace, console: Console) -> int:
     from nexus.report import print_table
-    from real.bench import (bench_policy, build_partitions, check_fits, facts, make_policies,
-                            warm_up, write_outputs)
+    from real.bench import (bench_policy, build_partitions, capture_all_graphs, check_fits, facts,
+                            make_policies, warm_up, write_outputs)
     from real.model_runner import ModelRunner
     from nexus.cli_args import parse_params, parse_split
     from traces.retime import load_entries
@@ -85,8 +85,7 @@ def bench(args: argparse.Namespace, console: Console) -> int:
     check_fits(entries, runner)
     parts = build_partitions(policies, gpu, args.device)
     console.print(f"partitions: {parts.describe()}")
-    decode_parts = [parts.decode(p) for p in parts.made()] + [parts.decode(0)]
-    runner.capture_graphs(decode_parts)
+    capture_all_graphs(runner, parts)
     warm_up(runner, parts)
     runs = {}
     for policy in policies:
@@ -118,6 +117,8 @@ def profile_command(args: argparse.Namespace, console: Console) -> int:
     if "decode" in which or "corun" in which:
         runner.capture_graphs([parts.decode(0), *(parts.decode(p) for p in parts.made())],
                               buckets=Grid().decode_batches())
+    if "prefill" in which or "corun" in which:
+        runner.capture_prefill_graphs([parts.prefill(0), *(parts.prefill(p) for p in parts.made())])
     data = profile(runner, parts, model, gpu, Path(args.out), which,
                    args.command_line, args.repeats,
                    log=lambda m: console.print(m))

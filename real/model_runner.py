@@ -3,10 +3,12 @@
     runner = ModelRunner(MODELS["llama-3.1-8b"], device="cuda")
     parts = Partitions([64], device="cuda")
     runner.capture_graphs([parts.decode(64)])
+    runner.capture_prefill_graphs([parts.prefill(64)])
     tokens = runner.step([Chunk(prompt_ids, 0, table)], parts.prefill(64))
 
-Decode-only batches on a partition with captured graphs replay a CUDA graph; anything else
-(prefill chunks, mixed batches, larger batches) runs eagerly on the partition's stream.
+On a partition with captured graphs, decode-only batches and small prefill-only batches
+replay a CUDA graph; anything else (mixed batches, long chunks, larger batches) runs
+eagerly on the partition's stream.
 `step` and `logits` block until their results are ready, waiting only for their own stream,
 so prefill and decode can be driven from two threads at once.
 """
@@ -23,6 +25,7 @@ from nexus.errors import UserError
 from nexus.specs import ModelSpec
 from real.batch import Chunk, pack, validate
 from real.graphs import DEFAULT_BUCKETS, DecodeGraphs
+from real.prefill_graphs import MAX_SEQS, PREFILL_GRAPH_BUCKETS, PrefillGraphs
 from real.kv_cache import BLOCK_SIZE, KVCache, blocks_for_memory
 from real.model import build_model
 from real.partitions import Partition
@@ -66,6 +69,8 @@ class ModelRunner:
         self.kv = KVCache(spec, num_blocks, self.device, self.dtype)
         self.max_decode_batch = max_decode_batch
         self._graphs: DecodeGraphs | None = None
+        self._prefill_graphs: PrefillGraphs | None = None
+        self._table_width = math.ceil(self.max_model_len / BLOCK_SIZE)
 
     @property
     def num_blocks(self) -> int:
@@ -81,11 +86,28 @@ class ModelRunner:
         if not self.is_cuda:
             return
         if self._graphs is None:
-            width = math.ceil(self.max_model_len / BLOCK_SIZE)
-            self._graphs = DecodeGraphs(self.model, self.kv, self.max_decode_batch, width, self.device)
+            self._graphs = DecodeGraphs(self.model, self.kv, self.max_decode_batch, self._table_width,
+                                        self.device)
         with torch.inference_mode():
             for part in partitions:
                 self._graphs.capture(part, buckets)
+
+    def capture_prefill_graphs(self, partitions: Iterable[Partition],
+                               buckets: Iterable[int] = PREFILL_GRAPH_BUCKETS) -> None:
+        """Capture prefill CUDA graphs on each partition for each token bucket."""
+        if not self.is_cuda:
+            return
+        if self._prefill_graphs is None:
+            self._prefill_graphs = PrefillGraphs(self.model, self.kv, self._table_width, self.device)
+        with torch.inference_mode():
+            for part in partitions:
+                self._prefill_graphs.capture(part, buckets)
+
+    def prefill_graph_spec(self) -> dict | None:
+        """How prefill steps are padded ({'buckets', 'max_seqs'}), or None without prefill graphs."""
+        if self._prefill_graphs is None or not self._prefill_graphs.graphs:
+            return None
+        return {"buckets": sorted({n for _, n in self._prefill_graphs.graphs}), "max_seqs": MAX_SEQS}
 
     def graph_buckets(self, partition: Partition) -> list[int]:
         return self._graphs.buckets(partition) if self._graphs else []
@@ -94,7 +116,7 @@ class ModelRunner:
         """Run one step; returns the greedy next token of each sequence, in batch order.
 
         A prefill chunk that does not end its prompt also gets a token; the caller drops it.
-        graphs=False runs a decode batch eagerly even where a graph was captured.
+        graphs=False runs the batch eagerly even where a graph was captured.
         """
         with self._on(partition):
             _, tokens = self._run(batch, partition, graphs)
@@ -122,10 +144,15 @@ class ModelRunner:
     def _run(self, batch: Sequence[Chunk], partition: Partition | None,
              graphs: bool) -> tuple[torch.Tensor, torch.Tensor]:
         validate(batch, self.kv.num_blocks, self.kv.block_size, self.max_model_len)
-        if graphs and self._graphs is not None and partition is not None and all(len(c.token_ids) == 1 for c in batch):
-            bucket = self._graphs.bucket_for(partition, len(batch))
-            if bucket is not None:
-                return self._graphs.run(batch, partition, bucket)
+        if graphs and partition is not None:
+            if self._graphs is not None and all(len(c.token_ids) == 1 for c in batch):
+                bucket = self._graphs.bucket_for(partition, len(batch))
+                if bucket is not None:
+                    return self._graphs.run(batch, partition, bucket)
+            if self._prefill_graphs is not None:
+                bucket = self._prefill_graphs.bucket_for(partition, batch)
+                if bucket is not None:
+                    return self._prefill_graphs.run(batch, partition, bucket)
         sms = partition.sm_count if partition is not None else self.num_sms
         packed = pack(batch, self.device, self.kv.block_size, self.spec.num_kv_heads, sms)
         hidden = self.model(packed.input_ids, packed.positions, self.kv, packed.meta, packed.select)

@@ -23,6 +23,7 @@ from nexus.cost.fit import fit_calibration
 from nexus.errors import UserError
 from nexus.specs import GPUSpec, ModelSpec
 from real.batch import Chunk
+from real.engine import quick_gil_handoff
 from real.gpu_info import gpu_facts
 from real.model_runner import ModelRunner
 from real.partitions import Partitions
@@ -33,8 +34,8 @@ PARTS = ("prefill", "decode", "corun", "mixed")
 @dataclass(frozen=True)
 class Grid:
     """Shapes to measure at every SM count: prefill (chunk, prior), decode (batch, context)."""
-    prefill: tuple = ((32, 0), (128, 0), (256, 0), (512, 0), (2048, 0), (8192, 0), (128, 4096),
-                      (512, 4096), (2048, 4096))
+    prefill: tuple = ((32, 0), (64, 0), (128, 0), (256, 0), (384, 0), (512, 0), (1024, 0), (2048, 0),
+                      (8192, 0), (128, 4096), (512, 4096), (2048, 4096))
     decode: tuple = ((1, 512), (1, 4096), (8, 1024), (16, 512), (16, 2048), (32, 1024), (32, 4096),
                      (64, 512), (64, 2048), (96, 1024), (128, 512), (128, 2048), (192, 1024),
                      (256, 512), (256, 1024))
@@ -94,12 +95,13 @@ class Profiler:
                 times[which].append(time.perf_counter() - t0)
 
         threads = [threading.Thread(target=loop, args=(i, *pair)) for i, pair in enumerate((a, b))]
-        for t in threads:
-            t.start()
-        time.sleep(duration_s)
-        stop.set()
-        for t in threads:
-            t.join()
+        with quick_gil_handoff():   # as in the engine
+            for t in threads:
+                t.start()
+            time.sleep(duration_s)
+            stop.set()
+            for t in threads:
+                t.join()
         # The first and last steps of each side may have run partly alone.
         return tuple(statistics.median(ts[1:-1] if len(ts) > 3 else ts) for ts in times)
 
@@ -110,6 +112,9 @@ def profile(runner: ModelRunner, parts: Partitions, model: ModelSpec, gpu: GPUSp
                            grid={"sms": [0, *parts.made()], **asdict(grid)})
     if out.exists():
         data = merge_calibrations(read_calibration(out), data, str(out))
+    graphs = runner.prefill_graph_spec()
+    if graphs is not None:   # the simulator pads prefill steps as the engine does
+        data.setdefault("engine", {})["prefill_graphs"] = graphs
     have = {(k, tuple(sorted((kk, str(vv)) for kk, vv in r.items() if not kk.endswith("_s"))))
             for k in PARTS for r in data["measurements"].get(k, [])}
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the real engine's GPU tests and benchmarks on a CUDA machine; results go to OUTDIR.
 #
-#   bash scripts/gpu_check.sh [OUTDIR]          GPU tests + roofline benchmark (~3 min on an H100)
+#   bash scripts/gpu_check.sh [OUTDIR]          GPU tests, roofline and host-overhead benchmarks, and a
+#                                               bench smoke run (~8 min on an H100)
 #   FULL=1 bash scripts/gpu_check.sh [OUTDIR]   also a fresh profile, the fidelity cases and a bench
 #                                               smoke run (~25 min; each step fits in 10 minutes)
 #
@@ -35,6 +36,7 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run one step, log it, remember a fai
 step gpu_tests 900 $PY -m pytest -m gpu --noconftest -p no:cacheprovider -q -rs tests/test_real_*.py \
     --junitxml "$OUTDIR/gpu_tests.xml"
 step bench_real_roofline 600 $PY experiments/bench_real_roofline.py --out "$OUTDIR/real_roofline_h100.json"
+step bench_host_overhead 600 $PY experiments/bench_host_overhead.py --out "$OUTDIR/host_overhead_h100.json"
 step bench_smoke 600 $PY -m real.cli bench --trace traces/sharegpt.jsonl --limit 100 \
     --compare chunked,static,nexus --out "$OUTDIR/bench_smoke"
 

@@ -574,3 +574,29 @@ def test_mixed_batch_overhead_is_recovered_and_applied():
     # A pure prefill or pure decode step pays none of it.
     pure = BatchShape(((512, 0),))
     assert with_mixed.solo_time(pure, 0) == pytest.approx(base.solo_time(pure, 0), rel=1e-12)
+
+
+# ---- prefill graphs: the engine pads prefill-only steps to a bucket ---------------------------
+
+def test_prefill_only_steps_are_charged_at_their_graph_bucket(data, fitted, tmp_path):
+    graphs = {"buckets": [64, 256, 512], "max_seqs": 2}
+    path = _write(tmp_path, {**data, **fitted, "engine": {"prefill_graphs": graphs}})
+    padded = MeasuredCost.load(path, LLAMA8, H100)
+    plain = MeasuredCost.load(_write(tmp_path, {**data, **fitted}, "plain.json"), LLAMA8, H100)
+    for sms in (16, 64, FULL_GPU):
+        # 100 tokens pay the dense layers of 256, but attention only among their own 100.
+        t100, t256 = BatchShape(((100, 0),)), BatchShape(((256, 0),))
+        assert plain.solo_time(t100, sms) < padded.solo_time(t100, sms) < plain.solo_time(t256, sms)
+        assert padded.solo_time(t256, sms) == plain.solo_time(t256, sms)
+        assert padded.solo_time(BatchShape(((60, 0), (60, 0))), sms) > plain.solo_time(BatchShape(((120, 0),)), sms)
+        # No graph: too many tokens, too many sequences, a one-token chunk, or decode rows too.
+        for shape in (BatchShape(((600, 0),)), BatchShape(((40, 0), (40, 0), (40, 0))),
+                      BatchShape(((1, 0), (30, 0))), BatchShape(((100, 0),), 8, 8000)):
+            assert padded.solo_time(shape, sms) == plain.solo_time(shape, sms)
+
+
+def test_bad_prefill_graph_spec_is_named(data, fitted, tmp_path):
+    for bad in ({"buckets": [], "max_seqs": 4}, {"buckets": [64]}, {"buckets": ["x"], "max_seqs": 1}):
+        path = _write(tmp_path, {**data, **fitted, "engine": {"prefill_graphs": bad}})
+        with pytest.raises(UserError, match="engine.prefill_graphs must be"):
+            MeasuredCost.load(path, LLAMA8, H100)

@@ -128,6 +128,40 @@ def test_graphs_replay_like_eager_on_every_partition(parts) -> None:
             assert sorted(changed) == expected
 
 
+def test_prefill_graphs_replay_like_eager_and_pad_into_the_sink(parts) -> None:
+    runner, prompts, tables = _prefilled_runner(4, 100)
+    targets = [parts.prefill(32), parts.decode(FULL_GPU)]
+    runner.capture_prefill_graphs(targets, buckets=[64, 256])
+    assert runner.prefill_graph_spec() == {"buckets": [64, 256], "max_seqs": 16}
+    gen = torch.Generator().manual_seed(3)
+    for k, part in enumerate(targets):
+        # New tokens for every batch, so each token changes the cache slot it writes.
+        def tokens(n: int) -> list[int]:
+            return torch.randint(0, SMALL.vocab_size, (n,), generator=gen).tolist()
+        fresh = [list(range(300 + 16 * j + 64 * k, 316 + 16 * j + 64 * k)) for j in range(3)]
+        prior = [len(p) + 60 * k for p in prompts]   # this partition's own slots of each prompt
+        cases = [
+            [Chunk(tokens(40), 0, fresh[0])],                                   # bucket 64, padded
+            [Chunk(tokens(50), 0, fresh[1]),                                    # two prompts, one
+             Chunk(tokens(30), prior[1], tables[1])],                           # continuing a prefix
+            [Chunk(tokens(64), 0, fresh[2])] + [Chunk(tokens(12), prior[i] + 30 * (i == 1), tables[i])
+                                                for i in range(4)],             # 112 tokens, 5 seqs
+        ]
+        for batch in cases:
+            assert runner._prefill_graphs.bucket_for(part, batch) is not None
+            before = runner.kv.data[:, :, :runner.num_blocks].clone()
+            graph = runner.logits(batch, part)
+            after = runner.kv.data[:, :, :runner.num_blocks].clone()
+            eager = runner.logits(batch, part, graphs=False)
+            assert rel_err(graph, eager) < 1e-2, part.name
+            # Padding wrote only to the sink block: every changed slot is a batch token's.
+            changed = (before != after).flatten(4).any(-1).any(0).any(0).nonzero().tolist()
+            expected = sorted({(c.block_table[p // 16], p % 16) for c in batch for p in range(c.start, c.end)})
+            assert sorted(map(tuple, changed)) == expected
+    too_long = [Chunk(list(range(150)), 0, list(range(400, 416))), Chunk(list(range(150)), 0, list(range(420, 436)))]
+    assert runner._prefill_graphs.bucket_for(targets[0], too_long) is None
+
+
 def test_prefill_and_decode_run_concurrently_on_a_split(parts) -> None:
     runner, prompts, tables = _prefilled_runner(8, 60)
     decode = parts.decode(64)

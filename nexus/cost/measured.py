@@ -25,7 +25,7 @@ dense layers.
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +189,8 @@ class MeasuredCost:
         # bookkeeping); measured from engine runs, not from the kernel profile.
         self.step_overhead_s = 0.0
         self.engine: dict = {}
+        self._graph_buckets: list[int] = []   # token buckets of prefill graphs, if the engine has them
+        self._graph_max_seqs = 0
         origin = calibration or "fit"
         try:
             self._prefill, self._decode, self._corun = self._parse(fit, gpu.num_sms)
@@ -224,7 +226,24 @@ class MeasuredCost:
             raise UserError(f"{path}: engine.step_gap_s must be a number of seconds in [0, 1), got {gap!r}")
         cost.step_overhead_s = float(gap)
         cost.engine = engine
+        graphs = engine.get("prefill_graphs")
+        if graphs is not None:
+            try:
+                buckets, max_seqs = sorted(int(b) for b in graphs["buckets"]), int(graphs["max_seqs"])
+                if not buckets or buckets[0] < 1 or max_seqs < 1:
+                    raise ValueError
+            except (KeyError, TypeError, ValueError):
+                raise UserError(f"{path}: engine.prefill_graphs must be {{'buckets': [positive token "
+                                f"counts], 'max_seqs': positive int}}, got {graphs!r}") from None
+            cost._graph_buckets, cost._graph_max_seqs = buckets, max_seqs
         return cost
+
+    def _padded_tokens(self, chunks: tuple[tuple[int, int], ...], tokens: int) -> int:
+        """Tokens the engine computes for a prefill-only step: a captured graph pads to its bucket."""
+        if (self._graph_buckets and len(chunks) <= self._graph_max_seqs and tokens <= self._graph_buckets[-1]
+                and all(n >= 2 for n, _ in chunks)):
+            return self._graph_buckets[bisect_left(self._graph_buckets, tokens)]
+        return tokens
 
     @staticmethod
     def _parse(fit: dict, num_sms: int) -> tuple[_Phase, _Phase, dict]:
@@ -260,7 +279,8 @@ class MeasuredCost:
         tokens, *attention = prefill_attention(shape.prefill_chunks)
         seqs = shape.decode_seqs if shape.decode_seqs > 0 else 0
         if tokens:
-            return (self._prefill, self._prefill.locate(tokens + seqs), tuple(attention),
+            size = tokens + seqs if seqs else self._padded_tokens(shape.prefill_chunks, tokens)
+            return (self._prefill, self._prefill.locate(size), tuple(attention),
                     shape.decode_kv_tokens if seqs else 0, seqs)
         if seqs:
             return self._decode, self._decode.locate(seqs), (shape.decode_kv_tokens,), 0, 0

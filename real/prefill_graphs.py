@@ -1,0 +1,135 @@
+"""CUDA graphs of prefill steps, one per (partition, token bucket), for chunks up to 512 tokens.
+
+An eager forward issues about ten kernels a layer from Python; for a few hundred tokens that
+host work (~10 ms for an 8B model) outlasts the GPU work and holds the GIL while the decode
+thread waits. A graph replays the same step in one call. Batches of up to MAX_SEQS prompts
+whose tokens fit a bucket replay its graph; larger ones run eagerly, where the GPU is the
+bottleneck anyway.
+
+Padding: the bucket's spare tokens write their KV to the cache's sink block and belong to no
+sequence; spare sequences have no tokens, so every attention program of theirs exits at once.
+The prefill attention grid is sized for the whole bucket, which is what lets one graph serve
+any split of its tokens among the sequences.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from real.attention import AttentionMetadata
+from real.batch import Chunk
+from real.kv_cache import KVCache
+from real.model import Transformer
+from real.partitions import Partition
+
+MAX_SEQS = 16
+# Finer where padding is dear: above 128 tokens the matmuls start to be compute-bound.
+PREFILL_GRAPH_BUCKETS = (16, 32, 64, 128, 192, 256, 320, 384, 448, 512)
+
+
+class PrefillGraphs:
+    def __init__(self, model: Transformer, kv: KVCache, max_blocks_per_seq: int, device: torch.device,
+                 max_tokens: int = max(PREFILL_GRAPH_BUCKETS)) -> None:
+        self.model, self.kv, self.device = model, kv, device
+        self.width, self.max_tokens = max_blocks_per_seq, max_tokens
+        t, p, w = max_tokens, MAX_SEQS, max_blocks_per_seq
+        # One static int32 buffer: ids | positions | slots | cu_q (p+1, padded to p+4) | starts |
+        # select | tables. Each part starts on a 16-byte boundary (Triton specialises on it).
+        self._sizes = (t, t, t, p + 4, p, p, p * w)
+        self._offsets = np.concatenate([[0], np.cumsum(self._sizes)])
+        self.static = torch.zeros(int(self._offsets[-1]), dtype=torch.int32, device=device)
+        self.host = torch.zeros_like(self.static, device="cpu").pin_memory()
+        self.graphs: dict[tuple[str, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.pool = torch.cuda.graph_pool_handle()
+        self._last_replay: torch.cuda.Event | None = None
+        self._empty = torch.zeros(0, dtype=torch.int32, device=device)
+
+    def _part(self, buf: torch.Tensor | np.ndarray, i: int):
+        return buf[self._offsets[i]:self._offsets[i] + self._sizes[i]]
+
+    def _views(self, bucket: int) -> tuple[torch.Tensor, ...]:
+        s = self.static
+        ids, pos, slots = (self._part(s, i)[:bucket] for i in range(3))
+        cu = self._part(s, 3)[:MAX_SEQS + 1]
+        starts, select = self._part(s, 4), self._part(s, 5)
+        tables = self._part(s, 6).view(MAX_SEQS, self.width)
+        return ids, pos, slots, cu, starts, select, tables
+
+    def buckets(self, partition: Partition) -> list[int]:
+        return sorted(n for name, n in self.graphs if name == partition.name)
+
+    def bucket_for(self, partition: Partition, batch: Sequence[Chunk]) -> int | None:
+        if len(batch) > MAX_SEQS or any(len(c.token_ids) < 2 for c in batch):
+            return None
+        tokens = sum(len(c.token_ids) for c in batch)
+        fits = [b for b in self.buckets(partition) if b >= tokens]
+        return fits[0] if fits else None
+
+    def _fill_host(self, batch: Sequence[Chunk]) -> None:
+        """Write the batch, padded to MAX_SEQS sequences and max_tokens tokens, into `host`."""
+        h, bs, sink = self.host.numpy(), self.kv.block_size, self.kv.pad_block
+        ids, pos, slots, cu, starts, select, tables = (self._part(h, i) for i in range(7))
+        tables = tables.reshape(MAX_SEQS, self.width)
+        ids[:], pos[:], slots[:] = 0, 0, sink * bs
+        starts[:], select[:], tables[:] = 0, 0, sink
+        lo = 0
+        cu[0] = 0
+        for r, c in enumerate(batch):
+            n = len(c.token_ids)
+            need = -(-c.end // bs)
+            tables[r, :need] = c.block_table[:need]
+            ids[lo:lo + n] = c.token_ids
+            p = np.arange(c.start, c.end)
+            pos[lo:lo + n] = p
+            slots[lo:lo + n] = tables[r, p // bs] * bs + p % bs
+            starts[r] = c.start
+            lo += n
+            cu[r + 1] = lo
+            select[r] = lo - 1
+        cu[len(batch) + 1:] = lo   # spare sequences are empty
+
+    def capture(self, partition: Partition, buckets: Iterable[int]) -> None:
+        """Capture one graph per bucket on `partition`'s stream, largest first."""
+        self._fill_host([])
+        self.static.copy_(self.host)
+        for bucket in sorted({b for b in buckets if b <= self.max_tokens}, reverse=True):
+            ids, pos, slots, cu, starts, select, tables = self._views(bucket)
+            meta = AttentionMetadata(
+                slots=slots, num_prefill_tokens=bucket, prefill_cu_q=cu, prefill_start=starts,
+                prefill_block_tables=tables, prefill_max_q=bucket, decode_ctx_lens=self._empty,
+                decode_block_tables=self._empty.view(0, 1), block_size=self.kv.block_size)
+
+            def forward() -> torch.Tensor:
+                return self.model(ids, pos, self.kv, meta, select)
+
+            with partition.use():
+                torch.cuda.current_stream().wait_stream(torch.cuda.default_stream(self.device))
+                forward()   # compile and warm up on this stream, outside the capture
+                torch.cuda.current_stream().synchronize()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=self.pool, stream=torch.cuda.current_stream()):
+                    hidden = forward()
+                torch.cuda.current_stream().synchronize()
+            self.graphs[(partition.name, bucket)] = (graph, hidden)
+
+    def run(self, batch: Sequence[Chunk], partition: Partition, bucket: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replay the bucket's graph; returns (logits, tokens) of each sequence's last token.
+
+        Must be called inside partition.use(). Results live in static buffers until the next replay.
+        """
+        if self._last_replay is not None:
+            self._last_replay.synchronize()   # the last copy out of `host` has finished
+        self._fill_host(batch)
+        stream = torch.cuda.current_stream()
+        if self._last_replay is not None:
+            stream.wait_event(self._last_replay)   # shared pool and inputs: one replay at a time
+        self.static.copy_(self.host, non_blocking=True)
+        graph, hidden = self.graphs[(partition.name, bucket)]
+        graph.replay()
+        logits = self.model.compute_logits(hidden[:len(batch)])
+        tokens = logits.argmax(-1)
+        self._last_replay = torch.cuda.Event()
+        self._last_replay.record(stream)
+        return logits, tokens
