@@ -95,8 +95,7 @@ def bench(args: argparse.Namespace, console: Console) -> int:
     print_table([r[0] for r in runs.values()])
     extra = {"machine": facts(args.device), "partitions": parts.describe(), "trace": str(args.trace),
              "command": args.command_line}
-    write_outputs(Path(args.out), runs, extra, gpu.num_sms)
-    parts.close()
+    write_outputs(Path(args.out), runs, extra, gpu.num_sms)   # partitions are released at exit
     console.print(f"wrote results to {args.out}/")
     return 0
 
@@ -128,7 +127,6 @@ def profile_command(args: argparse.Namespace, console: Console) -> int:
             s = err[kind]
             if s.get("n"):
                 console.print(f"{kind:15s} held-out median {s['median_abs_pct']:.2f}%  P90 {s['p90_abs_pct']:.2f}%")
-    parts.close()
     return 0
 
 

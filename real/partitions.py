@@ -87,7 +87,12 @@ class Partitions:
                 "splits": {p: [a.sm_count, b.sm_count] for p, (a, b) in self._pairs.items()}}
 
     def close(self) -> None:
-        """Destroy the green contexts; no partition stream may be used afterwards."""
+        """Destroy the green contexts; no partition stream may be used afterwards.
+
+        Every tensor and CUDA graph that ran on a partition must be freed first: the caching
+        allocator records an event on a tensor's streams when it frees it, and on a destroyed
+        context that aborts the process. The CLIs leave this to process exit.
+        """
         if self.device.type == "cuda":
             for ctx, stream in self._handles:
                 self._driver.destroy(ctx, stream)
