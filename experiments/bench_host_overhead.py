@@ -8,7 +8,11 @@ Two questions, answered with Llama-3.1-8B shapes (random bf16 weights) on the re
    vs replaying the chunk's bucket graph, on the whole GPU and on a 64-SM partition. An
    eager forward issues ~300 kernel launches from Python; below a few hundred tokens that
    host work, not the GPU, sets the step time.
-2. Stream threads. A decode step (batch 64, 1024 tokens of context) on the decode side of a
+2. Decode balance. A decode step of one 8000-token context among fifteen of 200 tokens,
+   against sixteen equal contexts of the same total (688 tokens each), on the 68-SM decode
+   side. The decode work list cuts long contexts into pieces balanced over the batch, so
+   the ratio should be near 1; a fixed split count per batch size made it about 2.
+3. Stream threads. A decode step (batch 64, 1024 tokens of context) on the decode side of a
    64/68 split, alone and while a second thread loops prefill steps on the other side, with
    Python's default 5 ms GIL switch interval and with the engine's GIL_HANDOFF_S.
 
@@ -86,11 +90,11 @@ def run(args: argparse.Namespace) -> dict:
     result: dict = {"command": " ".join(["python", *sys.argv]),
                     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     "machine": gpu_facts(), "model": spec.name, "weights": "random (seed 0)"}
-    runner = ModelRunner(spec, device="cuda", num_blocks=8192, max_model_len=8192, max_decode_batch=64)
+    runner = ModelRunner(spec, device="cuda", num_blocks=12288, max_model_len=8192, max_decode_batch=64)
     parts = Partitions([SPLIT], device="cuda")
     targets = {"all": parts.decode(0), f"{SPLIT}sm": parts.prefill(SPLIT)}
     runner.capture_prefill_graphs(targets.values())
-    runner.capture_graphs([parts.decode(SPLIT)], buckets=[64])
+    runner.capture_graphs([parts.decode(SPLIT)], buckets=[16, 64])
     rng = np.random.default_rng(0)
 
     def prompt(n: int, first_block: int) -> list[Chunk]:
@@ -108,8 +112,18 @@ def run(args: argparse.Namespace) -> dict:
             print(f"prefill {n:4d} tokens on {name:5s}: eager {eager:6.2f} ms  graph {graph:6.2f} ms", flush=True)
     result["prefill"] = rows
 
-    decode = [Chunk([1 + i], 1023, list(range(1024 + 64 * i, 1024 + 64 * (i + 1)))) for i in range(64)]
     dpart, ppart = parts.decode(SPLIT), parts.prefill(SPLIT)
+    balance = {}
+    for label, lens in (("one long among short", [8000] + [200] * 15), ("equal", [688] * 16)):
+        batch = [Chunk([1 + i], n - 1, list(range(1024 + 512 * i, 1024 + 512 * (i + 1))))
+                 for i, n in enumerate(lens)]
+        balance[label] = {"contexts": lens, "step_ms": median_step_ms(runner, batch, dpart, True, args.reps)}
+    balance["ratio"] = balance["one long among short"]["step_ms"] / balance["equal"]["step_ms"]
+    result["decode_balance"] = balance
+    print(f"decode balance: one long among short {balance['one long among short']['step_ms']:.2f} ms, "
+          f"equal {balance['equal']['step_ms']:.2f} ms, ratio {balance['ratio']:.2f}", flush=True)
+
+    decode = [Chunk([1 + i], 1023, list(range(1024 + 64 * i, 1024 + 64 * (i + 1)))) for i in range(64)]
     corun = []
     for label, prefill in (("alone", None), ("eager 2048-token prefill", prompt(2048, 6000)),
                            ("graph 256-token prefill", prompt(256, 6000))):

@@ -102,11 +102,11 @@ def fit_gap(args: argparse.Namespace) -> int:
                 gaps.append(g[g < 0.005])   # longer gaps are idle time, not overhead
     gap = float(np.median(np.concatenate(gaps)))
     data = read_calibration(CALIBRATION)
-    data["engine"] = {"step_gap_s": round(gap, 6),
+    data.setdefault("engine", {}).update({"step_gap_s": round(gap, 6),
                       "source": "median host gap between consecutive steps of a busy stream in "
                                 "nexus-real bench runs of the held-in fidelity cases "
                                 f"{sorted(HELD_IN)}",
-                      "command": "python experiments/fidelity.py fit-gap " + " ".join(args.real)}
+                      "command": "python experiments/fidelity.py fit-gap " + " ".join(args.real)})
     write_calibration(data, CALIBRATION)
     print(f"engine step gap: {gap * 1e3:.3f} ms -> {CALIBRATION.relative_to(ROOT)}")
     return 0

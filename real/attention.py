@@ -6,9 +6,11 @@ sequence. Each new token's K and V are written to the cache before attention run
 kernels read every key and value, old and new, through the sequence's block table.
 
 - prefill: causal attention of a chunk's queries over its cached prefix and itself;
-- decode: one query per sequence over its whole context, split along the context
-  (flash-decoding) so that small batches still fill the GPU, the query heads of one KV
-  head (GQA) sharing each load of K and V.
+- decode: one query per sequence over its whole context, cut along the context into
+  pieces (flash-decoding) by a work list the host balances over the batch's total context,
+  so that small batches still fill the GPU and one long context among short ones does not
+  leave a few programs streaming it alone; the query heads of one KV head (GQA) share each
+  load of K and V.
 
 On CUDA these are Triton kernels; on CPU `_torch_attention` computes the same thing by
 gathering each sequence's blocks, and is the reference the kernels are tested against.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from real.triton_support import HAVE_TRITON, next_pow2, tl, triton, use_triton
@@ -33,7 +36,9 @@ class AttentionMetadata:
       already cached before the chunk, prefill_block_tables [P, W], prefill_max_q.
     Decode part (the remaining tokens, one per sequence):
       decode_ctx_lens [D] tokens attended including the new one, decode_block_tables [D, W],
-      decode_splits: how many pieces each context is cut into (fixed per CUDA graph).
+      decode_items [I, 4] the work list (sequence, first key, end key, pieces of that
+      sequence; sequence -1 for spare rows), decode_first [D+1] each sequence's first item.
+      See decode_schedule; I is fixed per CUDA graph.
     """
     slots: torch.Tensor
     num_prefill_tokens: int
@@ -43,7 +48,8 @@ class AttentionMetadata:
     prefill_max_q: int
     decode_ctx_lens: torch.Tensor
     decode_block_tables: torch.Tensor
-    decode_splits: int = 1
+    decode_items: torch.Tensor | None = None
+    decode_first: torch.Tensor | None = None
     block_size: int = 16
 
     @property
@@ -55,13 +61,43 @@ class AttentionMetadata:
         return self.decode_ctx_lens.shape[0]
 
 
-PROGRAMS_PER_SM = 2  # measured: at batch 64 one piece beat two by 2% on an H100
+PROGRAMS_PER_SM = 2     # spare decode programs per SM to cut long contexts into
+MAX_PIECES = 32         # pieces of one context at most (the merge kernel's width)
+DECODE_BLOCK_N = 64     # keys per decode tile; a piece is a whole number of tiles
 
 
-def decode_splits_for(num_seqs: int, num_kv_heads: int, num_sms: int, max_splits: int = 16) -> int:
-    """Pieces per context so that the decode grid has about PROGRAMS_PER_SM programs per SM."""
-    programs = max(1, num_seqs * num_kv_heads)
-    return max(1, min(max_splits, math.ceil(PROGRAMS_PER_SM * num_sms / programs)))
+def decode_items_for(num_seqs: int, num_kv_heads: int, num_sms: int) -> int:
+    """Rows of the decode work list: one per sequence, plus about PROGRAMS_PER_SM per SM
+    (per KV head) to share out among the longer contexts."""
+    return num_seqs + min(MAX_PIECES, math.ceil(PROGRAMS_PER_SM * num_sms / num_kv_heads))
+
+
+def decode_schedule(ctx_lens: np.ndarray, num_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cut each context into pieces of about equal length across the whole batch.
+
+    A sequence of c keys gets ceil(c * spare / total) pieces (at least one, at most
+    MAX_PIECES, none shorter than a tile), spare = num_items - len(ctx_lens); the sum never
+    exceeds num_items. Returns (items [num_items, 4] int32: sequence, first key, end key,
+    pieces of the sequence, with sequence -1 on unused rows; first [n + 1] int32).
+    """
+    ctx = np.asarray(ctx_lens, dtype=np.int64)
+    n = len(ctx)
+    spare = num_items - n
+    if spare < 0:
+        raise ValueError(f"{n} sequences need at least {n} work items, got {num_items}")
+    total = max(int(ctx.sum()), 1)
+    tiles = -(-ctx // DECODE_BLOCK_N)
+    pieces = np.clip(-(-ctx * spare // total), 1, np.minimum(MAX_PIECES, np.maximum(tiles, 1)))
+    piece_len = -(-tiles // pieces) * DECODE_BLOCK_N
+    pieces = np.maximum(-(-ctx // piece_len), 1)   # rounding up to tiles may leave fewer
+    first = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(pieces, out=first[1:])
+    items = np.full((num_items, 4), -1, dtype=np.int32)
+    seq = np.repeat(np.arange(n), pieces)
+    k = np.arange(first[-1]) - first[seq]
+    lo = k * piece_len[seq]
+    items[:first[-1]] = np.stack([seq, lo, np.minimum(lo + piece_len[seq], ctx[seq]), pieces[seq]], axis=1)
+    return items, first.astype(np.int32)
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -159,18 +195,19 @@ if HAVE_TRITON:
                  acc.to(out_ptr.dtype.element_ty), mask=imask[:, None])
 
     @triton.jit
-    def _decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, out_ptr, part_ptr, lse_ptr,
+    def _decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, items_ptr, out_ptr, part_ptr, lse_ptr,
                        stride_qt, stride_qh, stride_bt, stride_ot, stride_oh, scale_log2,
                        KV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
                        D: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr,
-                       SPLITS: tl.constexpr, PRECISION: tl.constexpr):
-        seq = tl.program_id(0)
+                       PRECISION: tl.constexpr):
+        item = tl.program_id(0)
         kvh = tl.program_id(1)
-        split = tl.program_id(2)
-        ctx = tl.load(ctx_ptr + seq)
-        per_split = tl.cdiv(tl.cdiv(ctx, SPLITS), BLOCK_N) * BLOCK_N
-        lo = split * per_split
-        hi = tl.minimum(lo + per_split, ctx)
+        seq = tl.load(items_ptr + item * 4)
+        if seq < 0:
+            return
+        lo = tl.load(items_ptr + item * 4 + 1)
+        hi = tl.load(items_ptr + item * 4 + 2)
+        pieces = tl.load(items_ptr + item * 4 + 3)
         g = tl.arange(0, GROUP_PAD)
         gmask = g < GROUP
         heads = kvh * GROUP + g
@@ -196,30 +233,33 @@ if HAVE_TRITON:
             l = l * alpha + tl.sum(p, axis=1)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
             m = m_new
-        if SPLITS == 1:
+        if pieces == 1:
             acc = acc / l[:, None]
             tl.store(out_ptr + seq.to(tl.int64) * stride_ot + heads[:, None] * stride_oh + d[None, :],
                      acc.to(out_ptr.dtype.element_ty), mask=gmask[:, None])
         else:
-            # An empty piece (short context) has l == 0: give it zero weight in the merge.
-            empty = l == 0.0
-            acc = acc / tl.where(empty, 1.0, l)[:, None]
-            lse = tl.where(empty, float("-inf"), m + tl.log2(tl.where(empty, 1.0, l)))
-            row = (seq.to(tl.int64) * KV * GROUP + heads) * SPLITS + split
+            acc = acc / l[:, None]
+            lse = m + tl.log2(l)
+            row = item.to(tl.int64) * KV * GROUP + heads
             tl.store(part_ptr + row[:, None] * D + d[None, :], acc, mask=gmask[:, None])
             tl.store(lse_ptr + row, lse, mask=gmask)
 
     @triton.jit
-    def _merge_kernel(part_ptr, lse_ptr, out_ptr, stride_ot, stride_oh,
-                      H: tl.constexpr, D: tl.constexpr, SPLITS: tl.constexpr):
+    def _merge_kernel(part_ptr, lse_ptr, first_ptr, out_ptr, stride_ot, stride_oh,
+                      H: tl.constexpr, D: tl.constexpr, MAX_PIECES: tl.constexpr):
         seq = tl.program_id(0)
         head = tl.program_id(1)
-        row = (seq.to(tl.int64) * H + head) * SPLITS
-        s = tl.arange(0, SPLITS)
-        lse = tl.load(lse_ptr + row + s)
+        first = tl.load(first_ptr + seq)
+        count = tl.load(first_ptr + seq + 1) - first
+        if count == 1:
+            return   # its one piece wrote the output itself
+        s = tl.arange(0, MAX_PIECES)
+        smask = s < count
+        row = (first + s).to(tl.int64) * H + head
+        lse = tl.load(lse_ptr + row, mask=smask, other=float("-inf"))
         w = tl.exp2(lse - tl.max(lse, axis=0))
         d = tl.arange(0, D)
-        part = tl.load(part_ptr + (row + s)[:, None] * D + d[None, :])
+        part = tl.load(part_ptr + row[:, None] * D + d[None, :], mask=smask[:, None], other=0.0)
         o = tl.sum(part * w[:, None], axis=0) / tl.sum(w, axis=0)
         tl.store(out_ptr + seq.to(tl.int64) * stride_ot + head * stride_oh + d,
                  o.to(out_ptr.dtype.element_ty))
@@ -228,7 +268,7 @@ if HAVE_TRITON:
 LOG2E = 1.4426950408889634
 # Tile sizes and launch settings (bf16, head_dim <= 128), chosen by measurement on an H100.
 PREFILL_CONFIG = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
-DECODE_CONFIG = dict(BLOCK_N=64, num_warps=4, num_stages=2)
+DECODE_CONFIG = dict(BLOCK_N=DECODE_BLOCK_N, num_warps=4, num_stages=2)
 
 
 def _precision(q: torch.Tensor) -> str:
@@ -255,19 +295,14 @@ def _prefill_triton(q, k_cache, v_cache, meta, scale, out):
 def _decode_triton(q, k_cache, v_cache, meta, scale, out):
     n, h, d = q.shape
     kv = k_cache.shape[2]
-    splits = next_pow2(meta.decode_splits)
     group = h // kv
-    common = dict(KV=kv, GROUP=group, GROUP_PAD=max(16, next_pow2(group)), D=d,
-                  PAGE=meta.block_size, SPLITS=splits, PRECISION=_precision(q), **DECODE_CONFIG)
-    grid = (n, kv, splits)
-    args = (q, k_cache, v_cache, meta.decode_block_tables, meta.decode_ctx_lens, out)
-    strides = (q.stride(0), q.stride(1), meta.decode_block_tables.stride(0),
-               out.stride(0), out.stride(1), scale * LOG2E)
-    if splits == 1:
-        _decode_kernel[grid](*args, out, out, *strides, **common)
-        return
-    part = torch.empty(n * h * splits, d, dtype=torch.float32, device=q.device)
-    lse = torch.empty(n * h * splits, dtype=torch.float32, device=q.device)
-    _decode_kernel[grid](*args, part, lse, *strides, **common)
-    _merge_kernel[(n, h)](part, lse, out, out.stride(0), out.stride(1), H=h, D=d, SPLITS=splits,
-                          num_warps=4)
+    items = meta.decode_items.shape[0]
+    part = torch.empty(items * h, d, dtype=torch.float32, device=q.device)
+    lse = torch.empty(items * h, dtype=torch.float32, device=q.device)
+    _decode_kernel[(items, kv)](
+        q, k_cache, v_cache, meta.decode_block_tables, meta.decode_items, out, part, lse,
+        q.stride(0), q.stride(1), meta.decode_block_tables.stride(0), out.stride(0), out.stride(1),
+        scale * LOG2E, KV=kv, GROUP=group, GROUP_PAD=max(16, next_pow2(group)), D=d,
+        PAGE=meta.block_size, PRECISION=_precision(q), **DECODE_CONFIG)
+    _merge_kernel[(n, h)](part, lse, meta.decode_first, out, out.stride(0), out.stride(1), H=h, D=d,
+                          MAX_PIECES=MAX_PIECES, num_warps=4)

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from real.attention import AttentionMetadata, decode_splits_for
+from real.attention import AttentionMetadata, decode_items_for, decode_schedule
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,10 @@ def pack(batch: Sequence[Chunk], device: torch.device, block_size: int, kv_heads
     select = np.concatenate([cu[1:] - 1, cu[-1] + np.arange(len(dec))])
     inverse = np.empty(len(order), dtype=np.int64)
     inverse[order] = np.arange(len(order))
+    items, first = decode_schedule(ctx, decode_items_for(len(dec), kv_heads, num_sms))
 
-    parts = [ids, positions, slots, cu, starts, ctx, pre_tables.ravel(), dec_tables.ravel(), select, inverse]
+    parts = [ids, positions, slots, cu, starts, ctx, pre_tables.ravel(), dec_tables.ravel(), select, inverse,
+             items.ravel(), first]
     # Each part starts on a 16-byte boundary: Triton specialises kernels on pointer alignment,
     # and unaligned views would compile fresh variants mid-run (about a second each).
     padded = [np.pad(p, (0, -len(p) % 4)) for p in parts]
@@ -103,10 +105,10 @@ def pack(batch: Sequence[Chunk], device: torch.device, block_size: int, kv_heads
     views = [v[:len(p)] for v, p in zip(flat.split([len(p) for p in padded]), parts)]
     views[6] = views[6].view(pre_tables.shape)
     views[7] = views[7].view(dec_tables.shape)
-    ids_t, pos_t, slots_t, cu_t, starts_t, ctx_t, pre_t, dec_t, select_t, inverse_t = views
+    views[10] = views[10].view(items.shape)
+    ids_t, pos_t, slots_t, cu_t, starts_t, ctx_t, pre_t, dec_t, select_t, inverse_t, items_t, first_t = views
     meta = AttentionMetadata(
         slots=slots_t, num_prefill_tokens=int(cu[-1]), prefill_cu_q=cu_t, prefill_start=starts_t,
         prefill_block_tables=pre_t, prefill_max_q=int(lens.max(initial=0)), decode_ctx_lens=ctx_t,
-        decode_block_tables=dec_t, decode_splits=decode_splits_for(len(dec), kv_heads, num_sms),
-        block_size=block_size)
+        decode_block_tables=dec_t, decode_items=items_t, decode_first=first_t, block_size=block_size)
     return PackedBatch(ids_t, pos_t, meta, select_t.long(), inverse_t.long())

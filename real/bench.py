@@ -53,22 +53,17 @@ def capture_all_graphs(runner: ModelRunner, parts: Partitions) -> None:
 def warm_up(runner: ModelRunner, parts: Partitions) -> None:
     """Compile every kernel variant a run can meet, on every partition, before the clock starts.
 
-    Triton specialises the decode kernel on its split count (which depends on the batch size
-    and the partition's SMs) and on integer arguments; a first use inside a timed run would
-    cost seconds and land on whichever policy happens to run first.
+    Triton specialises kernels on integer arguments and pointer alignment; a first use inside
+    a timed run would cost seconds and land on whichever policy happens to run first.
     """
-    from real.attention import decode_splits_for
     if not runner.is_cuda:
         return   # the CPU path compiles nothing
-    kv_heads, width = runner.spec.num_kv_heads, min(runner.num_blocks, 64)
+    width = min(runner.num_blocks, 64)
     table = list(range(width))
     for part in parts.all():
         for chunk, prior in ((2, 0), (17, 0), (64, 16), (300, 33), (1024, 0)):
             runner.step([Chunk(list(range(1, chunk + 1)), prior, table)], part, graphs=False)
-        seen: dict[int, int] = {}
-        for n in range(1, runner.max_decode_batch + 1):
-            seen.setdefault(decode_splits_for(n, kv_heads, part.sm_count), n)
-        for n in seen.values():
+        for n in (1, 7, runner.max_decode_batch):
             decodes = [Chunk([1], 16 + i % 32, table) for i in range(n)]
             runner.step(decodes, part, graphs=False)
             runner.step([Chunk(list(range(1, 18)), 0, table), *decodes], part)

@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from real.attention import AttentionMetadata, decode_splits_for
+from real.attention import MAX_PIECES, AttentionMetadata, decode_items_for, decode_schedule
 from real.batch import Chunk
 from real.kv_cache import KVCache
 from real.model import Transformer
@@ -28,19 +28,34 @@ class DecodeGraphs:
         self.model, self.kv, self.device = model, kv, device
         self.max_batch, self.width = max_batch, max_blocks_per_seq
         b, w = max_batch, max_blocks_per_seq
-        # Layout of the one static int32 buffer: ids | positions | slots | ctx lens | tables.
-        self.static = torch.zeros(4 * b + b * w, dtype=torch.int32, device=device)
+        # Layout of the one static int32 buffer: ids | positions | slots | ctx lens | work items
+        # | first items | tables, each part 16-byte aligned.
+        self.max_items = b + MAX_PIECES
+        self._items_at = 4 * b
+        self._first_at = self._items_at + 4 * self.max_items
+        self._tables_at = self._first_at + -(-(b + 1) // 4) * 4
+        self.static = torch.zeros(self._tables_at + b * w, dtype=torch.int32, device=device)
         self.host = torch.zeros_like(self.static, device="cpu").pin_memory()
         self._pad_rows(0)
-        self.graphs: dict[tuple[str, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        # (partition, bucket) -> (graph, its output hidden states, its work-list length)
+        self.graphs: dict[tuple[str, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, int]] = {}
         self.pool = torch.cuda.graph_pool_handle()
         self._last_replay: torch.cuda.Event | None = None
         self._empty = torch.zeros(0, dtype=torch.int32, device=device)
 
-    def _views(self, n: int) -> tuple[torch.Tensor, ...]:
+    def _views(self, n: int, items: int) -> tuple[torch.Tensor, ...]:
         b, s = self.max_batch, self.static
-        tables = s[4 * b:].view(b, self.width)
-        return s[:n], s[b:b + n], s[2 * b:2 * b + n], s[3 * b:3 * b + n], tables[:n]
+        tables = s[self._tables_at:].view(b, self.width)
+        work = s[self._items_at:self._items_at + 4 * items].view(items, 4)
+        first = s[self._first_at:self._first_at + n + 1]
+        return s[:n], s[b:b + n], s[2 * b:2 * b + n], s[3 * b:3 * b + n], work, first, tables[:n]
+
+    def _schedule(self, n: int, items: int) -> None:
+        """The work list of the first n rows (as `host` holds them) into `host`."""
+        h, b = self.host.numpy(), self.max_batch
+        work, first = decode_schedule(h[3 * b:3 * b + n], items)
+        h[self._items_at:self._items_at + 4 * items] = work.ravel()
+        h[self._first_at:self._first_at + n + 1] = first
 
     def _pad_rows(self, first: int) -> None:
         """Rows from `first` on: token 0 at position 0 in the sink block, context of one."""
@@ -49,21 +64,22 @@ class DecodeGraphs:
         h[b + first:2 * b] = 0
         h[2 * b + first:3 * b] = self.kv.pad_block * self.kv.block_size
         h[3 * b + first:4 * b] = 1
-        h[4 * b:].view(b, self.width)[first:, 0] = self.kv.pad_block
+        h[self._tables_at:].view(b, self.width)[first:, 0] = self.kv.pad_block
 
     def buckets(self, partition: Partition) -> list[int]:
         return sorted(n for name, n in self.graphs if name == partition.name)
 
     def capture(self, partition: Partition, buckets: Iterable[int]) -> None:
         """Capture one graph per bucket on `partition`'s stream, largest first."""
-        self.static.copy_(self.host)
         for n in sorted({b for b in buckets if b <= self.max_batch}, reverse=True):
-            ids, pos, slots, ctx, tables = self._views(n)
+            items = decode_items_for(n, self.kv.k.shape[3], partition.sm_count)
+            self._schedule(n, items)
+            self.static.copy_(self.host)
+            ids, pos, slots, ctx, work, first, tables = self._views(n, items)
             meta = AttentionMetadata(
                 slots=slots, num_prefill_tokens=0, prefill_cu_q=self._empty[:1], prefill_start=self._empty,
                 prefill_block_tables=self._empty.view(0, 1), prefill_max_q=0, decode_ctx_lens=ctx,
-                decode_block_tables=tables,
-                decode_splits=decode_splits_for(n, self.kv.k.shape[3], partition.sm_count),
+                decode_block_tables=tables, decode_items=work, decode_first=first,
                 block_size=self.kv.block_size)
 
             # The graph stops at the final hidden states: keeping [bucket, vocab] logits alive
@@ -79,7 +95,7 @@ class DecodeGraphs:
                 with torch.cuda.graph(graph, pool=self.pool, stream=torch.cuda.current_stream()):
                     hidden = forward()
                 torch.cuda.current_stream().synchronize()
-            self.graphs[(partition.name, n)] = (graph, hidden)
+            self.graphs[(partition.name, n)] = (graph, hidden, items)
 
     def bucket_for(self, partition: Partition, n: int) -> int | None:
         fits = [b for b in self.buckets(partition) if b >= n]
@@ -97,20 +113,21 @@ class DecodeGraphs:
         ctx = np.fromiter((c.end for c in batch), dtype=np.int32, count=n)
         h[:n] = [c.token_ids[0] for c in batch]
         h[b:b + n] = ctx - 1
-        tables = h[4 * b:].reshape(b, self.width)
+        tables = h[self._tables_at:].reshape(b, self.width)
         for r, c in enumerate(batch):
             need = -(-int(ctx[r]) // bs)
             tables[r, :need] = c.block_table[:need]
         last_blocks = tables[np.arange(n), (ctx - 1) // bs]
         h[2 * b:2 * b + n] = last_blocks * bs + (ctx - 1) % bs
         h[3 * b:3 * b + n] = ctx
+        graph, hidden, items = self.graphs[(partition.name, bucket)]
+        self._schedule(bucket, items)
         stream = torch.cuda.current_stream()
         if self._last_replay is not None:
             stream.wait_event(self._last_replay)  # shared pool and inputs: one replay at a time
-        self.static[:4 * b].copy_(self.host[:4 * b], non_blocking=True)
-        self.static[4 * b:4 * b + bucket * self.width].copy_(self.host[4 * b:4 * b + bucket * self.width],
-                                                             non_blocking=True)
-        graph, hidden = self.graphs[(partition.name, bucket)]
+        t = self._tables_at
+        self.static[:t].copy_(self.host[:t], non_blocking=True)
+        self.static[t:t + bucket * self.width].copy_(self.host[t:t + bucket * self.width], non_blocking=True)
         graph.replay()
         logits = self.model.compute_logits(hidden[:n])
         tokens = logits.argmax(-1)

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+
 import pytest
 import torch
 
 from nexus.specs import ModelSpec
-from real.attention import AttentionMetadata, decode_splits_for
+from real.attention import AttentionMetadata, decode_items_for, decode_schedule
 from real.triton_support import HAVE_TRITON, INTERPRET
 
 TINY = ModelSpec("tiny-llama", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16,
@@ -66,21 +68,22 @@ class PagedCase:
             return t
 
         lens = [chunks[i][1] for i in pre]
+        ctx = [sum(chunks[i]) for i in dec]
+        items, first = decode_schedule(np.array(ctx, dtype=np.int64), decode_items_for(len(dec), kv_heads, num_sms))
         cu = torch.tensor([0] + torch.tensor(lens, dtype=torch.int64).cumsum(0).tolist(), dtype=torch.int32)
         self.meta = AttentionMetadata(
             slots=torch.zeros(total_new, dtype=torch.int32), num_prefill_tokens=int(sum(lens)),
             prefill_cu_q=cu, prefill_start=torch.tensor([chunks[i][0] for i in pre], dtype=torch.int32),
             prefill_block_tables=table_tensor(pre), prefill_max_q=max(lens, default=0),
-            decode_ctx_lens=torch.tensor([sum(chunks[i]) for i in dec], dtype=torch.int32),
-            decode_block_tables=table_tensor(dec),
-            decode_splits=decode_splits_for(len(dec), kv_heads, num_sms), block_size=block_size)
+            decode_ctx_lens=torch.tensor(ctx, dtype=torch.int32), decode_block_tables=table_tensor(dec),
+            decode_items=torch.from_numpy(items), decode_first=torch.from_numpy(first), block_size=block_size)
         self.to(device)
 
     def to(self, device: str) -> None:
         for name in ("k_cache", "v_cache", "q"):
             setattr(self, name, getattr(self, name).to(device))
         for f in ("slots", "prefill_cu_q", "prefill_start", "prefill_block_tables",
-                  "decode_ctx_lens", "decode_block_tables"):
+                  "decode_ctx_lens", "decode_block_tables", "decode_items", "decode_first"):
             setattr(self.meta, f, getattr(self.meta, f).to(device))
 
     def reference(self, scale: float) -> torch.Tensor:

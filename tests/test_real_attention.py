@@ -51,6 +51,16 @@ def test_triton_decode_llama8b_heads(dtype: torch.dtype, tol: float, num_sms: in
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype,tol", PRECISIONS)
+@pytest.mark.parametrize("num_sms", [132, 16])
+def test_triton_decode_one_long_context_among_short_ones(dtype: torch.dtype, tol: float, num_sms: int) -> None:
+    # The work list cuts the long context into many pieces and leaves the short ones whole.
+    chunks = [(c, 1) for c in (5000, 30, 1, 300, 64, 65, 12, 2000)]
+    _check(triton_device(dtype), dtype, chunks, heads=32, kv_heads=8, head_dim=128, seed=7,
+           tol=tol, num_sms=num_sms)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,tol", PRECISIONS)
 def test_triton_long_prefill_with_prefix(dtype: torch.dtype, tol: float) -> None:
     _check(triton_device(dtype), dtype, [(100, 300), (0, 129)], heads=32, kv_heads=8,
            head_dim=128, seed=6, tol=tol)

@@ -1,0 +1,50 @@
+"""The decode work list: every key of every context in exactly one piece, pieces balanced."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from real.attention import DECODE_BLOCK_N, MAX_PIECES, decode_items_for, decode_schedule
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 40000), min_size=1, max_size=64), st.integers(0, 40))
+def test_pieces_cover_each_context_once_and_fit_the_list(ctx, spare):
+    ctx = np.array(ctx)
+    items, first = decode_schedule(ctx, len(ctx) + spare)
+    assert items.shape == (len(ctx) + spare, 4) and first[0] == 0
+    used = items[:first[-1]]
+    assert np.all(items[first[-1]:, 0] == -1)
+    for s, c in enumerate(ctx):
+        mine = used[first[s]:first[s + 1]]
+        assert np.all(mine[:, 0] == s) and np.all(mine[:, 3] == len(mine))
+        assert 1 <= len(mine) <= MAX_PIECES
+        # Contiguous, non-empty, tile-aligned pieces that end at the context's end.
+        assert mine[0, 1] == 0 and mine[-1, 2] == c
+        assert np.all(mine[1:, 1] == mine[:-1, 2]) and np.all(mine[:, 2] > mine[:, 1])
+        assert np.all(mine[:, 1] % DECODE_BLOCK_N == 0)
+
+
+def test_a_long_context_among_short_ones_is_cut_and_the_short_ones_are_not():
+    ctx = np.array([20000] + [300] * 15)
+    items, first = decode_schedule(ctx, decode_items_for(len(ctx), 8, 68))
+    pieces = np.diff(first)
+    assert pieces[0] >= 10 and np.all(pieces[1:] == 1)
+    longest = (items[:first[-1], 2] - items[:first[-1], 1]).max()
+    assert longest <= 2048        # the critical path is a tenth of the long context, not all of it
+
+
+def test_uniform_batches_get_equal_pieces_and_small_batches_fill_the_gpu():
+    for n, sms in ((1, 132), (8, 68), (64, 68), (256, 132)):
+        ctx = np.full(n, 1024)
+        items, first = decode_schedule(ctx, decode_items_for(n, 8, sms))
+        pieces = np.diff(first)
+        assert np.all(pieces == pieces[0])
+        assert first[-1] * 8 >= min(sms, n * 8 * 16)   # programs (x KV heads) cover the SMs
+
+
+def test_too_few_items_is_an_error():
+    with pytest.raises(ValueError, match="3 sequences need at least 3 work items"):
+        decode_schedule(np.array([5, 6, 7]), 2)
