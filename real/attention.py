@@ -38,7 +38,7 @@ class AttentionMetadata:
       decode_ctx_lens [D] tokens attended including the new one, decode_block_tables [D, W],
       decode_items [I, 4] the work list (sequence, first key, end key, pieces of that
       sequence; sequence -1 for spare rows), decode_first [D+1] each sequence's first item.
-      See decode_schedule; I is fixed per CUDA graph.
+      See decode_schedule; I is fixed per CUDA graph, and so is decode_merge there.
     """
     slots: torch.Tensor
     num_prefill_tokens: int
@@ -50,6 +50,7 @@ class AttentionMetadata:
     decode_block_tables: torch.Tensor
     decode_items: torch.Tensor | None = None
     decode_first: torch.Tensor | None = None
+    decode_merge: bool = True   # False when no context was cut: the merge launch is skipped
     block_size: int = 16
 
     @property
@@ -75,9 +76,10 @@ def decode_items_for(num_seqs: int, num_kv_heads: int, num_sms: int) -> int:
 def decode_schedule(ctx_lens: np.ndarray, num_items: int) -> tuple[np.ndarray, np.ndarray]:
     """Cut each context into pieces of about equal length across the whole batch.
 
-    A sequence of c keys gets ceil(c * spare / total) pieces (at least one, at most
+    A sequence of c keys gets floor(c * spare / total) pieces (at least one, at most
     MAX_PIECES, none shorter than a tile), spare = num_items - len(ctx_lens); the sum never
-    exceeds num_items. Returns (items [num_items, 4] int32: sequence, first key, end key,
+    exceeds num_items. Floor, not ceiling: a context near the batch's average stays whole,
+    so large batches of similar contexts need no merge. Returns (items [num_items, 4] int32: sequence, first key, end key,
     pieces of the sequence, with sequence -1 on unused rows; first [n + 1] int32).
     """
     ctx = np.asarray(ctx_lens, dtype=np.int64)
@@ -87,7 +89,7 @@ def decode_schedule(ctx_lens: np.ndarray, num_items: int) -> tuple[np.ndarray, n
         raise ValueError(f"{n} sequences need at least {n} work items, got {num_items}")
     total = max(int(ctx.sum()), 1)
     tiles = -(-ctx // DECODE_BLOCK_N)
-    pieces = np.clip(-(-ctx * spare // total), 1, np.minimum(MAX_PIECES, np.maximum(tiles, 1)))
+    pieces = np.clip(ctx * spare // total, 1, np.minimum(MAX_PIECES, np.maximum(tiles, 1)))
     piece_len = -(-tiles // pieces) * DECODE_BLOCK_N
     pieces = np.maximum(-(-ctx // piece_len), 1)   # rounding up to tiles may leave fewer
     first = np.zeros(n + 1, dtype=np.int64)
@@ -304,5 +306,6 @@ def _decode_triton(q, k_cache, v_cache, meta, scale, out):
         q.stride(0), q.stride(1), meta.decode_block_tables.stride(0), out.stride(0), out.stride(1),
         scale * LOG2E, KV=kv, GROUP=group, GROUP_PAD=max(16, next_pow2(group)), D=d,
         PAGE=meta.block_size, PRECISION=_precision(q), **DECODE_CONFIG)
-    _merge_kernel[(n, h)](part, lse, meta.decode_first, out, out.stride(0), out.stride(1), H=h, D=d,
-                          MAX_PIECES=MAX_PIECES, num_warps=4)
+    if meta.decode_merge:
+        _merge_kernel[(n, h)](part, lse, meta.decode_first, out, out.stride(0), out.stride(1), H=h, D=d,
+                              MAX_PIECES=MAX_PIECES, num_warps=4)

@@ -9,6 +9,7 @@ Token times come from CUDA events measured against one origin event (host clock 
 """
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 import time
@@ -103,6 +104,7 @@ class RealEngine:
         self.clock = _Clock(self.runner.is_cuda)
         threads = [threading.Thread(target=self._guarded, args=(s,), name=f"stream-{s}", daemon=True)
                    for s in self.policy.streams]
+        gc.freeze()   # the model, caches and graphs are long-lived: keep collections off them
         with quick_gil_handoff():
             for t in threads:
                 t.start()

@@ -76,7 +76,8 @@ class PagedCase:
             prefill_cu_q=cu, prefill_start=torch.tensor([chunks[i][0] for i in pre], dtype=torch.int32),
             prefill_block_tables=table_tensor(pre), prefill_max_q=max(lens, default=0),
             decode_ctx_lens=torch.tensor(ctx, dtype=torch.int32), decode_block_tables=table_tensor(dec),
-            decode_items=torch.from_numpy(items), decode_first=torch.from_numpy(first), block_size=block_size)
+            decode_items=torch.from_numpy(items), decode_first=torch.from_numpy(first),
+            decode_merge=bool(first[-1] > len(dec)), block_size=block_size)
         self.to(device)
 
     def to(self, device: str) -> None:

@@ -45,6 +45,12 @@ def test_uniform_batches_get_equal_pieces_and_small_batches_fill_the_gpu():
         assert first[-1] * 8 >= min(sms, n * 8 * 16)   # programs (x KV heads) cover the SMs
 
 
+def test_a_large_batch_of_similar_contexts_is_not_cut():
+    ctx = np.random.default_rng(0).integers(300, 1200, 76)
+    items, first = decode_schedule(ctx, decode_items_for(len(ctx), 8, 132))
+    assert first[-1] == len(ctx)     # one piece each: no merge to launch
+
+
 def test_too_few_items_is_an_error():
     with pytest.raises(ValueError, match="3 sequences need at least 3 work items"):
         decode_schedule(np.array([5, 6, 7]), 2)
