@@ -1,8 +1,8 @@
 """Simulator fidelity: the same traces on the real H100 and in nexus-sim, compared.
 
     # on the GPU machine (one call per trace keeps each under ten minutes):
-    python experiments/fidelity.py real --traces sharegpt --out experiments/results/fidelity_real_sharegpt.json
-    python experiments/fidelity.py real --traces mixed --out experiments/results/fidelity_real_mixed.json
+    python experiments/fidelity.py real --policies chunked --out experiments/results/fidelity_real_chunked.json
+    python experiments/fidelity.py real --policies static,nexus --out experiments/results/fidelity_real_split.json
     # anywhere, afterwards:
     python experiments/fidelity.py compare experiments/results/fidelity_real_*.json
 
@@ -124,10 +124,11 @@ def compare(args: argparse.Namespace) -> int:
 
     import sim
 
-    by_key, machines = {}, []
+    by_key, machines, sources = {}, [], []
     for f in args.real:
         data = json.loads(Path(f).read_text())
         machines.append(data["machine"])
+        sources.append((f, data["command"], data["date"]))
         for case in data["cases"]:
             by_key[(case["trace"], case["rate_scale"], case["policy"])] = case
     cases = list(by_key.values())
@@ -177,7 +178,13 @@ def compare(args: argparse.Namespace) -> int:
             f"{e[k]:+.1f}" for k in ("ttft_s.mean", "ttft_s.p50", "ttft_s.p95", "tbt_s.mean", "tbt_s.p50",
                                      "tbt_s.p95", "throughput_rps")) + " |")
     lines += ["", f"Median absolute error across the {len(held_out)} held-out cases: " + ", ".join(
-        f"{k} {v:.1f}%" for k, v in summary["median_abs_pct"].items()), ""]
+        f"{k} {v:.1f}%" for k, v in summary["median_abs_pct"].items()), "",
+        f"Measured on {machines[0].get('name', '?')} (driver {machines[0].get('driver', '?')}, "
+        f"torch {machines[0].get('torch', '?')}). How each file was made:", ""]
+    lines += [f"- `{f}`: `{command}` ({date})" for f, command, date in sources]
+    lines += [f"- this report: `{record['command']}`", "",
+              "CDFs of TTFT and of each request's mean TBT, real (solid) against simulated (dashed):", ""]
+    lines += [f"![{t}](../figures/fidelity_cdf_{t}.png)" for t in sorted({c["trace"] for c in cases})]
     (results / "fidelity_h100.md").write_text("\n".join(lines) + "\n")
 
     figures = ROOT / "experiments" / "figures"
