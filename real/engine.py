@@ -10,12 +10,9 @@ Token times come from CUDA events measured against one origin event (host clock 
 from __future__ import annotations
 
 import gc
-import sys
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -26,23 +23,6 @@ from nexus.state import Batch, ServingState
 from real.batch import Chunk
 from real.model_runner import ModelRunner
 from real.partitions import Partition, Partitions
-
-
-# A thread that wants the GIL waits this long before the holder is asked to drop it. Python's
-# default (5 ms) is paid several times per decode step while the prefill thread launches an
-# eager forward, which tripled decode steps beside long prefills on an H100.
-GIL_HANDOFF_S = 1e-4
-
-
-@contextmanager
-def quick_gil_handoff() -> Iterator[None]:
-    """Run the block with a short GIL switch interval, so two stream threads interleave finely."""
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(GIL_HANDOFF_S)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(previous)
 
 
 class _Clock:
@@ -105,11 +85,10 @@ class RealEngine:
         threads = [threading.Thread(target=self._guarded, args=(s,), name=f"stream-{s}", daemon=True)
                    for s in self.policy.streams]
         gc.freeze()   # the model, caches and graphs are long-lived: keep collections off them
-        with quick_gil_handoff():
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
         if self._error is not None:
             raise self._error
 

@@ -1,8 +1,8 @@
 """CUDA graphs of prefill steps, one per (partition, token bucket), for chunks up to 512 tokens.
 
 An eager forward issues about ten kernels a layer from Python; for a few hundred tokens that
-host work (~10 ms for an 8B model) outlasts the GPU work and holds the GIL while the decode
-thread waits. A graph replays the same step in one call. Batches of up to MAX_SEQS prompts
+host work (~10 ms for an 8B model, with jitter) outlasts the GPU work. A graph replays the
+same step in one call. Batches of up to MAX_SEQS prompts
 whose tokens fit a bucket replay its graph; larger ones run eagerly, where the GPU is the
 bottleneck anyway.
 

@@ -23,7 +23,6 @@ from nexus.cost.fit import fit_calibration
 from nexus.errors import UserError
 from nexus.specs import GPUSpec, ModelSpec
 from real.batch import Chunk
-from real.engine import quick_gil_handoff
 from real.gpu_info import gpu_facts
 from real.model_runner import ModelRunner
 from real.partitions import Partitions
@@ -97,13 +96,12 @@ class Profiler:
                 times[which].append(time.perf_counter() - t0)
 
         threads = [threading.Thread(target=loop, args=(i, *pair)) for i, pair in enumerate((a, b))]
-        with quick_gil_handoff():   # as in the engine
-            for t in threads:
-                t.start()
-            time.sleep(duration_s)
-            stop.set()
-            for t in threads:
-                t.join()
+        for t in threads:
+            t.start()
+        time.sleep(duration_s)
+        stop.set()
+        for t in threads:
+            t.join()
         # The first and last steps of each side may have run partly alone.
         return tuple(statistics.median(ts[1:-1] if len(ts) > 3 else ts) for ts in times)
 
