@@ -1,10 +1,11 @@
 """Simulator fidelity: the same traces on the real H100 and in nexus-sim, compared.
 
-    # on the GPU machine (one call per trace keeps each under ten minutes):
+    # on the GPU machine (two calls, each under ten minutes on an H100):
     python experiments/fidelity.py real --policies chunked --out experiments/results/fidelity_real_chunked.json
     python experiments/fidelity.py real --policies static,nexus --out experiments/results/fidelity_real_split.json
-    # anywhere, afterwards:
-    python experiments/fidelity.py compare experiments/results/fidelity_real_*.json
+    # anywhere, afterwards (the Nexus controller plans with the calibration the runs used):
+    python experiments/fidelity.py compare experiments/results/fidelity_real_*.json \
+        --controller-calibration experiments/results/fidelity_controller_calibration_h100.json
 
     # once, to measure the engine's host time between steps on the held-in cases:
     python experiments/fidelity.py fit-gap experiments/results/fidelity_real_*.json
@@ -116,6 +117,23 @@ def signed_pct(sim: float, real: float) -> float:
     return 100.0 * (sim - real) / real
 
 
+def controller_calibration(path: str | None, cases: list[dict]) -> str | None:
+    """The calibration the engine's policies planned with, checked against what the runs recorded.
+
+    The simulated GPU always follows the shipped calibration; the policies plan with this one,
+    so that a Nexus controller in the simulator decides as the measured one did.
+    """
+    from nexus.cost.calibration import read_calibration
+
+    created = read_calibration(path or CALIBRATION)["created"]
+    used = {c["summary"]["cost_model"].get("created") for c in cases if c["policy"] == "nexus"}
+    if used - {created}:
+        raise SystemExit(f"the measured Nexus runs planned with a calibration created {sorted(used)}, "
+                         f"but {path or CALIBRATION} was created {created}; pass the one they used "
+                         "with --controller-calibration")
+    return path
+
+
 def compare(args: argparse.Namespace) -> int:
     import matplotlib
     matplotlib.use("Agg")
@@ -132,10 +150,11 @@ def compare(args: argparse.Namespace) -> int:
         for case in data["cases"]:
             by_key[(case["trace"], case["rate_scale"], case["policy"])] = case
     cases = list(by_key.values())
+    controller = controller_calibration(args.controller_calibration, cases)
     out_cases = []
     for case in cases:
         entries = case_entries(case["trace"], case["rate_scale"], case["requests"])
-        result = sim.run(entries, policy=case["policy"])
+        result = sim.run(entries, policy=case["policy"], policy_calibration=controller)
         real, simulated = case["summary"], result.summary
         errors = {f"{m}.{k}": signed_pct(simulated[m][k], real[m][k]) for m, k in METRICS}
         errors["throughput_rps"] = signed_pct(simulated["throughput_rps"], real["throughput_rps"])
@@ -163,7 +182,10 @@ def compare(args: argparse.Namespace) -> int:
                        f"{sorted(HELD_IN)} set the engine's step gap"}
     summary["within_target"] = {k: summary["median_abs_pct"][k] <= v for k, v in summary["targets_pct"].items()}
     results = ROOT / "experiments" / "results"
-    record = {"command": "python experiments/fidelity.py compare " + " ".join(args.real),
+    command = "python experiments/fidelity.py compare " + " ".join(args.real)
+    if args.controller_calibration:
+        command += f" --controller-calibration {args.controller_calibration}"
+    record = {"command": command,
               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "real_machine": machines[0], "summary": summary, "cases": out_cases}
     (results / "fidelity_h100.json").write_text(json.dumps(record, indent=1) + "\n")
@@ -225,6 +247,8 @@ def main() -> int:
     g.add_argument("real", nargs="+")
     c = sub.add_parser("compare", help="simulate the measured cases and report the errors")
     c.add_argument("real", nargs="+", help="measured files; a later file's case replaces an earlier one's")
+    c.add_argument("--controller-calibration",
+                   help="calibration the measured Nexus runs planned with, if not the shipped one")
     args = ap.parse_args()
     return {"real": run_real, "fit-gap": fit_gap, "compare": compare}[args.command](args)
 

@@ -33,15 +33,16 @@ PARTS = ("prefill", "decode", "corun", "mixed")
 @dataclass(frozen=True)
 class Grid:
     """Shapes to measure at every SM count: prefill (chunk, prior), decode (batch, context)."""
+    # Long prefixes too: chunks of long-document prompts continue 6-18k cached tokens.
     prefill: tuple = ((32, 0), (64, 0), (128, 0), (256, 0), (384, 0), (512, 0), (1024, 0), (2048, 0),
-                      (8192, 0), (128, 4096), (512, 4096), (2048, 4096))
+                      (8192, 0), (128, 4096), (512, 4096), (2048, 4096), (2048, 12288))
     decode: tuple = ((1, 512), (1, 4096), (8, 1024), (16, 512), (16, 2048), (32, 1024), (32, 4096),
                      (64, 512), (64, 2048), (96, 1024), (128, 512), (128, 2048), (192, 1024),
                      (256, 512), (256, 1024))
     # Small prefill sides too: Nexus gives prefill 16-56 SMs on long-prompt traces, and the
     # co-run slowdown there was 25% above what the model extrapolated from 32 SMs and up.
     corun_splits: tuple = (16, 24, 32, 64, 96)
-    corun_prefill: tuple = ((512, 0), (2048, 0), (2048, 4096))
+    corun_prefill: tuple = ((512, 0), (2048, 0), (2048, 4096), (2048, 12288))
     corun_decode: tuple = ((16, 1024), (64, 1024), (128, 2048))
     # chunked-prefill steps on the whole GPU: (chunk, prior) x (decode batch, context)
     mixed_prefill: tuple = ((16, 0), (128, 0), (512, 0), (2048, 0), (512, 2048))

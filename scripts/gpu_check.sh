@@ -43,8 +43,8 @@ step bench_smoke 600 $PY -m real.cli bench --trace traces/sharegpt.jsonl --limit
 if [ "${FULL:-0}" = 1 ]; then
     step profile_prefill_decode 600 $PY -m real.cli profile --part prefill,decode --out "$OUTDIR/calibration.json"
     step profile_corun_mixed 600 $PY -m real.cli profile --part corun,mixed --out "$OUTDIR/calibration.json"
-    step fidelity_sharegpt 600 $PY experiments/fidelity.py real --traces sharegpt --out "$OUTDIR/fidelity_real_sharegpt.json"
-    step fidelity_mixed 600 $PY experiments/fidelity.py real --traces mixed --out "$OUTDIR/fidelity_real_mixed.json"
+    step fidelity_chunked 600 $PY experiments/fidelity.py real --policies chunked --out "$OUTDIR/fidelity_real_chunked.json"
+    step fidelity_split 600 $PY experiments/fidelity.py real --policies static,nexus --out "$OUTDIR/fidelity_real_split.json"
 fi
 
 echo "gpu_check: results in $OUTDIR (status $status)"

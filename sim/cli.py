@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", default="h100-sxm", help=f"{', '.join(GPUS)}, or a .json/.toml GPUSpec")
     p.add_argument("--calibration", help="calibration JSON (default: the shipped one for the model and GPU, "
                                          "if any); 'analytical' forces the roofline model")
+    p.add_argument("--policy-calibration", metavar="CALIBRATION",
+                   help="cost model the policies plan with, if not the simulated GPU's own: a calibration "
+                        "JSON or 'analytical' (e.g. to replay a controller that ran on an older calibration)")
     p.add_argument("--split", help="static split PREFILL_SMS:DECODE_SMS, e.g. 64:68 (static policy)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="policy parameter, e.g. --param alpha=1.3 --param gamma=15 (repeatable)")
@@ -70,7 +73,7 @@ def _main(args: argparse.Namespace, console: Console) -> int:
             task = progress.add_task(f"simulating {policy.name}", total=None)
             results.append(run(
                 trace, policy=policy, model=args.model, gpu=args.gpu, calibration=args.calibration,
-                max_num_seqs=args.max_num_seqs,
+                policy_calibration=args.policy_calibration, max_num_seqs=args.max_num_seqs,
                 slo_ttft_s=args.slo_ttft, slo_tbt_s=args.slo_tbt,
                 on_progress=lambda done, total, t=task: progress.update(t, completed=done, total=total)))
     summaries = [r.summary for r in results]

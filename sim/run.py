@@ -44,12 +44,19 @@ def run(trace: str | Path | Sequence[TraceEntry], policy: str | Policy = "nexus"
         policy_params: dict | None = None, rate_scale: float = 1.0, rate: float | None = None,
         seed: int = 0, max_num_seqs: int = 256, gpu_memory_utilization: float = 0.9,
         slo_ttft_s: float | None = None, slo_tbt_s: float | None = None,
-        on_progress: Callable[[int, int], None] | None = None) -> Result:
-    """Simulate serving `trace` with `policy`; returns per-request and timeline DataFrames."""
+        on_progress: Callable[[int, int], None] | None = None,
+        policy_calibration: str | None = None) -> Result:
+    """Simulate serving `trace` with `policy`; returns per-request and timeline DataFrames.
+
+    `calibration` is what the simulated GPU does; `policy_calibration`, if given, is the cost
+    model the policy plans with (Nexus's split controller), so a controller can be run on a
+    model other than the truth: an older calibration, or 'analytical'.
+    """
     model_spec, gpu_spec = resolve_model(model), resolve_gpu(gpu)
     pol = policy if isinstance(policy, Policy) else make_policy(policy, **(policy_params or {}))
     pol.check(gpu_spec)
     cost = load_cost_model(model_spec, gpu_spec, calibration)
+    planning = cost if policy_calibration is None else load_cost_model(model_spec, gpu_spec, policy_calibration)
     pool = BlockPool(kv_capacity_blocks(model_spec, gpu_spec, gpu_memory_utilization))
     entries = load_entries(trace, rate_scale, rate, seed)
     for e in entries:
@@ -62,7 +69,7 @@ def run(trace: str | Path | Sequence[TraceEntry], policy: str | Policy = "nexus"
                 for e in entries]
 
     env = simpy.Environment()
-    state = ServingState(model_spec, gpu_spec, cost, pool, pol.priority, max_num_seqs)
+    state = ServingState(model_spec, gpu_spec, planning, pool, pol.priority, max_num_seqs)
     done = [0]
 
     def finished(n: int) -> None:
@@ -78,6 +85,8 @@ def run(trace: str | Path | Sequence[TraceEntry], policy: str | Policy = "nexus"
     frame = requests_frame(requests)
     summary = summarize(frame, state.gaps, pol.name, slo_ttft_s, slo_tbt_s)
     summary["cost_model"] = cost.describe()
+    if planning is not cost:
+        summary["policy_cost_model"] = planning.describe()
     summary["model"], summary["gpu"] = model_spec.name, gpu_spec.name
     summary["kv_blocks"] = pool.num_blocks
     config = {"policy": pol.describe(), "max_num_seqs": max_num_seqs,

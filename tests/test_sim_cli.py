@@ -46,6 +46,21 @@ def test_slo_flags_report_goodput(trace_file, capsys):
     assert summary["slo"]["goodput_rps"] <= summary["throughput_rps"] + 1e-9
 
 
+def test_policy_calibration_changes_only_what_the_policy_plans_with(trace_file, capsys):
+    def simulate(policy: str, *extra: str) -> dict:
+        assert main(["--trace", str(trace_file), "--policy", policy, "--json", "--quiet", *extra]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    planned = simulate("nexus", "--policy-calibration", "analytical")
+    default = simulate("nexus")
+    # The GPU is the same measured model; the controller planned on the roofline instead.
+    assert planned["cost_model"] == default["cost_model"] and planned["cost_model"]["name"] == "measured"
+    assert planned["policy_cost_model"]["name"] == "analytical" and "policy_cost_model" not in default
+    assert planned["ttft_s"] != default["ttft_s"]
+    # Chunked prefill plans without a cost model: its run does not change at all.
+    assert simulate("chunked", "--policy-calibration", "analytical")["ttft_s"] == simulate("chunked")["ttft_s"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--policy", "fifo"], "unknown policy 'fifo'"),
     (["--model", "gpt-5"], "unknown model 'gpt-5'"),
