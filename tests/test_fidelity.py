@@ -1,0 +1,27 @@
+"""The fidelity study replays the calibration the measured Nexus controller planned with."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
+from fidelity import CALIBRATION, controller_calibration  # noqa: E402
+
+
+def _cases(created: str) -> list[dict]:
+    return [{"policy": "chunked", "summary": {"cost_model": {}}},
+            {"policy": "nexus", "summary": {"cost_model": {"created": created}}}]
+
+
+def test_the_calibration_the_runs_recorded_is_accepted(tmp_path):
+    shipped = json.loads(CALIBRATION.read_text())["created"]
+    assert controller_calibration(None, _cases(shipped)) is None      # plan on the shipped one
+    older = tmp_path / "older.json"
+    older.write_text(json.dumps({**json.loads(CALIBRATION.read_text()), "created": "2020-01-01T00:00:00+00:00"}))
+    assert controller_calibration(str(older), _cases("2020-01-01T00:00:00+00:00")) == str(older)
+
+
+def test_a_calibration_other_than_the_runs_used_is_refused():
+    with pytest.raises(SystemExit, match="planned with a calibration created .*2020-01-01.*--controller-calibration"):
+        controller_calibration(None, _cases("2020-01-01T00:00:00+00:00"))
