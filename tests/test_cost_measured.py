@@ -488,8 +488,10 @@ def test_parts_merge_into_the_whole(data):
     second = _edit(data, lambda d: d["measurements"].update(
         prefill=meas["prefill"][100:], decode=meas["decode"], corun=[]))
     first["fit"] = {"stale": True}
+    first["created"], second["created"] = "2026-01-01T00:00:00+00:00", "2026-02-01T00:00:00+00:00"
     merged = merge_calibrations(first, second, "part2.json")
     assert "fit" not in merged
+    assert merged["created"] == second["created"]     # new contents, new identity
     for kind in ("prefill", "decode", "corun"):
         assert sorted(map(json.dumps, merged["measurements"][kind])) == \
             sorted(map(json.dumps, meas[kind]))

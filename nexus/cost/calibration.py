@@ -155,12 +155,14 @@ def merge_calibrations(base: dict[str, Any], part: dict[str, Any], origin: str) 
     """`base` with `part`'s measurements appended; the old fit is dropped (it is now stale).
 
     Both must describe the same model and GPU. Repeats of one grid point are all kept:
-    the fitter treats them as independent samples.
+    the fitter treats them as independent samples. `created` becomes the later of the two,
+    since the contents are new; it is what identifies a calibration in run records.
     """
     base_model = spec_from_dict(ModelSpec, base["model"], f"{origin}: model")
     base_gpu = spec_from_dict(GPUSpec, base["gpu"], f"{origin}: gpu")
     check_matches(part, base_model, base_gpu, origin)
     merged = {k: v for k, v in base.items() if k not in ("fit", "fit_error")}
+    merged["created"] = max(base["created"], part["created"])
     merged["measurements"] = {
         phase: list(base["measurements"].get(phase, [])) + list(part["measurements"].get(phase, []))
         for phase in PHASES}
