@@ -1,10 +1,11 @@
-"""CUDA graphs of decode steps, one per (partition, batch-size bucket).
+"""CUDA graphs of model steps: what every kind shares (StepGraphs), and decode steps, one
+graph per (partition, batch-size bucket).
 
 A graph is captured on its partition's own stream: one captured elsewhere and replayed on a
-green-context stream hangs. All graphs share one memory pool and one set of static input
-buffers; that is safe because a replay first waits for the previous replay, wherever it ran.
-A batch is padded up to its bucket with rows that write to and read from the KV cache's sink
-block.
+green-context stream hangs. The graphs of one kind share one memory pool and one set of
+static input buffers; that is safe because a replay first waits for the previous replay of
+its kind, wherever it ran. A decode batch is padded up to its bucket with rows that write to
+and read from the KV cache's sink block.
 """
 from __future__ import annotations
 
@@ -22,10 +23,57 @@ from real.partitions import Partition
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256)
 
 
-class DecodeGraphs:
+class StepGraphs:
+    """Graphs keyed by (partition name, bucket) over one int32 static input buffer of `size`
+    (with a pinned host twin), one memory pool, and one replay at a time."""
+
+    def __init__(self, model: Transformer, kv: KVCache, device: torch.device, size: int) -> None:
+        self.model, self.kv, self.device = model, kv, device
+        self.static = torch.zeros(size, dtype=torch.int32, device=device)
+        self.host = torch.zeros_like(self.static, device="cpu").pin_memory()
+        self.pool = torch.cuda.graph_pool_handle()
+        self._last_replay: torch.cuda.Event | None = None
+        self._empty = torch.zeros(0, dtype=torch.int32, device=device)
+
+    def _capture(self, partition: Partition, forward) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """Capture `forward` (which reads the static buffer) on `partition`'s stream."""
+        with partition.use():
+            torch.cuda.current_stream().wait_stream(torch.cuda.default_stream(self.device))
+            forward()  # compiles kernels and warms cuBLAS on this stream, outside the capture
+            torch.cuda.current_stream().synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool, stream=torch.cuda.current_stream()):
+                out = forward()
+            torch.cuda.current_stream().synchronize()
+        return graph, out
+
+    def buckets(self, partition: Partition) -> list[int]:
+        return sorted(n for name, n in self.graphs if name == partition.name)
+
+    def _host_free(self) -> None:
+        """Wait until the last replay's copy out of `host` has finished, so it can be refilled."""
+        if self._last_replay is not None:
+            self._last_replay.synchronize()
+
+    def _replay(self, graph: torch.cuda.CUDAGraph, hidden: torch.Tensor, rows: int,
+                upload) -> tuple[torch.Tensor, torch.Tensor]:
+        """After the previous replay, `upload()` the host inputs, replay, and run the LM head on
+        the first `rows` hidden states; returns (logits, tokens). Call inside partition.use()."""
+        stream = torch.cuda.current_stream()
+        if self._last_replay is not None:
+            stream.wait_event(self._last_replay)  # shared pool and inputs: one replay at a time
+        upload()
+        graph.replay()
+        logits = self.model.compute_logits(hidden[:rows])
+        tokens = logits.argmax(-1)
+        self._last_replay = torch.cuda.Event()
+        self._last_replay.record(stream)   # after the LM head has read the graph's output
+        return logits, tokens
+
+
+class DecodeGraphs(StepGraphs):
     def __init__(self, model: Transformer, kv: KVCache, max_batch: int, max_blocks_per_seq: int,
                  device: torch.device) -> None:
-        self.model, self.kv, self.device = model, kv, device
         self.max_batch, self.width = max_batch, max_blocks_per_seq
         b, w = max_batch, max_blocks_per_seq
         # Layout of the one static int32 buffer: ids | positions | slots | ctx lens | work items
@@ -34,14 +82,10 @@ class DecodeGraphs:
         self._items_at = 4 * b
         self._first_at = self._items_at + 4 * self.max_items
         self._tables_at = self._first_at + -(-(b + 1) // 4) * 4
-        self.static = torch.zeros(self._tables_at + b * w, dtype=torch.int32, device=device)
-        self.host = torch.zeros_like(self.static, device="cpu").pin_memory()
+        super().__init__(model, kv, device, self._tables_at + b * w)
         self._pad_rows(0)
         # (partition, bucket) -> (graph, its output hidden states, its work-list length)
         self.graphs: dict[tuple[str, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, int]] = {}
-        self.pool = torch.cuda.graph_pool_handle()
-        self._last_replay: torch.cuda.Event | None = None
-        self._empty = torch.zeros(0, dtype=torch.int32, device=device)
 
     def _views(self, n: int, items: int) -> tuple[torch.Tensor, ...]:
         b, s = self.max_batch, self.static
@@ -66,9 +110,6 @@ class DecodeGraphs:
         h[3 * b + first:4 * b] = 1
         h[self._tables_at:].view(b, self.width)[first:, 0] = self.kv.pad_block
 
-    def buckets(self, partition: Partition) -> list[int]:
-        return sorted(n for name, n in self.graphs if name == partition.name)
-
     def capture(self, partition: Partition, buckets: Iterable[int]) -> None:
         """Capture one graph per bucket on `partition`'s stream, largest first."""
         for n in sorted({b for b in buckets if b <= self.max_batch}, reverse=True):
@@ -84,17 +125,7 @@ class DecodeGraphs:
 
             # The graph stops at the final hidden states: keeping [bucket, vocab] logits alive
             # for every (partition, bucket) would take gigabytes; the LM head runs after replay.
-            def forward() -> torch.Tensor:
-                return self.model(ids, pos, self.kv, meta)
-
-            with partition.use():
-                torch.cuda.current_stream().wait_stream(torch.cuda.default_stream(self.device))
-                forward()  # compiles kernels and warms cuBLAS on this stream, outside the capture
-                torch.cuda.current_stream().synchronize()
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=self.pool, stream=torch.cuda.current_stream()):
-                    hidden = forward()
-                torch.cuda.current_stream().synchronize()
+            graph, hidden = self._capture(partition, lambda: self.model(ids, pos, self.kv, meta))
             self.graphs[(partition.name, n)] = (graph, hidden, items)
 
     def bucket_for(self, partition: Partition, n: int) -> int | None:
@@ -107,8 +138,7 @@ class DecodeGraphs:
         Must be called inside partition.use(). Results live in static buffers until the next replay.
         """
         n, b, bs, h = len(batch), self.max_batch, self.kv.block_size, self.host.numpy()
-        if self._last_replay is not None:
-            self._last_replay.synchronize()  # the last copy out of `host` has finished
+        self._host_free()
         self._pad_rows(n)  # rows past this batch may still hold a longer previous batch
         ctx = np.fromiter((c.end for c in batch), dtype=np.int32, count=n)
         h[:n] = [c.token_ids[0] for c in batch]
@@ -122,15 +152,10 @@ class DecodeGraphs:
         h[3 * b:3 * b + n] = ctx
         graph, hidden, items = self.graphs[(partition.name, bucket)]
         self._schedule(bucket, items)
-        stream = torch.cuda.current_stream()
-        if self._last_replay is not None:
-            stream.wait_event(self._last_replay)  # shared pool and inputs: one replay at a time
         t = self._tables_at
-        self.static[:t].copy_(self.host[:t], non_blocking=True)
-        self.static[t:t + bucket * self.width].copy_(self.host[t:t + bucket * self.width], non_blocking=True)
-        graph.replay()
-        logits = self.model.compute_logits(hidden[:n])
-        tokens = logits.argmax(-1)
-        self._last_replay = torch.cuda.Event()
-        self._last_replay.record(stream)   # after the LM head has read the graph's output
-        return logits, tokens
+
+        def upload() -> None:
+            self.static[:t].copy_(self.host[:t], non_blocking=True)
+            self.static[t:t + bucket * self.width].copy_(self.host[t:t + bucket * self.width], non_blocking=True)
+
+        return self._replay(graph, hidden, n, upload)

@@ -20,6 +20,7 @@ import torch
 
 from real.attention import AttentionMetadata
 from real.batch import Chunk
+from real.graphs import StepGraphs
 from real.kv_cache import KVCache
 from real.model import Transformer
 from real.partitions import Partition
@@ -29,22 +30,17 @@ MAX_SEQS = 16
 PREFILL_GRAPH_BUCKETS = (16, 32, 64, 128, 192, 256, 320, 384, 448, 512)
 
 
-class PrefillGraphs:
+class PrefillGraphs(StepGraphs):
     def __init__(self, model: Transformer, kv: KVCache, max_blocks_per_seq: int, device: torch.device,
                  max_tokens: int = max(PREFILL_GRAPH_BUCKETS)) -> None:
-        self.model, self.kv, self.device = model, kv, device
         self.width, self.max_tokens = max_blocks_per_seq, max_tokens
         t, p, w = max_tokens, MAX_SEQS, max_blocks_per_seq
         # One static int32 buffer: ids | positions | slots | cu_q (p+1, padded to p+4) | starts |
         # select | tables. Each part starts on a 16-byte boundary (Triton specialises on it).
         self._sizes = (t, t, t, p + 4, p, p, p * w)
         self._offsets = np.concatenate([[0], np.cumsum(self._sizes)])
-        self.static = torch.zeros(int(self._offsets[-1]), dtype=torch.int32, device=device)
-        self.host = torch.zeros_like(self.static, device="cpu").pin_memory()
+        super().__init__(model, kv, device, int(self._offsets[-1]))
         self.graphs: dict[tuple[str, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self.pool = torch.cuda.graph_pool_handle()
-        self._last_replay: torch.cuda.Event | None = None
-        self._empty = torch.zeros(0, dtype=torch.int32, device=device)
 
     def _part(self, buf: torch.Tensor | np.ndarray, i: int):
         return buf[self._offsets[i]:self._offsets[i] + self._sizes[i]]
@@ -56,9 +52,6 @@ class PrefillGraphs:
         starts, select = self._part(s, 4), self._part(s, 5)
         tables = self._part(s, 6).view(MAX_SEQS, self.width)
         return ids, pos, slots, cu, starts, select, tables
-
-    def buckets(self, partition: Partition) -> list[int]:
-        return sorted(n for name, n in self.graphs if name == partition.name)
 
     def bucket_for(self, partition: Partition, batch: Sequence[Chunk]) -> int | None:
         if len(batch) > MAX_SEQS or any(len(c.token_ids) < 2 for c in batch):
@@ -100,18 +93,7 @@ class PrefillGraphs:
                 slots=slots, num_prefill_tokens=bucket, prefill_cu_q=cu, prefill_start=starts,
                 prefill_block_tables=tables, prefill_max_q=bucket, decode_ctx_lens=self._empty,
                 decode_block_tables=self._empty.view(0, 1), block_size=self.kv.block_size)
-
-            def forward() -> torch.Tensor:
-                return self.model(ids, pos, self.kv, meta, select)
-
-            with partition.use():
-                torch.cuda.current_stream().wait_stream(torch.cuda.default_stream(self.device))
-                forward()   # compile and warm up on this stream, outside the capture
-                torch.cuda.current_stream().synchronize()
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=self.pool, stream=torch.cuda.current_stream()):
-                    hidden = forward()
-                torch.cuda.current_stream().synchronize()
+            graph, hidden = self._capture(partition, lambda: self.model(ids, pos, self.kv, meta, select))
             self.graphs[(partition.name, bucket)] = (graph, hidden)
 
     def run(self, batch: Sequence[Chunk], partition: Partition, bucket: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,17 +101,8 @@ class PrefillGraphs:
 
         Must be called inside partition.use(). Results live in static buffers until the next replay.
         """
-        if self._last_replay is not None:
-            self._last_replay.synchronize()   # the last copy out of `host` has finished
+        self._host_free()
         self._fill_host(batch)
-        stream = torch.cuda.current_stream()
-        if self._last_replay is not None:
-            stream.wait_event(self._last_replay)   # shared pool and inputs: one replay at a time
-        self.static.copy_(self.host, non_blocking=True)
         graph, hidden = self.graphs[(partition.name, bucket)]
-        graph.replay()
-        logits = self.model.compute_logits(hidden[:len(batch)])
-        tokens = logits.argmax(-1)
-        self._last_replay = torch.cuda.Event()
-        self._last_replay.record(stream)
-        return logits, tokens
+        return self._replay(graph, hidden, len(batch),
+                            lambda: self.static.copy_(self.host, non_blocking=True))
