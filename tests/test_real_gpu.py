@@ -107,6 +107,20 @@ def _prefilled_runner(num_seqs: int, prompt: int):
     return runner, prompts, tables
 
 
+def _assert_graph_replays_like_eager(runner: ModelRunner, batch: list[Chunk], part) -> None:
+    """The graph's logits match an eager step's, and padding wrote only to the sink block:
+    every cache slot the replay changed is one of the batch's tokens (each token must be new
+    to its slot, so that writing it changes the slot)."""
+    before = runner.kv.data[:, :, :runner.num_blocks].clone()
+    graph = runner.logits(batch, part)
+    after = runner.kv.data[:, :, :runner.num_blocks].clone()
+    eager = runner.logits(batch, part, graphs=False)
+    assert rel_err(graph, eager) < 1e-2, part.name
+    changed = (before != after).flatten(4).any(-1).any(0).any(0).nonzero().tolist()
+    expected = sorted((c.block_table[p // 16], p % 16) for c in batch for p in range(c.start, c.end))
+    assert sorted(map(tuple, changed)) == expected
+
+
 def test_graphs_replay_like_eager_on_every_partition(parts) -> None:
     runner, prompts, tables = _prefilled_runner(8, 100)
     targets = [parts.decode(64), parts.prefill(32), parts.decode(FULL_GPU)]
@@ -117,15 +131,7 @@ def test_graphs_replay_like_eager_on_every_partition(parts) -> None:
             # A new token each time, so every batch token changes its cache slot.
             batch = [Chunk([(7 + i + 31 * n + 97 * k) % SMALL.vocab_size], len(prompts[i]), tables[i])
                      for i in range(n)]
-            before = runner.kv.data[:, :, :runner.num_blocks].clone()
-            graph = runner.logits(batch, part)
-            after = runner.kv.data[:, :, :runner.num_blocks].clone()
-            eager = runner.logits(batch, part, graphs=False)
-            assert rel_err(graph, eager) < 1e-2, part.name
-            # Padded rows wrote only to the sink block: every changed slot is a batch token's.
-            changed = (before != after).flatten(4).any(-1).any(0).any(0).nonzero().tolist()
-            expected = sorted([tables[i][len(prompts[i]) // 16], len(prompts[i]) % 16] for i in range(n))
-            assert sorted(changed) == expected
+            _assert_graph_replays_like_eager(runner, batch, part)
 
 
 def test_prefill_graphs_replay_like_eager_and_pad_into_the_sink(parts) -> None:
@@ -149,15 +155,7 @@ def test_prefill_graphs_replay_like_eager_and_pad_into_the_sink(parts) -> None:
         ]
         for batch in cases:
             assert runner._prefill_graphs.bucket_for(part, batch) is not None
-            before = runner.kv.data[:, :, :runner.num_blocks].clone()
-            graph = runner.logits(batch, part)
-            after = runner.kv.data[:, :, :runner.num_blocks].clone()
-            eager = runner.logits(batch, part, graphs=False)
-            assert rel_err(graph, eager) < 1e-2, part.name
-            # Padding wrote only to the sink block: every changed slot is a batch token's.
-            changed = (before != after).flatten(4).any(-1).any(0).any(0).nonzero().tolist()
-            expected = sorted({(c.block_table[p // 16], p % 16) for c in batch for p in range(c.start, c.end)})
-            assert sorted(map(tuple, changed)) == expected
+            _assert_graph_replays_like_eager(runner, batch, part)
     too_long = [Chunk(list(range(150)), 0, list(range(400, 416))), Chunk(list(range(150)), 0, list(range(420, 436)))]
     assert runner._prefill_graphs.bucket_for(targets[0], too_long) is None
 
