@@ -25,10 +25,10 @@ from nexus.errors import UserError
 from nexus.specs import ModelSpec
 from real.batch import Chunk, pack, validate
 from real.graphs import DEFAULT_BUCKETS, DecodeGraphs
-from real.prefill_graphs import MAX_SEQS, PREFILL_GRAPH_BUCKETS, PrefillGraphs
 from real.kv_cache import BLOCK_SIZE, KVCache, blocks_for_memory
 from real.model import build_model
 from real.partitions import Partition
+from real.prefill_graphs import MAX_SEQS, PREFILL_GRAPH_BUCKETS, PrefillGraphs
 from real.weights import load_weights
 
 CPU_DEFAULT_BLOCKS = 256
