@@ -85,26 +85,46 @@ class Profiler:
         return statistics.median(times)
 
     def time_together(self, a: tuple[list[Chunk], object], b: tuple[list[Chunk], object],
-                      duration_s: float = 0.6) -> tuple[float, float]:
-        """Median step time of each phase while both loop on their partitions at once."""
+                      min_steps: int = 3, min_duration_s: float = 0.3) -> tuple[float, float]:
+        """Median step time of each phase while both loop on their partitions at once.
+
+        Only steps that ran entirely while the other side was stepping count. A fixed window
+        would not do: a long prefill step (half a second on 16 SMs) would finish alone after
+        the decode loop stopped, and read as barely slowed.
+        """
         stop = threading.Event()
-        times: list[list[float]] = [[], []]
+        spans: list[list[tuple[float, float]]] = [[], []]
 
         def loop(which: int, chunks: list[Chunk], part) -> None:
             while not stop.is_set():
                 t0 = time.perf_counter()
                 self.runner.step(chunks, part)
-                times[which].append(time.perf_counter() - t0)
+                spans[which].append((t0, time.perf_counter()))
 
         threads = [threading.Thread(target=loop, args=(i, *pair)) for i, pair in enumerate((a, b))]
+        start = time.perf_counter()
         for t in threads:
             t.start()
-        time.sleep(duration_s)
+
+        def enough() -> bool:
+            return (time.perf_counter() - start >= min_duration_s
+                    and all(len(s) > 0 for s in spans)
+                    and len(covered_steps(spans[0], spans[1])) >= min_steps
+                    and len(covered_steps(spans[1], spans[0])) >= min_steps)
+
+        while not enough():
+            time.sleep(0.005)
         stop.set()
         for t in threads:
             t.join()
-        # The first and last steps of each side may have run partly alone.
-        return tuple(statistics.median(ts[1:-1] if len(ts) > 3 else ts) for ts in times)
+        return (statistics.median(covered_steps(spans[0], spans[1])),
+                statistics.median(covered_steps(spans[1], spans[0])))
+
+
+def covered_steps(steps: list[tuple[float, float]], other: list[tuple[float, float]]) -> list[float]:
+    """Durations of the (start, end) steps that lie within the other side's stepping."""
+    first, last = other[0][0], other[-1][1]
+    return [end - begin for begin, end in steps if begin >= first and end <= last]
 
 
 def profile(runner: ModelRunner, parts: Partitions, model: ModelSpec, gpu: GPUSpec, out: Path,

@@ -1,5 +1,6 @@
 """The profiler's bookkeeping on CPU: a tiny grid is measured, written, resumed and fitted."""
 import json
+import time
 
 import pytest
 
@@ -9,7 +10,7 @@ from nexus.cost.calibration import read_calibration  # noqa: E402
 from nexus.specs import GPUS, MODELS  # noqa: E402
 from real.model_runner import ModelRunner  # noqa: E402
 from real.partitions import Partitions  # noqa: E402
-from real.profile import Grid, profile  # noqa: E402
+from real.profile import Grid, Profiler, covered_steps, profile  # noqa: E402
 
 TINY_GRID = Grid(prefill=((16, 0), (64, 0), (32, 64)), decode=((1, 32), (4, 64), (8, 32)),
                  corun_splits=(64,), corun_prefill=((32, 0),), corun_decode=((4, 32),),
@@ -39,3 +40,33 @@ def test_profile_writes_a_valid_resumable_calibration(tmp_path):
     assert all(r["time_s"] > 0 for r in data["measurements"]["prefill"] + data["measurements"]["decode"])
     assert "fit" in data and set(data["fit_error"]) >= {"prefill", "decode", "corun_slowdown"}
     assert json.loads(out.read_text())["model"]["name"] == "tiny-llama"
+
+
+class ContendedRunner:
+    """Steps that sleep, progressing at half speed while the other side is mid-step."""
+
+    def __init__(self, work_s: dict[str, float]):
+        self.work_s, self.active = work_s, set()
+
+    def step(self, chunks, part) -> None:
+        self.active.add(part)
+        done = 0.0
+        while done < self.work_s[part]:
+            t0 = time.perf_counter()
+            time.sleep(0.002)
+            done += (time.perf_counter() - t0) * (0.5 if self.active - {part} else 1.0)
+        self.active.discard(part)
+
+
+def test_time_together_counts_only_steps_the_other_side_overlapped():
+    # A step longer than the old fixed 0.6 s window, which read it as 1.75x, must read as 2x.
+    runner = ContendedRunner({"prefill": 0.4, "decode": 0.01})
+    prof = Profiler(runner, parts=None)
+    together_p, together_d = prof.time_together(([], "prefill"), ([], "decode"), min_steps=1)
+    assert together_p == pytest.approx(0.8, rel=0.08)
+    assert together_d == pytest.approx(0.02, rel=0.25)
+
+
+def test_covered_steps_drops_steps_outside_the_other_sides_run():
+    other = [(1.0, 2.0), (2.0, 3.0)]
+    assert covered_steps([(0.5, 1.5), (1.5, 2.5), (2.5, 3.5)], other) == [1.0]
