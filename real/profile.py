@@ -10,6 +10,7 @@ replay, and the wait for tokens), which is what the simulator must predict.
 """
 from __future__ import annotations
 
+import gc
 import statistics
 import threading
 import time
@@ -45,7 +46,7 @@ class Grid:
     corun_prefill: tuple = ((512, 0), (2048, 0), (2048, 4096), (2048, 12288))
     corun_decode: tuple = ((16, 1024), (64, 1024), (128, 2048))
     # chunked-prefill steps on the whole GPU: (chunk, prior) x (decode batch, context)
-    mixed_prefill: tuple = ((16, 0), (128, 0), (512, 0), (2048, 0), (512, 2048))
+    mixed_prefill: tuple = ((16, 0), (64, 4096), (128, 0), (512, 0), (2048, 0), (512, 2048), (2048, 8192))
     mixed_decode: tuple = ((1, 1024), (16, 1024), (64, 1024), (128, 1024), (256, 512))
 
     def decode_batches(self) -> list[int]:
@@ -129,6 +130,7 @@ def covered_steps(steps: list[tuple[float, float]], other: list[tuple[float, flo
 
 def profile(runner: ModelRunner, parts: Partitions, model: ModelSpec, gpu: GPUSpec, out: Path,
             which: list[str], command: str, repeats: int = 5, grid: Grid = Grid(), log=print) -> dict:
+    gc.freeze()   # as the engine does before a run: eager steps must not pay for collections it skips
     data = new_calibration(model, gpu, command=command, machine=gpu_facts(),
                            grid={"sms": [0, *parts.made()], **asdict(grid)})
     if out.exists():

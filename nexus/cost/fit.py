@@ -35,12 +35,15 @@ in 1/s through its two neighbouring columns is pushed toward zero, with weight S
 work that scales with SMs, and work that has stopped scaling, both are; the knee where
 one turns into the other costs a little penalty and stays.
 
-Co-run slowdown of a phase is 1 + a*u_o + b*u_s*u_o + c*min(u_o, max(0, u_s + u_o - k)),
-with u_s and u_o the HBM bandwidth each phase draws alone (its bytes, from the model's
-shapes, over its fitted solo time, as a fraction of the datasheet bandwidth). a is
-interference felt even by compute-bound work, b grows with how memory-bound the slowed
-phase is, and c is the oversubscription above k, the fraction of datasheet bandwidth the
-chip really delivers. a, b, c >= 0 are fitted per slowed phase by NNLS; k by a grid search.
+Co-run slowdown of a phase is 1 + a*u_o + b*u_s*u_o + c*min(u_o, max(0, u_s + u_o - k))
++ d*f_o*u_o, with u_s and u_o the HBM bandwidth each phase draws alone (its bytes, from the
+model's shapes, over its fitted solo time, as a fraction of the datasheet bandwidth) and f_o
+the other phase's share of the SMs. a is interference felt even by compute-bound work, b
+grows with how memory-bound the slowed phase is, c is the oversubscription above k, the
+fraction of datasheet bandwidth the chip really delivers, and d is pressure that grows with
+how many SMs the rival drives at the memory system: on the H100, prefill on 16 SMs runs
+1.8-2x slower beside decode on 116, but 1.2x beside decode on 36 SMs that draw nearly as
+much bandwidth. a, b, c, d >= 0 are fitted per slowed phase by NNLS; k by a grid search.
 The factor is 1 when the other phase is idle and never falls as its demand grows.
 
 Held-out error: a seeded random quarter of the grid points of each kind (a point is an SM
@@ -64,7 +67,7 @@ from nexus.errors import UserError
 from nexus.specs import GPUSpec, ModelSpec
 
 FIT_METHOD = "monotone-piecewise-nnls"
-FIT_VERSION = 2
+FIT_VERSION = 3
 # Prefill attention coefficients, in the order of prefill_attention's features.
 PREFILL_ATTENTION = ("own_pair_s", "cross_pair_s", "prior_token_s")
 MAX_KNOTS = 12
@@ -77,9 +80,11 @@ BANDWIDTH_FRACTIONS = np.round(np.arange(0.40, 1.201, 0.05), 2)
 # Used when a calibration holds no co-run measurements: rough, in line with the analytical
 # model's defaults, and reported as such.
 DEFAULT_CORUN = {"bandwidth_fraction": 0.85,
-                 "prefill": {"other_use": 0.10, "own_x_other_use": 0.0, "oversubscription": 0.5},
-                 "decode": {"other_use": 0.05, "own_x_other_use": 0.0, "oversubscription": 1.0}}
-CORUN_TERMS = ("other_use", "own_x_other_use", "oversubscription")
+                 "prefill": {"other_use": 0.10, "own_x_other_use": 0.0, "oversubscription": 0.5,
+                             "other_share_x_use": 0.0},
+                 "decode": {"other_use": 0.05, "own_x_other_use": 0.0, "oversubscription": 1.0,
+                            "other_share_x_use": 0.0}}
+CORUN_TERMS = ("other_use", "own_x_other_use", "oversubscription", "other_share_x_use")
 
 
 # ---- non-negative least squares ------------------------------------------------------
@@ -258,18 +263,27 @@ def decode_shape(rec: dict) -> BatchShape:
     return BatchShape(decode_seqs=rec["batch"], decode_kv_tokens=rec["batch"] * rec["context"])
 
 
-def corun_terms(own: np.ndarray, other: np.ndarray, bandwidth_fraction: float) -> np.ndarray:
+def corun_terms(own: np.ndarray, other: np.ndarray, bandwidth_fraction: float,
+                other_share: np.ndarray) -> np.ndarray:
     """Feature columns of the slowdown model (see the module docstring), one row per pair."""
     over = np.minimum(other, np.maximum(own + other - bandwidth_fraction, 0.0))
-    return np.stack([other, own * other, over], axis=-1)
+    return np.stack(np.broadcast_arrays(other, own * other, over, other_share * other), axis=-1)
 
 
-def _corun_uses(cost: Any, records: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-    """Bandwidth fractions each phase of each co-run draws alone, under the solo model."""
-    bw = cost.gpu.hbm_bandwidth
+def sm_share(sms: Any, num_sms: int) -> Any:
+    """Fraction of the GPU's SMs a stream runs on; the plain stream (FULL_GPU) has them all."""
+    return np.where(np.asarray(sms) == FULL_GPU, 1.0, np.asarray(sms) / num_sms)
+
+
+def _corun_uses(cost: Any, records: list[dict]) -> tuple[np.ndarray, ...]:
+    """Bandwidth fractions each phase of each co-run draws alone, under the solo model, and
+    each phase's share of the SMs."""
+    bw, n = cost.gpu.hbm_bandwidth, cost.gpu.num_sms
     up = [cost.memory_demand(prefill_shape(r["prefill"]), r["prefill"]["sms"]) / bw for r in records]
     ud = [cost.memory_demand(decode_shape(r["decode"]), r["decode"]["sms"]) / bw for r in records]
-    return np.array(up), np.array(ud)
+    fp = sm_share([r["prefill"]["sms"] for r in records], n)
+    fd = sm_share([r["decode"]["sms"] for r in records], n)
+    return np.array(up), np.array(ud), fp, fd
 
 
 def fit_corun(cost: Any, records: list[dict]) -> dict[str, Any]:
@@ -277,16 +291,16 @@ def fit_corun(cost: Any, records: list[dict]) -> dict[str, Any]:
     if not records:
         return {**DEFAULT_CORUN, "n": 0,
                 "source": "defaults: the calibration has no co-run measurements"}
-    up, ud = _corun_uses(cost, records)
+    up, ud, fp, fd = _corun_uses(cost, records)
     measured = {"prefill": np.array([r["prefill_time_s"] / r["prefill_solo_s"] for r in records]),
                 "decode": np.array([r["decode_time_s"] / r["decode_solo_s"] for r in records])}
-    own_other = {"prefill": (up, ud), "decode": (ud, up)}
+    own_other = {"prefill": (up, ud, fd), "decode": (ud, up, fp)}
     best = None
     for k in BANDWIDTH_FRACTIONS:
         params, sse = {}, 0.0
-        for phase, (own, other) in own_other.items():
+        for phase, (own, other, other_share) in own_other.items():
             slow = measured[phase]
-            x = corun_terms(own, other, float(k)) / slow[:, None]
+            x = corun_terms(own, other, float(k), other_share) / slow[:, None]
             coef = nnls(x, (slow - 1.0) / slow)
             sse += float(np.sum((x @ coef - (slow - 1.0) / slow) ** 2))
             params[phase] = dict(zip(CORUN_TERMS, coef.tolist()))

@@ -34,7 +34,7 @@ import numpy as np
 from nexus.cost.base import FULL_GPU, BatchShape, sms_array
 from nexus.cost.calibration import check_matches, read_calibration
 from nexus.cost.fit import (CORUN_TERMS, FIT_METHOD, FIT_VERSION, PREFILL_ATTENTION,
-                            fit_calibration, prefill_attention)
+                            fit_calibration, prefill_attention, sm_share)
 from nexus.cost.roofline import IterationWork
 from nexus.errors import UserError
 from nexus.specs import GPUSpec, ModelSpec
@@ -336,14 +336,14 @@ class MeasuredCost:
             return t
         return self._total_bytes(shape) / t
 
-    def _excess(self, phase: str, own: Any, other: Any) -> Any:
-        a, b, c = self._corun[phase]
+    def _excess(self, phase: str, own: Any, other: Any, other_share: Any) -> Any:
+        a, b, c, d = self._corun[phase]
         k = self._corun["k"]
         if isinstance(own, np.ndarray) or isinstance(other, np.ndarray):
             over = np.minimum(other, np.maximum(own + other - k, 0.0))
         else:
             over = min(other, max(own + other - k, 0.0))
-        return a * other + b * own * other + c * over
+        return a * other + b * own * other + c * over + d * other_share * other
 
     def slowdown(self, shape: BatchShape, sms: int | np.ndarray,
                  other: BatchShape, other_sms: int | np.ndarray) -> float | np.ndarray:
@@ -361,16 +361,19 @@ class MeasuredCost:
         bw = self._bandwidth
         own = self._total_bytes(shape) / self.solo_time(shape, sms) / bw
         rival = self._total_bytes(other) / self.solo_time(other, other_sms) / bw
+        share = sm_share(other_sms, self.gpu.num_sms)
+        if scalar:
+            share = float(share)
         has_pre, has_dec = shape.prefill_tokens > 0, shape.decode_seqs > 0
         if has_pre and has_dec:
             pre_only = BatchShape(prefill_chunks=shape.prefill_chunks)
             tp = self.solo_time(pre_only, sms)
             w = tp / (tp + self.solo_time(BatchShape(decode_seqs=shape.decode_seqs,
                                                      decode_kv_tokens=shape.decode_kv_tokens), sms))
-            excess = w * self._excess("prefill", own, rival) + \
-                (1.0 - w) * self._excess("decode", own, rival)
+            excess = w * self._excess("prefill", own, rival, share) + \
+                (1.0 - w) * self._excess("decode", own, rival, share)
         else:
-            excess = self._excess("prefill" if has_pre else "decode", own, rival)
+            excess = self._excess("prefill" if has_pre else "decode", own, rival, share)
         if scalar:
             return 1.0 + excess
         return np.broadcast_to(1.0 + excess, np.broadcast_shapes(np.shape(sms),
