@@ -79,7 +79,8 @@ def run_real(args: argparse.Namespace) -> int:
                     "timeline": {col: timeline[col].round(6).tolist() if timeline[col].dtype.kind == "f"
                                  else timeline[col].tolist()
                                  for col in ("start_s", "end_s", "stream", "sms", "prefill_tokens",
-                                             "decode_seqs")}})
+                                             "decode_seqs", "prefill_prior_tokens",
+                                             "decode_kv_tokens")}})
                 Path(args.out).write_text(json.dumps(record) + "\n")   # keep what finished
     return 0   # green contexts are released with the process
 

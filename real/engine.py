@@ -62,6 +62,8 @@ class StepRecord:
     prefill_tokens: int
     decode_seqs: int
     kv_usage: float
+    prefill_prior_tokens: int   # cached tokens the step's chunks continue (their attention reach)
+    decode_kv_tokens: int
 
 
 class RealEngine:
@@ -131,6 +133,7 @@ class RealEngine:
                 split = policy.split(state)
                 batch.sms = split.decode_sms if stream == "decode" else split.prefill_sms
                 chunks = self._chunks(batch)
+                shape = batch.shape(state)
                 prefill_sms = split.prefill_sms
             partition = self._partition(stream, prefill_sms)
             start = self.clock.mark(partition.stream)
@@ -143,7 +146,9 @@ class RealEngine:
                 state.end(batch, 1, start_s, end_s)
                 self.timeline.append(StepRecord(start_s, end_s, stream, batch.sms,
                                                 sum(n for _, n in batch.prefill), decode_seqs,
-                                                state.kv.usage))
+                                                state.kv.usage,
+                                                sum(p for _, p in shape.prefill_chunks),
+                                                shape.decode_kv_tokens))
                 self.lock.notify_all()
 
     def _partition(self, stream: str, prefill_sms: int) -> Partition:

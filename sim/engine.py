@@ -92,7 +92,9 @@ class SimEngine:
             finished = state.end(batch, job.steps, job.start_s, env.now)
             self.timeline.append((job.start_s, env.now, stream, batch.sms,
                                   sum(n for _, n in batch.prefill), decode_seqs,
-                                  job.steps if batch.decode else 0, state.kv.usage))
+                                  job.steps if batch.decode else 0, state.kv.usage,
+                                  sum(p for _, p in job.shape.prefill_chunks),
+                                  job.shape.decode_kv_tokens))
             if finished:
                 if self.on_finish:
                     self.on_finish(len(finished))

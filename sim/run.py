@@ -22,7 +22,7 @@ from traces import TraceEntry
 from traces.retime import load_entries
 
 TIMELINE_COLUMNS = ["start_s", "end_s", "stream", "sms", "prefill_tokens", "decode_seqs",
-                    "decode_steps", "kv_usage"]
+                    "decode_steps", "kv_usage", "prefill_prior_tokens", "decode_kv_tokens"]
 
 
 @dataclass

@@ -33,6 +33,10 @@ def test_cpu_bench_gives_every_request_all_its_tokens(trace_file, tmp_path):
         assert (df["ttft_s"] > 0).all() and (df["ttft_s"] <= df["e2e_s"]).all()
         timeline = pd.read_parquet(out / policy / "timeline.parquet")
         assert len(timeline) > 0 and (timeline["end_s"] >= timeline["start_s"]).all()
+        decoding = timeline["decode_seqs"] > 0
+        assert (timeline.loc[decoding, "decode_kv_tokens"] >= timeline.loc[decoding, "decode_seqs"]).all()
+        assert (timeline.loc[~decoding, "decode_kv_tokens"] == 0).all()
+        assert (timeline["prefill_prior_tokens"] >= 0).all()
         streams = set(timeline["stream"])
         assert streams == ({"mixed"} if policy == "chunked" else {"prefill", "decode"})
 

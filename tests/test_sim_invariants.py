@@ -74,6 +74,14 @@ def test_one_request_alone_takes_exactly_the_cost_model_sum():
     assert row["ttft_s"] == pytest.approx(expected_ttft, rel=1e-9)
     assert row["e2e_s"] == pytest.approx(expected_ttft + decode, rel=1e-9)
     assert result.summary["tbt_s"]["mean"] == pytest.approx(decode / (output - 1), rel=1e-9)
+    tl = result.timeline
+    prefill = tl[tl["prefill_tokens"] > 0]
+    assert prefill["prefill_prior_tokens"].tolist() == [0, 2048]      # the second chunk continues the first
+    decode = tl[tl["decode_seqs"] > 0]
+    # a run of decode steps is recorded at its middle step's shape
+    first_context = prompt + 1
+    assert decode["decode_kv_tokens"].min() >= first_context
+    assert decode["decode_kv_tokens"].max() <= prompt + output
 
 
 def test_same_seed_gives_identical_summary(small_trace):
