@@ -103,7 +103,7 @@ def bench(args: argparse.Namespace, console: Console) -> int:
 def profile_command(args: argparse.Namespace, console: Console) -> int:
     from real.model_runner import ModelRunner
     from real.partitions import Partitions
-    from real.profile import PARTS, Grid, profile
+    from real.profile import PARTS, profile
 
     model, gpu = resolve_model(args.model), resolve_gpu(args.gpu)
     which = [w.strip() for w in args.part.split(",") if w.strip()]
@@ -114,8 +114,9 @@ def profile_command(args: argparse.Namespace, console: Console) -> int:
                          memory_utilization=args.gpu_memory_utilization)
     parts = Partitions(gpu.partition_sizes(), device=args.device, cpu_gpu=gpu)
     if "decode" in which or "corun" in which:
-        runner.capture_graphs([parts.decode(0), *(parts.decode(p) for p in parts.made())],
-                              buckets=Grid().decode_batches())
+        # The engine's buckets (they include every profiled batch size), so that the
+        # calibration records the padding the engine will apply.
+        runner.capture_graphs([parts.decode(0), *(parts.decode(p) for p in parts.made())])
     if "prefill" in which or "corun" in which:
         runner.capture_prefill_graphs([parts.prefill(0), *(parts.prefill(p) for p in parts.made())])
     data = profile(runner, parts, model, gpu, Path(args.out), which,

@@ -109,6 +109,12 @@ class ModelRunner:
             return None
         return {"buckets": sorted({n for _, n in self._prefill_graphs.graphs}), "max_seqs": MAX_SEQS}
 
+    def decode_graph_spec(self) -> dict | None:
+        """How decode steps are padded ({'buckets'}), or None without decode graphs."""
+        if self._graphs is None or not self._graphs.graphs:
+            return None
+        return {"buckets": sorted({n for _, n in self._graphs.graphs})}
+
     def graph_buckets(self, partition: Partition) -> list[int]:
         return self._graphs.buckets(partition) if self._graphs else []
 

@@ -49,9 +49,6 @@ class Grid:
     mixed_prefill: tuple = ((16, 0), (64, 4096), (128, 0), (512, 0), (2048, 0), (512, 2048), (2048, 8192))
     mixed_decode: tuple = ((1, 1024), (16, 1024), (64, 1024), (128, 1024), (256, 512))
 
-    def decode_batches(self) -> list[int]:
-        return sorted({b for b, _ in self.decode + self.corun_decode})
-
 
 class Profiler:
     def __init__(self, runner: ModelRunner, parts: Partitions, repeats: int = 5):
@@ -135,9 +132,11 @@ def profile(runner: ModelRunner, parts: Partitions, model: ModelSpec, gpu: GPUSp
                            grid={"sms": [0, *parts.made()], **asdict(grid)})
     if out.exists():
         data = merge_calibrations(read_calibration(out), data, str(out))
-    graphs = runner.prefill_graph_spec()
-    if graphs is not None:   # the simulator pads prefill steps as the engine does
-        data.setdefault("engine", {})["prefill_graphs"] = graphs
+    # The simulator pads steps to graph buckets as the engine does.
+    for key, spec in (("prefill_graphs", runner.prefill_graph_spec()),
+                      ("decode_graphs", runner.decode_graph_spec())):
+        if spec is not None:
+            data.setdefault("engine", {})[key] = spec
     have = {(k, tuple(sorted((kk, str(vv)) for kk, vv in r.items() if not kk.endswith("_s"))))
             for k in PARTS for r in data["measurements"].get(k, [])}
 

@@ -128,11 +128,12 @@ class SimEngine:
         cost, state = self.cost, self.state
         first_shape = batch.shape(state)
         # The engine's host time between iterations is charged to each step.
-        first = float(cost.solo_time(first_shape, batch.sms)) + cost.step_overhead_s
+        first = float(cost.solo_time(first_shape, batch.sms)) + cost.step_overhead(first_shape)
         growth, shape = 0.0, first_shape
         if steps > 1:
             # Step time is affine in KV tokens within a regime: interpolate between the ends.
-            last = float(cost.solo_time(batch.shape(state, steps - 1), batch.sms)) + cost.step_overhead_s
+            last_shape = batch.shape(state, steps - 1)
+            last = float(cost.solo_time(last_shape, batch.sms)) + cost.step_overhead(last_shape)
             growth = (last - first) / (steps - 1)
             shape = batch.shape(state, (steps - 1) // 2)
         return Job(batch.stream, shape, batch.sms, steps, first, growth, batch.repeatable,

@@ -550,7 +550,7 @@ def test_attention_over_a_cached_prefix_is_priced_apart_from_causal_attention(tr
 
 
 def test_mixed_batch_overhead_is_recovered_and_applied():
-    """A chunked-prefill step's extra cost (const + per decode row) is fitted and then predicted."""
+    """A chunked-prefill step's host floor (const + per decode row) is fitted and then predicted."""
     from pathlib import Path
 
     from nexus.cost.calibration import read_calibration
@@ -562,13 +562,16 @@ def test_mixed_batch_overhead_is_recovered_and_applied():
     model, gpu = MODELS["llama-3.1-8b"], GPUS["h100-sxm"]
     base_fit = fit_params({k: v for k, v in data["measurements"].items() if k != "mixed"}, model, gpu)
     base = MeasuredCost(model, gpu, base_fit)
-    const, per_seq = 3e-3, 40e-6
+    host, per_seq = 15e-3, 40e-6
     records = [{"sms": 0, "chunk_tokens": c, "prior_tokens": p, "batch": b, "context": 1024}
-               for c, p in ((16, 0), (512, 0), (512, 2048)) for b in (1, 32, 200)]
-    for r in records:
-        r["time_s"] = float(base.solo_time(mixed_shape(r), 0)) + const + per_seq * r["batch"]
+               for c, p in ((16, 0), (128, 0), (512, 2048), (2048, 0)) for b in (1, 32, 200)]
+    gpu_time = [float(base.solo_time(mixed_shape(r), 0)) for r in records]
+    for r, g in zip(records, gpu_time):
+        r["time_s"] = max(g, host + per_seq * r["batch"])
+    host_bound = [r["time_s"] > g for r, g in zip(records, gpu_time)]
+    assert 2 <= sum(host_bound) < len(records)      # both regimes are in the data
     fitted = fit_mixed(base, records)
-    assert fitted["const_s"] == pytest.approx(const, rel=1e-6)
+    assert fitted["host_s"] == pytest.approx(host, rel=1e-6)
     assert fitted["per_seq_s"] == pytest.approx(per_seq, rel=1e-6)
     with_mixed = MeasuredCost(model, gpu, {**base_fit, "mixed": fitted})
     for r in records:
@@ -602,3 +605,31 @@ def test_bad_prefill_graph_spec_is_named(data, fitted, tmp_path):
         path = _write(tmp_path, {**data, **fitted, "engine": {"prefill_graphs": bad}})
         with pytest.raises(UserError, match="engine.prefill_graphs must be"):
             MeasuredCost.load(path, LLAMA8, H100)
+
+
+def test_decode_steps_are_charged_at_their_graph_bucket(data, fitted, tmp_path):
+    path = _write(tmp_path, {**data, **fitted, "engine": {"decode_graphs": {"buckets": [32, 64, 96]}}})
+    padded = MeasuredCost.load(path, LLAMA8, H100)
+    plain = MeasuredCost.load(_write(tmp_path, {**data, **fitted}, "plain.json"), LLAMA8, H100)
+    for sms in (16, 64, FULL_GPU):
+        # 72 rows run the 96-row graph, but attend only over their own KV.
+        d72, d96 = BatchShape((), 72, 72 * 800), BatchShape((), 96, 72 * 800)
+        assert padded.solo_time(d72, sms) == plain.solo_time(d96, sms) > plain.solo_time(d72, sms)
+        assert padded.solo_time(BatchShape((), 64, 64_000), sms) == plain.solo_time(BatchShape((), 64, 64_000), sms)
+        # Past the largest bucket the engine runs eagerly, unpadded; mixed steps are eager too.
+        for shape in (BatchShape((), 120, 96_000), BatchShape(((16, 0),), 72, 72 * 800)):
+            assert padded.solo_time(shape, sms) == plain.solo_time(shape, sms)
+    with pytest.raises(UserError, match="engine.decode_graphs must be"):
+        MeasuredCost.load(_write(tmp_path, {**data, **fitted, "engine": {"decode_graphs": {"buckets": [0]}}},
+                                 "bad.json"), LLAMA8, H100)
+
+
+def test_step_gap_grows_with_decode_rows_and_bad_values_are_named(data, fitted, tmp_path):
+    engine = {"step_gap_s": 2e-4, "step_gap_per_seq_s": 3e-6}
+    cost = MeasuredCost.load(_write(tmp_path, {**data, **fitted, "engine": engine}), LLAMA8, H100)
+    assert cost.step_overhead(BatchShape(((512, 0),))) == pytest.approx(2e-4)
+    assert cost.step_overhead(BatchShape((), 100, 100_000)) == pytest.approx(2e-4 + 100 * 3e-6)
+    assert cost.describe()["step_gap_per_seq_s"] == 3e-6
+    for bad in ({"step_gap_per_seq_s": -1e-6}, {"step_gap_s": "fast"}):
+        with pytest.raises(UserError, match=f"engine.{next(iter(bad))} must be"):
+            MeasuredCost.load(_write(tmp_path, {**data, **fitted, "engine": bad}, "bad.json"), LLAMA8, H100)

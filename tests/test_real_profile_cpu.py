@@ -36,7 +36,7 @@ def test_profile_writes_a_valid_resumable_calibration(tmp_path):
     (corun,) = data["measurements"]["corun"]
     assert corun["prefill"]["sms"] == 64 and corun["decode"]["sms"] == 68
     assert len(data["measurements"]["mixed"]) == 4 and {r["sms"] for r in data["measurements"]["mixed"]} == {0}
-    assert set(data["fit"]["mixed"]) == {"const_s", "per_seq_s"}
+    assert set(data["fit"]["mixed"]) == {"host_s", "per_seq_s"}
     assert all(r["time_s"] > 0 for r in data["measurements"]["prefill"] + data["measurements"]["decode"])
     assert "fit" in data and set(data["fit_error"]) >= {"prefill", "decode", "corun_slowdown"}
     assert json.loads(out.read_text())["model"]["name"] == "tiny-llama"

@@ -66,10 +66,11 @@ def test_one_request_alone_takes_exactly_the_cost_model_sum():
     done = 0
     while done < prompt:       # chunked prefill with vLLM's 2048-token budget
         n = min(2048, prompt - done)
-        expected_ttft += cost.solo_time(BatchShape(((n, done),)), FULL_GPU) + cost.step_overhead_s
+        shape = BatchShape(((n, done),))
+        expected_ttft += cost.solo_time(shape, FULL_GPU) + cost.step_overhead(shape)
         done += n
-    decode = sum(cost.solo_time(BatchShape((), 1, prompt + k), FULL_GPU) + cost.step_overhead_s
-                 for k in range(1, output))
+    decode = sum(cost.solo_time(BatchShape((), 1, prompt + k), FULL_GPU)
+                 + cost.step_overhead(BatchShape((), 1, prompt + k)) for k in range(1, output))
     row = result.requests.iloc[0]
     assert row["ttft_s"] == pytest.approx(expected_ttft, rel=1e-9)
     assert row["e2e_s"] == pytest.approx(expected_ttft + decode, rel=1e-9)

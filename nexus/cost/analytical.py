@@ -89,7 +89,6 @@ class AnalyticalCost:
     """
 
     name = "analytical"
-    step_overhead_s = 0.0   # host time between iterations: folded into iteration_overhead_s here
 
     def __init__(self, model: ModelSpec, gpu: GPUSpec, params: AnalyticalParams | None = None):
         self.model = model
@@ -170,6 +169,9 @@ class AnalyticalCost:
         return int(s)
 
     # ---- CostModel ---------------------------------------------------------------------
+
+    def step_overhead(self, shape: BatchShape) -> float:
+        return 0.0   # host time between iterations is folded into iteration_overhead_s here
 
     def solo_time(self, shape: BatchShape, sms: int | np.ndarray) -> float | np.ndarray:
         """Seconds for the iteration with the GPU otherwise idle."""

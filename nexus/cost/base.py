@@ -49,7 +49,10 @@ class CostModel(Protocol):
     name: str
     model: ModelSpec
     gpu: GPUSpec
-    step_overhead_s: float   # engine host time between two iterations of one stream
+
+    def step_overhead(self, shape: BatchShape) -> float:
+        """Engine host time between this iteration and the next of its stream."""
+        ...
 
     def solo_time(self, shape: BatchShape, sms: int | np.ndarray) -> float | np.ndarray:
         """Seconds for the iteration with the GPU otherwise idle."""

@@ -330,19 +330,36 @@ def mixed_shape(rec: dict) -> BatchShape:
                       rec["batch"] * rec["context"])
 
 
-def fit_mixed(cost: Any, records: list[dict]) -> dict[str, float]:
-    """Extra time of a chunked-prefill step over the prefill and decode curves combined.
+def fit_mixed(cost: Any, records: list[dict], rounds: int = 20) -> dict[str, float]:
+    """Host time of a chunked-prefill step: the floor under its GPU time.
 
-    A mixed batch runs eagerly and packs every decode row on the host, so it costs a fixed
-    amount plus a per-sequence amount beyond what the solo curves predict; both >= 0.
+    A mixed batch runs eagerly: the host launches every kernel and packs every decode row
+    while the GPU works through what it was given, so the step takes the longer of the two,
+    max(host_s + per_seq_s * decode rows, GPU time from the solo curves); both >= 0. Fitted
+    by alternating: which steps are host-bound under the current floor, then the floor by
+    relative least squares on those; the best of the rounds is kept.
     """
     if not records:
-        return {"const_s": 0.0, "per_seq_s": 0.0}
+        return {"host_s": 0.0, "per_seq_s": 0.0}
+    t = np.array([r["time_s"] for r in records])
+    gpu = np.array([float(cost.solo_time(mixed_shape(r), r["sms"])) for r in records])
     a = np.array([[1.0, r["batch"]] for r in records])
-    residual = np.array([r["time_s"] - float(cost.solo_time(mixed_shape(r), r["sms"]))
-                         for r in records])
-    const, per_seq = nnls(a, residual)
-    return {"const_s": float(const), "per_seq_s": float(per_seq)}
+
+    def loss(coef: np.ndarray) -> float:
+        return float(np.sum((np.maximum(a @ coef, gpu) / t - 1.0) ** 2))
+
+    best, host_bound = np.zeros(2), t > gpu
+    for _ in range(rounds):
+        if not host_bound.any():
+            break
+        coef = nnls(a[host_bound] / t[host_bound, None], np.ones(int(host_bound.sum())))
+        if loss(coef) < loss(best):
+            best = coef
+        now = a @ coef > gpu
+        if np.array_equal(now, host_bound):
+            break
+        host_bound = now
+    return {"host_s": float(best[0]), "per_seq_s": float(best[1])}
 
 
 def _point_key(phase: str, rec: dict) -> tuple:

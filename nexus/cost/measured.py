@@ -18,9 +18,10 @@ plain stream scaled by num_sms/s.
 An iteration that mixes prefill chunks and a decode step (chunked prefill) is read off the
 prefill curve at prefill tokens + decode sequences, since the dense layers take every
 token of the batch in one pass (and the fixed cost, launches and one sweep over the
-weights, is paid once); both phases' attention terms are added. Per-sequence sampling
-beyond that (a logit row per decode sequence) is not counted; it is small next to the
-dense layers.
+weights, is paid once); both phases' attention terms are added. Such a step runs eagerly,
+so the host's launches and packing put a floor under that GPU time (fitted by
+nexus.cost.fit.fit_mixed): a 16-token chunk beside a few decode rows takes 12-15 ms on an
+H100, not the 7 ms its kernels need.
 """
 from __future__ import annotations
 
@@ -186,16 +187,18 @@ class MeasuredCost:
         self.fit = fit
         self.calibration, self.fit_error, self.created = calibration, fit_error, created
         # Host time an engine spends between two iterations of a stream (scheduling,
-        # bookkeeping); measured from engine runs, not from the kernel profile.
-        self.step_overhead_s = 0.0
+        # bookkeeping, a loop over the decode rows); measured from engine runs, not from
+        # the kernel profile.
+        self.step_gap_s, self.step_gap_per_seq_s = 0.0, 0.0
         self.engine: dict = {}
         self._graph_buckets: list[int] = []   # token buckets of prefill graphs, if the engine has them
         self._graph_max_seqs = 0
+        self._decode_buckets: list[int] = []  # batch buckets of decode graphs, likewise
         origin = calibration or "fit"
         try:
             self._prefill, self._decode, self._corun = self._parse(fit, gpu.num_sms)
-            mixed = fit.get("mixed", {"const_s": 0.0, "per_seq_s": 0.0})
-            self._mixed = (float(mixed["const_s"]), float(mixed["per_seq_s"]))
+            mixed = fit.get("mixed", {"host_s": 0.0, "per_seq_s": 0.0})
+            self._mixed = (float(mixed["host_s"]), float(mixed["per_seq_s"]))
             if not all(math.isfinite(v) and v >= 0 for v in self._mixed):
                 raise ValueError("mixed-batch coefficients must be finite and non-negative")
         except (KeyError, TypeError, ValueError, IndexError) as e:
@@ -221,10 +224,14 @@ class MeasuredCost:
         cost = cls(model, gpu, fit, calibration=str(path), fit_error=fit_error,
                    created=data["created"])
         engine = data.get("engine", {})
-        gap = engine.get("step_gap_s", 0.0) if isinstance(engine, dict) else None
-        if not isinstance(gap, (int, float)) or isinstance(gap, bool) or not 0 <= gap < 1:
-            raise UserError(f"{path}: engine.step_gap_s must be a number of seconds in [0, 1), got {gap!r}")
-        cost.step_overhead_s = float(gap)
+        if not isinstance(engine, dict):
+            raise UserError(f"{path}: engine must be an object, got {engine!r}")
+        for key in ("step_gap_s", "step_gap_per_seq_s"):
+            gap = engine.get(key, 0.0)
+            if not isinstance(gap, (int, float)) or isinstance(gap, bool) or not 0 <= gap < 1:
+                raise UserError(f"{path}: engine.{key} must be a number of seconds in [0, 1), got {gap!r}")
+        cost.step_gap_s = float(engine.get("step_gap_s", 0.0))
+        cost.step_gap_per_seq_s = float(engine.get("step_gap_per_seq_s", 0.0))
         cost.engine = engine
         graphs = engine.get("prefill_graphs")
         if graphs is not None:
@@ -236,6 +243,16 @@ class MeasuredCost:
                 raise UserError(f"{path}: engine.prefill_graphs must be {{'buckets': [positive token "
                                 f"counts], 'max_seqs': positive int}}, got {graphs!r}") from None
             cost._graph_buckets, cost._graph_max_seqs = buckets, max_seqs
+        graphs = engine.get("decode_graphs")
+        if graphs is not None:
+            try:
+                buckets = sorted(int(b) for b in graphs["buckets"])
+                if not buckets or buckets[0] < 1:
+                    raise ValueError
+            except (KeyError, TypeError, ValueError):
+                raise UserError(f"{path}: engine.decode_graphs must be {{'buckets': [positive batch "
+                                f"sizes]}}, got {graphs!r}") from None
+            cost._decode_buckets = buckets
         return cost
 
     def _padded_tokens(self, chunks: tuple[tuple[int, int], ...], tokens: int) -> int:
@@ -272,6 +289,9 @@ class MeasuredCost:
             corun[phase] = terms
         return phases[0], phases[1], corun
 
+    def step_overhead(self, shape: BatchShape) -> float:
+        return self.step_gap_s + self.step_gap_per_seq_s * max(shape.decode_seqs, 0)
+
     # ---- solo time ---------------------------------------------------------------------
 
     def _plan(self, shape: BatchShape) -> tuple | None:
@@ -283,7 +303,10 @@ class MeasuredCost:
             return (self._prefill, self._prefill.locate(size), tuple(attention),
                     shape.decode_kv_tokens if seqs else 0, seqs)
         if seqs:
-            return self._decode, self._decode.locate(seqs), (shape.decode_kv_tokens,), 0, 0
+            # A decode graph runs its whole bucket; padded rows read no KV, so attention is unpadded.
+            buckets = self._decode_buckets
+            size = buckets[bisect_left(buckets, seqs)] if buckets and seqs <= buckets[-1] else seqs
+            return self._decode, self._decode.locate(size), (shape.decode_kv_tokens,), 0, 0
         return None
 
     def _time(self, plan: tuple, p: Any, d: Any) -> Any:
@@ -293,8 +316,9 @@ class MeasuredCost:
         t = c[0] + phase.variable(c, where, attention)
         if decode_kv:
             t = t + d[self._decode.k + 1] * decode_kv
-        if mixed_seqs:   # eager execution and host packing of the decode rows (see fit_mixed)
-            t = t + self._mixed[0] + self._mixed[1] * mixed_seqs
+        if mixed_seqs:   # eager: the host's launches and packing are a floor (see fit_mixed)
+            floor = self._mixed[0] + self._mixed[1] * mixed_seqs
+            t = np.maximum(t, floor) if isinstance(t, np.ndarray) else max(t, floor)
         return t
 
     def _check_sms(self, s: int) -> int:
@@ -387,6 +411,7 @@ class MeasuredCost:
             "model": self.model.name,
             "fit_error": self.fit_error,
             "created": self.created,
-            "step_overhead_s": self.step_overhead_s,
+            "step_gap_s": self.step_gap_s,
+            "step_gap_per_seq_s": self.step_gap_per_seq_s,
             "engine": self.engine,
         }
