@@ -37,6 +37,10 @@ class Grid:
     # Long prefixes too: chunks of long-document prompts continue 6-18k cached tokens.
     prefill: tuple = ((32, 0), (64, 0), (128, 0), (256, 0), (384, 0), (512, 0), (1024, 0), (2048, 0),
                       (8192, 0), (128, 4096), (512, 4096), (2048, 4096), (2048, 12288))
+    # Decode batches are measured as served: contexts spread evenly over +-this fraction of
+    # the point's context (their mean), KV blocks scattered over the cache. Equal contexts in
+    # contiguous blocks ran 4-17% faster on an H100 than such batches of the same total.
+    decode_context_spread: float = 0.75
     decode: tuple = ((1, 512), (1, 4096), (8, 1024), (16, 512), (16, 2048), (32, 1024), (32, 4096),
                      (64, 512), (64, 2048), (96, 1024), (128, 512), (128, 2048), (192, 1024),
                      (256, 512), (256, 1024))
@@ -51,8 +55,10 @@ class Grid:
 
 
 class Profiler:
-    def __init__(self, runner: ModelRunner, parts: Partitions, repeats: int = 5):
+    def __init__(self, runner: ModelRunner, parts: Partitions, repeats: int = 5,
+                 context_spread: float = Grid.decode_context_spread):
         self.runner, self.parts, self.repeats = runner, parts, repeats
+        self.context_spread = context_spread
         self.rng = np.random.default_rng(0)
         self._next_block = 0
 
@@ -68,9 +74,19 @@ class Profiler:
         return [Chunk(ids, prior, self._table(prior + chunk))]
 
     def decode_batch(self, batch: int, context: int) -> list[Chunk]:
-        self._next_block = 0
-        return [Chunk([int(self.rng.integers(0, self.runner.spec.vocab_size))], context - 1,
-                      self._table(context)) for _ in range(batch)]
+        """`batch` sequences whose contexts average `context`, in blocks scattered over the cache."""
+        spread = self.context_spread * np.linspace(-1.0, 1.0, batch) if batch > 1 else np.zeros(1)
+        contexts = np.maximum(np.round(context * (1.0 + spread)).astype(int), 1)
+        bs, blocks = self.runner.block_size, self.runner.num_blocks
+        need = [-(-int(c) // bs) for c in contexts]
+        order = self.rng.permutation(blocks)
+        ids = order[np.arange(sum(need)) % blocks].tolist()   # wraps only if the cache is too small
+        chunks, at = [], 0
+        for c, n in zip(contexts, need):
+            chunks.append(Chunk([int(self.rng.integers(0, self.runner.spec.vocab_size))], int(c) - 1,
+                                ids[at:at + n]))
+            at += n
+        return chunks
 
     def time_alone(self, chunks: list[Chunk], part) -> float:
         step = self.runner.step
@@ -147,7 +163,7 @@ def profile(runner: ModelRunner, parts: Partitions, model: ModelSpec, gpu: GPUSp
     prefill_shapes = [(c, p) for c, p in grid.prefill if fits(c + p)]
     decode_shapes = [(b, c) for b, c in grid.decode if fits(c)]
     corun_prefill = [(c, p) for c, p in grid.corun_prefill if fits(c + p)]
-    prof = Profiler(runner, parts, repeats)
+    prof = Profiler(runner, parts, repeats, grid.decode_context_spread)
     meas = data["measurements"]
     if "prefill" in which:
         for p in [0, *parts.made()]:

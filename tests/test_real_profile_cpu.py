@@ -70,3 +70,14 @@ def test_time_together_counts_only_steps_the_other_side_overlapped():
 def test_covered_steps_drops_steps_outside_the_other_sides_run():
     other = [(1.0, 2.0), (2.0, 3.0)]
     assert covered_steps([(0.5, 1.5), (1.5, 2.5), (2.5, 3.5)], other) == [1.0]
+
+
+def test_decode_batches_are_unequal_and_scattered_but_keep_their_mean():
+    runner = ModelRunner(MODELS["tiny-llama"], device="cpu", num_blocks=64)
+    chunks = Profiler(runner, parts=None).decode_batch(8, 40)
+    contexts = [c.end for c in chunks]
+    assert sum(contexts) == 8 * 40 and min(contexts) == 10 and max(contexts) == 70
+    blocks = [b for c in chunks for b in c.block_table]
+    assert len(set(blocks)) == len(blocks) == sum(-(-c // runner.block_size) for c in contexts)
+    assert blocks != sorted(blocks)
+    assert [c.end for c in Profiler(runner, None, context_spread=0.0).decode_batch(4, 40)] == [40] * 4
