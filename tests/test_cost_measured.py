@@ -489,9 +489,11 @@ def test_parts_merge_into_the_whole(data):
         prefill=meas["prefill"][100:], decode=meas["decode"], corun=[]))
     first["fit"] = {"stale": True}
     first["created"], second["created"] = "2026-01-01T00:00:00+00:00", "2026-02-01T00:00:00+00:00"
+    first["grid"], second["grid"] = {"decode": "old"}, {"decode": "new"}
     merged = merge_calibrations(first, second, "part2.json")
     assert "fit" not in merged
     assert merged["created"] == second["created"]     # new contents, new identity
+    assert merged["grid"] == {"decode": "new"}        # the grid the newer part was measured on
     for kind in ("prefill", "decode", "corun"):
         assert sorted(map(json.dumps, merged["measurements"][kind])) == \
             sorted(map(json.dumps, meas[kind]))

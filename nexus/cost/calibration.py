@@ -156,13 +156,16 @@ def merge_calibrations(base: dict[str, Any], part: dict[str, Any], origin: str) 
 
     Both must describe the same model and GPU. Repeats of one grid point are all kept:
     the fitter treats them as independent samples. `created` becomes the later of the two,
-    since the contents are new; it is what identifies a calibration in run records.
+    since the contents are new; it is what identifies a calibration in run records. The
+    newer part's grid is kept: it is the grid the profiler now measures with.
     """
     base_model = spec_from_dict(ModelSpec, base["model"], f"{origin}: model")
     base_gpu = spec_from_dict(GPUSpec, base["gpu"], f"{origin}: gpu")
     check_matches(part, base_model, base_gpu, origin)
     merged = {k: v for k, v in base.items() if k not in ("fit", "fit_error")}
     merged["created"] = max(base["created"], part["created"])
+    if part["created"] >= base["created"]:   # the grid the profiler measures with now
+        merged["grid"] = part.get("grid", base.get("grid"))
     merged["measurements"] = {
         phase: list(base["measurements"].get(phase, [])) + list(part["measurements"].get(phase, []))
         for phase in PHASES}
