@@ -1,13 +1,15 @@
 """Simulator fidelity: the same traces on the real H100 and in nexus-sim, compared.
 
-    # on the GPU machine (two calls, each under ten minutes on an H100):
+    # on the GPU machine (each call under ten minutes on an H100):
     python experiments/fidelity.py real --policies chunked --out experiments/results/fidelity_real_chunked.json
     python experiments/fidelity.py real --policies static,nexus --out experiments/results/fidelity_real_split.json
-    # anywhere, afterwards (the Nexus controller plans with the calibration the runs used):
-    python experiments/fidelity.py compare experiments/results/fidelity_real_*.json \
-        --controller-calibration experiments/results/fidelity_controller_calibration_h100.json
+    python experiments/fidelity.py real --policies nexus --out experiments/results/fidelity_real_nexus.json
+    # anywhere, afterwards (a later file's case replaces an earlier one's; the Nexus runs must
+    # have planned with the shipped calibration, or name theirs with --controller-calibration):
+    python experiments/fidelity.py compare experiments/results/fidelity_real_chunked.json \
+        experiments/results/fidelity_real_split.json experiments/results/fidelity_real_nexus.json
 
-    # once, to measure the engine's host time between steps on the held-in cases:
+    # once, to measure the engine's host gap between steps on the held-in cases:
     python experiments/fidelity.py fit-gap experiments/results/fidelity_real_*.json
 
 `compare` simulates every measured case on the identical requests (same prefix, same
