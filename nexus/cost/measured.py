@@ -385,9 +385,10 @@ class MeasuredCost:
         bw = self._bandwidth
         own = self._total_bytes(shape) / self.solo_time(shape, sms) / bw
         rival = self._total_bytes(other) / self.solo_time(other, other_sms) / bw
-        share = sm_share(other_sms, self.gpu.num_sms)
-        if scalar:
-            share = float(share)
+        if scalar:   # the simulator's hot path: no numpy for one pair
+            share = 1.0 if other_sms == FULL_GPU else other_sms / self.gpu.num_sms
+        else:
+            share = sm_share(other_sms, self.gpu.num_sms)
         has_pre, has_dec = shape.prefill_tokens > 0, shape.decode_seqs > 0
         if has_pre and has_dec:
             pre_only = BatchShape(prefill_chunks=shape.prefill_chunks)
