@@ -2,19 +2,25 @@
 
     # on the GPU machine (each call under ten minutes on an H100):
     python experiments/fidelity.py real --policies chunked --out experiments/results/fidelity_real_chunked.json
-    python experiments/fidelity.py real --policies static,nexus --out experiments/results/fidelity_real_split.json
+    python experiments/fidelity.py real --policies static --out experiments/results/fidelity_real_static.json
     python experiments/fidelity.py real --policies nexus --out experiments/results/fidelity_real_nexus.json
     # anywhere, afterwards (a later file's case replaces an earlier one's; the Nexus runs must
-    # have planned with the shipped calibration, or name theirs with --controller-calibration):
+    # have planned with the calibration compared against, or name theirs with
+    # --controller-calibration):
     python experiments/fidelity.py compare experiments/results/fidelity_real_chunked.json \
-        experiments/results/fidelity_real_split.json experiments/results/fidelity_real_nexus.json
+        experiments/results/fidelity_real_static.json experiments/results/fidelity_real_nexus.json
+
+    # The shipped calibration and these runs came from different leased H100s. To compare like
+    # with like, profile and run on one machine (FULL=1 scripts/gpu_check.sh) and pass that
+    # machine's calibration to every subcommand with --calibration.
 
     # once, to measure the engine's host gap between steps on the held-in cases:
     python experiments/fidelity.py fit-gap experiments/results/fidelity_real_*.json
 
 `compare` simulates every measured case on the identical requests (same prefix, same
-re-timing) with the shipped H100 calibration and writes experiments/results/fidelity_h100.json,
-experiments/results/fidelity_h100.md and experiments/figures/fidelity_cdf_*.png. Kernel
+re-timing) with the H100 calibration (--calibration, default the shipped one) and writes
+experiments/results/fidelity_h100.json, experiments/results/fidelity_h100.md and
+experiments/figures/fidelity_cdf_*.png. Kernel
 times come from `nexus-real profile` microbenchmarks; the only number taken from these
 cases is the engine's host gap between steps, measured on the HELD_IN cases, which the
 summary then leaves out.
@@ -72,7 +78,7 @@ def run_real(args: argparse.Namespace) -> int:
             for policy in make_policies(names, {}, None, gpu):
                 print(f"{trace} x{scale} {policy.name} ...", flush=True)
                 summary, frame, timeline = bench_policy(runner, parts, policy, model, gpu, entries,
-                                                        None, 256, 0, None, None)
+                                                        str(args.calibration), 256, 0, None, None)
                 record["cases"].append({
                     "trace": trace, "rate_scale": scale, "requests": limit, "policy": policy.name,
                     "summary": summary,
@@ -123,7 +129,7 @@ def fit_gap(args: argparse.Namespace) -> int:
     x = np.array([[1.0, n] for n, _, _ in rows])
     w = np.sqrt([c for _, _, c in rows])
     gap, per_seq = nnls(x * w[:, None], np.array([g for _, g, _ in rows]) * w)
-    data = read_calibration(CALIBRATION)
+    data = read_calibration(args.calibration)
     data.setdefault("engine", {}).update({
         "step_gap_s": round(float(gap), 7), "step_gap_per_seq_s": round(float(per_seq), 9),
         "source": "host gap between consecutive steps of a busy stream in nexus-real bench runs of "
@@ -131,11 +137,11 @@ def fit_gap(args: argparse.Namespace) -> int:
                   "sequences through the median gap of each band of batch sizes (steps with decode "
                   "rows only)",
         "command": "python experiments/fidelity.py fit-gap " + " ".join(args.real)})
-    write_calibration(data, CALIBRATION)
+    write_calibration(data, args.calibration)
     for n, g, c in rows:
         print(f"  {c:5d} steps, median {n:5.0f} decode rows: gap {g * 1e3:.3f} ms")
     print(f"engine step gap: {gap * 1e3:.3f} ms + {per_seq * 1e6:.2f} us per decode row "
-          f"-> {CALIBRATION.relative_to(ROOT)}")
+          f"-> {args.calibration}")
     return 0
 
 
@@ -143,7 +149,7 @@ def signed_pct(sim: float, real: float) -> float:
     return 100.0 * (sim - real) / real
 
 
-def controller_calibration(path: str | None, cases: list[dict]) -> str | None:
+def controller_calibration(path: str | None, cases: list[dict], calibration: Path) -> str | None:
     """The calibration the engine's policies planned with, checked against what the runs recorded.
 
     The simulated GPU always follows the shipped calibration; the policies plan with this one,
@@ -151,11 +157,11 @@ def controller_calibration(path: str | None, cases: list[dict]) -> str | None:
     """
     from nexus.cost.calibration import read_calibration
 
-    created = read_calibration(path or CALIBRATION)["created"]
+    created = read_calibration(path or calibration)["created"]
     used = {c["summary"]["cost_model"].get("created") for c in cases if c["policy"] == "nexus"}
     if used - {created}:
         raise SystemExit(f"the measured Nexus runs planned with a calibration created {sorted(used)}, "
-                         f"but {path or CALIBRATION} was created {created}; pass the one they used "
+                         f"but {path or calibration} was created {created}; pass the one they used "
                          "with --controller-calibration")
     return path
 
@@ -176,11 +182,12 @@ def compare(args: argparse.Namespace) -> int:
         for case in data["cases"]:
             by_key[(case["trace"], case["rate_scale"], case["policy"])] = case
     cases = list(by_key.values())
-    controller = controller_calibration(args.controller_calibration, cases)
+    controller = controller_calibration(args.controller_calibration, cases, args.calibration)
     out_cases = []
     for case in cases:
         entries = case_entries(case["trace"], case["rate_scale"], case["requests"])
-        result = sim.run(entries, policy=case["policy"], policy_calibration=controller)
+        result = sim.run(entries, policy=case["policy"], calibration=str(args.calibration),
+                         policy_calibration=controller)
         real, simulated = case["summary"], result.summary
         errors = {f"{m}.{k}": signed_pct(simulated[m][k], real[m][k]) for m, k in METRICS}
         errors["throughput_rps"] = signed_pct(simulated["throughput_rps"], real["throughput_rps"])
@@ -211,6 +218,8 @@ def compare(args: argparse.Namespace) -> int:
     command = "python experiments/fidelity.py compare " + " ".join(args.real)
     if args.controller_calibration:
         command += f" --controller-calibration {args.controller_calibration}"
+    if Path(args.calibration).resolve() != CALIBRATION:
+        command += f" --calibration {args.calibration}"
     record = {"command": command,
               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "real_machine": machines[0], "summary": summary, "cases": out_cases}
@@ -275,6 +284,12 @@ def main() -> int:
     c.add_argument("real", nargs="+", help="measured files; a later file's case replaces an earlier one's")
     c.add_argument("--controller-calibration",
                    help="calibration the measured Nexus runs planned with, if not the shipped one")
+    for sp in (r, g, c):
+        sp.add_argument("--calibration", type=Path, default=CALIBRATION,
+                        help="the H100 calibration: what the engine's Nexus controller plans with (real), "
+                             "where the host gap is written (fit-gap), what the simulated GPU does "
+                             "(compare); default: the shipped one. Profile and runs on one machine "
+                             "compare like with like: boards differ by a few % in step time")
     args = ap.parse_args()
     return {"real": run_real, "fit-gap": fit_gap, "compare": compare}[args.command](args)
 

@@ -49,6 +49,8 @@ def gpu_facts(index: int = 0) -> dict[str, Any]:
         facts.update(
             available=True,
             name=_text(nv.nvmlDeviceGetName(h)),
+            # Which physical GPU: step times differ by a few % between boards of one model.
+            uuid=_text(nv.nvmlDeviceGetUUID(h)),
             driver=_text(nv.nvmlSystemGetDriverVersion()),
             cuda_driver_api=nv.nvmlSystemGetCudaDriverVersion_v2(),
             memory_total_bytes=mem.total,

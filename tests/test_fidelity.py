@@ -16,12 +16,14 @@ def _cases(created: str) -> list[dict]:
 
 def test_the_calibration_the_runs_recorded_is_accepted(tmp_path):
     shipped = json.loads(CALIBRATION.read_text())["created"]
-    assert controller_calibration(None, _cases(shipped)) is None      # plan on the shipped one
+    assert controller_calibration(None, _cases(shipped), CALIBRATION) is None   # plan on the shipped one
     older = tmp_path / "older.json"
     older.write_text(json.dumps({**json.loads(CALIBRATION.read_text()), "created": "2020-01-01T00:00:00+00:00"}))
-    assert controller_calibration(str(older), _cases("2020-01-01T00:00:00+00:00")) == str(older)
+    assert controller_calibration(str(older), _cases("2020-01-01T00:00:00+00:00"), CALIBRATION) == str(older)
+    # Runs made with a calibration profiled on their own machine are checked against that one.
+    assert controller_calibration(None, _cases("2020-01-01T00:00:00+00:00"), older) is None
 
 
 def test_a_calibration_other_than_the_runs_used_is_refused():
     with pytest.raises(SystemExit, match="planned with a calibration created .*2020-01-01.*--controller-calibration"):
-        controller_calibration(None, _cases("2020-01-01T00:00:00+00:00"))
+        controller_calibration(None, _cases("2020-01-01T00:00:00+00:00"), CALIBRATION)
