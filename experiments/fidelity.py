@@ -3,19 +3,22 @@
     # on the GPU machine (each call under ten minutes on an H100):
     python experiments/fidelity.py real --policies chunked --out experiments/results/fidelity_real_chunked.json
     python experiments/fidelity.py real --policies static --out experiments/results/fidelity_real_static.json
+    python experiments/fidelity.py real --traces sharegpt --policies static \
+        --out experiments/results/fidelity_real_static_sharegpt.json    # on another board
     python experiments/fidelity.py real --policies nexus --out experiments/results/fidelity_real_nexus.json
     # anywhere, afterwards (a later file's case replaces an earlier one's; the Nexus runs must
     # have planned with the calibration compared against, or name theirs with
     # --controller-calibration):
     python experiments/fidelity.py compare experiments/results/fidelity_real_chunked.json \
-        experiments/results/fidelity_real_static.json experiments/results/fidelity_real_nexus.json
+        experiments/results/fidelity_real_static.json experiments/results/fidelity_real_static_sharegpt.json \
+        experiments/results/fidelity_real_nexus.json
 
     # The shipped calibration and these runs came from different leased H100s. To compare like
     # with like, profile and run on one machine (FULL=1 scripts/gpu_check.sh) and pass that
     # machine's calibration to every subcommand with --calibration.
 
-    # once, to measure the engine's host gap between steps on the held-in cases:
-    python experiments/fidelity.py fit-gap experiments/results/fidelity_real_*.json
+    # once, to measure the engine's host gap between steps on the held-in cases (same files):
+    python experiments/fidelity.py fit-gap experiments/results/fidelity_real_chunked.json ...
 
 `compare` simulates every measured case on the identical requests (same prefix, same
 re-timing) with the H100 calibration (--calibration, default the shipped one) and writes
