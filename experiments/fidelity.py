@@ -155,7 +155,7 @@ def signed_pct(sim: float, real: float) -> float:
 def controller_calibration(path: str | None, cases: list[dict], calibration: Path) -> str | None:
     """The calibration the engine's policies planned with, checked against what the runs recorded.
 
-    The simulated GPU always follows the shipped calibration; the policies plan with this one,
+    The simulated GPU follows `calibration` (--calibration); the policies plan with this one,
     so that a Nexus controller in the simulator decides as the measured one did.
     """
     from nexus.cost.calibration import read_calibration

@@ -272,6 +272,8 @@ def corun_terms(own: np.ndarray, other: np.ndarray, bandwidth_fraction: float,
 
 def sm_share(sms: Any, num_sms: int) -> Any:
     """Fraction of the GPU's SMs a stream runs on; the plain stream (FULL_GPU) has them all."""
+    if isinstance(sms, (int, np.integer)):   # the simulator's hot path: no numpy for one count
+        return 1.0 if sms == FULL_GPU else sms / num_sms
     return np.where(np.asarray(sms) == FULL_GPU, 1.0, np.asarray(sms) / num_sms)
 
 

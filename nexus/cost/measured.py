@@ -117,6 +117,19 @@ def densify(knots: list[int], base: np.ndarray, steps: int = SEGMENT_STEPS
     return np.concatenate(fine_knots), values
 
 
+def _buckets(graphs: dict) -> list[int]:
+    """A graph spec's sorted buckets; ValueError unless they are positive integers."""
+    buckets = sorted(int(b) for b in graphs["buckets"])
+    if not buckets or buckets[0] < 1:
+        raise ValueError("buckets must be positive")
+    return buckets
+
+
+def _bucket_of(buckets: list[int], n: int) -> int:
+    """The smallest bucket that holds n (n must not exceed the largest)."""
+    return buckets[bisect_left(buckets, n)]
+
+
 class _Phase:
     """One phase's fitted terms, tabulated over SM counts.
 
@@ -226,18 +239,17 @@ class MeasuredCost:
         engine = data.get("engine", {})
         if not isinstance(engine, dict):
             raise UserError(f"{path}: engine must be an object, got {engine!r}")
-        for key in ("step_gap_s", "step_gap_per_seq_s"):
+        for key in ("step_gap_s", "step_gap_per_seq_s"):   # attributes of the same names
             gap = engine.get(key, 0.0)
             if not isinstance(gap, (int, float)) or isinstance(gap, bool) or not 0 <= gap < 1:
                 raise UserError(f"{path}: engine.{key} must be a number of seconds in [0, 1), got {gap!r}")
-        cost.step_gap_s = float(engine.get("step_gap_s", 0.0))
-        cost.step_gap_per_seq_s = float(engine.get("step_gap_per_seq_s", 0.0))
+            setattr(cost, key, float(gap))
         cost.engine = engine
         graphs = engine.get("prefill_graphs")
         if graphs is not None:
             try:
-                buckets, max_seqs = sorted(int(b) for b in graphs["buckets"]), int(graphs["max_seqs"])
-                if not buckets or buckets[0] < 1 or max_seqs < 1:
+                buckets, max_seqs = _buckets(graphs), int(graphs["max_seqs"])
+                if max_seqs < 1:
                     raise ValueError
             except (KeyError, TypeError, ValueError):
                 raise UserError(f"{path}: engine.prefill_graphs must be {{'buckets': [positive token "
@@ -246,20 +258,17 @@ class MeasuredCost:
         graphs = engine.get("decode_graphs")
         if graphs is not None:
             try:
-                buckets = sorted(int(b) for b in graphs["buckets"])
-                if not buckets or buckets[0] < 1:
-                    raise ValueError
+                cost._decode_buckets = _buckets(graphs)
             except (KeyError, TypeError, ValueError):
                 raise UserError(f"{path}: engine.decode_graphs must be {{'buckets': [positive batch "
                                 f"sizes]}}, got {graphs!r}") from None
-            cost._decode_buckets = buckets
         return cost
 
     def _padded_tokens(self, chunks: tuple[tuple[int, int], ...], tokens: int) -> int:
         """Tokens the engine computes for a prefill-only step: a captured graph pads to its bucket."""
         if (self._graph_buckets and len(chunks) <= self._graph_max_seqs and tokens <= self._graph_buckets[-1]
                 and all(n >= 2 for n, _ in chunks)):
-            return self._graph_buckets[bisect_left(self._graph_buckets, tokens)]
+            return _bucket_of(self._graph_buckets, tokens)
         return tokens
 
     @staticmethod
@@ -305,7 +314,7 @@ class MeasuredCost:
         if seqs:
             # A decode graph runs its whole bucket; padded rows read no KV, so attention is unpadded.
             buckets = self._decode_buckets
-            size = buckets[bisect_left(buckets, seqs)] if buckets and seqs <= buckets[-1] else seqs
+            size = _bucket_of(buckets, seqs) if buckets and seqs <= buckets[-1] else seqs
             return self._decode, self._decode.locate(size), (shape.decode_kv_tokens,), 0, 0
         return None
 
@@ -385,10 +394,7 @@ class MeasuredCost:
         bw = self._bandwidth
         own = self._total_bytes(shape) / self.solo_time(shape, sms) / bw
         rival = self._total_bytes(other) / self.solo_time(other, other_sms) / bw
-        if scalar:   # the simulator's hot path: no numpy for one pair
-            share = 1.0 if other_sms == FULL_GPU else other_sms / self.gpu.num_sms
-        else:
-            share = sm_share(other_sms, self.gpu.num_sms)
+        share = sm_share(other_sms, self.gpu.num_sms)
         has_pre, has_dec = shape.prefill_tokens > 0, shape.decode_seqs > 0
         if has_pre and has_dec:
             pre_only = BatchShape(prefill_chunks=shape.prefill_chunks)
