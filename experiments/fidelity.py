@@ -292,7 +292,7 @@ def main() -> int:
                         help="the H100 calibration: what the engine's Nexus controller plans with (real), "
                              "where the host gap is written (fit-gap), what the simulated GPU does "
                              "(compare); default: the shipped one. Profile and runs on one machine "
-                             "compare like with like: boards differ by a few % in step time")
+                             "compare like with like: boards differ by a few %% in step time")
     args = ap.parse_args()
     return {"real": run_real, "fit-gap": fit_gap, "compare": compare}[args.command](args)
 

@@ -27,3 +27,12 @@ def test_the_calibration_the_runs_recorded_is_accepted(tmp_path):
 def test_a_calibration_other_than_the_runs_used_is_refused():
     with pytest.raises(SystemExit, match="planned with a calibration created .*2020-01-01.*--controller-calibration"):
         controller_calibration(None, _cases("2020-01-01T00:00:00+00:00"), CALIBRATION)
+
+
+@pytest.mark.parametrize("command", ["real", "fit-gap", "compare"])
+def test_every_subcommand_prints_its_help(command):
+    import subprocess
+    script = Path(__file__).resolve().parent.parent / "experiments" / "fidelity.py"
+    out = subprocess.run([sys.executable, str(script), command, "--help"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "--calibration" in out.stdout
