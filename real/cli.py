@@ -64,38 +64,31 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def bench(args: argparse.Namespace, console: Console) -> int:
-    from nexus.report import print_table
-    from real.bench import (bench_policy, build_partitions, capture_all_graphs, check_fits, facts,
-                            make_policies, warm_up, write_outputs)
-    from real.model_runner import ModelRunner
     from nexus.cli_args import parse_params, parse_split
+    from nexus.config import EngineConfig
+    from nexus.policy import build_policies
+    from nexus.report import print_table
+    from real.bench import Bench, write_outputs
     from traces.retime import load_entries
 
     model, gpu = resolve_model(args.model), resolve_gpu(args.gpu)
+    config = EngineConfig(max_num_seqs=args.max_num_seqs, gpu_memory_utilization=args.gpu_memory_utilization,
+                          seed=args.seed)
     entries = load_entries(args.trace, args.rate_scale)
     if args.limit:
         entries = entries[:args.limit]
     names = [n.strip() for n in (args.compare or args.policy).split(",") if n.strip()]
     split = parse_split(args.split) if args.split else None
-    policies = make_policies(names, parse_params(args.param), split, gpu)
-
-    runner = ModelRunner(model, device=args.device, weights=args.weights, seed=args.seed,
-                         num_blocks=args.num_blocks, memory_utilization=args.gpu_memory_utilization,
-                         max_decode_batch=args.max_num_seqs)
-    check_fits(entries, runner)
-    parts = build_partitions(policies, gpu, args.device)
-    console.print(f"partitions: {parts.describe()}")
-    capture_all_graphs(runner, parts)
-    warm_up(runner, parts)
-    runs = {}
+    policies = build_policies(names, parse_params(args.param), split)
+    bench = Bench(model, gpu, policies, config, args.device, args.weights, args.num_blocks)
+    console.print(f"partitions: {bench.partitions.describe()}")
+    results = []
     for policy in policies:
         console.print(f"running {policy.name} on {len(entries)} requests ...")
-        runs[policy.name] = bench_policy(runner, parts, policy, model, gpu, entries, args.calibration,
-                                         args.max_num_seqs, args.seed, args.slo_ttft, args.slo_tbt)
-    print_table([r[0] for r in runs.values()])
-    extra = {"machine": facts(args.device), "partitions": parts.describe(), "trace": str(args.trace),
-             "command": args.command_line}
-    write_outputs(Path(args.out), runs, extra, gpu.num_sms)   # partitions are released at exit
+        results.append(bench.run(entries, policy, args.calibration, args.slo_ttft, args.slo_tbt))
+    print_table([r.summary for r in results])
+    extra = {"machine": bench.machine(), "trace": str(args.trace), "command": args.command_line}
+    write_outputs(Path(args.out), results, extra, gpu.num_sms)   # partitions are released at exit
     console.print(f"wrote results to {args.out}/")
     return 0
 
