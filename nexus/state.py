@@ -152,5 +152,6 @@ class ServingState:
 
     def _finish(self, req: Request, t: float, pool: BlockPool | None = None) -> None:
         req.finish_s = t
+        self.waiting.forget(req)
         (pool or self.kv).release(req)
         self.finished.append(req)

@@ -12,7 +12,6 @@ from typing import Callable
 import simpy
 
 from nexus.cost.base import CostModel
-from nexus.errors import UserError
 from nexus.request import Request
 from nexus.step import Step, Stepper, StepRecord
 from nexus.topology import TwoGPUs
@@ -83,13 +82,14 @@ class SimEngine:
             self._poke()
 
     def _after(self, finished: list[Request]) -> None:
-        if finished:
-            if self.on_finish:
-                self.on_finish(len(finished))
+        if finished and self.on_finish:
+            self.on_finish(len(finished))
+        if isinstance(self.topology, TwoGPUs):
+            # Blocks come free when requests finish and when decode preempts: waking transfers
+            # only on finishes left them waiting forever once every decode had been preempted.
             waiters, self.kv_freed = self.kv_freed, []
             for event in waiters:
                 event.succeed()
-        if isinstance(self.topology, TwoGPUs):
             while self.topology.outbound:
                 self.transfers += 1
                 self.env.process(self._transfer(self.topology.outbound.pop(0)))
@@ -129,9 +129,10 @@ class SimEngine:
             return
         if any(ev is None for name, ev in self.idle.items() if name != stream):
             return  # another stream is between iterations and will plan again
+        # Every request fits alone (checked before the run) and a started prefill holds all
+        # its blocks, so the scheduler always has a move; reaching here is a bug.
         req = state.waiting.peek()
-        pool = state.prefill_kv
-        raise UserError(
-            f"simulation stalled: request {req.request_id} needs {req.prefill_remaining} more "
-            f"prefill tokens but only {pool.free} of {pool.num_blocks} KV blocks are free "
-            f"and nothing is running to free more; the KV cache is too small for this trace")
+        raise RuntimeError(
+            f"scheduler made no progress: request {req.request_id} waits for {req.prefill_remaining} "
+            f"prefill tokens ({req.kv_blocks} KV blocks held); prefill pool {state.prefill_kv.free} of "
+            f"{state.prefill_kv.num_blocks} blocks free, decode pool {state.kv.free} of {state.kv.num_blocks}")

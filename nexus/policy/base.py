@@ -46,7 +46,11 @@ def take_prefill_chunks(state: ServingState, token_budget: int,
                         whole_prompts: bool = False) -> list[tuple[Request, int]]:
     """Pop waiting requests in priority order and give each a chunk, until the budget is spent.
 
-    A request is admitted only when the KV blocks for its chunk fit. With whole_prompts the
+    A request starts its prefill only when the KV blocks for its whole prompt fit, and takes
+    them all at once (a check paired with its action). A partly prefilled request therefore
+    never waits for blocks, and can always finish: allocating chunk by chunk let requests
+    that arrived together each hold part of a prompt until none could go on (36 prompts of
+    12k tokens on an H100 stalled every one-GPU policy but Nexus). With whole_prompts the
     first request is taken whole even past the budget, and later ones only if they fit in it.
     """
     chunks: list[tuple[Request, int]] = []
@@ -61,7 +65,7 @@ def take_prefill_chunks(state: ServingState, token_budget: int,
         n = want if whole_prompts else min(want, token_budget)
         if whole_prompts and chunks and n > token_budget:
             break
-        if not state.prefill_kv.grow(req, req.kv_tokens + n):
+        if not state.prefill_kv.grow(req, req.prefill_target):
             break
         waiting.pop()
         chunks.append((req, n))
