@@ -40,6 +40,30 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--slo-tbt", type=float)
     b.add_argument("--out", required=True, help="directory for summary.json, requests.parquet, timeline.parquet, plots")
 
+    v = sub.add_parser("validate", help="run the engine and the simulator on the same requests; report the error",
+                       description="Serve a trace on this GPU under each policy at several loads, simulate the "
+                                   "identical requests on the same calibration, and report the simulator's error "
+                                   "per metric and load band, with a step-level view.",
+                       epilog="Example: nexus-real validate --trace traces/sharegpt.jsonl --limit 400 "
+                              "--policy chunked --policy nexus --policy nexus:beta=2 --loads auto --out val/")
+    v.add_argument("--trace", default=str(DEFAULT_TRACE))
+    v.add_argument("--policy", action="append", metavar="NAME[:KEY=VALUE,...]",
+                   help="a policy to validate, with parameters after a colon, e.g. nexus:beta=2; "
+                        "repeat for several (default: chunked, static and nexus)")
+    v.add_argument("--loads", default="auto",
+                   help="'auto' (0.5,0.8,1.0,1.2 x the simulator's predicted saturation) or rate scales, e.g. 0.5,1,2")
+    v.add_argument("--limit", type=int, help="only the first N requests of the trace")
+    v.add_argument("--model", default="llama-3.1-8b")
+    v.add_argument("--gpu", help="GPU spec (default: detected from the device)")
+    v.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    v.add_argument("--weights", help="local Hugging Face safetensors checkpoint dir (default: random weights)")
+    v.add_argument("--calibration", help="calibration JSON for both the simulator and the controller "
+                                         "(default: the shipped one for the GPU and model)")
+    v.add_argument("--max-num-seqs", type=int, default=256)
+    v.add_argument("--num-blocks", type=int, help="KV blocks (default: as many as fit)")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--out", required=True, help="directory for validate.json, validate.md and validate_cdf.png")
+
     pr = sub.add_parser("profile", help="measure step times over SM counts and shapes; write a calibration file",
                         description="Profile prefill, decode and co-run step times on every partition; "
                                     "resumable: rerun with the same --out to continue.")
@@ -59,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = "nexus-real " + " ".join(argv)
     console = Console(stderr=True)
-    command = bench if args.command == "bench" else profile_command
+    command = {"bench": bench, "validate": validate_command, "profile": profile_command}[args.command]
     return run_reporting_user_errors("nexus-real", lambda: command(args, console))
 
 
@@ -91,6 +115,39 @@ def bench(args: argparse.Namespace, console: Console) -> int:
     write_outputs(Path(args.out), results, extra, gpu.num_sms)   # partitions are released at exit
     console.print(f"wrote results to {args.out}/")
     return 0
+
+
+def validate_command(args: argparse.Namespace, console: Console) -> int:
+    from nexus.config import EngineConfig
+    from real.bench import Bench
+    from real.validate import PolicyCase, validate
+    from traces.retime import load_entries
+
+    model, gpu = resolve_model(args.model), resolve_gpu(args.gpu or "h100-sxm")
+    config = EngineConfig(max_num_seqs=args.max_num_seqs, seed=args.seed)
+    entries = load_entries(args.trace)[:args.limit] if args.limit else load_entries(args.trace)
+    cases = [PolicyCase.parse(t.strip()) for t in args.policy or ["chunked", "static", "nexus"]]
+    policies = [c.make() for c in cases]
+    loads = None if args.loads == "auto" else _positive_floats(args.loads, "--loads")
+    bench = Bench(model, gpu, policies, config, args.device, args.weights, args.num_blocks)
+    record = validate(bench, entries, cases, loads, args.calibration, args.command_line, str(args.trace),
+                      Path(args.out), log=lambda m: console.print(m))
+    for band, s in record["summary"].items():
+        if s["cases"]:
+            console.print(f"{band:17s} median |error| " + "  ".join(
+                f"{k} {v:.1f}%" for k, v in s["median_abs_pct"].items() if v is not None))
+    console.print(f"wrote {args.out}/validate.json, validate.md, validate_cdf.png")
+    return 0
+
+
+def _positive_floats(text: str, flag: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{flag} takes comma-separated numbers or 'auto', got {text!r}") from None
+    if not values or any(not (v > 0 and v < float("inf")) for v in values):
+        raise UserError(f"{flag} takes positive numbers, got {text!r}")
+    return values
 
 
 def profile_command(args: argparse.Namespace, console: Console) -> int:
