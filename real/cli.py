@@ -9,7 +9,8 @@ from rich.console import Console
 
 from nexus.errors import UserError
 from nexus.policy import POLICIES
-from nexus.specs import GPUS, MODELS, resolve_gpu, resolve_model
+from nexus.specs import GPUS, MODELS, resolve_model
+from real.gpu_detect import detect_gpu
 
 DEFAULT_TRACE = Path(__file__).resolve().parent.parent / "traces" / "sharegpt.jsonl"
 
@@ -23,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--policy", default="nexus", help=f"one of {', '.join(p for p in POLICIES if p != 'disagg')}")
     b.add_argument("--compare", help="comma-separated policies, run one after another on the same engine")
     b.add_argument("--model", default="llama-3.1-8b", help=f"{', '.join(MODELS)}, or a .json/.toml ModelSpec")
-    b.add_argument("--gpu", default="h100-sxm", help=f"GPU spec for the cost model: {', '.join(GPUS)}")
+    b.add_argument("--gpu", help=f"GPU spec: {', '.join(GPUS)} or a spec file (default: detected from the "
+                                 "device; one that contradicts the device is an error)")
     b.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                    help="cpu runs the same engine without partitions (use a tiny model)")
     b.add_argument("--weights", help="local Hugging Face safetensors checkpoint dir (default: random weights)")
@@ -68,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Profile prefill, decode and co-run step times on every partition; "
                                     "resumable: rerun with the same --out to continue.")
     pr.add_argument("--model", default="llama-3.1-8b")
-    pr.add_argument("--gpu", default="h100-sxm")
+    pr.add_argument("--gpu", help="GPU spec (default: detected from the device)")
     pr.add_argument("--out", required=True, help="calibration JSON (created, or merged into)")
     pr.add_argument("--part", default="prefill,decode,corun", help="which parts to measure now")
     pr.add_argument("--repeats", type=int, default=5)
@@ -95,7 +97,7 @@ def bench(args: argparse.Namespace, console: Console) -> int:
     from real.bench import Bench, write_outputs
     from traces.retime import load_entries
 
-    model, gpu = resolve_model(args.model), resolve_gpu(args.gpu)
+    model, gpu = resolve_model(args.model), detect_gpu(args.gpu, args.device, console.print)
     config = EngineConfig(max_num_seqs=args.max_num_seqs, gpu_memory_utilization=args.gpu_memory_utilization,
                           seed=args.seed)
     entries = load_entries(args.trace, args.rate_scale)
@@ -123,7 +125,7 @@ def validate_command(args: argparse.Namespace, console: Console) -> int:
     from real.validate import PolicyCase, validate
     from traces.retime import load_entries
 
-    model, gpu = resolve_model(args.model), resolve_gpu(args.gpu or "h100-sxm")
+    model, gpu = resolve_model(args.model), detect_gpu(args.gpu, args.device, console.print)
     config = EngineConfig(max_num_seqs=args.max_num_seqs, seed=args.seed)
     entries = load_entries(args.trace)[:args.limit] if args.limit else load_entries(args.trace)
     cases = [PolicyCase.parse(t.strip()) for t in args.policy or ["chunked", "static", "nexus"]]
@@ -155,7 +157,7 @@ def profile_command(args: argparse.Namespace, console: Console) -> int:
     from real.partitions import Partitions
     from real.profile import PARTS, profile
 
-    model, gpu = resolve_model(args.model), resolve_gpu(args.gpu)
+    model, gpu = resolve_model(args.model), detect_gpu(args.gpu, args.device, console.print)
     which = [w.strip() for w in args.part.split(",") if w.strip()]
     unknown = set(which) - set(PARTS)
     if unknown:
