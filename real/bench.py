@@ -31,10 +31,16 @@ from traces import TraceEntry
 class Bench:
     def __init__(self, model: ModelSpec, gpu: GPUSpec, policies: list[Policy],
                  config: EngineConfig = EngineConfig(), device: str = "cuda",
-                 weights: str | Path | None = None, num_blocks: int | None = None):
+                 weights: str | Path | None = None, num_blocks: int | None = None,
+                 ready: tuple[ModelRunner, Partitions] | None = None):
+        """Build the model, cache, partitions and graphs; `ready` reuses a runner and
+        partitions whose graphs are captured (the profiler's)."""
         for pol in policies:
             check_policy(pol, gpu)
         self.model, self.gpu, self.config, self.device = model, gpu, config, device
+        if ready is not None:
+            self.runner, self.partitions = ready
+            return
         self.runner = ModelRunner(model, device=device, weights=weights, seed=config.seed,
                                   num_blocks=num_blocks, memory_utilization=config.gpu_memory_utilization,
                                   max_decode_batch=config.max_num_seqs)

@@ -12,6 +12,7 @@ from nexus.policy import POLICIES
 from nexus.specs import GPUS, MODELS, resolve_model
 from real.gpu_detect import detect_gpu
 
+PROFILE_PARTS = ("prefill", "decode", "corun", "mixed", "engine")   # real.profile.PARTS, without torch
 DEFAULT_TRACE = Path(__file__).resolve().parent.parent / "traces" / "sharegpt.jsonl"
 
 
@@ -72,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", default="llama-3.1-8b")
     pr.add_argument("--gpu", help="GPU spec (default: detected from the device)")
     pr.add_argument("--out", required=True, help="calibration JSON (created, or merged into)")
-    pr.add_argument("--part", default="prefill,decode,corun", help="which parts to measure now")
+    pr.add_argument("--part", default=",".join(PROFILE_PARTS),
+                    help=f"which parts to measure now (default: all of {', '.join(PROFILE_PARTS)}; 'engine' "
+                         "is the host gap between steps, from a short engine replay of a synthetic trace)")
     pr.add_argument("--repeats", type=int, default=5)
     pr.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     pr.add_argument("--gpu-memory-utilization", type=float, default=0.9)
@@ -165,12 +168,16 @@ def profile_command(args: argparse.Namespace, console: Console) -> int:
     runner = ModelRunner(model, device=args.device, max_decode_batch=256,
                          memory_utilization=args.gpu_memory_utilization)
     parts = Partitions(gpu.partition_sizes(), device=args.device, cpu_gpu=gpu)
-    if "decode" in which or "corun" in which:
-        # The engine's buckets (they include every profiled batch size), so that the
-        # calibration records the padding the engine will apply.
-        runner.capture_graphs([parts.decode(0), *(parts.decode(p) for p in parts.made())])
-    if "prefill" in which or "corun" in which:
-        runner.capture_prefill_graphs([parts.prefill(0), *(parts.prefill(p) for p in parts.made())])
+    if "engine" in which:   # the replay runs as the engine does: every graph it captures
+        from real.bench import capture_all_graphs
+        capture_all_graphs(runner, parts)
+    else:
+        if "decode" in which or "corun" in which:
+            # The engine's buckets (they include every profiled batch size), so that the
+            # calibration records the padding the engine will apply.
+            runner.capture_graphs([parts.decode(0), *(parts.decode(p) for p in parts.made())])
+        if "prefill" in which or "corun" in which:
+            runner.capture_prefill_graphs([parts.prefill(0), *(parts.prefill(p) for p in parts.made())])
     data = profile(runner, parts, model, gpu, Path(args.out), which,
                    args.command_line, args.repeats,
                    log=lambda m: console.print(m))
