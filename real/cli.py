@@ -49,13 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "per metric and load band, with a step-level view.",
                        epilog="Example: nexus-real validate --trace traces/sharegpt.jsonl --limit 400 "
                               "--policy chunked --policy nexus --policy nexus:beta=2 --loads auto --out val/")
-    v.add_argument("--trace", default=str(DEFAULT_TRACE))
+    v.add_argument("--trace", action="append", metavar="[NAME=]PATH",
+                   help="trace to serve, repeatable (default: the shipped ShareGPT trace)")
     v.add_argument("--policy", action="append", metavar="NAME[:KEY=VALUE,...]",
                    help="a policy to validate, with parameters after a colon, e.g. nexus:beta=2; "
                         "repeat for several (default: chunked, static and nexus)")
     v.add_argument("--loads", default="auto",
-                   help="'auto' (0.5,0.8,1.0,1.2 x the simulator's predicted saturation) or rate scales, e.g. 0.5,1,2")
-    v.add_argument("--limit", type=int, help="only the first N requests of the trace")
+                   help="'auto' (0.5,0.8,1.0,1.2 x the simulator's predicted saturation), 'auto=0.5,1,1.2' "
+                        "for other fractions, or rate scales of the trace, e.g. 0.5,1,2")
+    v.add_argument("--limit", type=int, help="only the first N requests of each trace")
     v.add_argument("--model", default="llama-3.1-8b")
     v.add_argument("--gpu", help="GPU spec (default: detected from the device)")
     v.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -125,18 +127,28 @@ def bench(args: argparse.Namespace, console: Console) -> int:
 def validate_command(args: argparse.Namespace, console: Console) -> int:
     from nexus.config import EngineConfig
     from real.bench import Bench
-    from real.validate import PolicyCase, validate
+    from real.validate import AUTO_LOADS, PolicyCase, validate
     from traces.retime import load_entries
 
     model, gpu = resolve_model(args.model), detect_gpu(args.gpu, args.device, console.print)
     config = EngineConfig(max_num_seqs=args.max_num_seqs, seed=args.seed)
-    entries = load_entries(args.trace)[:args.limit] if args.limit else load_entries(args.trace)
+    traces = {}
+    for item in args.trace or [str(DEFAULT_TRACE)]:
+        name, sep, path = item.partition("=")
+        path = path if sep else name
+        name = name if sep else Path(path).stem
+        traces[name] = load_entries(path)[:args.limit] if args.limit else load_entries(path)
     cases = [PolicyCase.parse(t.strip()) for t in args.policy or ["chunked", "static", "nexus"]]
     policies = [c.make() for c in cases]
-    loads = None if args.loads == "auto" else _positive_floats(args.loads, "--loads")
+    fractions, loads = AUTO_LOADS, None
+    if args.loads.startswith("auto"):
+        if args.loads != "auto":
+            fractions = tuple(_positive_floats(args.loads.removeprefix("auto").lstrip("=:"), "--loads"))
+    else:
+        loads = _positive_floats(args.loads, "--loads")
     bench = Bench(model, gpu, policies, config, args.device, args.weights, args.num_blocks)
-    record = validate(bench, entries, cases, loads, args.calibration, args.command_line, str(args.trace),
-                      Path(args.out), log=lambda m: console.print(m))
+    record = validate(bench, traces, cases, loads, args.calibration, args.command_line, Path(args.out),
+                      fractions, log=lambda m: console.print(m))
     for band, s in record["summary"].items():
         if s["cases"]:
             console.print(f"{band:17s} median |error| " + "  ".join(

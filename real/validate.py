@@ -155,14 +155,16 @@ def _median(values: list[float]) -> float | None:
 
 
 def markdown(record: dict) -> str:
+    traces = ", ".join(f"`{n}` ({t['requests']} requests, {t['rate_rps']:.2f} req/s)"
+                       for n, t in record["traces"].items())
     lines = [f"# Simulator against engine: {record['model']} on {record['gpu']}", "",
-             f"Trace `{record['trace']}` ({record['requests']} requests, {record['trace_rate_rps']:.2f} req/s). "
-             f"Signed error of the simulator, % of the measured value. Command: `{record['command']}`", "",
-             "| policy | load x sat. | rate x | band | TTFT mean | TTFT p95 | TBT mean | TBT p95 | thr. |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"Traces: {traces}. Signed error of the simulator, % of the measured value. "
+             f"Command: `{record['command']}`", "",
+             "| trace | policy | load x sat. | rate x | band | TTFT mean | TTFT p95 | TBT mean | TBT p95 | thr. |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for c in record["cases"]:
         e = c["error_pct"]
-        lines.append(f"| {c['policy']} | {c['load']:.2f} | {c['rate_scale']:.2f} | {c['band']} | "
+        lines.append(f"| {c['trace']} | {c['policy']} | {c['load']:.2f} | {c['rate_scale']:.2f} | {c['band']} | "
                      + " | ".join(f"{e[k]:+.1f}" for k in ("ttft_s.mean", "ttft_s.p95", "tbt_s.mean",
                                                             "tbt_s.p95", "throughput_rps")) + " |")
     lines += ["", "| band | cases | | TTFT mean | TTFT p95 | TBT mean | TBT p95 | thr. |", "|---|---|---|---|---|---|---|---|"]
@@ -172,75 +174,90 @@ def markdown(record: dict) -> str:
             lines.append(f"| {band} | {s['cases']} | {kind} | "
                          + " | ".join("-" if v is None else f"{v:.1f}" for v in vals) + " |")
     lines += ["", "Step-level view (model against each measured step, % of the measured time):", "",
-              "| policy | load | step kind | n | median signed | median abs |", "|---|---|---|---|---|---|"]
+              "| trace | policy | load | step kind | n | median signed | median abs |", "|---|---|---|---|---|---|---|"]
     for c in record["cases"]:
         for kind, s in c["steps"].items():
-            lines.append(f"| {c['policy']} | {c['load']:.2f} | {kind} | {s['n']} | "
+            lines.append(f"| {c['trace']} | {c['policy']} | {c['load']:.2f} | {kind} | {s['n']} | "
                          f"{s['median_signed_pct']:+.1f} | {s['median_abs_pct']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
 def plot_cdfs(pairs: list[tuple[dict, Result, Result]], path: Path) -> None:
+    """TTFT and per-request mean TBT CDFs: one column per load, a row pair per trace;
+    each policy has one colour, the engine drawn solid and the simulator dashed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    policies = sorted({c["policy"] for c, _, _ in pairs})
-    loads = sorted({c["load"] for c, _, _ in pairs})
+    traces = list(dict.fromkeys(c["trace"] for c, _, _ in pairs))
+    policies = list(dict.fromkeys(c["policy"] for c, _, _ in pairs))
+    loads = sorted({round(c["load"], 2) for c, _, _ in pairs})
     colour = {p: plt.get_cmap("tab10")(i) for i, p in enumerate(policies)}
-    fig, axes = plt.subplots(2, len(loads), figsize=(4 * len(loads), 6.5), squeeze=False)
+    fig, axes = plt.subplots(2 * len(traces), len(loads), figsize=(4 * len(loads), 3.2 * 2 * len(traces)),
+                             squeeze=False)
     for case, measured, simulated in pairs:
-        col = loads.index(case["load"])
-        for row, column, scale in ((0, "ttft_s", 1.0), (1, "tbt_mean_s", 1e3)):
+        col, row0 = loads.index(round(case["load"], 2)), 2 * traces.index(case["trace"])
+        for row, column, scale in ((row0, "ttft_s", 1.0), (row0 + 1, "tbt_mean_s", 1e3)):
             ax = axes[row][col]
             for result, style, who in ((measured, "-", "engine"), (simulated, "--", "simulator")):
                 v = np.sort(result.requests[column].dropna().to_numpy() * scale)
                 if v.size:
                     ax.plot(v, np.arange(1, v.size + 1) / v.size, style, color=colour[case["policy"]],
                             label=f"{case['policy']} ({who})")
-    for col, load in enumerate(loads):
-        axes[0][col].set(title=f"{load:.2f} x predicted saturation", xlabel="TTFT (s)", xscale="log")
-        axes[1][col].set(xlabel="per-request mean TBT (ms)")
-    axes[0][0].set_ylabel("fraction of requests")
-    axes[1][0].set_ylabel("fraction of requests")
+    for t, trace in enumerate(traces):
+        for col, load in enumerate(loads):
+            axes[2 * t][col].set(title=f"{trace}: {load:.2f} x saturation", xlabel="TTFT (s)", xscale="log")
+            axes[2 * t + 1][col].set(xlabel="per-request mean TBT (ms)")
+        axes[2 * t][0].set_ylabel("fraction of requests")
+        axes[2 * t + 1][0].set_ylabel("fraction of requests")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def validate(bench, entries: list[TraceEntry], cases: list[PolicyCase], loads: list[float] | None,
-             calibration: str | None, command: str, trace_name: str, out: Path, log=print) -> dict:
-    """Run every (policy, load) on the engine `bench` and in the simulator; write the report."""
+def validate(bench, traces: dict[str, list[TraceEntry]], cases: list[PolicyCase], loads: list[float] | None,
+             calibration: str | None, command: str, out: Path, fractions: tuple[float, ...] = AUTO_LOADS,
+             log=print) -> dict:
+    """Run every (trace, policy, load) on the engine `bench` and in the simulator; write the report.
+
+    `loads` are rate scales of each trace; None means `fractions` of each policy's predicted
+    saturation on that trace.
+    """
     model, gpu, config = bench.model, bench.gpu, bench.config
     cost = load_cost_model(model, gpu, calibration)
-    rate = trace_rate(entries)
     record = {"command": command, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "machine": bench.machine(), "model": model.name, "gpu": gpu.name, "trace": trace_name,
-              "requests": len(entries), "trace_rate_rps": rate, "cost_model": cost.describe(),
+              "machine": bench.machine(), "model": model.name, "gpu": gpu.name, "cost_model": cost.describe(),
+              "traces": {name: {"requests": len(e), "rate_rps": trace_rate(e)} for name, e in traces.items()},
               "cases": [], "saturation_rate_scale": {}}
     pairs = []
-    for case in cases:
-        saturation = predicted_saturation_scale(entries, case, model, gpu, calibration, config)
-        record["saturation_rate_scale"][case.label] = saturation
-        for load in (loads or AUTO_LOADS):
-            scale = load * saturation if loads is None else load
-            load_frac = scale / saturation
-            timed = rescaled(entries, scale)
-            log(f"{case.label} at {scale:.2f}x the trace's rate ({load_frac:.2f}x predicted saturation) ...")
-            measured = bench.run(timed, case.make(), calibration)
-            simulated = sim.run(timed, policy=case.make(), model=model.name, gpu=gpu.name,
-                                calibration=calibration, config=config)
-            entry = {"policy": case.label, "load": load_frac, "rate_scale": scale,
-                     "band": BANDS[0] if load_frac <= 1.0 + 1e-9 else BANDS[1],
-                     "error_pct": signed_errors(measured.summary, simulated.summary),
-                     "measured": measured.summary, "simulated": simulated.summary,
-                     "steps": step_view(measured.timeline, cost)}
-            record["cases"].append(entry)
-            pairs.append((entry, measured, simulated))
+    for trace_name, entries in traces.items():
+        for case in cases:
+            saturation = predicted_saturation_scale(entries, case, model, gpu, calibration, config)
+            record["saturation_rate_scale"][f"{trace_name}/{case.label}"] = saturation
+            for load in (loads or fractions):
+                scale = load * saturation if loads is None else load
+                load_frac = scale / saturation
+                timed = rescaled(entries, scale)
+                log(f"{trace_name} {case.label} at {scale:.2f}x the trace's rate "
+                    f"({load_frac:.2f}x predicted saturation) ...")
+                measured = bench.run(timed, case.make(), calibration)
+                simulated = sim.run(timed, policy=case.make(), model=model.name, gpu=gpu.name,
+                                    calibration=calibration, config=config)
+                entry = {"trace": trace_name, "policy": case.label, "load": load_frac, "rate_scale": scale,
+                         "band": BANDS[0] if load_frac <= 1.0 + 1e-9 else BANDS[1],
+                         "error_pct": signed_errors(measured.summary, simulated.summary),
+                         "measured": measured.summary, "simulated": simulated.summary,
+                         "steps": step_view(measured.timeline, cost)}
+                record["cases"].append(entry)
+                pairs.append((entry, measured, simulated))
+                _write(record, out)   # keep what finished: a run cut short still reports its cases
+    plot_cdfs(pairs, out / "validate_cdf.png")
+    return record
+
+
+def _write(record: dict, out: Path) -> None:
     record["summary"] = summarize_cases(record["cases"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "validate.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
     (out / "validate.md").write_text(markdown(record))
-    plot_cdfs(pairs, out / "validate_cdf.png")
-    return record
