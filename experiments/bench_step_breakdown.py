@@ -147,6 +147,8 @@ def main() -> None:
     ap.add_argument("--groups", default="decode:64:1024,decode:256:1024,decode:16:16384,prefill:2048:0,"
                     "prefill:8192:0", help="shapes to break down, kind:a:b (b may be 'conversation')")
     ap.add_argument("--prefill-sweep", action="store_true", help="sweep the prefill attention kernel too")
+    ap.add_argument("--blas", action="store_true",
+                    help="time the dense layers of decode batches under cuBLAS and cuBLASLt")
     args = ap.parse_args()
     spec = MODELS["llama-3.1-8b"]
     out: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -181,9 +183,32 @@ def main() -> None:
               {k: round(v, 3) for k, v in g.items()}, flush=True)
     out["groups"] = rows
 
+    if args.blas:
+        blas = []
+        for rows in (16, 64, 128, 256):
+            x = torch.randn(rows, spec.hidden_size, device="cuda", dtype=torch.bfloat16)
+            inter = torch.randn(rows, spec.intermediate_size, device="cuda", dtype=torch.bfloat16)
+
+            def dense() -> None:
+                for layer in runner.model.layers:
+                    layer.attn.qkv(x)
+                    layer.attn.o(x)
+                    layer.mlp.gate_up(x)
+                    layer.mlp.down(inter)
+            row = {"rows": rows}
+            for lib in ("cublas", "cublaslt"):
+                torch.backends.cuda.preferred_blas_library(lib)
+                row[lib] = {"ms": graph_ms(dense, args.reps)}
+                row[lib]["fraction_of_bytes"] = layer_bytes / bw / (row[lib]["ms"] / 1e3)
+            torch.backends.cuda.preferred_blas_library("default")
+            blas.append(row)
+            print("blas", json.dumps(row), flush=True)
+        out["blas"] = blas
+
     if args.sweep:
         sweep = []
         base_d, base_p = dict(attention.DECODE_CONFIG), dict(attention.PREFILL_CONFIG)
+        base_few = dict(attention.DECODE_CONFIG_FEW_ROWS)
         base_pps = attention.PROGRAMS_PER_SM
         shapes = [("decode", 64, 1024), ("decode", 256, 1024), ("decode", 16, 16384), ("decode", 64, 4096),
                   ("decode", 128, "conversation")]
@@ -193,6 +218,7 @@ def main() -> None:
                                                           (64, 8, 3))):
             attention.PROGRAMS_PER_SM = pps
             attention.DECODE_CONFIG.update(BLOCK_N=bn, num_warps=w, num_stages=st)
+            attention.DECODE_CONFIG_FEW_ROWS.update(BLOCK_N=bn, num_warps=w, num_stages=st)
             try:
                 ms = {f"{a}x{b}": bd.attention_ms(batches[(k, a, b)]) for k, a, b in shapes}
                 frac = {f"{a}x{b}": sum(c.end for c in batches[(k, a, b)]) * kvt / bw / (ms[f"{a}x{b}"] / 1e3)
@@ -205,6 +231,8 @@ def main() -> None:
         attention.PROGRAMS_PER_SM = base_pps
         attention.DECODE_CONFIG.clear()
         attention.DECODE_CONFIG.update(base_d)
+        attention.DECODE_CONFIG_FEW_ROWS.clear()
+        attention.DECODE_CONFIG_FEW_ROWS.update(base_few)
         pre = bd.batch("prefill", 8192, 0)
         configs = itertools.product((64, 128), (64, 128), (4, 8), (2, 3)) if args.prefill_sweep else []
         for bm, bn, w, st in configs:

@@ -227,12 +227,12 @@ if HAVE_TRITON:
         lo = tl.load(items_ptr + item * 4 + 1)
         hi = tl.load(items_ptr + item * 4 + 2)
         pieces = tl.load(items_ptr + item * 4 + 3)
-        row = tl.load(rows_ptr + seq).to(tl.int64)
+        tok = tl.load(rows_ptr + seq).to(tl.int64)
         g = tl.arange(0, GROUP_PAD)
         gmask = g < GROUP
         heads = kvh * GROUP + g
         d = tl.arange(0, D)
-        q = tl.load(q_ptr + row * stride_qt + heads[:, None] * stride_qh + d[None, :],
+        q = tl.load(q_ptr + tok * stride_qt + heads[:, None] * stride_qh + d[None, :],
                     mask=gmask[:, None], other=0.0)
         m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
         l = tl.zeros([GROUP_PAD], tl.float32)
@@ -255,7 +255,7 @@ if HAVE_TRITON:
             m = m_new
         if pieces == 1:
             acc = acc / l[:, None]
-            tl.store(out_ptr + row * stride_ot + heads[:, None] * stride_oh + d[None, :],
+            tl.store(out_ptr + tok * stride_ot + heads[:, None] * stride_oh + d[None, :],
                      acc.to(out_ptr.dtype.element_ty), mask=gmask[:, None])
         else:
             acc = acc / l[:, None]
@@ -281,17 +281,22 @@ if HAVE_TRITON:
         d = tl.arange(0, D)
         part = tl.load(part_ptr + row[:, None] * D + d[None, :], mask=smask[:, None], other=0.0)
         o = tl.sum(part * w[:, None], axis=0) / tl.sum(w, axis=0)
-        row = tl.load(rows_ptr + seq).to(tl.int64)
-        tl.store(out_ptr + row * stride_ot + head * stride_oh + d,
+        tok = tl.load(rows_ptr + seq).to(tl.int64)
+        tl.store(out_ptr + tok * stride_ot + head * stride_oh + d,
                  o.to(out_ptr.dtype.element_ty))
 
 
 LOG2E = 1.4426950408889634
 # Tile sizes and launch settings (bf16, head_dim <= 128), chosen by measurement on an H100;
-# decode's third stage by a sweep on an H200 (experiments/bench_step_breakdown.py): 3-7%
-# less attention time at 64x1k, 256x1k and 16x16k than two stages.
+# decode's by a sweep on an H200 (experiments/bench_step_breakdown.py, results in
+# experiments/results/decode_attention_sweep_h200.json): a third stage streams 5-9% faster at
+# 64x1k, 256x1k and 64x4k, and batches of up to 32 rows, which hold few programs to keep
+# bytes in flight, stream long contexts 20% faster with 128-key tiles on 8 warps
+# (16x16k: 1.00 of copy bandwidth against 0.83).
 PREFILL_CONFIG = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
 DECODE_CONFIG = dict(BLOCK_N=DECODE_BLOCK_N, num_warps=4, num_stages=3)
+DECODE_CONFIG_FEW_ROWS = dict(BLOCK_N=128, num_warps=8, num_stages=3)
+FEW_ROWS = 32
 
 
 def _precision(q: torch.Tensor) -> str:
@@ -315,6 +320,12 @@ def _prefill_triton(q, k_cache, v_cache, meta, scale, out):
                           PRECISION=_precision(q), **cfg)
 
 
+def _decode_config(q: torch.Tensor, rows: int) -> dict:
+    # The few-rows tiles need three stages of 64 KB in 2-byte types; float32 would not fit.
+    few = rows <= FEW_ROWS and q.element_size() == 2 and q.shape[2] <= 128
+    return DECODE_CONFIG_FEW_ROWS if few else DECODE_CONFIG
+
+
 def _decode_triton(q, k_cache, v_cache, meta, scale, out):
     _, h, d = q.shape
     n = meta.num_decode_seqs
@@ -331,7 +342,7 @@ def _decode_triton(q, k_cache, v_cache, meta, scale, out):
         q, k_cache, v_cache, meta.decode_block_tables, meta.decode_items, rows, out, part, lse,
         q.stride(0), q.stride(1), meta.decode_block_tables.stride(0), out.stride(0), out.stride(1),
         scale * LOG2E, KV=kv, GROUP=group, GROUP_PAD=max(16, next_pow2(group)), D=d,
-        PAGE=meta.block_size, PRECISION=_precision(q), **DECODE_CONFIG)
+        PAGE=meta.block_size, PRECISION=_precision(q), **_decode_config(q, n))
     if meta.decode_merge:
         _merge_kernel[(n, h)](part, lse, meta.decode_first, rows, out, out.stride(0), out.stride(1), H=h, D=d,
                               MAX_PIECES=MAX_PIECES, num_warps=4)
