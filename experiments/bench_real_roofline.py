@@ -1,6 +1,7 @@
 """How close the real engine's steps come to the GPU's own ceilings (Llama-3.1-8B shapes, random bf16).
 
-    python3 experiments/bench_real_roofline.py --out experiments/results/real_roofline_h200.json
+    python3 experiments/bench_real_roofline.py      # about 2 minutes on an H200; writes
+                                                    # experiments/results/real_roofline_h200.json
 
 Ceilings are measured in the same run, not taken from datasheets: device-to-device copy
 bandwidth (bytes read + written, 4 GiB) and the bf16 matrix-product rate at 8192^3 on random
