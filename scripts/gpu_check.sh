@@ -35,7 +35,7 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run one step, log it, remember a fai
 # imports modules (simulator, traces) whose dependencies a GPU box may lack.
 step gpu_tests 900 $PY -m pytest -m gpu --noconftest -p no:cacheprovider -q -rs tests/test_real_*.py \
     --junitxml "$OUTDIR/gpu_tests.xml"
-step bench_real_roofline 600 $PY experiments/bench_real_roofline.py --out "$OUTDIR/real_roofline_h100.json"
+step bench_real_roofline 600 $PY experiments/bench_real_roofline.py --out "$OUTDIR/real_roofline_h200.json"
 step bench_host_overhead 600 $PY experiments/bench_host_overhead.py --out "$OUTDIR/host_overhead_h100.json"
 step bench_smoke 600 $PY -m real.cli bench --trace traces/sharegpt.jsonl --limit 100 \
     --compare chunked,static,nexus --out "$OUTDIR/bench_smoke"
