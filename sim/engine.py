@@ -14,6 +14,7 @@ import simpy
 from nexus.cost.base import CostModel
 from nexus.errors import UserError
 from nexus.kv import BlockPool
+from nexus.policy import check_split
 from nexus.policy.base import Policy
 from nexus.request import Request
 from nexus.state import Batch, ServingState
@@ -38,6 +39,7 @@ class SimEngine:
             self.gpu_of = {s: shared for s in policy.streams}
         self.gpus = list({id(g): g for g in self.gpu_of.values()}.values())
         self.transfers = 0
+        self.splits_checked: set = set()
         self.kv_freed: list[simpy.Event] = []
         self.idle: dict[str, simpy.Event | None] = {s: None for s in policy.streams}
         self.all_done = env.event()
@@ -82,6 +84,9 @@ class SimEngine:
                 steps = min(running.steps_until_finish(), running.steps_that_fit(MAX_RUN_STEPS))
             state.begin(batch, steps)
             split = policy.split(state)
+            if split not in self.splits_checked:
+                check_split(policy, split, state.gpu)
+                self.splits_checked.add(split)
             batch.sms = split.decode_sms if stream == "decode" else split.prefill_sms
             job = self._job(batch, steps)
             self.gpu_of[stream].start(job)

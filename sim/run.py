@@ -13,7 +13,7 @@ from nexus.cost import load_cost_model
 from nexus.errors import UserError
 from nexus.kv import BlockPool, blocks_for, kv_capacity_blocks
 from nexus.metrics import requests_frame, summarize
-from nexus.policy import Policy, make_policy
+from nexus.policy import Policy, check_policy, make_policy
 from nexus.request import Request
 from nexus.specs import resolve_gpu, resolve_model
 from nexus.state import ServingState
@@ -54,7 +54,9 @@ def run(trace: str | Path | Sequence[TraceEntry], policy: str | Policy = "nexus"
     """
     model_spec, gpu_spec = resolve_model(model), resolve_gpu(gpu)
     pol = policy if isinstance(policy, Policy) else make_policy(policy, **(policy_params or {}))
-    pol.check(gpu_spec)
+    check_policy(pol, gpu_spec)
+    if max_num_seqs < 1:
+        raise UserError(f"max_num_seqs must be at least 1, got {max_num_seqs}")
     cost = load_cost_model(model_spec, gpu_spec, calibration)
     planning = cost if policy_calibration is None else load_cost_model(model_spec, gpu_spec, policy_calibration)
     pool = BlockPool(kv_capacity_blocks(model_spec, gpu_spec, gpu_memory_utilization))
