@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import secrets
 import shutil
 import signal
 import tempfile
@@ -86,9 +87,11 @@ def write_results(out: Path, runs: dict[str, RunOutput], num_sms: int) -> None:
     One run lands in `out` itself, several in one subfolder per policy.
     """
     check_out(out)
+    out = Path(os.path.abspath(out))   # so that "." and "x/.." have a name and a parent
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    stage = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
     try:
+        stage.mkdir()   # not mkdtemp: the results folder keeps the umask's permissions
         for name, run in runs.items():
             write_run(stage if len(runs) == 1 else stage / name, run.summary, run.requests,
                       run.timeline, run.extra)

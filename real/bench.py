@@ -10,7 +10,7 @@ from nexus.cost import load_cost_model
 from nexus.errors import UserError
 from nexus.kv import BlockPool, blocks_for
 from nexus.metrics import requests_frame, summarize
-from nexus.policy import Policy, build_policies
+from nexus.policy import Policy, build_policies, check_policy
 from nexus.request import Request
 from nexus.specs import GPUSpec, ModelSpec
 from nexus.state import ServingState
@@ -94,7 +94,7 @@ def make_policies(names: list[str], params: dict, split: tuple[int, int] | None,
     for pol in policies:
         if getattr(pol, "gpus", 1) > 1:
             raise UserError(f"{pol.name} needs two GPUs; nexus-real runs on one")
-        pol.check(gpu)
+        check_policy(pol, gpu)
     return policies
 
 
@@ -104,8 +104,5 @@ def facts(device: str) -> dict:
 
 def write_outputs(out: Path, runs: dict[str, tuple[dict, pd.DataFrame, pd.DataFrame]], extra: dict,
                   num_sms: int) -> None:
-    from nexus.report import plot_latency_cdfs, plot_timeline, write_run
-    for name, (summary, frame, timeline) in runs.items():
-        write_run(out if len(runs) == 1 else out / name, summary, frame, timeline, extra)
-    plot_latency_cdfs({n: r[1] for n, r in runs.items()}, out / "latency_cdf.png")
-    plot_timeline({n: r[2] for n, r in runs.items()}, num_sms, out / "split_and_kv.png")
+    from nexus.report import RunOutput, write_results
+    write_results(out, {name: RunOutput(*run, extra) for name, run in runs.items()}, num_sms)

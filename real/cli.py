@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from nexus.cli_args import ArgumentParser, non_negative_int, positive_int, positive_seconds
 from nexus.errors import UserError
 from nexus.policy import POLICIES
 from nexus.specs import GPUS, MODELS, resolve_gpu, resolve_model
@@ -15,7 +16,7 @@ DEFAULT_TRACE = Path(__file__).resolve().parent.parent / "traces" / "sharegpt.js
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nexus-real", description=__doc__)
+    p = ArgumentParser(prog="nexus-real", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("bench", help="replay a trace under one or more policies and measure TTFT/TBT",
                        description="Replay a trace in real time on one GPU; write the same files as nexus-sim.")
@@ -31,13 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--split", help="PREFILL_SMS:DECODE_SMS for static (and nexus's fallback split)")
     b.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="policy parameter")
     b.add_argument("--rate-scale", type=float, default=1.0)
-    b.add_argument("--limit", type=int, help="only the first N requests of the trace")
-    b.add_argument("--max-num-seqs", type=int, default=256)
-    b.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    b.add_argument("--num-blocks", type=int, help="KV blocks (default: as many as fit)")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--slo-ttft", type=float)
-    b.add_argument("--slo-tbt", type=float)
+    b.add_argument("--limit", type=positive_int, help="only the first N requests of the trace")
+    b.add_argument("--max-num-seqs", type=positive_int, default=256)
+    b.add_argument("--gpu-memory-utilization", type=memory_fraction, default=0.9)
+    b.add_argument("--num-blocks", type=positive_int, help="KV blocks (default: as many as fit)")
+    b.add_argument("--seed", type=non_negative_int, default=0)
+    b.add_argument("--slo-ttft", type=positive_seconds)
+    b.add_argument("--slo-tbt", type=positive_seconds)
     b.add_argument("--out", required=True, help="directory for summary.json, requests.parquet, timeline.parquet, plots")
 
     pr = sub.add_parser("profile", help="measure step times over SM counts and shapes; write a calibration file",
@@ -47,10 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--gpu", default="h100-sxm")
     pr.add_argument("--out", required=True, help="calibration JSON (created, or merged into)")
     pr.add_argument("--part", default="prefill,decode,corun", help="which parts to measure now")
-    pr.add_argument("--repeats", type=int, default=5)
+    pr.add_argument("--repeats", type=positive_int, default=5)
     pr.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    pr.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    pr.add_argument("--gpu-memory-utilization", type=memory_fraction, default=0.9)
     return p
+
+
+def memory_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction of memory in (0, 1], got {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,19 +75,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def bench(args: argparse.Namespace, console: Console) -> int:
-    from nexus.report import print_table
-    from real.bench import (bench_policy, build_partitions, capture_all_graphs, check_fits, facts,
-                            make_policies, warm_up, write_outputs)
-    from real.model_runner import ModelRunner
-    from nexus.cli_args import parse_params, parse_split
+    from nexus.cli_args import parse_params, parse_split, policy_names
+    from nexus.report import check_out, print_table
     from traces.retime import load_entries
 
+    check_out(Path(args.out))   # before the work, not after it
     model, gpu = resolve_model(args.model), resolve_gpu(args.gpu)
     entries = load_entries(args.trace, args.rate_scale)
     if args.limit:
         entries = entries[:args.limit]
-    names = [n.strip() for n in (args.compare or args.policy).split(",") if n.strip()]
+    names = policy_names(args.policy, args.compare)
     split = parse_split(args.split) if args.split else None
+
+    from real.bench import (bench_policy, build_partitions, capture_all_graphs, check_fits, facts,
+                            make_policies, warm_up, write_outputs)
+    from real.model_runner import ModelRunner
     policies = make_policies(names, parse_params(args.param), split, gpu)
 
     runner = ModelRunner(model, device=args.device, weights=args.weights, seed=args.seed,
