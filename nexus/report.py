@@ -151,10 +151,7 @@ def plot_latency_cdfs(runs: dict[str, pd.DataFrame], path: Path) -> None:
             if v.size:
                 ax.plot(v, np.arange(1, v.size + 1) / v.size, label=name, color=colours[name])
     axes[0].set(xlabel="TTFT (s)", ylabel="fraction of requests", xscale="log", title="Time to first token")
-    # Labels on 1-2-5 steps only: the default labels every minor tick of a short log axis.
-    axes[0].xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    axes[0].xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
-    axes[0].xaxis.set_minor_formatter(NullFormatter())
+    _label_log_axis(axes[0])
     axes[1].set(xlabel="mean time between tokens of one request (ms)", ylabel="fraction of requests",
                 title="TBT, each request's mean (summary.json's tbt_s is over all tokens)")
     axes[1].title.set_fontsize(10)
@@ -167,6 +164,16 @@ def plot_latency_cdfs(runs: dict[str, pd.DataFrame], path: Path) -> None:
     plt.close(fig)
 
 
+def _label_log_axis(ax) -> None:
+    """Plain-number labels on 1-2-5 steps over a short range, on decades over a long one
+    (the default labels every minor tick of a short log axis, and they overlap)."""
+    low, high = ax.get_xlim()
+    subs = (1.0, 2.0, 5.0) if high / low <= 10**2.5 else (1.0,)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_timeline(runs: dict[str, pd.DataFrame], num_sms: int, path: Path) -> None:
     """Top: SMs on the prefill side (a one-stream policy runs on every SM; a two-GPU policy
     is listed, not drawn, as its prefill has a GPU of its own). Bottom: KV cache use."""
@@ -175,15 +182,18 @@ def plot_timeline(runs: dict[str, pd.DataFrame], num_sms: int, path: Path) -> No
     colours = policy_colours(runs)
     fig, axes = plt.subplots(2, 1, figsize=(10, 5.5), sharex=True)
     elsewhere = []
+    one_stream = [n for n, tl in runs.items() if len(tl) and set(tl["stream"]) <= {"mixed"}]
     kv_top = 0.0
     for name, tl in runs.items():
         colour = colours[name]
         if getattr(POLICIES.get(name), "gpus", 1) > 1:
             elsewhere.append(name)
-        elif set(tl["stream"]) <= {"mixed"}:
-            if len(tl):
-                axes[0].hlines(num_sms, tl["start_s"].min(), tl["end_s"].max(), colors=colour,
-                               linestyles="--", label=f"{name}: one stream, all SMs")
+        elif name in one_stream:
+            # Interleaved dashes, so that several one-stream policies on the same line all show.
+            k, i = len(one_stream), one_stream.index(name)
+            axes[0].plot([tl["start_s"].min(), tl["end_s"].max()], [num_sms, num_sms], color=colour, lw=2,
+                         linestyle=(4 * i, (4, 4 * (k - 1))) if k > 1 else "--",
+                         label=f"{name}: one stream, all SMs")
         else:
             pre = tl[tl["stream"] == "prefill"]
             if len(pre):
@@ -199,10 +209,10 @@ def plot_timeline(runs: dict[str, pd.DataFrame], num_sms: int, path: Path) -> No
     # Scale the KV axis to the data, so that a few percent of use is visible.
     axes[1].set(xlabel="time (s)", ylabel="KV use (%)", ylim=(0, min(100.0, max(1.0, kv_top * 1.15))),
                 title="KV cache in use")
-    for ax in axes:
+    for ax, where in zip(axes, ("lower right", "upper right")):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="upper right", fontsize=8)
+            ax.legend(loc=where, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
