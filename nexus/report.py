@@ -143,6 +143,22 @@ def write_run(out: Path, summary: dict, requests: pd.DataFrame, timeline: pd.Dat
 
 
 def plot_latency_cdfs(runs: dict[str, pd.DataFrame], path: Path) -> None:
+    _save(latency_cdf_figure(runs), path)
+
+
+def plot_timeline(runs: dict[str, pd.DataFrame], num_sms: int, path: Path) -> None:
+    _save(timeline_figure(runs, num_sms), path)
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    try:
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
+
+
+def latency_cdf_figure(runs: dict[str, pd.DataFrame]) -> plt.Figure:
+    """TTFT and per-request mean TBT CDFs, one colour per policy."""
     colours = policy_colours(runs)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, df in runs.items():
@@ -160,8 +176,7 @@ def plot_latency_cdfs(runs: dict[str, pd.DataFrame], path: Path) -> None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def _label_log_axis(ax) -> None:
@@ -174,7 +189,7 @@ def _label_log_axis(ax) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def plot_timeline(runs: dict[str, pd.DataFrame], num_sms: int, path: Path) -> None:
+def timeline_figure(runs: dict[str, pd.DataFrame], num_sms: int) -> plt.Figure:
     """Top: SMs on the prefill side (a one-stream policy runs on every SM; a two-GPU policy
     is listed, not drawn, as its prefill has a GPU of its own). Bottom: KV cache use."""
     from nexus.policy import POLICIES
@@ -214,8 +229,7 @@ def plot_timeline(runs: dict[str, pd.DataFrame], num_sms: int, path: Path) -> No
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc=where, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def print_table(summaries: Sequence[dict], console: Console | None = None) -> None:

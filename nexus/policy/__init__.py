@@ -106,8 +106,7 @@ def make_policy(name: str, **params) -> Policy:
     takes = _accepted(cls)
     foreign = [k for k in params if k not in takes]
     if foreign:
-        raise UserError(f"policy {name!r} takes no parameter {', '.join(foreign)}; "
-                        f"it takes {', '.join(sorted(takes)) or 'none'}")
+        raise UserError(f"{name} takes no parameter {foreign[0]!r}; it takes {', '.join(sorted(takes)) or 'none'}")
     check_params(params)
     return cls(**params)
 
