@@ -10,8 +10,10 @@ from dataclasses import asdict
 
 import pytest
 
+import sim
 from nexus.errors import UserError
-from nexus.policy import PARAMS, POLICIES, build_policies, make_policy
+from nexus.policy import PARAMS, POLICIES, Policy, build_policies, decode_step, make_policy, take_prefill_chunks
+from nexus.state import Batch, Split
 from nexus.specs import GPUS, MODELS, resolve_gpu, resolve_model
 from sim.cli import main as _sim_main
 from synthetic import make_trace
@@ -214,3 +216,39 @@ def test_error_is_one_line_when_stderr_is_a_pipe(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and len(proc.stderr) > 80, proc.stderr
     assert "field 'arrival_time_s': must be a finite number of seconds, got NaN" in proc.stderr
+
+
+class FixedPairs(Policy):
+    """Like the README's custom policy: fixed splits written for a 132-SM GPU."""
+    name = "fixed-pairs"
+    streams = ("prefill", "decode")
+
+    def __init__(self, sizes=(48, 96)):
+        self.sizes = list(sizes)
+
+    def splits(self, gpu):
+        return self.sizes
+
+    def split(self, state):
+        if not len(state.running):
+            return Split()
+        return Split(96, 36) if len(state.waiting) >= 2 else Split(48, 84)
+
+    def plan(self, state, stream):
+        if stream == "prefill":
+            chunks = take_prefill_chunks(state, 2048)
+            return Batch(stream, prefill=chunks) if chunks else None
+        return decode_step(state, stream)
+
+
+def test_custom_policy_split_the_gpu_cannot_give_is_refused():
+    trace = make_trace(60, 200.0, (200, 2000), (20, 60))
+    assert sim.run(trace, policy=FixedPairs(), gpu="h100-sxm").summary["requests"] == 60
+    with pytest.raises(UserError, match="fixed-pairs' chose a split the GPU cannot give: split 96:36 asks for "
+                                        "132 SMs; a100-80gb has 108"):
+        sim.run(trace, policy=FixedPairs(), gpu="a100-80gb")
+
+
+def test_custom_policy_listing_a_partition_the_gpu_cannot_give_is_refused_up_front():
+    with pytest.raises(UserError, match="lists a prefill partition of 50 SMs, which h100-sxm cannot give"):
+        sim.run(make_trace(3, 1.0, (5, 6), (2, 3)), policy=FixedPairs((48, 50)), gpu="h100-sxm")
