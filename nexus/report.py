@@ -74,9 +74,16 @@ def check_out(out: Path) -> None:
 
 
 def _holds_results(folder: Path) -> bool:
-    """A folder an earlier run wrote: summary.json at its top, or in a policy's subfolder."""
-    return (folder / "summary.json").is_file() or any(
-        (child / "summary.json").is_file() for child in folder.iterdir() if child.is_dir())
+    """A folder an earlier run wrote, and nothing else: its files, or one subfolder of them
+    per policy. Replacing anything more would delete what the user put there."""
+    ours = {*RESULT_FILES, *PLOT_FILES}
+
+    def run_folder(path: Path) -> bool:
+        return path.is_dir() and (path / "summary.json").is_file() and all(
+            p.name in ours and p.is_file() for p in path.iterdir())
+
+    return run_folder(folder) or all(
+        (p.name in PLOT_FILES and p.is_file()) or run_folder(p) for p in folder.iterdir())
 
 
 def write_results(out: Path, runs: dict[str, RunOutput], num_sms: int) -> None:

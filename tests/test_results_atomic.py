@@ -143,3 +143,14 @@ def test_sigint_soon_after_start_exits_130_without_a_traceback(tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("extra", ["notes.txt", "nexus/notes.txt"])
+def test_results_folder_with_the_users_files_is_not_replaced(tmp_path, fast_plots, extra):
+    from nexus.errors import UserError
+    out = tmp_path / "out"
+    write_results(out, {"static": run_output("static"), "nexus": run_output("nexus")}, 132)
+    (out / extra).write_text("mine")
+    with pytest.raises(UserError, match="a folder holding other files"):
+        write_results(out, {"chunked": run_output("chunked")}, 132)
+    assert (out / extra).read_text() == "mine"
