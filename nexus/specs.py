@@ -86,6 +86,16 @@ class GPUSpec:
         return [s for s in range(self.sm_min, self.num_sms, self.sm_step)
                 if s >= least and self.num_sms - s >= least]
 
+    def half_split(self) -> tuple[int, int]:
+        """The even split this GPU can give: the grantable prefill partition nearest half the
+        SMs (the smaller on a tie), decode on the rest (64:68 on an H100, 46:46 on an L20)."""
+        sizes = self.partition_sizes()
+        if not sizes:
+            raise UserError(f"{self.name} cannot be split: no partition of {self.num_sms} SMs in steps of "
+                            f"{self.sm_step} leaves both sides at least {max(self.sm_min, self.usable_min_sms)}")
+        prefill = min(sizes, key=lambda s: (abs(2 * s - self.num_sms), s))
+        return prefill, self.num_sms - prefill
+
     def check_split(self, prefill_sms: int, decode_sms: int) -> None:
         """Raise UserError unless the GPU can give this split.
 

@@ -28,9 +28,12 @@ def make_policy(name: str, **params) -> Policy:
         raise UserError(f"policy {name!r}: {e}") from None
 
 
-def build_policies(names: list[str], params: dict, split: tuple[int, int] | None = None) -> list[Policy]:
+def build_policies(names: list[str], params: dict, split: tuple[int, int] | None = None,
+                   slo: dict | None = None) -> list[Policy]:
     """Policies by name for a command line: shared --param values go to the policies that take
-    them (so --compare can share flags), and --split sets static's split and nexus's fallback."""
+    them (so --compare can share flags), --split sets static's split and nexus's fallback, and
+    the run's SLO (`slo`: parameter -> value, None where unset) goes to policies that plan
+    against one, unless a --param already set it."""
     from inspect import signature
 
     accepts = {name: signature(cls.__init__).parameters for name, cls in POLICIES.items()}
@@ -42,6 +45,8 @@ def build_policies(names: list[str], params: dict, split: tuple[int, int] | None
         if name not in POLICIES:
             raise UserError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
         kwargs = {k: v for k, v in params.items() if k in accepts[name]}
+        kwargs.update({k: v for k, v in (slo or {}).items()
+                       if v is not None and k in accepts[name] and k not in kwargs})
         if split and name == "static":
             kwargs.update(prefill_sms=split[0], decode_sms=split[1])
         elif split and name == "nexus":
