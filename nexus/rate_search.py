@@ -68,12 +68,12 @@ class RateSearch:
             return self.start * self.start / self.upper if self.hi == self.start else self.hi / self.factor
         return math.sqrt(self.lo * self.hi)
 
-    def tell(self, rate: float, ok: bool, **details: Any) -> None:
+    def tell(self, rate: float, ok: bool, /, **details: Any) -> None:
         """The verdict on `rate` (the last rate next_rate gave); details go into the probe record."""
         if rate != self._pending:
             raise ValueError(f"told about {rate}, but the search is waiting for {self._pending}")
         self._pending = None
-        self.probes.append({"rate": rate, "ok": bool(ok), **details})
+        self.probes.append({**details, "rate": rate, "ok": bool(ok)})
         if ok:
             self.lo = rate
         else:

@@ -64,6 +64,8 @@ def run_load_study(args: argparse.Namespace, policies: list[Policy], console) ->
             rec = max_rate.record(results, entries, setup, load, slo, command, search)
             max_rate.write_record(rec, out / "max_rate.json")
             max_rate.print_max_rates(rec, Console())
+            for w in rec["warnings"]:
+                console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
             console.print(f"wrote {out / 'max_rate.json'}")
     finally:
         executor.shutdown()

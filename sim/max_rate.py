@@ -178,6 +178,4 @@ def print_max_rates(rec: dict, console) -> None:
     console.print(table)
     if best - {None}:
         console.print("* best setting of its --grid")
-    for w in rec["warnings"]:
-        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
 
