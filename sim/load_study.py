@@ -33,7 +33,8 @@ def run_load_study(args: argparse.Namespace, policies: list[Policy], console) ->
         raise UserError("a load study needs a trace of at least 2 requests")
     variants = [max_rate.Variant(p.name, p) for p in policies]
     for g in args.grid:
-        variants += max_rate.grid_variants(g, parse_params(args.param))
+        variants += max_rate.grid_variants(g, parse_params(args.param),
+                                           {"ttft_slo_s": args.slo_ttft, "tbt_slo_s": args.slo_tbt})
     setup = Setup(args.model, args.gpu, args.calibration, args.policy_calibration, args.max_num_seqs)
     load = Load(unit, args.seed)
     slo = None

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 from nexus.cli_args import parse_params
 from nexus.errors import UserError
-from nexus.policy import Policy, make_policy
+from nexus.policy import Policy, build_policies, make_policy
 from nexus.rate_search import RateSearch, search_all
 from sim.probe import SLO, Load, Setup, probe
 from traces import TraceEntry
@@ -50,10 +50,16 @@ def parse_grid(text: str) -> tuple[str, str, list]:
     return name.strip(), key, [p[key] for p in parsed]
 
 
-def grid_variants(text: str, base_params: dict | None = None) -> list[Variant]:
+def grid_variants(text: str, shared: dict | None = None, slo: dict | None = None) -> list[Variant]:
+    """One variant per value of the grid's parameter; shared --param values and the SLO go to
+    the policy as build_policies gives them."""
     name, key, values = parse_grid(text)
-    return [Variant(f"{name} {key}={v}", make_policy(name, **{**(base_params or {}), key: v}),
-                    f"{name}:{key}") for v in values]
+    base = build_policies([name], {k: v for k, v in (shared or {}).items() if k != key}, slo=slo)[0]
+    make_policy(name, **{key: values[0]})    # an unknown parameter is the user's error
+    fixed = {k: v for k, v in (shared or {}).items() if k in vars(base) and k != key}
+    fixed.update({k: getattr(base, k) for k in (slo or {}) if k in vars(base)})
+    return [Variant(f"{name} {key}={v}", make_policy(name, **{**fixed, key: v}), f"{name}:{key}")
+            for v in values]
 
 
 def search_for(start: float, rel_tol: float = 0.02) -> RateSearch:

@@ -6,6 +6,7 @@ from nexus.policy.base import Policy, decode_step, make_decode_room, take_prefil
 from nexus.policy.chunked import Chunked
 from nexus.policy.disagg import Disagg
 from nexus.policy.nexus import Nexus
+from nexus.policy.nexus_slo import NexusSLO
 from nexus.policy.prefill_first import PrefillFirst
 from nexus.policy.static import Static
 
@@ -14,6 +15,7 @@ POLICIES: dict[str, type[Policy]] = {
     "prefill-first": PrefillFirst,
     "static": Static,
     "nexus": Nexus,
+    "nexus-slo": NexusSLO,
     "disagg": Disagg,
 }
 
@@ -56,4 +58,4 @@ def build_policies(names: list[str], params: dict, split: tuple[int, int] | None
 
 
 __all__ = ["build_policies", "POLICIES", "Policy", "make_policy", "decode_step", "make_decode_room", "take_prefill_chunks",
-           "Chunked", "PrefillFirst", "Static", "Nexus", "Disagg"]
+           "Chunked", "PrefillFirst", "Static", "Nexus", "NexusSLO", "Disagg"]
