@@ -219,6 +219,10 @@ class MeasuredCost:
                             f"`python -m nexus.cost.fit {origin}`") from None
         self._bytes_of = IterationWork(model, 1.0, 1.0)
         self._bytes: dict[BatchShape, float] = {}
+        # Memos: the simulator asks for the same shape's time many times (its job, then both
+        # slowdowns at every retiming while it runs); decode shapes rarely recur for long.
+        self._plans: dict[BatchShape, tuple | None] = {}
+        self._solo: dict[tuple[BatchShape, int], float] = {}
         self._bandwidth = gpu.hbm_bandwidth
 
     @classmethod
@@ -304,6 +308,15 @@ class MeasuredCost:
     # ---- solo time ---------------------------------------------------------------------
 
     def _plan(self, shape: BatchShape) -> tuple | None:
+        try:
+            return self._plans[shape]
+        except KeyError:
+            if len(self._plans) >= _CACHE_LIMIT:
+                self._plans.clear()
+            plan = self._plans[shape] = self._make_plan(shape)
+            return plan
+
+    def _make_plan(self, shape: BatchShape) -> tuple | None:
         """(phase curve, where the size falls on it, its attention features, decode KV tokens)."""
         tokens, *attention = prefill_attention(shape.prefill_chunks)
         seqs = shape.decode_seqs if shape.decode_seqs > 0 else 0
@@ -340,12 +353,18 @@ class MeasuredCost:
 
     def solo_time(self, shape: BatchShape, sms: int | np.ndarray) -> float | np.ndarray:
         """Seconds for the iteration with the GPU otherwise idle."""
-        plan = self._plan(shape)
         if isinstance(sms, (int, np.integer)):
-            s = self._check_sms(sms)
-            if plan is None:
-                return 0.0
-            return self._time(plan, self._prefill.rows[s], self._decode.rows[s])
+            key = (shape, sms)
+            t = self._solo.get(key)
+            if t is None:
+                s = self._check_sms(sms)
+                plan = self._plan(shape)
+                t = 0.0 if plan is None else self._time(plan, self._prefill.rows[s], self._decode.rows[s])
+                if len(self._solo) >= _CACHE_LIMIT:
+                    self._solo.clear()
+                self._solo[key] = t
+            return t
+        plan = self._plan(shape)
         s = self._sms_array(sms)
         if plan is None:
             return np.zeros(s.shape)
