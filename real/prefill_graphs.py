@@ -18,6 +18,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from nexus.graph_buckets import PREFILL_GRAPH_BUCKETS, PREFILL_GRAPH_MAX_SEQS, prefill_bucket
 from real.attention import AttentionMetadata
 from real.batch import Chunk
 from real.graphs import StepGraphs
@@ -25,9 +26,7 @@ from real.kv_cache import KVCache
 from real.model import Transformer
 from real.partitions import Partition
 
-MAX_SEQS = 16
-# Finer where padding is dear: above 128 tokens the matmuls start to be compute-bound.
-PREFILL_GRAPH_BUCKETS = (16, 32, 64, 128, 192, 256, 320, 384, 448, 512)
+MAX_SEQS = PREFILL_GRAPH_MAX_SEQS
 
 
 class PrefillGraphs(StepGraphs):
@@ -54,11 +53,7 @@ class PrefillGraphs(StepGraphs):
         return ids, pos, slots, cu, starts, select, tables
 
     def bucket_for(self, partition: Partition, batch: Sequence[Chunk]) -> int | None:
-        if len(batch) > MAX_SEQS or any(len(c.token_ids) < 2 for c in batch):
-            return None
-        tokens = sum(len(c.token_ids) for c in batch)
-        fits = [b for b in self.buckets(partition) if b >= tokens]
-        return fits[0] if fits else None
+        return prefill_bucket(self.buckets(partition), MAX_SEQS, [len(c.token_ids) for c in batch])
 
     def _fill_host(self, batch: Sequence[Chunk]) -> None:
         """Write the batch, padded to MAX_SEQS sequences and max_tokens tokens, into `host`."""
