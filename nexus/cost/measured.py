@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from nexus.cost.base import FULL_GPU, BatchShape, sms_array
-from nexus.cost.calibration import check_matches, read_calibration
+from nexus.cost.calibration import check_matches, content_digest, read_calibration
 from nexus.cost.terms import (CORUN_TERMS, FIT_METHOD, FIT_VERSION, PREFILL_ATTENTION, corun_excess,
                               prefill_attention, sm_share)
 from nexus.cost.roofline import IterationWork
@@ -195,6 +195,7 @@ class MeasuredCost:
         self.model, self.gpu = model, gpu
         self.fit = fit
         self.calibration, self.fit_error, self.created = calibration, fit_error, created
+        self.digest: str | None = None     # of the calibration file's contents, when loaded from one
         # Host time an engine spends between two iterations of a stream (scheduling,
         # bookkeeping, a loop over the decode rows); measured from engine runs, not from
         # the kernel profile.
@@ -237,6 +238,7 @@ class MeasuredCost:
         fit, fit_error = data["fit"], data.get("fit_error")
         cost = cls(model, gpu, fit, calibration=str(path), fit_error=fit_error,
                    created=data["created"])
+        cost.digest = content_digest(data)
         engine = data.get("engine", {})
         if not isinstance(engine, dict):
             raise UserError(f"{path}: engine must be an object, got {engine!r}")
@@ -425,6 +427,7 @@ class MeasuredCost:
             "model": self.model.name,
             "fit_error": self.fit_error,
             "created": self.created,
+            "digest": self.digest,
             "step_gap_s": self.step_gap_s,
             "step_gap_per_seq_s": self.step_gap_per_seq_s,
             "engine": self.engine,
