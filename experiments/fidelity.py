@@ -154,14 +154,16 @@ def controller_calibration(path: str | None, cases: list[dict], calibration: Pat
     The simulated GPU follows `calibration` (--calibration); the policies plan with this one,
     so that a Nexus controller in the simulator decides as the measured one did.
     """
-    from nexus.cost.calibration import read_calibration
+    from nexus.cost.calibration import content_digest, read_calibration
 
-    created = read_calibration(path or calibration)["created"]
-    used = {c["summary"]["cost_model"].get("created") for c in cases if c["policy"] == "nexus"}
-    if used - {created}:
-        raise SystemExit(f"the measured Nexus runs planned with a calibration created {sorted(used)}, "
-                         f"but {path or calibration} was created {created}; pass the one they used "
-                         "with --controller-calibration")
+    data = read_calibration(path or calibration)
+    # Runs record the calibration's digest (its contents) since it was added; older ones its stamp.
+    used = {c["summary"]["cost_model"].get("digest") or c["summary"]["cost_model"].get("created")
+            for c in cases if c["policy"] == "nexus"}
+    if used - {content_digest(data), data["created"]}:
+        raise SystemExit(f"the measured Nexus runs planned with calibration {sorted(used)}, but "
+                         f"{path or calibration} is {content_digest(data)} (created {data['created']}); "
+                         "pass the one they used with --controller-calibration")
     return path
 
 

@@ -31,13 +31,13 @@ from rich.table import Table  # noqa: E402
 from nexus.errors import UserError  # noqa: E402
 
 
-RESULT_FILES = ("summary.json", "requests.parquet", "timeline.parquet")
-PLOT_FILES = ("latency_cdf.png", "split_and_kv.png")
+RESULT_FILES = ("summary.json", "requests.parquet", "timeline.parquet", "max_rate.json", "sweep.json")
+PLOT_FILES = ("latency_cdf.png", "split_and_kv.png", "sweep.png")
 
 # One colour per policy in every figure (tab10's first five); other names take the rest in turn.
 POLICY_COLOURS = {"chunked": "#1f77b4", "prefill-first": "#ff7f0e", "static": "#2ca02c",
-                  "nexus": "#d62728", "disagg": "#9467bd"}
-_OTHER_COLOURS = ("#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#000000")
+                  "nexus": "#d62728", "disagg": "#9467bd", "nexus-slo": "#8c564b"}
+_OTHER_COLOURS = ("#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#000000")
 
 
 def policy_colours(names: Iterable[str]) -> dict[str, str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nexus.errors import UserError
+from nexus.partition_sizes import grantable_sizes
 
 
 @dataclass(frozen=True)
@@ -88,9 +89,17 @@ class GPUSpec:
         The other side of a split is the remainder, num_sms - size, which need not be a
         multiple of the step (132 = 16 x 8 + 4 on an H100).
         """
-        least = max(self.sm_min, self.usable_min_sms)
-        return [s for s in range(self.sm_min, self.num_sms, self.sm_step)
-                if s >= least and self.num_sms - s >= least]
+        return grantable_sizes(self.num_sms, self.sm_min, self.sm_step, self.usable_min_sms)
+
+    def half_split(self) -> tuple[int, int]:
+        """The even split this GPU can give: the grantable prefill partition nearest half the
+        SMs (the smaller on a tie), decode on the rest (64:68 on an H100, 46:46 on an L20)."""
+        sizes = self.partition_sizes()
+        if not sizes:
+            raise UserError(f"{self.name} cannot be split: no partition of {self.num_sms} SMs in steps of "
+                            f"{self.sm_step} leaves both sides at least {max(self.sm_min, self.usable_min_sms)}")
+        prefill = min(sizes, key=lambda s: (abs(2 * s - self.num_sms), s))
+        return prefill, self.num_sms - prefill
 
     def check_split(self, prefill_sms: int, decode_sms: int) -> None:
         """Raise UserError unless the GPU can give this split.

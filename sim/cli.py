@@ -15,6 +15,7 @@ from nexus.config import EngineConfig
 from nexus.policy import POLICIES, build_policies
 from nexus.specs import GPUS, MODELS
 from nexus.report import RunOutput, check_out, print_table, write_results
+from sim.load_study import run_load_study
 from sim.run import Result, run
 from traces.retime import load_entries
 
@@ -46,9 +47,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-num-seqs", type=positive_int, default=256, help="most requests running at once")
     p.add_argument("--slo-ttft", type=positive_seconds, help="TTFT SLO in seconds (reports attainment and goodput)")
     p.add_argument("--slo-tbt", type=positive_seconds, help="TBT SLO in seconds, on each request's mean TBT")
-    p.add_argument("--out", help="write summary.json, requests.parquet, timeline.parquet and plots here")
+    p.add_argument("--out", help="write summary.json, requests.parquet, timeline.parquet and plots here "
+                                 "(max_rate.json, sweep.json and sweep.png for --max-rate and --sweep)")
     p.add_argument("--json", action="store_true", help="print the summaries as JSON instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("load studies", "the load is a multiple of the trace's rate (from --rate-scale), "
+                             "or with --rate a Poisson rate in req/s (from --rate, arrivals from --seed)")
+    g.add_argument("--max-rate", action="store_true",
+                   help="bisect the highest load within --slo-ttft/--slo-tbt for every policy; writes max_rate.json")
+    g.add_argument("--sweep", metavar="LOADS", help="latency against load at these loads, e.g. 0.5,1,2,4 "
+                                                    "(req/s with --rate); writes sweep.json and sweep.png")
+    g.add_argument("--grid", action="append", default=[], metavar="POLICY:PARAM=V1,V2",
+                   help="also run POLICY at each value of PARAM and report the best, e.g. "
+                        "chunked:max_num_batched_tokens=256,512,1024,2048,4096 (repeatable)")
+    g.add_argument("--slo-percentile", default="p95", choices=["p50", "p90", "p95", "p99"],
+                   help="percentile the SLO bounds for --max-rate (default p95)")
+    g.add_argument("--rate-tol", type=float, default=0.02, help="stop bisecting at max/min ratio 1 + this")
+    g.add_argument("--jobs", type=int, help="worker processes (default: every core)")
+    g.add_argument("--ray", metavar="ADDRESS", help="run probes on a Ray cluster ('auto' finds one, "
+                                                     "'local' starts one here); needs the [ray] extra")
     return p
 
 
@@ -62,7 +79,10 @@ def _main(args: argparse.Namespace, console: Console) -> int:
         check_out(Path(args.out))   # before the work, not after it
     names = policy_names(args.policy, args.compare)
     split = parse_split(args.split) if args.split else None
-    policies = build_policies(names, parse_params(args.param), split)
+    policies = build_policies(names, parse_params(args.param), split,
+                              slo={"ttft_slo_s": args.slo_ttft, "tbt_slo_s": args.slo_tbt})
+    if args.max_rate or args.sweep or args.grid:
+        return run_load_study(args, policies, console)
     trace = load_entries(args.trace, args.rate_scale, args.rate, args.seed)
     if args.limit is not None:
         trace = trace[:args.limit]

@@ -11,6 +11,7 @@ from nexus.policy.base import Policy, decode_step, make_decode_room, prefill_ste
 from nexus.policy.chunked import Chunked
 from nexus.policy.disagg import Disagg
 from nexus.policy.nexus import Nexus
+from nexus.policy.nexus_slo import NexusSLO
 from nexus.policy.prefill_first import PrefillFirst
 from nexus.policy.static import Static
 from nexus.specs import GPUSpec
@@ -21,6 +22,7 @@ POLICIES: dict[str, type[Policy]] = {
     "prefill-first": PrefillFirst,
     "static": Static,
     "nexus": Nexus,
+    "nexus-slo": NexusSLO,
     "disagg": Disagg,
 }
 
@@ -82,6 +84,9 @@ PARAMS: dict[str, Param] = {
     "dynamic": Param("bool"),
     "link": Param("str"),
     "link_latency_s": Param("number", 0.0),
+    "ttft_slo_s": Param("number", 1e-6, why="a time to first token target in seconds"),
+    "tbt_slo_s": Param("number", 1e-6, why="a time between tokens target in seconds"),
+    "headroom": Param("number", 0.01, 1.0, why="the share of a latency target a plan may use"),
 }
 
 
@@ -111,9 +116,12 @@ def make_policy(name: str, **params) -> Policy:
     return cls(**params)
 
 
-def build_policies(names: list[str], params: dict, split: tuple[int, int] | None = None) -> list[Policy]:
+def build_policies(names: list[str], params: dict, split: tuple[int, int] | None = None,
+                   slo: dict | None = None) -> list[Policy]:
     """Policies by name for a command line: shared --param values go to the policies that take
-    them (so --compare can share flags), and --split sets static's split and nexus's fallback.
+    them (so --compare can share flags), --split sets static's split and nexus's fallback, and
+    the run's SLO (`slo`: parameter -> value, None where unset) goes to policies that plan
+    against one, unless a --param already set it.
 
     A parameter none of the named policies takes is an error, so a typo or a parameter of
     another policy is never silently ignored.
@@ -133,6 +141,8 @@ def build_policies(names: list[str], params: dict, split: tuple[int, int] | None
     policies = []
     for name in names:
         kwargs = {k: v for k, v in params.items() if k in takes[name]}
+        kwargs.update({k: v for k, v in (slo or {}).items()
+                       if v is not None and k in takes[name] and k not in kwargs})
         if split and name == "static":
             kwargs.update(prefill_sms=split[0], decode_sms=split[1])
         elif split and name == "nexus":
@@ -164,4 +174,4 @@ def check_split(policy: Policy, split: Split, gpu: GPUSpec) -> None:
 
 __all__ = ["build_policies", "check_params", "check_policy", "check_split", "PARAMS", "POLICIES", "Policy",
            "make_policy", "decode_step", "make_decode_room", "prefill_step", "take_prefill_chunks",
-           "Chunked", "PrefillFirst", "Static", "Nexus", "Disagg"]
+           "Chunked", "PrefillFirst", "Static", "Nexus", "NexusSLO", "Disagg"]
