@@ -31,8 +31,9 @@ from rich.table import Table  # noqa: E402
 from nexus.errors import UserError  # noqa: E402
 
 
-RESULT_FILES = ("summary.json", "requests.parquet", "timeline.parquet", "max_rate.json", "sweep.json")
-PLOT_FILES = ("latency_cdf.png", "split_and_kv.png", "sweep.png")
+RESULT_FILES = ("summary.json", "requests.parquet", "timeline.parquet")
+PLOT_FILES = ("latency_cdf.png", "split_and_kv.png")
+STUDY_FILES = ("max_rate.json", "sweep.json", "sweep.png")   # nexus-sim --max-rate / --sweep
 
 # One colour per policy in every figure (tab10's first five); other names take the rest in turn.
 POLICY_COLOURS = {"chunked": "#1f77b4", "prefill-first": "#ff7f0e", "static": "#2ca02c",
@@ -76,7 +77,7 @@ def check_out(out: Path) -> None:
 def _holds_results(folder: Path) -> bool:
     """A folder an earlier run wrote, and nothing else: its files, or one subfolder of them
     per policy. Replacing anything more would delete what the user put there."""
-    ours = {*RESULT_FILES, *PLOT_FILES}
+    ours = {*RESULT_FILES, *PLOT_FILES, *STUDY_FILES}
 
     def run_folder(path: Path) -> bool:
         return path.is_dir() and (path / "summary.json").is_file() and all(
@@ -199,6 +200,7 @@ def _label_log_axis(ax) -> None:
 def timeline_figure(runs: dict[str, pd.DataFrame], num_sms: int) -> plt.Figure:
     """Top: SMs on the prefill side (a one-stream policy runs on every SM; a two-GPU policy
     is listed, not drawn, as its prefill has a GPU of its own). Bottom: KV cache use."""
+    from nexus.kv import BlockPool
     from nexus.policy import POLICIES
 
     colours = policy_colours(runs)
@@ -208,7 +210,7 @@ def timeline_figure(runs: dict[str, pd.DataFrame], num_sms: int) -> plt.Figure:
     kv_top = 0.0
     for name, tl in runs.items():
         colour = colours[name]
-        if getattr(POLICIES.get(name), "gpus", 1) > 1:
+        if name in POLICIES and POLICIES[name]().topology(BlockPool(1)).gpus > 1:
             elsewhere.append(name)
         elif name in one_stream:
             # Interleaved dashes, so that several one-stream policies on the same line all show.

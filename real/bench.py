@@ -54,6 +54,7 @@ class Bench:
     def run(self, entries: list[TraceEntry], policy: Policy, calibration: str | None = None,
             slo_ttft_s: float | None = None, slo_tbt_s: float | None = None) -> Result:
         runner, model, gpu = self.runner, self.model, self.gpu
+        check_policy(policy, gpu)   # also settles defaults that depend on the GPU (static's split)
         check_fits(entries, runner.num_blocks, runner.max_model_len, "this engine's KV cache")
         cost = load_cost_model(model, gpu, calibration)
         pool = BlockPool(runner.num_blocks, runner.block_size, track_ids=True)

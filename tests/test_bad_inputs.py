@@ -82,7 +82,7 @@ def model_with(**fields) -> dict:
     (["--slo-ttft", "nan"], "argument --slo-ttft: expected a positive number of seconds"),
     (["--slo-tbt", "inf"], "argument --slo-tbt: expected a positive number of seconds"),
     (["--policy", "chunked", "--param", "chunk_tokens=4096"],
-     "chunked takes no parameter 'chunk_tokens' (static and nexus take it)"),
+     "chunked takes no parameter 'chunk_tokens' (static, nexus and nexus-slo take it)"),
     (["--compare", "chunked,prefill-first", "--param", "chunk_tokens=4096"],
      "chunked and prefill-first take no parameter 'chunk_tokens'"),
     (["--limit", "0"], "argument --limit: expected a positive integer"),

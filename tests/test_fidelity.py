@@ -25,7 +25,7 @@ def test_the_calibration_the_runs_recorded_is_accepted(tmp_path):
 
 
 def test_a_calibration_other_than_the_runs_used_is_refused():
-    with pytest.raises(SystemExit, match="planned with a calibration created .*2020-01-01.*--controller-calibration"):
+    with pytest.raises(SystemExit, match="planned with calibration .*2020-01-01.*--controller-calibration"):
         controller_calibration(None, _cases("2020-01-01T00:00:00+00:00"), CALIBRATION)
 
 

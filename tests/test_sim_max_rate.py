@@ -4,6 +4,7 @@ import json
 import pytest
 
 import sim
+from nexus.config import EngineConfig
 from nexus.specs import GPUS
 from sim.cli import main
 from sim.probe import SLO
@@ -75,7 +76,7 @@ def test_poisson_rate_unit_redraws_arrivals(trace_file, tmp_path):
                  "--jobs", "1", "--quiet", "--out", str(out)]) == 0
     r = json.loads((out / "max_rate.json").read_text())["policies"]["chunked"]
     assert json.loads((out / "max_rate.json").read_text())["unit"] == "rate"
-    res = sim.run(str(trace_file), policy="chunked", rate=r["max_rate"], seed=0)
+    res = sim.run(str(trace_file), policy="chunked", rate=r["max_rate"], config=EngineConfig(seed=0))
     assert SLO(0.3, 0.04).met(res.summary)
     # Offered req/s is the Poisson rate itself, up to the sample's own mean gap.
     assert r["max_rate_rps"] == pytest.approx(r["max_rate"], rel=0.25)
@@ -112,7 +113,6 @@ def test_ray_path_matches_the_process_pool(trace_file, tmp_path, max_rate_run):
 
 @pytest.mark.parametrize("argv, message", [
     (["--max-rate"], "needs --slo-ttft"),
-    (["--max-rate", "--slo-tbt", "-1"], "positive number"),
     (["--max-rate", "--slo-tbt", "0.1", "--grid", "chunked:max_num_batched_tokens"], "--grid takes"),
     (["--grid", "chunked:max_num_batched_tokens=1"], "needs --max-rate or --sweep"),
     (["--sweep", "1,x"], "--sweep takes"),
@@ -121,6 +121,12 @@ def test_ray_path_matches_the_process_pool(trace_file, tmp_path, max_rate_run):
 def test_bad_study_arguments_exit_2(trace_file, argv, message, capsys):
     assert main(["--trace", str(trace_file), "--quiet", "--jobs", "1", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_negative_slo_is_refused_by_the_parser(trace_file, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--trace", str(trace_file), "--quiet", "--max-rate", "--slo-tbt", "-1"])
+    assert exit_.value.code == 2 and "positive number" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("gpu", sorted(GPUS))

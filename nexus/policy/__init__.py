@@ -90,6 +90,10 @@ PARAMS: dict[str, Param] = {
 }
 
 
+def _listed(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 def _accepted(cls: type[Policy]) -> set[str]:
     return {k for k in signature(cls.__init__).parameters if k != "self"}
 
@@ -135,8 +139,8 @@ def build_policies(names: list[str], params: dict, split: tuple[int, int] | None
             owners = [n for n, cls in POLICIES.items() if key in _accepted(cls)]
             if not owners:
                 raise UserError(f"unknown policy parameter {key!r}; known: {', '.join(PARAMS)}")
-            raise UserError(f"{' and '.join(names)} take{'s' if len(names) == 1 else ''} no parameter "
-                            f"{key!r} ({' and '.join(owners)} take{'s' if len(owners) == 1 else ''} it)")
+            raise UserError(f"{_listed(names)} take{'s' if len(names) == 1 else ''} no parameter "
+                            f"{key!r} ({_listed(owners)} take{'s' if len(owners) == 1 else ''} it)")
     check_params(params)
     policies = []
     for name in names:
