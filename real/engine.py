@@ -137,18 +137,19 @@ class RealEngine:
                 prefill_sms = split.prefill_sms
             partition = self._partition(stream, prefill_sms)
             start = self.clock.mark(partition.stream)
-            next_tokens = self.runner.step(chunks, partition)
+            next_tokens = self._next_tokens(chunks, partition)
             end = self.clock.mark(partition.stream)
             start_s, end_s = self.clock.seconds(start), self.clock.seconds(end)
             with self.lock:
                 decode_seqs = state.running.batch_size if batch.decode else 0
-                self._record_tokens(batch, next_tokens)
+                emitted = self._record_tokens(batch, next_tokens)
                 state.end(batch, 1, start_s, end_s)
                 self.timeline.append(StepRecord(start_s, end_s, stream, batch.sms,
                                                 sum(n for _, n in batch.prefill), decode_seqs,
                                                 state.kv.usage,
                                                 sum(p for _, p in shape.prefill_chunks),
                                                 shape.decode_kv_tokens))
+                self._on_tokens(emitted, end_s)
                 self.lock.notify_all()
 
     def _partition(self, stream: str, prefill_sms: int) -> Partition:
@@ -172,13 +173,25 @@ class RealEngine:
                 chunks.append(Chunk(self.tokens[req][-1:], req.kv_tokens, kv.tables[req]))
         return chunks
 
-    def _record_tokens(self, batch: Batch, next_tokens: list[int]) -> None:
+    def _next_tokens(self, chunks: list[Chunk], partition: Partition) -> list[int]:
+        """The next token of each chunk's sequence: greedy here; a serving engine samples."""
+        return self.runner.step(chunks, partition)
+
+    def _on_tokens(self, emitted: list[tuple[Request, int]], end_s: float) -> None:
+        """Called under the lock once a step's tokens are accounted; a serving engine streams them."""
+
+    def _record_tokens(self, batch: Batch, next_tokens: list[int]) -> list[tuple[Request, int]]:
+        """Keep each request's new token; returns them as (request, token) in batch order."""
+        emitted = []
         i = 0
         for req, n in batch.prefill:
             if req.kv_tokens + n == req.prefill_target:   # this chunk ends the prompt: keep its token
                 self.tokens[req].append(next_tokens[i])
+                emitted.append((req, next_tokens[i]))
             i += 1
         if batch.decode:
             for req in self.state.running.members:
                 self.tokens[req].append(next_tokens[i])
+                emitted.append((req, next_tokens[i]))
                 i += 1
+        return emitted
