@@ -15,6 +15,7 @@ import json
 import math
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def command(args: argparse.Namespace, console) -> int:
+    server = build_server(args)
+    console.print(f"partitions: {server.extra['partitions']}", highlight=False)
+    console.print(f"tokenizer: {server.extra['tokenizer']}", highlight=False)
+    asyncio.run(server.serve(args.host, args.port, say=lambda m: print(m, file=sys.stderr, flush=True)))
+    return 0
+
+
+def build_server(args: argparse.Namespace) -> "Server":
+    """The engine (model, partitions, graphs, policy) behind a Server, from `serve`'s arguments."""
     from nexus.cli_args import parse_params, parse_split
     from nexus.cost import load_cost_model
     from nexus.kv import BlockPool
@@ -88,11 +98,8 @@ def command(args: argparse.Namespace, console) -> int:
     extra = {"cost_model": cost.describe(), "model": model.name, "gpu": gpu.name, "kv_blocks": pool.num_blocks,
              "measured": True, "served": True, "tokenizer": tokenizer.name, "machine": facts(args.device),
              "partitions": parts.describe(), "command": getattr(args, "command_line", "nexus-real serve")}
-    server = Server(engine, args.served_model_name or model.name, extra,
-                    Path(args.out) if args.out else None, percentiles)
-    console.print(f"partitions: {parts.describe()}; tokenizer: {tokenizer.name}")
-    asyncio.run(server.serve(args.host, args.port, say=lambda m: console.print(m, highlight=False)))
-    return 0
+    return Server(engine, args.served_model_name or model.name, extra, Path(args.out) if args.out else None,
+                  percentiles)
 
 
 def _finite(value: Any) -> Any:
@@ -113,6 +120,15 @@ class Server:
         self.created = int(time.time())
         runner = engine.runner
         self.room = min(runner.max_model_len, runner.num_blocks * runner.block_size)
+        self.port: int | None = None          # the bound port, once listening
+        self.ready = threading.Event()        # set once listening (or failed to)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+
+    def shutdown(self) -> None:
+        """Ask a serving Server to stop, from any thread."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
 
     def app(self):
         from aiohttp import web
@@ -144,6 +160,7 @@ class Server:
 
         loop = asyncio.get_running_loop()
         stop = stop or asyncio.Event()
+        self._loop, self._stop = loop, stop
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.add_signal_handler(sig, stop.set)
@@ -155,10 +172,12 @@ class Server:
         site = web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG)
         try:
             await site.start()
-            bound = runner.addresses[0][1] if runner.addresses else port
-            say(f"serving {self.model_name} on http://{host}:{bound}/v1 (policy {self.engine.policy.name})")
+            self.port = runner.addresses[0][1] if runner.addresses else port
+            say(f"serving {self.model_name} on http://{host}:{self.port}/v1 (policy {self.engine.policy.name})")
+            self.ready.set()
             await stop.wait()
         finally:
+            self.ready.set()
             self.engine.stop()
             await runner.cleanup()
             written = self.write()
