@@ -22,8 +22,8 @@ from traces import TraceEntry, write_trace  # noqa: E402
 # What the client adds to the engine's TTFT on loopback: the HTTP request and its parsing before
 # the engine stamps the arrival, and the hand-over of the first token to the event loop and over
 # the socket after the step that made it. Client, server and engine share this process (and its
-# GIL): on an idle 2-core machine the median is 2-4 ms; on one shared with a load average of 9,
-# 8 ms (max 18 ms). The bounds leave room for a busy CI machine.
+# GIL). Measured on a 2-core machine shared with other jobs (load average 9): median 8 ms, max
+# 18 ms. The bounds leave room for a busier machine.
 TTFT_MEDIAN_SLACK_S = 0.025
 TTFT_MAX_SLACK_S = 0.250
 
