@@ -270,7 +270,7 @@ class Server:
         text, reason = [], None
         while reason is None:
             event = await served.events.get()
-            text.append(event.text)
+            text.append(served.text_of(event))
             reason = event.finish_reason
         content = "".join(text)
         choice = ({"index": 0, "message": {"role": "assistant", "content": content}} if chat
@@ -294,11 +294,12 @@ class Server:
                     events.append(served.events.get_nowait())
                 out = []
                 for event in events:
+                    piece = served.text_of(event)
                     if chat:
-                        delta = {"role": "assistant", "content": event.text} if first else {"content": event.text}
+                        delta = {"role": "assistant", "content": piece} if first else {"content": piece}
                         choice = {"index": 0, "delta": delta}
                     else:
-                        choice = {"index": 0, "text": event.text}
+                        choice = {"index": 0, "text": piece}
                     choice.update(logprobs=None, finish_reason=event.finish_reason)
                     out.append(_sse({**head, "choices": [choice], **extra}))
                     first, reason = False, event.finish_reason

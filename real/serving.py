@@ -38,14 +38,19 @@ class EngineUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class TokenEvent:
-    text: str
+    text: str | None                   # None: the handler decodes token_id itself (see Served.text_of)
     token_id: int | None
     finish_reason: str | None = None   # "stop", "length" or "abort" on a request's last event
 
 
 @dataclass(eq=False)
 class Served:
-    """One request as its HTTP handler sees it: the handler reads `events`."""
+    """One request as its HTTP handler sees it: the handler reads `events`.
+
+    Text is decoded where it is needed first. A request with stop strings is decoded on the
+    engine's thread, which must see the text to end the request at the right token; any other
+    is decoded by its handler on the event loop, off the engine's step loop.
+    """
     request: Request
     params: SamplingParams
     prompt_ids: list[int]
@@ -58,14 +63,39 @@ class Served:
     aborted: bool = False
     finish_reason: str | None = None
 
+    @property
+    def decoded_by_engine(self) -> bool:
+        return bool(self.params.stop)
+
     def accept(self, token: int, eos_ids: frozenset[int]) -> str | None:
-        """Take a new token; the finish reason if it ends the request by itself."""
+        """Take a new token (engine thread); the finish reason if it ends the request by itself."""
         self.token_ids.append(token)
         if token in eos_ids and not self.params.ignore_eos:
-            self.text += self.detokenizer.flush()
+            if self.decoded_by_engine:
+                self.text += self.detokenizer.flush()
             return "stop"
-        self.text += self.detokenizer.add(token)
-        return self._cut_at_stop()
+        if self.decoded_by_engine:
+            self.text += self.detokenizer.add(token)
+            return self._cut_at_stop()
+        return None
+
+    def event(self, token: int | None, reason: str | None) -> TokenEvent:
+        """What the engine hands the handler for this token."""
+        if not self.decoded_by_engine:
+            return TokenEvent(None, token, reason)
+        if reason in ("length", "abort"):
+            self.text += self.detokenizer.flush()
+        return TokenEvent(self.take_text(final=reason is not None), token, reason)
+
+    def text_of(self, event: TokenEvent) -> str:
+        """The text an event adds (event loop)."""
+        if event.text is not None:
+            return event.text
+        if event.token_id is not None and event.finish_reason != "stop":   # an EOS token has no text
+            self.text += self.detokenizer.add(event.token_id)
+        if event.finish_reason is not None:
+            self.text += self.detokenizer.flush()
+        return self.take_text(final=event.finish_reason is not None)
 
     def _cut_at_stop(self) -> str | None:
         if len(self.token_ids) < self.params.min_tokens:
@@ -221,12 +251,9 @@ class ServingEngine(RealEngine):
             elif reason is not None:
                 self._finish_early(req, end_s)
             if reason is not None:
-                if reason == "length":
-                    served.text += served.detokenizer.flush()
                 served.finish_reason = reason
                 del self.served[req]
-            text = served.take_text(final=reason is not None)
-            deliveries.append((served, TokenEvent(text, token, reason)))
+            deliveries.append((served, served.event(token, reason)))
         if deliveries:
             self._hand_over(deliveries)
 
@@ -248,7 +275,7 @@ class ServingEngine(RealEngine):
 
     def _abort_everyone(self) -> None:
         with self.lock:
-            left = [(s, TokenEvent(s.take_text(True), None, "abort")) for s in self.served.values()]
+            left = [(s, s.event(None, "abort")) for s in self.served.values()]
             self.served.clear()
         if left and self.loop is not None:
             self._hand_over(left)

@@ -91,3 +91,36 @@ def test_a_thousand_concurrent_streams_all_complete():
     # All were connected at once: the last request's first token came after the first one's finish.
     assert frame["first_token_s"].max() > frame["finish_s"].min()
     print(f"{LOAD_CLIENTS} streams in {elapsed:.1f} s")
+
+
+def test_serve_command_writes_its_files_when_interrupted(tmp_path):
+    import re
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    out = tmp_path / "served"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "real.cli", "serve", "--device", "cpu", "--model", "tiny-llama", "--policy", "static",
+         "--split", "64:68", "--port", "0", "--out", str(out)],
+        stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        lines = []
+        while not (found := re.search(r"on (http://127\.0\.0\.1:\d+)/v1", lines[-1] if lines else "")):
+            line = proc.stderr.readline()
+            assert line, f"the server exited: {''.join(lines)}"
+            lines.append(line)
+        body = json.dumps({"prompt": [1, 2, 3, 4], "max_tokens": 6}).encode()
+        with urllib.request.urlopen(urllib.request.Request(found[1] + "/v1/completions", body), timeout=60) as r:
+            assert json.load(r)["usage"]["completion_tokens"] == 6
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    finally:
+        proc.kill()
+    assert "wrote results to" in proc.stderr.read()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["requests"] == 1 and summary["policy"] == "static"
+    assert pd.read_parquet(out / "requests.parquet")["generated_tokens"].tolist() == [6]
+    assert len(pd.read_parquet(out / "timeline.parquet")) >= 6
