@@ -59,7 +59,7 @@ def _number(body: dict, key: str, default: float, lo: float, hi: float, lo_open:
     return float(value)
 
 
-def _integer(body: dict, key: str, default: int | None, lo: int) -> int | None:
+def _integer(body: dict, key: str, default: int | None, lo: int, hi: int | None = None) -> int | None:
     value = body.get(key)
     if value is None:
         return default
@@ -67,6 +67,8 @@ def _integer(body: dict, key: str, default: int | None, lo: int) -> int | None:
         raise BadRequest(f"'{key}' must be an integer, got {value!r}", key)
     if value < lo:
         raise BadRequest(f"'{key}' must be at least {lo}, got {value}", key)
+    if hi is not None and value > hi:
+        raise BadRequest(f"'{key}' must be at most {hi}, got {value}", key)
     return value
 
 
@@ -110,7 +112,7 @@ def _common(body: dict, default_max_tokens: int, max_key: str = "max_tokens") ->
         max_tokens=default_max_tokens if max_tokens is None else max_tokens,
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
-        seed=_integer(body, "seed", None, -2**63),
+        seed=_integer(body, "seed", None, -2**63, 2**63 - 1),
         min_tokens=_integer(body, "min_tokens", 0, 0),
         ignore_eos=_flag(body, "ignore_eos"),
         stop=_stops(body))

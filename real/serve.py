@@ -308,8 +308,10 @@ class Server:
                 tail = {**head, "choices": [], "usage": usage(len(parsed.prompt_ids), len(served.token_ids))}
                 await response.write(_sse(tail))
             await response.write(b"data: [DONE]\n\n")
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:
             self.engine.abort(served)   # the client left; the engine lets the request go
+        except asyncio.CancelledError:
+            self.engine.abort(served)
             raise
         return response
 

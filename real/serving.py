@@ -17,7 +17,6 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -282,7 +281,7 @@ class ServingEngine(RealEngine):
 
     # ---- what was served ----
 
-    def summary(self, extra: Callable[[], dict] | None = None) -> tuple[dict, object, object] | None:
+    def summary(self) -> tuple[dict, object, object] | None:
         """(summary, requests frame, timeline frame) over the finished requests; None before any."""
         import pandas as pd
         from dataclasses import asdict

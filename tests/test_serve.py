@@ -120,6 +120,8 @@ def test_stop_string_ends_the_text_before_it(client):
     ({"model": MODEL, "prompt": "hi", "temperature": 3}, 400, "temperature"),
     ({"model": MODEL, "prompt": "hi", "top_p": 0}, 400, "top_p"),
     ({"model": MODEL, "prompt": "hi", "n": 2}, 400, "n"),
+    ({"model": MODEL, "prompt": "hi", "seed": 2**64}, 400, "seed"),
+    ({"model": MODEL, "prompt": "hi", "logprobs": 2}, 400, "logprobs"),
     ({"model": MODEL, "prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ({"model": MODEL, "prompt": "hi", "min_tokens": 5, "max_tokens": 2}, 400, "min_tokens"),
     ({"model": MODEL, "prompt": "hi", "stream_options": {"include_usage": True}}, 400, "stream_options"),

@@ -66,19 +66,23 @@ def test_eos_ends_a_request_unless_ignored_or_too_early(engine_with_eos):
 
 
 def test_top_p_keeps_the_smallest_head_reaching_p():
-    probs = torch.tensor([0.1, 0.5, 0.15, 0.25])
-    kept = _top_p(probs, 0.7)          # 0.5 + 0.25 reaches 0.7
-    assert torch.allclose(kept, torch.tensor([0.0, 0.5 / 0.75, 0.0, 0.25 / 0.75]))
-    assert torch.equal(_top_p(probs, 0.3), torch.tensor([0.0, 1.0, 0.0, 0.0]))
+    probs = torch.tensor([[0.1, 0.5, 0.15, 0.25], [0.1, 0.5, 0.15, 0.25]])
+    kept = _top_p(probs, torch.tensor([0.7, 0.3]))    # 0.5 + 0.25 reaches 0.7; 0.5 alone reaches 0.3
+    assert torch.allclose(kept[0], torch.tensor([0.0, 0.5 / 0.75, 0.0, 0.25 / 0.75]))
+    assert torch.equal(kept[1], torch.tensor([0.0, 1.0, 0.0, 0.0]))
 
 
 def test_sample_bans_and_seeds():
     logits = torch.tensor([[0.0, 5.0, 1.0], [2.0, 1.0, 0.0]])
     assert sample(logits.clone(), [Row(), Row(banned=(0,))], torch.Generator()) == [1, 1]
-    flat = torch.zeros(1, 1000)
-    draws = [sample(flat.clone(), [Row(1.0, 1.0, torch.Generator().manual_seed(s))], torch.Generator())[0]
-             for s in (3, 3, 4)]
-    assert draws[0] == draws[1] != draws[2]
+    flat = torch.zeros(3, 1000)
+
+    def seeded(seed, neighbours):
+        rows = [Row(1.0), Row(1.0, 1.0, torch.Generator().manual_seed(seed)), Row(1.0, 0.5)]
+        return sample(flat.clone(), rows, torch.Generator().manual_seed(neighbours))
+    a, b, c = seeded(3, 0), seeded(3, 1), seeded(4, 0)
+    assert a[1] == b[1] != c[1]          # a seeded row ignores what its neighbours draw
+    assert a[0] != b[0] and a[0] == c[0]
 
 
 def test_detokenizer_pieces_add_up_to_the_whole_text():
