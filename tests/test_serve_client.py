@@ -124,3 +124,36 @@ def test_serve_command_writes_its_files_when_interrupted(tmp_path):
     assert summary["requests"] == 1 and summary["policy"] == "static"
     assert pd.read_parquet(out / "requests.parquet")["generated_tokens"].tolist() == [6]
     assert len(pd.read_parquet(out / "timeline.parquet")) >= 6
+
+
+def test_client_chat_with_text_prompts_records_the_servers_prompt_count(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    write_trace(make_trace(6, 50.0, (20, 60), (2, 8), seed=4), trace)
+    server = make_server("--policy", "chunked")
+    with serving(server) as url:
+        assert main(["client", "--url", url, "--trace", str(trace), "--endpoint", "chat", "--out",
+                     str(tmp_path / "c"), "--max-concurrency", "2", "--cv", "2", "--seed", "1"]) == 0
+        _, engine_frame, _ = server.engine.summary()
+    client = pd.read_parquet(tmp_path / "c" / "requests.parquet")
+    both = client.merge(engine_frame, left_on="server_request_id", right_on="request_id")
+    assert len(both) == 6
+    assert (both["prompt_tokens_x"] == both["prompt_tokens_y"]).all()          # from `usage`
+    assert (both["generated_tokens_x"] == both["requested_tokens"]).all()
+    assert not (both["scheduled_s"] == sorted(e.arrival_time_s for e in make_trace(6, 50.0, (20, 60), (2, 8),
+                                                                                     seed=4))).all()
+
+
+def test_client_reports_a_server_it_cannot_reach(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:   # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    trace = tmp_path / "t.jsonl"
+    write_trace(make_trace(3, 50.0, (4, 8), (2, 4)), trace)
+    url = f"http://127.0.0.1:{port}"
+    assert main(["client", "--url", url, "--trace", str(trace), "--out", str(tmp_path / "c")]) == 2
+    assert "pass --model" in capsys.readouterr().err
+    assert main(["client", "--url", url, "--model", "m", "--trace", str(trace), "--out", str(tmp_path / "c")]) == 2
+    assert "all 3 requests failed" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
