@@ -95,6 +95,7 @@ def build_server(args: argparse.Namespace) -> "Server":
     pool = BlockPool(runner.num_blocks, runner.block_size, track_ids=True)
     state = ServingState(model, gpu, cost, pool, policy.priority, args.max_num_seqs)
     engine = ServingEngine(runner, parts, policy, state, tokenizer, args.seed)
+    engine.warm_up_sampler()
     extra = {"cost_model": cost.describe(), "model": model.name, "gpu": gpu.name, "kv_blocks": pool.num_blocks,
              "measured": True, "served": True, "tokenizer": tokenizer.name, "machine": facts(args.device),
              "partitions": parts.describe(), "command": getattr(args, "command_line", "nexus-real serve")}
@@ -171,7 +172,10 @@ class Server:
         await runner.setup()
         site = web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG)
         try:
-            await site.start()
+            try:
+                await site.start()
+            except OSError as e:
+                raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
             self.port = runner.addresses[0][1] if runner.addresses else port
             say(f"serving {self.model_name} on http://{host}:{self.port}/v1 (policy {self.engine.policy.name})")
             self.ready.set()

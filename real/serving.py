@@ -129,6 +129,12 @@ class ServingEngine(RealEngine):
 
     # ---- lifecycle ----
 
+    def warm_up_sampler(self) -> None:
+        """Run the sampling kernels once, so that the first sampled request does not load them."""
+        logits = torch.zeros(2, self.runner.spec.vocab_size, device=self.runner.device)
+        sample(logits, [Row(1.0, 0.9), Row(0.5, 1.0, torch.Generator(self.runner.device), (0,))],
+               torch.Generator(self.runner.device))
+
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Run the engine on its own thread; token events go to `loop`."""
         self.loop = loop

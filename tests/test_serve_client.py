@@ -157,3 +157,25 @@ def test_client_reports_a_server_it_cannot_reach(tmp_path, capsys):
     assert main(["client", "--url", url, "--model", "m", "--trace", str(trace), "--out", str(tmp_path / "c")]) == 2
     assert "all 3 requests failed" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("command", ["serve", "client"])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0 and f"nexus-real {command}" in capsys.readouterr().out
+
+
+def test_a_taken_port_is_a_one_line_error():
+    import socket
+
+    from nexus.errors import UserError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = make_server("--policy", "chunked")
+        with pytest.raises(UserError, match=f"cannot listen on 127.0.0.1:{port}"):
+            asyncio.run(server.serve("127.0.0.1", port, say=lambda m: None))
+    assert not server.engine.thread.is_alive()
