@@ -9,8 +9,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from nexus.cli_args import parse_params, parse_split, run_reporting_user_errors
 from nexus import __version__
+from nexus.cli_args import parse_params, parse_split, run_reporting_user_errors
 from nexus.errors import UserError
 from nexus.policy import POLICIES, build_policies
 from nexus.specs import GPUS, MODELS
