@@ -13,6 +13,10 @@ Prompts: `--prompt ids` (default for completions) sends token ids drawn from 0..
 so the server sees exactly the trace's prompt length; `--prompt text` (always for chat)
 decodes random token ids of `--tokenizer` (a local Hugging Face tokenizer dir; default
 cl100k_base) into text, and the server's own count, from `usage`, is recorded.
+
+A request that fails (an HTTP error, a dropped connection, a stream without tokens) is left
+out of the statistics and counted in summary.json's `failed`, with its error under `errors`;
+any failure makes the exit status 1. If every request fails, nothing is written.
 """
 from __future__ import annotations
 
