@@ -179,3 +179,17 @@ def test_a_taken_port_is_a_one_line_error():
         with pytest.raises(UserError, match=f"cannot listen on 127.0.0.1:{port}"):
             asyncio.run(server.serve("127.0.0.1", port, say=lambda m: None))
     assert not server.engine.thread.is_alive()
+
+
+def test_client_counts_requests_the_server_refuses(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    write_trace([TraceEntry("ok", 0.0, 10, 3), TraceEntry("huge", 0.01, 5000, 3), TraceEntry("ok2", 0.02, 12, 2)],
+                trace)
+    server = make_server("--policy", "chunked")
+    with serving(server) as url:
+        assert main(["client", "--url", url, "--trace", str(trace), "--out", str(tmp_path / "c")]) == 1
+    summary = json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert summary["requests"] == 2 and summary["failed"] == 1
+    assert len(summary["errors"]) == 1 and summary["errors"][0].startswith("HTTP 400")
+    assert "context" in summary["errors"][0]
+    assert sorted(pd.read_parquet(tmp_path / "c" / "requests.parquet")["request_id"]) == ["ok", "ok2"]
