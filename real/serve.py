@@ -40,7 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--policy", default="nexus", help=f"one of {', '.join(p for p in POLICIES if p != 'disagg')}")
     s.add_argument("--model", default="llama-3.1-8b", help=f"{', '.join(MODELS)}, or a .json/.toml ModelSpec")
     s.add_argument("--served-model-name", help="the model id clients ask for (default: the model's name)")
-    s.add_argument("--gpu", default="h100-sxm", help=f"GPU spec for the cost model: {', '.join(GPUS)}")
+    s.add_argument("--gpu", help=f"GPU spec: {', '.join(GPUS)} or a spec file (default: detected from the "
+                                 "device; h100-sxm on CPU)")
     s.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     s.add_argument("--weights", help="local Hugging Face checkpoint dir; its tokenizer, if it has one, "
                                      "reads prompts (default: random weights, cl100k_base folded into the vocab)")
@@ -58,47 +59,49 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def command(args: argparse.Namespace, console) -> int:
-    server = build_server(args)
+    server = build_server(args, warn=lambda m: console.print(m, highlight=False))
     console.print(f"partitions: {server.extra['partitions']}", highlight=False)
     console.print(f"tokenizer: {server.extra['tokenizer']}", highlight=False)
     asyncio.run(server.serve(args.host, args.port, say=lambda m: print(m, file=sys.stderr, flush=True)))
     return 0
 
 
-def build_server(args: argparse.Namespace) -> "Server":
+def build_server(args: argparse.Namespace, warn=print) -> "Server":
     """The engine (model, partitions, graphs, policy) behind a Server, from `serve`'s arguments."""
     from nexus.cli_args import parse_params, parse_split
+    from nexus.config import EngineConfig
     from nexus.cost import load_cost_model
     from nexus.kv import BlockPool
-    from nexus.specs import resolve_gpu, resolve_model
+    from nexus.policy import build_policies
+    from nexus.specs import resolve_model
     from nexus.state import ServingState
+    from nexus.step import Stepper
     from nexus.vllm_results import parse_percentiles
-    from real.bench import build_partitions, capture_all_graphs, facts, make_policies, warm_up
-    from real.model_runner import ModelRunner
+    from real.bench import Bench
+    from real.gpu_detect import detect_gpu
     from real.serving import ServingEngine
     from real.tokenizer import load_tokenizer
 
     if not 0 <= args.port < 65536:
         raise UserError(f"--port must be in 0..65535, got {args.port}")
     percentiles = parse_percentiles(args.percentiles)
-    model, gpu = resolve_model(args.model), resolve_gpu(args.gpu)
+    model, gpu = resolve_model(args.model), detect_gpu(args.gpu, args.device, warn)
+    config = EngineConfig(max_num_seqs=args.max_num_seqs, gpu_memory_utilization=args.gpu_memory_utilization,
+                          seed=args.seed)
     split = parse_split(args.split) if args.split else None
-    (policy,) = make_policies([args.policy.strip()], parse_params(args.param), split, gpu)
-    runner = ModelRunner(model, device=args.device, weights=args.weights, seed=args.seed,
-                         num_blocks=args.num_blocks, memory_utilization=args.gpu_memory_utilization,
-                         max_decode_batch=args.max_num_seqs)
+    (policy,) = build_policies([args.policy.strip()], parse_params(args.param), split)
+    bench = Bench(model, gpu, [policy], config, args.device, args.weights, args.num_blocks)
+    runner = bench.runner
     tokenizer = load_tokenizer(args.weights, model.vocab_size)
-    parts = build_partitions([policy], gpu, args.device)
-    capture_all_graphs(runner, parts)
-    warm_up(runner, parts)
     cost = load_cost_model(model, gpu, args.calibration)
     pool = BlockPool(runner.num_blocks, runner.block_size, track_ids=True)
-    state = ServingState(model, gpu, cost, pool, policy.priority, args.max_num_seqs)
-    engine = ServingEngine(runner, parts, policy, state, tokenizer, args.seed)
+    state = ServingState(model, gpu, cost, pool, policy.priority, config.max_num_seqs)
+    engine = ServingEngine(runner, bench.partitions, Stepper(state, policy), tokenizer, config.seed)
     engine.warm_up_sampler()
     extra = {"cost_model": cost.describe(), "model": model.name, "gpu": gpu.name, "kv_blocks": pool.num_blocks,
-             "measured": True, "served": True, "tokenizer": tokenizer.name, "machine": facts(args.device),
-             "partitions": parts.describe(), "command": getattr(args, "command_line", "nexus-real serve")}
+             "measured": True, "served": True, "tokenizer": tokenizer.name, "machine": bench.machine(),
+             "partitions": bench.partitions.describe(), "config": {"policy": policy.describe(), **config.to_dict()},
+             "command": getattr(args, "command_line", "nexus-real serve")}
     return Server(engine, args.served_model_name or model.name, extra, Path(args.out) if args.out else None,
                   percentiles)
 
@@ -177,7 +180,7 @@ class Server:
             except OSError as e:
                 raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
             self.port = runner.addresses[0][1] if runner.addresses else port
-            say(f"serving {self.model_name} on http://{host}:{self.port}/v1 (policy {self.engine.policy.name})")
+            say(f"serving {self.model_name} on http://{host}:{self.port}/v1 (policy {self.engine.stepper.policy.name})")
             self.ready.set()
             await stop.wait()
         finally:
@@ -195,10 +198,9 @@ class Server:
         result = self.engine.summary()
         if result is None or self.out is None:
             return False
-        summary, frame, timeline = result
-        write_run(self.out, summary, frame, timeline, self.extra)
-        write_vllm_results(self.out / "vllm_results.json", frame, self.engine.state.gaps, self.percentiles,
-                           {"model_id": self.model_name, "backend": "nexus-real serve"})
+        write_run(self.out, result.summary, result.requests, result.timeline, self.extra)
+        write_vllm_results(self.out / "vllm_results.json", result.requests, self.engine.state.gaps,
+                           self.percentiles, {"model_id": self.model_name, "backend": "nexus-real serve"})
         return True
 
     # ---- endpoints ----
@@ -234,7 +236,7 @@ class Server:
             return self._json({"requests": 0})
         if request.method == "POST":
             await asyncio.get_running_loop().run_in_executor(None, self.write)
-        return self._json({**result[0], **self.extra})
+        return self._json({**result.summary, **self.extra})
 
     async def completions(self, request):
         return await self._generate(request, chat=False)

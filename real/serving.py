@@ -22,8 +22,8 @@ import torch
 
 from nexus.errors import UserError
 from nexus.kv import blocks_for
-from nexus.metrics import requests_frame, summarize
 from nexus.request import Request
+from nexus.result import Result, make_result
 from real.batch import Chunk
 from real.engine import RealEngine
 from real.partitions import Partition
@@ -115,8 +115,8 @@ class Served:
 
 
 class ServingEngine(RealEngine):
-    def __init__(self, runner, partitions, policy, state, tokenizer: Tokenizer, seed: int = 0):
-        super().__init__(runner, partitions, policy, state, [], seed)
+    def __init__(self, runner, partitions, stepper, tokenizer: Tokenizer, seed: int = 0):
+        super().__init__(runner, partitions, stepper, [], seed)
         self.tokenizer = tokenizer
         self.served: dict[Request, Served] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -287,19 +287,14 @@ class ServingEngine(RealEngine):
 
     # ---- what was served ----
 
-    def summary(self) -> tuple[dict, object, object] | None:
-        """(summary, requests frame, timeline frame) over the finished requests; None before any."""
-        import pandas as pd
-        from dataclasses import asdict
-
+    def summary(self) -> Result | None:
+        """The finished requests' summary, requests frame and timeline; None before any finished."""
         with self.lock:
             finished = list(self.state.finished)
             if not finished:
                 return None
-            frame = requests_frame(finished)
-            summary = summarize(frame, self.state.gaps, self.policy.name)
-            timeline = pd.DataFrame([asdict(r) for r in self.timeline])
-        return summary, frame, timeline
+            return make_result(self.stepper.policy.name, finished, self.state.gaps, list(self.timeline),
+                               None, None, {}, {})
 
     def counters(self) -> dict[str, float]:
         """Gauges and totals for /metrics."""

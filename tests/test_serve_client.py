@@ -35,7 +35,7 @@ def test_client_ttft_agrees_with_the_engine_timestamps(tmp_path):
     with serving(server) as url:
         assert main(["client", "--url", url, "--trace", str(trace), "--out", str(tmp_path / "client"),
                      "--percentiles", "50,99.9"]) == 0
-        _, engine_frame, _ = server.engine.summary()
+        engine_frame = server.engine.summary().requests
     client = pd.read_parquet(tmp_path / "client" / "requests.parquet")
     both = client.merge(engine_frame, left_on="server_request_id", right_on="request_id",
                         suffixes=("_client", "_engine"))
@@ -133,7 +133,7 @@ def test_client_chat_with_text_prompts_records_the_servers_prompt_count(tmp_path
     with serving(server) as url:
         assert main(["client", "--url", url, "--trace", str(trace), "--endpoint", "chat", "--out",
                      str(tmp_path / "c"), "--max-concurrency", "2", "--cv", "2", "--seed", "1"]) == 0
-        _, engine_frame, _ = server.engine.summary()
+        engine_frame = server.engine.summary().requests
     client = pd.read_parquet(tmp_path / "c" / "requests.parquet")
     both = client.merge(engine_frame, left_on="server_request_id", right_on="request_id")
     assert len(both) == 6
