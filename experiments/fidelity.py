@@ -154,14 +154,16 @@ def controller_calibration(path: str | None, cases: list[dict], calibration: Pat
     The simulated GPU follows `calibration` (--calibration); the policies plan with this one,
     so that a Nexus controller in the simulator decides as the measured one did.
     """
-    from nexus.cost.calibration import read_calibration
+    from nexus.cost.calibration import content_digest, read_calibration
 
-    created = read_calibration(path or calibration)["created"]
-    used = {c["summary"]["cost_model"].get("created") for c in cases if c["policy"] == "nexus"}
-    if used - {created}:
-        raise SystemExit(f"the measured Nexus runs planned with a calibration created {sorted(used)}, "
-                         f"but {path or calibration} was created {created}; pass the one they used "
-                         "with --controller-calibration")
+    data = read_calibration(path or calibration)
+    # Runs record the calibration's digest (its contents) since it was added; older ones its stamp.
+    used = {c["summary"]["cost_model"].get("digest") or c["summary"]["cost_model"].get("created")
+            for c in cases if c["policy"] == "nexus"}
+    if used - {content_digest(data), data["created"]}:
+        raise SystemExit(f"the measured Nexus runs planned with calibration {sorted(used)}, but "
+                         f"{path or calibration} is {content_digest(data)} (created {data['created']}); "
+                         "pass the one they used with --controller-calibration")
     return path
 
 
@@ -172,6 +174,7 @@ def compare(args: argparse.Namespace) -> int:
     import numpy as np
 
     import sim
+    from nexus.report import policy_colours
 
     by_key, machines, sources = {}, [], []
     for f in args.real:
@@ -249,6 +252,7 @@ def compare(args: argparse.Namespace) -> int:
         sub = [c for c in cases if c["trace"] == trace]
         scales = sorted({c["rate_scale"] for c in sub})
         fig, axes = plt.subplots(2, len(scales), figsize=(4 * len(scales), 6.5), squeeze=False)
+        colours = policy_colours(c["policy"] for c in sub)
         for col, scale in enumerate(scales):
             for c in (c for c in sub if c["rate_scale"] == scale):
                 for row, (real_key, sim_key, scale_y) in enumerate((("ttft_s", "_sim_ttft", 1.0),
@@ -257,7 +261,7 @@ def compare(args: argparse.Namespace) -> int:
                     for values, style, label in ((c[real_key], "-", "real"), (c[sim_key], "--", "sim")):
                         v = np.sort(np.asarray([x for x in values if x == x]) * scale_y)
                         ax.plot(v, np.arange(1, v.size + 1) / max(v.size, 1), style,
-                                label=f"{c['policy']} {label}")
+                                color=colours[c["policy"]], label=f"{c['policy']} {label}")
             axes[0][col].set(title=f"{trace}, rate x{scale}", xlabel="TTFT (s)", xscale="log")
             axes[1][col].set(xlabel="mean TBT per request (ms)")
             for row in (0, 1):

@@ -1,4 +1,5 @@
-"""The Nexus paper's experiments in the simulator, on an H100 (measured) and an L20 (analytical).
+"""The Nexus paper's experiments in the simulator, on an H100 (measured) and an L20 (analytical),
+or any other GPU preset (--gpus; its shipped calibration if one exists, else the roofline).
 
     python experiments/paper.py sweep      # 1. TTFT/TBT (mean, P95) against request rate
     python experiments/paper.py max-rate   # 2. highest rate within the SLOs, by bisection
@@ -26,18 +27,21 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from nexus.rate_search import search_all  # noqa: E402
 from paper_plots import plot_max_rates, plot_sweep  # noqa: E402
-from paper_search import bisect_max_rate, cost_model_of, drain_rate, simulate, within  # noqa: E402
+from paper_search import (DOUBLINGS, REL_TOL, cost_model_of, drain_rate, found, probe_point,  # noqa: E402
+                          search_from, simulate)
 from paper_tables import print_headline, print_max_rates, print_sweep  # noqa: E402
-from paper_setup import (ABLATION, BETA_SENSITIVITY, GPU_SETUPS, MODEL, POLICIES,  # noqa: E402
-                         ROOT, TBT_SCALE, TTFT_SCALE, WORKLOADS, ablation_variant, build_trace,
-                         slos, trace_stats, variant)
+from paper_setup import (ABLATION, BETA_SENSITIVITY, DEFAULT_GPUS, GPU_SETUPS, MODEL,  # noqa: E402
+                         POLICIES, ROOT, TBT_SCALE, TTFT_SCALE, WORKLOADS, ablation_variant,
+                         build_trace, slos, trace_stats, variant)
+from sim.executors import make_executor  # noqa: E402
 
 RESULTS = ROOT / "experiments" / "results"
 FIGURES = ROOT / "experiments" / "figures"
 FRACTIONS = [0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 1.0, 1.15, 1.3, 1.5, 1.75, 2.0]
 # Bisection starts between these fractions of the chunked drain rate (and doubles hi if needed).
-BISECT_LO, BISECT_HI, BISECT_TOL = 0.05, 1.0, 0.02
+BISECT_LO, BISECT_HI = 0.05, 1.0
 
 
 def _round2(x: float) -> float:
@@ -120,28 +124,6 @@ def _point(study: Study, item: tuple) -> dict:
             **simulate(study.traces[wl], GPU_SETUPS[gpu], v, rate, slo=slo)}
 
 
-def _max_rate(study: Study, item: tuple) -> dict:
-    gpu, wl, v = item
-    setup, slo, entries = GPU_SETUPS[gpu], study.slos[gpu][wl], study.traces[wl]
-    points: dict[float, dict] = {}
-
-    def ok_at(rate: float) -> bool:
-        points[rate] = simulate(entries, setup, v, rate, slo=slo)
-        return within(points[rate], slo)
-
-    drain = study.drain[gpu][wl]
-    found = bisect_max_rate(ok_at, BISECT_LO * drain, BISECT_HI * drain, BISECT_TOL)
-    for p in found["probes"]:
-        q = points[p["rate_rps"]]
-        p.update(ttft_p95_s=q["ttft_s"]["p95"], tbt_p95_s=q["tbt_s"]["p95"],
-                 throughput_rps=q["throughput_rps"])
-    best = points.get(found["max_rate_rps"])
-    return {"gpu": gpu, "workload": wl, "policy": v.label, "params": v.params, "gpus": v.gpus,
-            **{k: v_ for k, v_ in found.items() if k != "probes"},
-            "max_rate_rps_per_gpu": found["max_rate_rps"] / v.gpus if found["max_rate_rps"] else None,
-            "at_max": best, "probes": found["probes"]}
-
-
 def sweep(study: Study, names: list[str], make=variant) -> list[dict]:
     items = [(g, w, make(n, GPU_SETUPS[g]), r) for g in study.gpus for w in study.workloads
              for n in names for r in study.rates(g, w)]
@@ -149,8 +131,26 @@ def sweep(study: Study, names: list[str], make=variant) -> list[dict]:
 
 
 def max_rates(study: Study, names: list[str], make=variant) -> list[dict]:
+    """Every (GPU, workload, policy) searched at once: each search's probes run in order, and
+    the probes of different searches side by side on the worker pool."""
     items = [(g, w, make(n, GPU_SETUPS[g])) for g in study.gpus for w in study.workloads for n in names]
-    return study.map(_max_rate, items)
+    searches = {i: search_from(BISECT_LO * study.drain[g][w], BISECT_HI * study.drain[g][w])
+                for i, (g, w, _) in enumerate(items)}
+
+    def args_of(i: int, rate: float) -> tuple:
+        g, w, v = items[i]
+        return study.traces[w], GPU_SETUPS[g], v, rate, study.slos[g][w]
+
+    with make_executor(jobs=study.jobs) as executor:
+        search_all(searches, probe_point, args_of, executor)
+    out = []
+    for i, (g, w, v) in enumerate(items):
+        res = found(searches[i])
+        out.append({"gpu": g, "workload": w, "policy": v.label, "params": v.params, "gpus": v.gpus,
+                    **{k: x for k, x in res.items() if k not in ("probes", "at_max")},
+                    "max_rate_rps_per_gpu": res["max_rate_rps"] / v.gpus if res["max_rate_rps"] else None,
+                    "at_max": res["at_max"], "probes": res["probes"]})
+    return out
 
 
 def _write(record: dict, path: Path) -> None:
@@ -184,7 +184,7 @@ def run_max_rate(study: Study, argv: list[str], policies: list[str], results: Pa
     t = time.perf_counter()
     record = study.header("max rate within SLO", argv)
     record["bisection"] = {"lo": f"{BISECT_LO} x rate reference", "hi": f"{BISECT_HI} x rate reference, "
-                           "doubled while it still holds", "stop": f"hi/lo <= {1 + BISECT_TOL}",
+                           f"doubled (at most {DOUBLINGS} times) while it still holds", "stop": f"hi/lo <= {1 + REL_TOL}",
                            "reported": "max_rate_rps = highest probed rate within SLO; "
                                        "first_failing_rate_rps = lowest probed rate above it that failed"}
     record["results"] = max_rates(study, policies)
@@ -224,7 +224,8 @@ def run_ablation(study: Study, argv: list[str], results: Path = RESULTS,
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["sweep", "max-rate", "ablation", "all", "table"])
-    p.add_argument("--gpus", default=",".join(GPU_SETUPS), help="comma-separated: h100-sxm,l20")
+    p.add_argument("--gpus", default=",".join(DEFAULT_GPUS),
+                   help=f"comma-separated, any of {', '.join(GPU_SETUPS)} (default: {','.join(DEFAULT_GPUS)})")
     p.add_argument("--workloads", default=",".join(WORKLOADS),
                    help="comma-separated: sharegpt,long-doc,mixed")
     p.add_argument("--policies", default=",".join(POLICIES), help="for sweep and max-rate")

@@ -1,54 +1,68 @@
-"""One simulated point of the study, and the bisection for the highest rate within the SLOs."""
+"""One simulated point of the study (sim.probe), and the bracket search for the highest rate
+within the SLOs (nexus.rate_search), in the study's own record format."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Callable
-
-import numpy as np
 
 import sim
-from nexus.config import EngineConfig
+from nexus.rate_search import RateSearch
 from paper_setup import MODEL, ROOT, GPUSetup, Variant
+from sim.probe import SLO, Load, Setup, probe
 from traces import TraceEntry
 
 # Arrivals "all at once" when measuring what a policy drains at full load.
 FLOOD_RATE = 1e4
+# The search starts between these multiples of a rate reference and doubles hi while it holds.
+DOUBLINGS, REL_TOL = 4, 0.02
 
 
-def _stats(d: dict) -> dict:
-    return {k: d[k] for k in ("mean", "p50", "p95", "p99")}
+def _slo(slo: dict | None) -> SLO | None:
+    return SLO(slo["ttft_p95_s"], slo["tbt_p95_s"], "p95") if slo else None
 
 
 def simulate(entries: list[TraceEntry], setup: GPUSetup, v: Variant, rate: float,
              seed: int = 0, slo: dict | None = None) -> dict:
     """Serve the trace at `rate` req/s (Poisson, `seed`) and keep the numbers the study reports."""
-    r = sim.run(entries, policy=v.policy, model=MODEL, gpu=setup.gpu, calibration=setup.calibration,
-                policy_params=v.params, rate=rate, config=EngineConfig(seed=seed),
-                slo_ttft_s=slo["ttft_p95_s"] if slo else None,
-                slo_tbt_s=slo["tbt_p95_s"] if slo else None)
-    s = r.summary
+    p = probe(entries, v.build(), Setup(MODEL, setup.gpu, setup.calibration), Load("rate", seed),
+              rate, _slo(slo))
     point = {
         "rate_rps": rate, "gpus": v.gpus,
-        "throughput_rps": s["throughput_rps"],
-        "throughput_rps_per_gpu": s["throughput_rps"] / v.gpus,
-        "output_tokens_per_s": s["output_tokens_per_s"],
-        "ttft_s": _stats(s["ttft_s"]), "tbt_s": _stats(s["tbt_s"]),
-        "e2e_s": {"mean": s["e2e_s"]["mean"], "p95": s["e2e_s"]["p95"]},
-        "preemptions": s["preemptions"], "duration_s": s["duration_s"],
-        "sim_wall_s": r.config["sim_wall_s"],
+        "throughput_rps": p["throughput_rps"],
+        "throughput_rps_per_gpu": p["throughput_rps"] / v.gpus,
+        "output_tokens_per_s": p["output_tokens_per_s"],
+        "ttft_s": {k: p["ttft_s"][k] for k in ("mean", "p50", "p95", "p99")},
+        "tbt_s": {k: p["tbt_s"][k] for k in ("mean", "p50", "p95", "p99")},
+        "e2e_s": p["e2e_s"], "preemptions": p["preemptions"], "duration_s": p["duration_s"],
+        "sim_wall_s": p["sim_wall_s"],
     }
     if slo:
-        point["slo_attainment"] = s["slo"]["attainment"]
-        point["within_slo"] = within(point, slo)
-    tl = r.timeline
-    split = tl[(tl["stream"] == "prefill") & (tl["sms"] > 0)]
-    if len(split) and v.gpus == 1:
-        # SMs the prefill side held while the GPU was split, weighted by time.
-        w = (split["end_s"] - split["start_s"]).to_numpy()
-        point["prefill_sms_when_split"] = (float(np.average(split["sms"], weights=w))
-                                           if w.sum() > 0 else math.nan)
+        point["slo_attainment"] = p["slo_attainment"]
+        point["within_slo"] = p["ok"]
+    if "prefill_sms_when_split" in p:
+        point["prefill_sms_when_split"] = p["prefill_sms_when_split"]
     return point
+
+
+def probe_point(entries: list[TraceEntry], setup: GPUSetup, v: Variant, rate: float, slo: dict) -> dict:
+    """A search probe: the point, with its verdict under "ok"."""
+    point = simulate(entries, setup, v, rate, slo=slo)
+    return {"ok": point["within_slo"], "point": point}
+
+
+def search_from(lo: float, hi: float) -> RateSearch:
+    """The study's search: from lo, then hi, doubled at most DOUBLINGS times while it holds."""
+    return RateSearch(lo, hi, factor=2.0, rel_tol=REL_TOL, max_expansions=DOUBLINGS, expand_down=False)
+
+
+def found(search: RateSearch) -> dict:
+    """The search's result in the study's terms (req/s), with a compact record of each probe."""
+    r = search.result()
+    probes = [{"rate_rps": p["rate"], "ok": p["ok"], "ttft_p95_s": p["point"]["ttft_s"]["p95"],
+               "tbt_p95_s": p["point"]["tbt_s"]["p95"], "throughput_rps": p["point"]["throughput_rps"]}
+              for p in r["probes"]]
+    at = {p["rate"]: p["point"] for p in r["probes"]}
+    return {"max_rate_rps": r["max_rate"], "first_failing_rate_rps": r["min_failing"],
+            "status": r["status"], "at_max": at.get(r["max_rate"]), "probes": probes}
 
 
 def cost_model_of(setup: GPUSetup) -> dict:
@@ -65,46 +79,9 @@ def cost_model_of(setup: GPUSetup) -> dict:
 
 def within(point: dict, slo: dict) -> bool:
     """The paper-style bound: P95 TTFT and P95 TBT both inside their limits."""
-    return point["ttft_s"]["p95"] <= slo["ttft_p95_s"] and point["tbt_s"]["p95"] <= slo["tbt_p95_s"]
+    return _slo(slo).met(point)
 
 
 def drain_rate(entries: list[TraceEntry], setup: GPUSetup, v: Variant) -> float:
     """Requests per second the policy completes when every request is already waiting."""
     return simulate(entries, setup, v, FLOOD_RATE)["throughput_rps"]
-
-
-def bisect_max_rate(ok_at: Callable[[float], bool], lo: float, hi: float,
-                    rel_tol: float = 0.02, max_doublings: int = 4) -> dict:
-    """Highest rate where `ok_at` holds, searched geometrically between lo and hi.
-
-    Returns the last rate that held and the lowest rate seen to fail, plus every probe.
-    `status` is "bracketed", "fails-at-lowest" (max_rate_rps is None) or "holds-at-highest"
-    (hi was doubled `max_doublings` times and still held; the max is at least that).
-    Latency is not strictly monotone in rate, so only the bracket is promised.
-    """
-    if not 0 < lo < hi:
-        raise ValueError(f"need 0 < lo < hi, got {lo}, {hi}")
-    probes: list[dict] = []
-
-    def probe(rate: float) -> bool:
-        ok = bool(ok_at(rate))
-        probes.append({"rate_rps": rate, "ok": ok})
-        return ok
-
-    if not probe(lo):
-        return {"max_rate_rps": None, "first_failing_rate_rps": lo, "status": "fails-at-lowest",
-                "probes": probes}
-    for _ in range(max_doublings + 1):
-        if not probe(hi):
-            break
-        lo, hi = hi, 2 * hi
-    else:
-        return {"max_rate_rps": lo, "first_failing_rate_rps": None, "status": "holds-at-highest",
-                "probes": probes}
-    while hi / lo > 1 + rel_tol:
-        mid = math.sqrt(lo * hi)
-        if probe(mid):
-            lo = mid
-        else:
-            hi = mid
-    return {"max_rate_rps": lo, "first_failing_rate_rps": hi, "status": "bracketed", "probes": probes}

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nexus.cost import FULL_GPU, BatchShape, load_cost_model
-from nexus.specs import resolve_gpu, resolve_model
+from nexus.cost import FULL_GPU, BatchShape, default_calibration, load_cost_model
+from nexus.policy import Policy, make_policy
+from nexus.specs import GPUS, resolve_gpu, resolve_model
 from traces import TraceEntry, read_trace
 from traces.cli import main as nexus_trace
 
@@ -56,12 +57,19 @@ class GPUSetup:
     note: str = ""
 
 
-GPU_SETUPS = {
-    "h100-sxm": GPUSetup("h100-sxm", None, (64, 68),
-                         "shipped measured calibration (H100 SXM x Llama-3.1-8B)"),
-    "l20": GPUSetup("l20", "analytical", (46, 46),
-                    "analytical roofline from the L20 datasheet (no calibration exists): the paper's GPU"),
-}
+def gpu_setup(gpu: str) -> GPUSetup:
+    """Any GPU preset: its shipped calibration if one exists, else the datasheet roofline; the
+    static baseline on the GPU's half split."""
+    spec = GPUS[gpu]
+    split = spec.half_split()
+    if default_calibration(resolve_model(MODEL), spec) is not None:
+        return GPUSetup(gpu, None, split, f"shipped measured calibration ({gpu} x {MODEL})")
+    note = f"analytical roofline from the {gpu} datasheet (no calibration exists)"
+    return GPUSetup(gpu, "analytical", split, note + (": the paper's GPU" if gpu == "l20" else ""))
+
+
+GPU_SETUPS = {g: gpu_setup(g) for g in GPUS}
+DEFAULT_GPUS = ["h100-sxm", "l20"]
 
 POLICIES = ["chunked", "prefill-first", "static", "nexus", "disagg"]
 
@@ -83,6 +91,9 @@ class Variant:
     policy: str
     params: dict = field(default_factory=dict)
     gpus: int = 1
+
+    def build(self) -> Policy:
+        return make_policy(self.policy, **self.params)
 
 
 def variant(name: str, setup: GPUSetup) -> Variant:

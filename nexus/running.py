@@ -8,6 +8,7 @@ when it leaves, or by `materialize()` (the real engine calls it every step).
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_right
 from dataclasses import dataclass
 
 from nexus.kv import BLOCK_SIZE, BlockPool, blocks_for
@@ -33,6 +34,10 @@ class RunningSet:
         self._kv_offset_sum = 0
         self._residues = [0] * BLOCK_SIZE           # members per kv_offset mod block size
         self._held_blocks = 0                       # blocks the pool counts for members
+        # By step phase (steps mod block size), for the current residues: the padding of the
+        # members' last blocks, and their block growth. Emptied whenever a member joins or leaves.
+        self._pad_by_phase: dict[int, int] = {}
+        self._growth_by_phase: dict[int, list[int]] = {}
 
     def __len__(self) -> int:
         return len(self.members) + len(self.pending)
@@ -47,7 +52,11 @@ class RunningSet:
     def blocks_needed(self, steps: int) -> int:
         """Blocks the members need after `steps` more steps (closed form over residues)."""
         s = self.steps + steps
-        pad = sum(c * ((-(m + s)) % BLOCK_SIZE) for m, c in enumerate(self._residues) if c)
+        phase = s % BLOCK_SIZE
+        pad = self._pad_by_phase.get(phase)
+        if pad is None:
+            pad = self._pad_by_phase[phase] = sum(c * ((-(m + phase)) % BLOCK_SIZE)
+                                                  for m, c in enumerate(self._residues) if c)
         return (self._kv_offset_sum + len(self.members) * s + pad) // BLOCK_SIZE
 
     def add(self, req: Request) -> None:
@@ -63,6 +72,8 @@ class RunningSet:
             self.members[req] = member
             self._kv_offset_sum += offset
             self._residues[offset % BLOCK_SIZE] += 1
+            self._pad_by_phase.clear()
+            self._growth_by_phase.clear()
             self._held_blocks += req.kv_blocks
             self._seq += 1
             heapq.heappush(self._finish_heap, (member.finish_step, self._seq, req, member))
@@ -86,19 +97,25 @@ class RunningSet:
         if not members:
             return limit
         spare = self.pool.free + self._held_blocks - self.blocks_needed(0)
-        crossing_at = [0] * (BLOCK_SIZE + 1)
-        for m, count in enumerate(self._residues):
-            if count:
-                crossing_at[(1 - m - self.steps) % BLOCK_SIZE or BLOCK_SIZE] += count
         cycles = spare // members
         left = spare - cycles * members
-        extra, grown = 0, 0
-        for j in range(1, BLOCK_SIZE):
-            grown += crossing_at[j]
-            if grown > left:
-                break
-            extra = j
+        extra = bisect_right(self._growth_prefix(self.steps % BLOCK_SIZE), left) - 1
         return min(limit, cycles * BLOCK_SIZE + extra)
+
+    def _growth_prefix(self, phase: int) -> list[int]:
+        """[members that take a new block within j steps, for j = 0 .. BLOCK_SIZE - 1], at this
+        step phase, for the current residues (cached like the padding)."""
+        prefix = self._growth_by_phase.get(phase)
+        if prefix is None:
+            crossing_at = [0] * (BLOCK_SIZE + 1)
+            for m, count in enumerate(self._residues):
+                if count:
+                    crossing_at[(1 - m - phase) % BLOCK_SIZE or BLOCK_SIZE] += count
+            prefix = [0] * BLOCK_SIZE
+            for j in range(1, BLOCK_SIZE):
+                prefix[j] = prefix[j - 1] + crossing_at[j]
+            self._growth_by_phase[phase] = prefix
+        return prefix
 
     def reserve(self, steps: int) -> None:
         """Take from the pool the blocks `steps` more steps will need."""
@@ -133,6 +150,8 @@ class RunningSet:
         req.kv_blocks = blocks_for(req.kv_tokens, self.pool.block_size)
         self._kv_offset_sum -= member.kv_offset
         self._residues[member.kv_offset % BLOCK_SIZE] -= 1
+        self._pad_by_phase.clear()
+        self._growth_by_phase.clear()
         self._held_blocks -= req.kv_blocks
 
     def newest(self) -> Request | None:

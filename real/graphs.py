@@ -14,13 +14,14 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from nexus.graph_buckets import DECODE_GRAPH_BUCKETS, bucket_for
 from real.attention import MAX_PIECES, AttentionMetadata, decode_items_for, decode_schedule
 from real.batch import BlockTables, Chunk
 from real.kv_cache import KVCache
 from real.model import Transformer
 from real.partitions import Partition
 
-DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256)
+DEFAULT_BUCKETS = DECODE_GRAPH_BUCKETS
 
 
 class StepGraphs:
@@ -131,8 +132,7 @@ class DecodeGraphs(StepGraphs):
             self.graphs[(partition.name, n)] = (graph, hidden, items)
 
     def bucket_for(self, partition: Partition, n: int) -> int | None:
-        fits = [b for b in self.buckets(partition) if b >= n]
-        return fits[0] if fits else None
+        return bucket_for(self.buckets(partition), n)
 
     def run(self, batch: Sequence[Chunk], partition: Partition, bucket: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Replay the bucket's graph on the decode batch; returns (logits, tokens) rows of the batch.

@@ -20,6 +20,7 @@ import torch
 
 from nexus.cost.base import FULL_GPU
 from nexus.errors import UserError
+from nexus.partition_sizes import grantable_sizes
 from nexus.specs import GPUS, GPUSpec
 
 
@@ -66,7 +67,7 @@ class Partitions:
 
     def sizes(self) -> list[int]:
         """Prefill SM counts this GPU can split off (whether or not they were made)."""
-        return [p for p in range(self.sm_min, self.num_sms, self.sm_step) if self.num_sms - p >= self.sm_min]
+        return grantable_sizes(self.num_sms, self.sm_min, self.sm_step)
 
     def made(self) -> list[int]:
         """Prefill SM counts of the pairs made at start-up."""

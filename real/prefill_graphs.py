@@ -25,6 +25,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from nexus.graph_buckets import GREEN_MAX_TOKENS, PREFILL_GRAPH_BUCKETS, PREFILL_GRAPH_MAX_SEQS
 from real.attention import MAX_PIECES, AttentionMetadata, decode_items_for, decode_schedule
 from real.batch import Chunk, token_layout
 from real.graphs import StepGraphs
@@ -32,12 +33,7 @@ from real.kv_cache import KVCache
 from real.model import Transformer
 from real.partitions import Partition
 
-MAX_SEQS = 16
-# Finer where padding is dear: above 128 tokens the matmuls start to be compute-bound; above
-# 512 a step of 128 tokens keeps the padding under 13% (6% at 2k).
-PREFILL_GRAPH_BUCKETS = (16, 32, 64, 128, 192, 256, 320, 384, 448, 512, 640, 768, 896, 1024, 1152, 1280,
-                         1408, 1536, 1664, 1792, 1920, 2048, 2176, 2304)
-GREEN_MAX_TOKENS = 512
+MAX_SEQS = PREFILL_GRAPH_MAX_SEQS
 
 
 def _align4(n: int) -> int:

@@ -10,12 +10,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nexus import __version__
-from nexus.cli_args import parse_params, parse_split, run_reporting_user_errors
+from nexus.cli_args import (ArgumentParser, non_negative_int, parse_params, parse_split, policy_names,
+                             positive_int, positive_seconds, run_reporting_user_errors)
 from nexus.config import EngineConfig
-from nexus.errors import UserError
 from nexus.policy import POLICIES, build_policies
 from nexus.specs import GPUS, MODELS
-from nexus.report import plot_latency_cdfs, plot_timeline, print_table, write_run
+from nexus.report import RunOutput, check_out, print_table, write_results
+from sim.load_study import run_load_study
 from sim.run import Result, run
 from traces.retime import load_entries
 
@@ -23,7 +24,7 @@ DEFAULT_TRACE = Path(__file__).resolve().parent.parent / "traces" / "sharegpt.js
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="nexus-sim",
         description="Simulate LLM serving on one GPU with intra-GPU prefill/decode disaggregation.",
         epilog="Example: nexus-sim --trace traces/sharegpt.jsonl --compare chunked,static,nexus --out out/")
@@ -45,14 +46,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, help="redraw Poisson arrivals at this rate (req/s), using --seed")
     p.add_argument("--cv", type=float, help="redraw arrivals with gamma gaps of this coefficient of variation "
                                         "(1 is Poisson, >1 bursty), at --rate or the trace's own mean rate")
-    p.add_argument("--seed", type=int, default=0, help="seed for --rate and --cv (default 0)")
-    p.add_argument("--limit", type=int, help="only the first N requests of the trace")
-    p.add_argument("--max-num-seqs", type=int, default=256, help="most requests running at once")
-    p.add_argument("--slo-ttft", type=float, help="TTFT SLO in seconds (reports attainment and goodput)")
-    p.add_argument("--slo-tbt", type=float, help="TBT SLO in seconds, on each request's mean TBT")
-    p.add_argument("--out", help="write summary.json, requests.parquet, timeline.parquet and plots here")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed for --rate and --cv (default 0)")
+    p.add_argument("--limit", type=positive_int, help="only the first N requests of the trace")
+    p.add_argument("--max-num-seqs", type=positive_int, default=256, help="most requests running at once")
+    p.add_argument("--slo-ttft", type=positive_seconds, help="TTFT SLO in seconds (reports attainment and goodput)")
+    p.add_argument("--slo-tbt", type=positive_seconds, help="TBT SLO in seconds, on each request's mean TBT")
+    p.add_argument("--out", help="write summary.json, requests.parquet, timeline.parquet and plots here "
+                                 "(max_rate.json, sweep.json and sweep.png for --max-rate and --sweep)")
     p.add_argument("--json", action="store_true", help="print the summaries as JSON instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("load studies", "the load is a multiple of the trace's rate (from --rate-scale), "
+                             "or with --rate a Poisson rate in req/s (from --rate, arrivals from --seed)")
+    g.add_argument("--max-rate", action="store_true",
+                   help="bisect the highest load within --slo-ttft/--slo-tbt for every policy; writes max_rate.json")
+    g.add_argument("--sweep", metavar="LOADS", help="latency against load at these loads, e.g. 0.5,1,2,4 "
+                                                    "(req/s with --rate); writes sweep.json and sweep.png")
+    g.add_argument("--grid", action="append", default=[], metavar="POLICY:PARAM=V1,V2",
+                   help="also run POLICY at each value of PARAM and report the best, e.g. "
+                        "chunked:max_num_batched_tokens=256,512,1024,2048,4096 (repeatable)")
+    g.add_argument("--slo-percentile", default="p95", choices=["p50", "p90", "p95", "p99"],
+                   help="percentile the SLO bounds for --max-rate (default p95)")
+    g.add_argument("--rate-tol", type=float, default=0.02, help="stop bisecting at max/min ratio 1 + this")
+    g.add_argument("--jobs", type=int, help="worker processes (default: every core)")
+    g.add_argument("--ray", metavar="ADDRESS", help="run probes on a Ray cluster ('auto' finds one, "
+                                                     "'local' starts one here); needs the [ray] extra")
     return p
 
 
@@ -62,13 +79,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace, console: Console) -> int:
-    names = [n.strip() for n in (args.compare or args.policy).split(",") if n.strip()]
+    if args.out:
+        check_out(Path(args.out))   # before the work, not after it
+    names = policy_names(args.policy, args.compare)
     split = parse_split(args.split) if args.split else None
-    policies = build_policies(names, parse_params(args.param), split)
+    policies = build_policies(names, parse_params(args.param), split,
+                              slo={"ttft_slo_s": args.slo_ttft, "tbt_slo_s": args.slo_tbt})
+    if args.max_rate or args.sweep or args.grid:
+        return run_load_study(args, policies, console)
     trace = load_entries(args.trace, args.rate_scale, args.rate, args.seed, cv=args.cv)
     if args.limit is not None:
-        if args.limit < 1:
-            raise UserError(f"--limit must be at least 1, got {args.limit}")
         trace = trace[:args.limit]
     results: list[Result] = []
     show_progress = not args.quiet and console.is_terminal
@@ -94,13 +114,10 @@ def _main(args: argparse.Namespace, console: Console) -> int:
 
 def _write(out: Path, results: list[Result], args: argparse.Namespace) -> None:
     command = "nexus-sim " + " ".join(sys.argv[1:])
-    for r in results:
-        target = out if len(results) == 1 else out / r.policy
-        write_run(target, r.summary, r.requests, r.timeline,
-                  {"config": r.config, "trace": str(args.trace), "command": command})
-    gpu_sms = results[0].config.get("num_sms") or 132
-    plot_latency_cdfs({r.policy: r.requests for r in results}, out / "latency_cdf.png")
-    plot_timeline({r.policy: r.timeline for r in results}, gpu_sms, out / "split_and_kv.png")
+    runs = {r.policy: RunOutput(r.summary, r.requests, r.timeline,
+                                {"config": r.config, "trace": str(args.trace), "command": command})
+            for r in results}
+    write_results(out, runs, results[0].config.get("num_sms") or 132)
     Console(stderr=True).print(f"wrote results to {out}/")
 
 

@@ -5,12 +5,23 @@ from pathlib import Path
 
 import pytest
 
+from nexus.specs import GPUS
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "experiments"))
 
 import paper  # noqa: E402
-from paper_search import bisect_max_rate, simulate, within  # noqa: E402
+from paper_search import DOUBLINGS, found, search_from, simulate, within  # noqa: E402
 from paper_setup import GPU_SETUPS, WORKLOADS, build_trace, slos, variant  # noqa: E402
+
+
+def _search(ok_at, lo, hi, rel_tol=0.02):
+    search = search_from(lo, hi)
+    search.rel_tol = rel_tol
+    while (rate := search.next_rate()) is not None:
+        point = {"ttft_s": {"p95": 0.0}, "tbt_s": {"p95": 0.0}, "throughput_rps": rate}
+        search.tell(rate, ok_at(rate), point=point)
+    return found(search)
 
 
 def test_bisection_brackets_the_threshold():
@@ -20,22 +31,22 @@ def test_bisection_brackets_the_threshold():
         seen.append(rate)
         return rate <= 3.7
 
-    found = bisect_max_rate(ok_at, 1.0, 2.0, rel_tol=0.01)
-    assert found["status"] == "bracketed"
-    assert found["max_rate_rps"] <= 3.7 < found["first_failing_rate_rps"]
-    assert found["first_failing_rate_rps"] / found["max_rate_rps"] <= 1.01 + 1e-12
-    assert [p["rate_rps"] for p in found["probes"]] == seen
-    assert all(p["ok"] == (p["rate_rps"] <= 3.7) for p in found["probes"])
+    result = _search(ok_at, 1.0, 2.0, rel_tol=0.01)
+    assert result["status"] == "bracketed"
+    assert result["max_rate_rps"] <= 3.7 < result["first_failing_rate_rps"]
+    assert result["first_failing_rate_rps"] / result["max_rate_rps"] <= 1.01 + 1e-12
+    assert [p["rate_rps"] for p in result["probes"]] == seen
+    assert all(p["ok"] == (p["rate_rps"] <= 3.7) for p in result["probes"])
 
 
 def test_bisection_reports_both_edges():
-    fails = bisect_max_rate(lambda r: False, 1.0, 2.0)
+    fails = _search(lambda r: False, 1.0, 2.0)
     assert fails["status"] == "fails-at-lowest" and fails["max_rate_rps"] is None
     assert len(fails["probes"]) == 1
-    holds = bisect_max_rate(lambda r: True, 1.0, 2.0, max_doublings=2)
-    assert holds["status"] == "holds-at-highest" and holds["max_rate_rps"] == 8.0
+    holds = _search(lambda r: True, 1.0, 2.0)
+    assert holds["status"] == "holds-at-highest" and holds["max_rate_rps"] == 2.0 * 2 ** DOUBLINGS
     with pytest.raises(ValueError):
-        bisect_max_rate(lambda r: True, 2.0, 1.0)
+        search_from(2.0, 1.0)
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +75,11 @@ def test_simulated_max_rate_holds_at_the_answer_and_fails_just_above(sharegpt):
     setup = GPU_SETUPS["l20"]
     v = variant("static", setup)
     slo = slos(sharegpt, setup)
-    found = bisect_max_rate(lambda r: within(simulate(sharegpt, setup, v, r), slo), 0.5, 4.0, 0.05)
-    assert found["status"] == "bracketed"
-    assert within(simulate(sharegpt, setup, v, found["max_rate_rps"]), slo)
-    assert not within(simulate(sharegpt, setup, v, found["first_failing_rate_rps"]), slo)
-    assert found["first_failing_rate_rps"] / found["max_rate_rps"] <= 1.05 + 1e-12
+    result = _search(lambda r: within(simulate(sharegpt, setup, v, r), slo), 0.5, 4.0, 0.05)
+    assert result["status"] == "bracketed"
+    assert within(simulate(sharegpt, setup, v, result["max_rate_rps"]), slo)
+    assert not within(simulate(sharegpt, setup, v, result["first_failing_rate_rps"]), slo)
+    assert result["first_failing_rate_rps"] / result["max_rate_rps"] <= 1.05 + 1e-12
 
 
 def test_disagg_counts_two_gpus(sharegpt):
@@ -76,6 +87,13 @@ def test_disagg_counts_two_gpus(sharegpt):
     point = simulate(sharegpt, setup, variant("disagg", setup), 20.0)
     assert point["gpus"] == 2
     assert point["throughput_rps_per_gpu"] == pytest.approx(point["throughput_rps"] / 2)
+
+
+def test_every_gpu_preset_has_a_setup_on_its_own_split(sharegpt):
+    for gpu, setup in GPU_SETUPS.items():
+        assert setup.split == GPUS[gpu].half_split()
+        point = simulate(sharegpt[:30], setup, variant("static", setup), 5.0)
+        assert point["throughput_rps"] > 0
 
 
 def test_all_experiments_write_records_and_figures(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 
 from nexus.errors import UserError
 from traces.arrivals import arrival_times, resolve_cv
-from traces.format import TraceEntry, read_trace
+from traces.format import TraceEntry, check_arrival, read_trace
 from traces.seeding import rng_for
 
 
@@ -27,6 +27,8 @@ def load_entries(trace: str | Path | Sequence[TraceEntry], rate_scale: float = 1
         raise UserError(f"--rate-scale must be a positive number, got {rate_scale}")
     if rate is not None and not (rate > 0 and np.isfinite(rate)):
         raise UserError(f"--rate must be a positive number, got {rate}")
+    if (rate is not None or cv is not None) and seed < 0:
+        raise UserError(f"--seed must be a non-negative integer, got {seed}")
     if cv is not None:
         cv = resolve_cv(None, cv)
         if rate is None:
@@ -41,5 +43,6 @@ def load_entries(trace: str | Path | Sequence[TraceEntry], rate_scale: float = 1
     else:
         t0 = entries[0].arrival_time_s
         times = [(e.arrival_time_s - t0) / rate_scale for e in entries]
-    return [TraceEntry(e.request_id, float(t), e.prompt_tokens, e.output_tokens)
+    return [TraceEntry(e.request_id, check_arrival(float(t), f"request {e.request_id}", "arrival_time_s"),
+                       e.prompt_tokens, e.output_tokens)
             for e, t in zip(entries, times)]

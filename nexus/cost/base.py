@@ -58,6 +58,11 @@ class CostModel(Protocol):
         """Seconds for the iteration with the GPU otherwise idle."""
         ...
 
+    def memory_demand(self, shape: BatchShape, sms: int | np.ndarray) -> float | np.ndarray:
+        """Average HBM bytes/s the iteration draws alone on `sms` SMs (what co-run contention
+        and the fitter's co-run features are computed from)."""
+        ...
+
     def slowdown(self, shape: BatchShape, sms: int | np.ndarray,
                  other: BatchShape, other_sms: int | np.ndarray) -> float | np.ndarray:
         """Factor >= 1 by which `shape` on `sms` is stretched while `other` runs on `other_sms`.

@@ -21,12 +21,14 @@ tokens. `sms` is the partition size, 0 (FULL_GPU) for a plain stream on the whol
 A co-run record holds both phases running at once on their partitions, with each one's
 time alone measured in the same session. Every measurement list may be absent or partial:
 a profile can be taken in parts and merged. "fit" and "fit_error" come from
-nexus.cost.fit; a file without them is fitted when loaded.
+nexus.cost.fit (`python -m nexus.cost.fit FILE`); a file without them cannot be loaded.
+`created` identifies the contents: writing different contents over a file restamps it.
 
 This module only reads, checks, builds and writes the file; it knows no fitting.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import fields
@@ -78,10 +80,33 @@ def read_calibration(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def content_digest(data: dict[str, Any]) -> str:
+    """A hash of everything in a calibration but its `created` stamp: equal exactly when the
+    contents are."""
+    body = {k: v for k, v in data.items() if k != "created"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def write_calibration(data: dict[str, Any], path: str | Path) -> None:
-    """Check `data` and write it as indented JSON (the file is meant to be diffed and read)."""
+    """Check `data` and write it as indented JSON (the file is meant to be diffed and read).
+
+    `created` is a calibration's identity in run records, so writing different contents over
+    a file stamps `data["created"]` anew (later than the file's): a refit, a new host gap or
+    more measurements make a new calibration.
+    """
     path = Path(path)
     validate_calibration(data, str(path))
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        old = None
+    if isinstance(old, dict) and isinstance(old.get("created"), str) and \
+            content_digest(old) != content_digest(data) and data["created"] <= old["created"]:
+        now = datetime.now(timezone.utc)
+        stamp = now.isoformat(timespec="seconds")
+        if stamp <= old["created"]:
+            stamp = now.isoformat(timespec="microseconds")
+        data["created"] = stamp
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(_dumps(data) + "\n")

@@ -61,15 +61,14 @@ from typing import Any
 
 import numpy as np
 
-from nexus.cost.base import FULL_GPU, BatchShape
+from nexus.cost.base import FULL_GPU, BatchShape, CostModel
 from nexus.cost.calibration import read_calibration, spec_from_dict, write_calibration
+from nexus.cost.measured import MeasuredCost
+from nexus.cost.terms import (CORUN_TERMS, FIT_METHOD, FIT_VERSION, PREFILL_ATTENTION,  # noqa: F401
+                              corun_features, prefill_attention, sm_share)
 from nexus.errors import UserError
 from nexus.specs import GPUSpec, ModelSpec
 
-FIT_METHOD = "monotone-piecewise-nnls"
-FIT_VERSION = 3
-# Prefill attention coefficients, in the order of prefill_attention's features.
-PREFILL_ATTENTION = ("own_pair_s", "cross_pair_s", "prior_token_s")
 MAX_KNOTS = 12
 # Weight of the penalty on each coefficient's bend in 1/s between neighbouring SM columns,
 # relative to a measurement's relative error. It fills in a shape a column lacks from the
@@ -84,7 +83,6 @@ DEFAULT_CORUN = {"bandwidth_fraction": 0.85,
                              "other_share_x_use": 0.0},
                  "decode": {"other_use": 0.05, "own_x_other_use": 0.0, "oversubscription": 1.0,
                             "other_share_x_use": 0.0}}
-CORUN_TERMS = ("other_use", "own_x_other_use", "oversubscription", "other_share_x_use")
 
 
 # ---- non-negative least squares ------------------------------------------------------
@@ -121,19 +119,6 @@ def nnls(a: np.ndarray, b: np.ndarray, max_iter: int | None = None) -> np.ndarra
 
 
 # ---- solo-time features ----------------------------------------------------------------
-
-def prefill_attention(chunks: tuple[tuple[int, int], ...]) -> tuple[int, int, int, int]:
-    """(new tokens, causal pairs among new tokens, new x prior pairs, prior KV tokens),
-    summed over prefill chunks."""
-    tokens = own = cross = prior = 0
-    for n, p in chunks:
-        if n > 0:
-            tokens += n
-            own += n * (n + 1) // 2
-            cross += n * p
-            prior += p
-    return tokens, own, cross, prior
-
 
 def _pick_knots(values: np.ndarray) -> np.ndarray:
     distinct = np.unique(values)
@@ -266,18 +251,10 @@ def decode_shape(rec: dict) -> BatchShape:
 def corun_terms(own: np.ndarray, other: np.ndarray, bandwidth_fraction: float,
                 other_share: np.ndarray) -> np.ndarray:
     """Feature columns of the slowdown model (see the module docstring), one row per pair."""
-    over = np.minimum(other, np.maximum(own + other - bandwidth_fraction, 0.0))
-    return np.stack(np.broadcast_arrays(other, own * other, over, other_share * other), axis=-1)
+    return np.stack(np.broadcast_arrays(*corun_features(own, other, bandwidth_fraction, other_share)), axis=-1)
 
 
-def sm_share(sms: Any, num_sms: int) -> Any:
-    """Fraction of the GPU's SMs a stream runs on; the plain stream (FULL_GPU) has them all."""
-    if isinstance(sms, (int, np.integer)):   # the simulator's hot path: no numpy for one count
-        return 1.0 if sms == FULL_GPU else sms / num_sms
-    return np.where(np.asarray(sms) == FULL_GPU, 1.0, np.asarray(sms) / num_sms)
-
-
-def _corun_uses(cost: Any, records: list[dict]) -> tuple[np.ndarray, ...]:
+def _corun_uses(cost: MeasuredCost, records: list[dict]) -> tuple[np.ndarray, ...]:
     """Bandwidth fractions each phase of each co-run draws alone, under the solo model, and
     each phase's share of the SMs."""
     bw, n = cost.gpu.hbm_bandwidth, cost.gpu.num_sms
@@ -288,7 +265,7 @@ def _corun_uses(cost: Any, records: list[dict]) -> tuple[np.ndarray, ...]:
     return np.array(up), np.array(ud), fp, fd
 
 
-def fit_corun(cost: Any, records: list[dict]) -> dict[str, Any]:
+def fit_corun(cost: MeasuredCost, records: list[dict]) -> dict[str, Any]:
     """Contention parameters from co-run records, given a cost model for solo times."""
     if not records:
         return {**DEFAULT_CORUN, "n": 0,
@@ -317,8 +294,6 @@ def fit_corun(cost: Any, records: list[dict]) -> dict[str, Any]:
 
 def fit_params(measurements: dict[str, list], model: ModelSpec, gpu: GPUSpec) -> dict[str, Any]:
     """Fitted parameters (the calibration file's "fit") from all of `measurements`."""
-    from nexus.cost.measured import MeasuredCost
-
     solo = {"method": FIT_METHOD, "version": FIT_VERSION,
             "prefill": fit_prefill(measurements.get("prefill", []), gpu.num_sms),
             "decode": fit_decode(measurements.get("decode", []), gpu.num_sms)}
@@ -332,7 +307,7 @@ def mixed_shape(rec: dict) -> BatchShape:
                       rec["batch"] * rec["context"])
 
 
-def fit_mixed(cost: Any, records: list[dict], rounds: int = 20) -> dict[str, float]:
+def fit_mixed(cost: MeasuredCost, records: list[dict], rounds: int = 20) -> dict[str, float]:
     """Host time of a chunked-prefill step: the floor under its GPU time.
 
     A mixed batch runs eagerly: the host launches every kernel and packs every decode row
@@ -399,7 +374,7 @@ def _stats(errors: list[float]) -> dict[str, Any]:
             "p90_abs_pct": round(float(np.percentile(e, 90)), 3), "n": len(errors)}
 
 
-def prediction_errors(cost: Any, measurements: dict[str, list]) -> dict[str, list[float]]:
+def prediction_errors(cost: CostModel, measurements: dict[str, list]) -> dict[str, list[float]]:
     """Signed % errors of `cost` against measurements: solo times, and co-run slowdowns."""
     out: dict[str, list[float]] = {"prefill": [], "decode": [], "corun_slowdown": [], "mixed": []}
     for phase, shape_of in (("prefill", prefill_shape), ("decode", decode_shape), ("mixed", mixed_shape)):
@@ -422,8 +397,6 @@ def fit_calibration(data: dict[str, Any], holdout_fraction: float = 0.25,
     `data` is a validated calibration (see nexus.cost.calibration). Co-run slowdown error
     counts two factors per co-run, one per phase.
     """
-    from nexus.cost.measured import MeasuredCost
-
     if not 0.0 <= holdout_fraction < 1.0:
         raise UserError(f"holdout fraction must be in [0, 1), got {holdout_fraction}")
     model = spec_from_dict(ModelSpec, data["model"], "calibration model")

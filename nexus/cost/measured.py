@@ -26,17 +26,18 @@ H100, not the 7 ms its kernels need.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from nexus.cost.base import FULL_GPU, BatchShape, sms_array
-from nexus.cost.calibration import check_matches, read_calibration
-from nexus.cost.fit import (CORUN_TERMS, FIT_METHOD, FIT_VERSION, PREFILL_ATTENTION,
-                            fit_calibration, prefill_attention, sm_share)
+from nexus.cost.calibration import check_matches, content_digest, read_calibration
+from nexus.cost.terms import (CORUN_TERMS, FIT_METHOD, FIT_VERSION, PREFILL_ATTENTION, corun_excess,
+                              prefill_attention, sm_share)
 from nexus.cost.roofline import IterationWork
+from nexus.graph_buckets import bucket_for, prefill_bucket
 from nexus.errors import UserError
 from nexus.specs import GPUSpec, ModelSpec
 
@@ -125,11 +126,6 @@ def _buckets(graphs: dict) -> list[int]:
     return buckets
 
 
-def _bucket_of(buckets: list[int], n: int) -> int:
-    """The smallest bucket that holds n (n must not exceed the largest)."""
-    return buckets[bisect_left(buckets, n)]
-
-
 class _Phase:
     """One phase's fitted terms, tabulated over SM counts.
 
@@ -199,6 +195,7 @@ class MeasuredCost:
         self.model, self.gpu = model, gpu
         self.fit = fit
         self.calibration, self.fit_error, self.created = calibration, fit_error, created
+        self.digest: str | None = None     # of the calibration file's contents, when loaded from one
         # Host time an engine spends between two iterations of a stream (scheduling,
         # bookkeeping, a loop over the decode rows); measured from engine runs, not from
         # the kernel profile.
@@ -219,23 +216,29 @@ class MeasuredCost:
                             f"`python -m nexus.cost.fit {origin}`") from None
         self._bytes_of = IterationWork(model, 1.0, 1.0)
         self._bytes: dict[BatchShape, float] = {}
+        # Memos: the simulator asks for the same shape's time many times (its job, then both
+        # slowdowns at every retiming while it runs); decode shapes rarely recur for long.
+        self._plans: dict[BatchShape, tuple | None] = {}
+        self._solo: dict[tuple[BatchShape, int], float] = {}
         self._bandwidth = gpu.hbm_bandwidth
 
     @classmethod
     def load(cls, path: str | Path, model: ModelSpec, gpu: GPUSpec) -> "MeasuredCost":
-        """Read, check and (if it has no fit yet) fit a calibration file for this model and GPU."""
+        """Read and check a fitted calibration file for this model and GPU.
+
+        A file without a fit (fresh from a profile, or merged) is refused rather than fitted
+        here: fitting is a step of its own (`python -m nexus.cost.fit FILE`) that writes the
+        fit and its held-out error into the file, so every run reads the same parameters.
+        """
         data = read_calibration(path)
         check_matches(data, model, gpu, str(path))
-        if "fit" in data:
-            fit, fit_error = data["fit"], data.get("fit_error")
-        else:
-            try:
-                out = fit_calibration(data)
-            except UserError as e:
-                raise UserError(f"{path}: {e}") from None
-            fit, fit_error = out["fit"], out["fit_error"]
+        if "fit" not in data:
+            raise UserError(f"{path}: the calibration has no fit yet; fit it with "
+                            f"`python -m nexus.cost.fit {path}`")
+        fit, fit_error = data["fit"], data.get("fit_error")
         cost = cls(model, gpu, fit, calibration=str(path), fit_error=fit_error,
                    created=data["created"])
+        cost.digest = content_digest(data)
         engine = data.get("engine", {})
         if not isinstance(engine, dict):
             raise UserError(f"{path}: engine must be an object, got {engine!r}")
@@ -266,10 +269,8 @@ class MeasuredCost:
 
     def _padded_tokens(self, chunks: tuple[tuple[int, int], ...], tokens: int) -> int:
         """Tokens the engine computes for a prefill-only step: a captured graph pads to its bucket."""
-        if (self._graph_buckets and len(chunks) <= self._graph_max_seqs and tokens <= self._graph_buckets[-1]
-                and all(n >= 2 for n, _ in chunks)):
-            return _bucket_of(self._graph_buckets, tokens)
-        return tokens
+        bucket = prefill_bucket(self._graph_buckets, self._graph_max_seqs, [n for n, _ in chunks])
+        return tokens if bucket is None else bucket
 
     @staticmethod
     def _parse(fit: dict, num_sms: int) -> tuple[_Phase, _Phase, dict]:
@@ -304,6 +305,15 @@ class MeasuredCost:
     # ---- solo time ---------------------------------------------------------------------
 
     def _plan(self, shape: BatchShape) -> tuple | None:
+        try:
+            return self._plans[shape]
+        except KeyError:
+            if len(self._plans) >= _CACHE_LIMIT:
+                self._plans.clear()
+            plan = self._plans[shape] = self._make_plan(shape)
+            return plan
+
+    def _make_plan(self, shape: BatchShape) -> tuple | None:
         """(phase curve, where the size falls on it, its attention features, decode KV tokens)."""
         tokens, *attention = prefill_attention(shape.prefill_chunks)
         seqs = shape.decode_seqs if shape.decode_seqs > 0 else 0
@@ -313,8 +323,7 @@ class MeasuredCost:
                     shape.decode_kv_tokens if seqs else 0, seqs)
         if seqs:
             # A decode graph runs its whole bucket; padded rows read no KV, so attention is unpadded.
-            buckets = self._decode_buckets
-            size = _bucket_of(buckets, seqs) if buckets and seqs <= buckets[-1] else seqs
+            size = bucket_for(self._decode_buckets, seqs) or seqs
             return self._decode, self._decode.locate(size), (shape.decode_kv_tokens,), 0, 0
         return None
 
@@ -340,12 +349,18 @@ class MeasuredCost:
 
     def solo_time(self, shape: BatchShape, sms: int | np.ndarray) -> float | np.ndarray:
         """Seconds for the iteration with the GPU otherwise idle."""
-        plan = self._plan(shape)
         if isinstance(sms, (int, np.integer)):
-            s = self._check_sms(sms)
-            if plan is None:
-                return 0.0
-            return self._time(plan, self._prefill.rows[s], self._decode.rows[s])
+            key = (shape, sms)
+            t = self._solo.get(key)
+            if t is None:
+                s = self._check_sms(sms)
+                plan = self._plan(shape)
+                t = 0.0 if plan is None else self._time(plan, self._prefill.rows[s], self._decode.rows[s])
+                if len(self._solo) >= _CACHE_LIMIT:
+                    self._solo.clear()
+                self._solo[key] = t
+            return t
+        plan = self._plan(shape)
         s = self._sms_array(sms)
         if plan is None:
             return np.zeros(s.shape)
@@ -370,13 +385,7 @@ class MeasuredCost:
         return self._total_bytes(shape) / t
 
     def _excess(self, phase: str, own: Any, other: Any, other_share: Any) -> Any:
-        a, b, c, d = self._corun[phase]
-        k = self._corun["k"]
-        if isinstance(own, np.ndarray) or isinstance(other, np.ndarray):
-            over = np.minimum(other, np.maximum(own + other - k, 0.0))
-        else:
-            over = min(other, max(own + other - k, 0.0))
-        return a * other + b * own * other + c * over + d * other_share * other
+        return corun_excess(self._corun[phase], self._corun["k"], own, other, other_share)
 
     def slowdown(self, shape: BatchShape, sms: int | np.ndarray,
                  other: BatchShape, other_sms: int | np.ndarray) -> float | np.ndarray:
@@ -418,6 +427,7 @@ class MeasuredCost:
             "model": self.model.name,
             "fit_error": self.fit_error,
             "created": self.created,
+            "digest": self.digest,
             "step_gap_s": self.step_gap_s,
             "step_gap_per_seq_s": self.step_gap_per_seq_s,
             "engine": self.engine,

@@ -19,12 +19,15 @@ class Nexus(Policy):
 
     def __init__(self, alpha: float = 1.3, beta: float = 1.1, kv_threshold: float = 0.7,
                  hysteresis: float = 0.05, gamma: float = 15.0, chunk_tokens: int = 2048,
-                 spf: bool = True, dynamic: bool = True, static_split: tuple[int, int] = (64, 68)):
+                 spf: bool = True, dynamic: bool = True, static_split: tuple[int, int] | None = None):
+        """`static_split` (the split before the controller first decides, and all along with
+        dynamic=False) defaults to the GPU's half split, resolved by check()."""
         self.alpha, self.beta, self.kv_threshold = alpha, beta, kv_threshold
         self.hysteresis, self.gamma, self.chunk_tokens = hysteresis, gamma, chunk_tokens
-        self.spf, self.dynamic, self.static_split = spf, dynamic, tuple(static_split)
+        self.spf, self.dynamic = spf, dynamic
+        self.static_split = None if static_split is None else tuple(static_split)
         self._controller: SplitController | None = None
-        self._split = Split(*static_split)
+        self._split = Split(*self.static_split) if self.static_split else Split()
 
     def priority(self, req: Request) -> float:
         if not self.spf:
@@ -33,9 +36,13 @@ class Nexus(Policy):
         return req.prefill_remaining + self.gamma * req.arrival_s
 
     def check(self, gpu: GPUSpec) -> None:
+        if self.static_split is None:
+            self.static_split = gpu.half_split()
+            self._split = Split(*self.static_split)
         gpu.check_split(*self.static_split)
 
     def splits(self, gpu: GPUSpec) -> list[int]:
+        self.check(gpu)
         return gpu.partition_sizes() if self.dynamic else [self.static_split[0]]
 
     def plan(self, state: ServingState, stream: str) -> Batch | None:

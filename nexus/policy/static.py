@@ -10,14 +10,21 @@ class Static(Policy):
     name = "static"
     streams = ("prefill", "decode")
 
-    def __init__(self, prefill_sms: int = 64, decode_sms: int = 68, chunk_tokens: int = 2048):
+    def __init__(self, prefill_sms: int | None = None, decode_sms: int | None = None,
+                 chunk_tokens: int = 2048):
+        """Unset sides are resolved against the GPU: prefill gets its half split, decode the rest."""
         self.prefill_sms, self.decode_sms = prefill_sms, decode_sms
         self.chunk_tokens = chunk_tokens
 
     def check(self, gpu: GPUSpec) -> None:
+        if self.prefill_sms is None:
+            self.prefill_sms = gpu.half_split()[0]
+        if self.decode_sms is None:
+            self.decode_sms = gpu.num_sms - self.prefill_sms
         gpu.check_split(self.prefill_sms, self.decode_sms)
 
     def splits(self, gpu: GPUSpec) -> list[int]:
+        self.check(gpu)
         return [self.prefill_sms]
 
     def plan(self, state: ServingState, stream: str) -> Batch | None:

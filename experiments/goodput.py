@@ -1,0 +1,164 @@
+"""Max sustainable rate under an SLO: nexus-slo on its defaults against tuned baselines.
+
+    python experiments/goodput.py                                 # H100, shipped calibration
+    python experiments/goodput.py --gpu h200 --calibration FILE   # another GPU or calibration
+    python experiments/goodput.py --workloads conversation --ray auto
+
+For every workload, each policy's highest load within the SLO is bracketed (sim.max_rate):
+chunked at its default token budget and over a grid of budgets, static over a grid of
+prefill partitions, nexus with the paper's parameters, and nexus-slo on its defaults (the
+workload's SLO is its only input). Loads are multiples of the trace's own rate, so the
+bursty conversation trace keeps its burstiness. Writes experiments/results/goodput_<gpu>.json
+and prints the ratios against the issue's targets.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paper_setup import MODEL, ROOT, GPUSetup, Workload, build_trace, slos  # noqa: E402
+
+from nexus.policy import make_policy  # noqa: E402
+from nexus.specs import resolve_gpu  # noqa: E402
+from sim import max_rate  # noqa: E402
+from sim.executors import make_executor  # noqa: E402
+from sim.probe import SLO, Load, Setup  # noqa: E402
+
+
+class Conversation(Workload):
+    """Prompts of about 1.1k tokens (P95 about 3.3k) and outputs of about 250, arriving in bursts
+    (gamma gaps, CV 2): a stand-in for the production conversation traces of the issue."""
+
+    def command(self) -> str:
+        return (f"nexus-trace synthetic --input lognormal:mean=1100,median=700,max=8000 "
+                f"--output lognormal:mean=250,median=150,max=2000 --cv 2 -n {self.requests} --rate 1 "
+                f"--seed {self.seed} -o conversation.jsonl")
+
+
+WORKLOADS = {
+    "sharegpt": (Workload("sharegpt", 1000), None),
+    "mixed": (Workload("mixed", 1000), None),
+    "long-doc": (Workload("long-doc", 600), None),
+    # The SLO the issue measured its conversation trace under.
+    "conversation": (Conversation("conversation", 1500), {"ttft_p95_s": 1.0, "tbt_p95_s": 0.035}),
+}
+LONG_PROMPT = ("mixed", "long-doc", "conversation")
+CHUNKED_BUDGETS = (256, 512, 1024, 4096)          # and the default, 2048
+TARGETS = {"vs_chunked_default": 1.5, "vs_chunked_best": 1.2, "vs_static_best": 0.95,
+           "floor_vs_chunked_best": 0.95}
+
+
+def variants(gpu_name: str) -> list[max_rate.Variant]:
+    gpu = resolve_gpu(gpu_name)
+    static_sizes = [s for s in gpu.partition_sizes() if s % (2 * gpu.sm_step) == 0] or gpu.partition_sizes()
+    out = [max_rate.Variant("chunked", make_policy("chunked")),
+           max_rate.Variant("nexus", make_policy("nexus")),
+           max_rate.Variant("nexus-slo", make_policy("nexus-slo"))]
+    out += [max_rate.Variant(f"chunked max_num_batched_tokens={b}",
+                             make_policy("chunked", max_num_batched_tokens=b), "chunked:max_num_batched_tokens")
+            for b in CHUNKED_BUDGETS]
+    out += [max_rate.Variant(f"static prefill_sms={p}", make_policy("static", prefill_sms=p), "static:prefill_sms")
+            for p in static_sizes]
+    return out
+
+
+def with_slo(vs: list[max_rate.Variant], slo: SLO) -> list[max_rate.Variant]:
+    """nexus-slo plans against the workload's SLO: the only thing it is told."""
+    return [max_rate.Variant(v.label, make_policy("nexus-slo", ttft_slo_s=slo.ttft_s, tbt_slo_s=slo.tbt_s))
+            if v.label == "nexus-slo" else v for v in vs]
+
+
+def verdict(results: dict[str, dict], long_prompt: bool) -> dict:
+    rate = {k: r["max_rate"] or 0.0 for k, r in results.items()}
+    chunked_best = max(v for k, v in rate.items() if k.startswith("chunked"))
+    static_best = max(v for k, v in rate.items() if k.startswith("static"))
+    ours = rate["nexus-slo"]
+    ratios = {"vs_chunked_default": ours / rate["chunked"] if rate["chunked"] else None,
+              "vs_chunked_best": ours / chunked_best, "vs_static_best": ours / static_best,
+              "vs_nexus": ours / rate["nexus"] if rate["nexus"] else None}
+    met = {"floor_vs_chunked_best": ratios["vs_chunked_best"] >= TARGETS["floor_vs_chunked_best"]}
+    if long_prompt:
+        for k in ("vs_chunked_default", "vs_chunked_best", "vs_static_best"):
+            met[k] = ratios[k] is not None and ratios[k] >= TARGETS[k]
+    best = lambda prefix: max((k for k in rate if k.startswith(prefix)), key=rate.get)  # noqa: E731
+    return {"ratios": ratios, "targets_met": met, "best_chunked": best("chunked"), "best_static": best("static")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gpu", default="h100-sxm")
+    ap.add_argument("--calibration", help="calibration JSON or 'analytical' (default: the shipped one, if any)")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--requests", type=int, help="requests per trace (default: 1000/1000/600/1500)")
+    ap.add_argument("--rate-tol", type=float, default=0.02)
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--ray", help="run the probes on this Ray cluster instead")
+    ap.add_argument("--out", help="default: experiments/results/goodput_<gpu>.json")
+    args = ap.parse_args(argv)
+    names = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    unknown = set(names) - set(WORKLOADS)
+    if unknown:
+        raise SystemExit(f"unknown workload(s) {', '.join(sorted(unknown))}; known: {', '.join(WORKLOADS)}")
+    t0 = time.perf_counter()
+    gpu = resolve_gpu(args.gpu)
+    setup = Setup(MODEL, args.gpu, args.calibration)
+    paper_setup = GPUSetup(args.gpu, args.calibration, gpu.half_split())
+    load = Load("scale")
+    studies = {}
+    for name in names:
+        workload, fixed = WORKLOADS[name]
+        entries = build_trace(workload, args.requests)
+        bounds = fixed or slos(entries, paper_setup)
+        studies[name] = (workload, entries, SLO(bounds["ttft_p95_s"], bounds["tbt_p95_s"], "p95"), bounds)
+    executor = make_executor(args.ray, args.jobs)
+    command = "python experiments/goodput.py " + " ".join(sys.argv[1:] if argv is None else argv)
+
+    def study(name: str) -> dict:
+        workload, entries, slo, bounds = studies[name]
+        vs = with_slo(variants(args.gpu), slo)
+        results = max_rate.find_max_rates(entries, vs, setup, load, slo, executor,
+                                          lambda: max_rate.search_for(1.0, args.rate_tol))
+        rec = max_rate.record(results, entries, setup, load, slo, command, max_rate.search_for(1.0, args.rate_tol))
+        rec["trace_command"] = workload.command()
+        rec["slo_rule"] = "fixed by the issue" if WORKLOADS[name][1] else bounds["rule"]
+        rec["verdict"] = verdict(results, name in LONG_PROMPT)
+        return rec
+
+    with executor, ThreadPoolExecutor(len(names)) as threads:
+        records = dict(zip(names, threads.map(study, names)))
+    out = Path(args.out or ROOT / "experiments" / "results" / f"goodput_{args.gpu}.json")
+    max_rate.write_record({
+        "what": "max load within the SLO: nexus-slo (defaults) against chunked (default and best budget), "
+                "static (best split) and nexus (paper's parameters)",
+        "command": command, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "targets": TARGETS, "long_prompt_workloads": list(LONG_PROMPT),
+        "wall_s": time.perf_counter() - t0, "workloads": records}, out)
+    print_summary(records)
+    print(f"wrote {out}")
+    return 0
+
+
+def print_summary(records: dict[str, dict]) -> None:
+    for name, rec in records.items():
+        pol = rec["policies"]
+        v = rec["verdict"]
+        slo = rec["slo"]
+        print(f"\n{name}: P95 TTFT <= {slo['ttft_s']:.3g} s, P95 TBT <= {slo['tbt_s'] * 1e3:.3g} ms "
+              f"(max rate in multiples of the trace's rate)")
+        for label in ("chunked", v["best_chunked"], v["best_static"], "nexus", "nexus-slo"):
+            r = pol[label]
+            print(f"  {label:38s} {r['max_rate'] or 0:8.3g}  ({r['max_rate_rps'] or 0:.3g} req/s)")
+        print("  nexus-slo: " + ", ".join(f"{k} {x:.2f}" for k, x in v["ratios"].items() if x is not None)
+              + "; targets " + ", ".join(f"{k} {'met' if ok else 'MISSED'}" for k, ok in v["targets_met"].items()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
