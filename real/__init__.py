@@ -6,6 +6,9 @@ pool for both phases), `attention` (Triton kernels on CUDA, a PyTorch reference 
 `partitions` (green-context SM splits), `graphs` (decode CUDA graphs per partition),
 `model_runner` (one step of a packed batch), `engine` (executes the shared iteration
 contract on partitions), `bench` (a model made ready once, runs traces) and `gpu_info`.
+Serving: `serving` (the engine fed by a server, streaming tokens), `sampler`, `tokenizer`,
+`openai_protocol` (request parsing, error bodies), `serve` (the HTTP server) and `client`
+(trace replay against any OpenAI-compatible server).
 
 Importing this package imports no torch; its modules (and `real.run`'s first call) do.
 """

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from nexus import __version__
 from nexus.cli_args import ArgumentParser, non_negative_int, positive_int, positive_seconds
 from nexus.errors import UserError
 from nexus.policy import POLICIES
@@ -19,6 +20,7 @@ DEFAULT_TRACE = Path(__file__).resolve().parent.parent / "traces" / "sharegpt.js
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="nexus-real", description=__doc__)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("bench", help="replay a trace under one or more policies and measure TTFT/TBT",
                        description="Replay a trace in real time on one GPU; write the same files as nexus-sim.")
@@ -82,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--repeats", type=positive_int, default=5)
     pr.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     pr.add_argument("--gpu-memory-utilization", type=memory_fraction, default=0.9)
+
+    from real import client, serve
+    serve.add_parser(sub)
+    client.add_parser(sub)
     return p
 
 
@@ -101,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = "nexus-real " + " ".join(argv)
     console = Console(stderr=True)
-    command = {"bench": bench, "validate": validate_command, "profile": profile_command}[args.command]
+    command = getattr(args, "run", None) or {"bench": bench, "validate": validate_command,
+                                              "profile": profile_command}[args.command]
     return run_reporting_user_errors("nexus-real", lambda: command(args, console))
 
 

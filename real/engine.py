@@ -21,7 +21,7 @@ from nexus.state import Batch
 from nexus.step import Step, Stepper, StepRecord
 from real.batch import Chunk
 from real.model_runner import ModelRunner
-from real.partitions import Partitions
+from real.partitions import Partition, Partitions
 
 
 class _Clock:
@@ -140,9 +140,10 @@ class RealEngine:
                 chunks = self._chunks(step.batch)
             start_s, end_s, next_tokens = self._run(step, chunks)
             with self.lock:
-                self._record_tokens(step.batch, next_tokens)
+                emitted = self._record_tokens(step.batch, next_tokens)
                 record, _ = self.stepper.finish(step, 1, start_s, end_s)
                 self.timeline.append(record)
+                self._on_tokens(emitted, end_s)
                 self.lock.notify_all()
 
     def _run(self, step: Step, chunks: list[Chunk]) -> tuple[float, float, list[int]]:
@@ -153,7 +154,7 @@ class RealEngine:
         partition = (self.partitions.prefill(split.prefill_sms) if step.stream == "prefill"
                      else self.partitions.decode(split.prefill_sms))
         start = self.clock.mark(partition.stream)
-        next_tokens = self.runner.step(chunks, partition)
+        next_tokens = self._next_tokens(chunks, partition)
         end = self.clock.mark(partition.stream)
         return self.clock.seconds(start), self.clock.seconds(end), next_tokens
 
@@ -171,13 +172,25 @@ class RealEngine:
                 chunks.append(Chunk(self.tokens[req][-1:], req.kv_tokens, kv.tables[req]))
         return chunks
 
-    def _record_tokens(self, batch: Batch, next_tokens: list[int]) -> None:
+    def _next_tokens(self, chunks: list[Chunk], partition: Partition) -> list[int]:
+        """The next token of each chunk's sequence: greedy here; a serving engine samples."""
+        return self.runner.step(chunks, partition)
+
+    def _on_tokens(self, emitted: list[tuple[Request, int]], end_s: float) -> None:
+        """Called under the lock once a step's tokens are accounted; a serving engine streams them."""
+
+    def _record_tokens(self, batch: Batch, next_tokens: list[int]) -> list[tuple[Request, int]]:
+        """Keep each request's new token; returns them as (request, token) in batch order."""
+        emitted = []
         i = 0
         for req, n in batch.prefill:
             if req.kv_tokens + n == req.prefill_target:   # this chunk ends the prompt: keep its token
                 self.tokens[req].append(next_tokens[i])
+                emitted.append((req, next_tokens[i]))
             i += 1
         if batch.decode:
             for req in self.state.running.members:
                 self.tokens[req].append(next_tokens[i])
+                emitted.append((req, next_tokens[i]))
                 i += 1
+        return emitted

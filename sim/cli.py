@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from nexus import __version__
 from nexus.cli_args import (ArgumentParser, non_negative_int, parse_params, parse_split, policy_names,
                              positive_int, positive_seconds, run_reporting_user_errors)
 from nexus.config import EngineConfig
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nexus-sim",
         description="Simulate LLM serving on one GPU with intra-GPU prefill/decode disaggregation.",
         epilog="Example: nexus-sim --trace traces/sharegpt.jsonl --compare chunked,static,nexus --out out/")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--trace", default=str(DEFAULT_TRACE), help="JSONL trace (default: the shipped ShareGPT trace)")
     p.add_argument("--policy", default="nexus", help=f"one of {', '.join(POLICIES)} (default: nexus)")
     p.add_argument("--compare", help="comma-separated policies to run side by side on the same trace")
@@ -42,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="policy parameter, e.g. --param alpha=1.3 --param gamma=15 (repeatable)")
     p.add_argument("--rate-scale", type=float, default=1.0, help="multiply the trace's request rate")
     p.add_argument("--rate", type=float, help="redraw Poisson arrivals at this rate (req/s), using --seed")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seed for --rate (default 0)")
+    p.add_argument("--cv", type=float, help="redraw arrivals with gamma gaps of this coefficient of variation "
+                                        "(1 is Poisson, >1 bursty), at --rate or the trace's own mean rate")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed for --rate and --cv (default 0)")
     p.add_argument("--limit", type=positive_int, help="only the first N requests of the trace")
     p.add_argument("--max-num-seqs", type=positive_int, default=256, help="most requests running at once")
     p.add_argument("--slo-ttft", type=positive_seconds, help="TTFT SLO in seconds (reports attainment and goodput)")
@@ -83,7 +87,7 @@ def _main(args: argparse.Namespace, console: Console) -> int:
                               slo={"ttft_slo_s": args.slo_ttft, "tbt_slo_s": args.slo_tbt})
     if args.max_rate or args.sweep or args.grid:
         return run_load_study(args, policies, console)
-    trace = load_entries(args.trace, args.rate_scale, args.rate, args.seed)
+    trace = load_entries(args.trace, args.rate_scale, args.rate, args.seed, cv=args.cv)
     if args.limit is not None:
         trace = trace[:args.limit]
     results: list[Result] = []

@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -102,3 +103,22 @@ def test_console_script_user_error_has_no_traceback(trace_file):
                            "--gpu", "b200"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "unknown GPU" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cv_retimes_the_trace_in_bursts_at_its_own_rate(trace_file, capsys):
+    from traces.retime import load_entries
+
+    own = load_entries(str(trace_file))
+    bursty = load_entries(str(trace_file), cv=4.0, seed=1)
+    assert [(e.prompt_tokens, e.output_tokens) for e in bursty] == [(e.prompt_tokens, e.output_tokens) for e in own]
+    gaps_own, gaps_bursty = np.diff([e.arrival_time_s for e in own]), np.diff([e.arrival_time_s for e in bursty])
+    assert gaps_bursty.std() / gaps_bursty.mean() > 2 * gaps_own.std() / gaps_own.mean()
+    assert gaps_bursty.mean() == pytest.approx(gaps_own.mean(), rel=0.6)   # same mean rate, drawn
+    runs = []
+    for extra in ([], ["--cv", "4"], ["--cv", "4", "--rate", "30"]):
+        assert main(["--trace", str(trace_file), "--policy", "chunked", "--json", "--quiet", *extra]) == 0
+        runs.append(json.loads(capsys.readouterr().out))
+    assert runs[1]["ttft_s"]["p99"] > runs[0]["ttft_s"]["p99"]       # bursts queue up
+    assert runs[2]["duration_s"] < runs[1]["duration_s"]             # twice the rate
+    assert main(["--trace", str(trace_file), "--cv", "-1", "--quiet"]) == 2
+    assert "--cv must be a finite number >= 0" in capsys.readouterr().err

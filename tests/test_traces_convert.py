@@ -1,8 +1,9 @@
-"""Importers (vidur-csv, mooncake, sharegpt) and the stats/validate commands."""
+"""Importers (vidur-csv, azure, burstgpt, mooncake, sharegpt) and the stats/validate commands."""
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from traces import TraceEntry, read_trace
@@ -127,12 +128,77 @@ def test_sharegpt_malformed_turn_names_line_and_field(tmp_path, capsys):
                    "field 'conversations[1].value': must be a string, got 42\n")
 
 
-def test_sharegpt_convert_needs_a_rate_and_others_refuse_one(tmp_path, capsys):
+def test_sharegpt_convert_needs_a_rate_and_arrival_shapes_need_one_too(tmp_path, capsys):
     code, err, _ = convert(tmp_path, capsys, "sharegpt", "s.json", json.dumps(sharegpt_file()))
     assert code == 2 and "--from sharegpt needs --rate" in err
     code, err, _ = convert(tmp_path, capsys, "mooncake", "m.jsonl",
-                           '{"timestamp": 1, "input_length": 2, "output_length": 3}\n', "--rate", "3")
-    assert code == 2 and "keeps the file's arrival times" in err
+                           '{"timestamp": 1, "input_length": 2, "output_length": 3}\n', "--cv", "3")
+    assert code == 2 and "--arrival and --cv shape generated arrivals; they need --rate" in err
+
+
+def test_rate_retimes_any_format_and_keeps_the_lengths(tmp_path, capsys):
+    lines = "".join(json.dumps({"timestamp": 1000 * i, "input_length": 10 + i, "output_length": 5 + i}) + "\n"
+                    for i in range(50))
+    code, _, kept = convert(tmp_path, capsys, "mooncake", "m.jsonl", lines)
+    assert code == 0 and [e.arrival_time_s for e in kept] == [float(i) for i in range(50)]
+    code, _, poisson = convert(tmp_path, capsys, "mooncake", "m.jsonl", lines, "--rate", "10", "--seed", "4")
+    code2, _, bursty = convert(tmp_path, capsys, "mooncake", "m.jsonl", lines, "--rate", "10", "--cv", "4",
+                               "--seed", "4")
+    assert code == code2 == 0
+    for entries in (poisson, bursty):
+        assert [(e.request_id, e.prompt_tokens, e.output_tokens) for e in entries] == \
+               [(e.request_id, e.prompt_tokens, e.output_tokens) for e in kept]
+        assert entries[0].arrival_time_s == 0.0 and entries[-1].arrival_time_s < 49 / 10 * 3
+    gaps = lambda es: np.diff([e.arrival_time_s for e in es])  # noqa: E731
+    assert gaps(bursty).std() / gaps(bursty).mean() > 1.5 * gaps(poisson).std() / gaps(poisson).mean()
+
+
+def test_lengths_only_csv_takes_arrivals_from_rate(tmp_path, capsys):
+    text = "num_prefill_tokens,num_decode_tokens\n" + "".join(f"{10 * i + 1},{i + 1}\n" for i in range(20))
+    code, err, _ = convert(tmp_path, capsys, "vidur-csv", "v.csv", text)
+    assert code == 2 and "field 'arrived_at': missing from the header" in err and "give --rate" in err
+    code, _, entries = convert(tmp_path, capsys, "vidur-csv", "v.csv", text, "--rate", "5", "--arrival",
+                               "constant")
+    assert code == 0
+    assert [e.arrival_time_s for e in entries] == pytest.approx([i / 5 for i in range(20)])
+    assert [(e.prompt_tokens, e.output_tokens) for e in entries] == [(10 * i + 1, i + 1) for i in range(20)]
+
+
+AZURE = ("TIMESTAMP,ContextTokens,GeneratedTokens\n"
+         "2023-11-16 18:15:46.6805900,374,44\n"
+         "2023-11-16 18:15:50.9951690,396,0\n"
+         "2023-11-16 18:15:51.2000000,879,109\n"
+         "2023-11-16 18:16:01,2,3\n")
+
+
+def test_azure_csv_counts_seconds_from_the_first_stamp_and_skips_empty_outputs(tmp_path, capsys):
+    code, err, entries = convert(tmp_path, capsys, "azure", "a.csv", AZURE)
+    assert code == 0 and "skipped 1 rows that generated no tokens" in err
+    assert [(e.request_id, e.prompt_tokens, e.output_tokens) for e in entries] == \
+           [("0", 374, 44), ("2", 879, 109), ("3", 2, 3)]
+    assert [e.arrival_time_s for e in entries] == pytest.approx([0.0, 4.51941, 14.31941], abs=1e-6)
+
+
+@pytest.mark.parametrize("row, words", [
+    ("yesterday,3,4", "field 'TIMESTAMP': must be a date and time"),
+    ("2023-11-16 18:15:40,3,4", "field 'TIMESTAMP': arrivals must not decrease"),
+    ("2023-11-16 18:15:50,-3,4", "field 'ContextTokens': must be a positive integer"),
+])
+def test_azure_csv_errors_name_line_and_field(row, words, tmp_path, capsys):
+    code, err, _ = convert(tmp_path, capsys, "azure", "a.csv", AZURE + row + "\n")
+    assert code == 2 and f"a.csv:6: " in err and words in err
+
+
+def test_burstgpt_csv(tmp_path, capsys):
+    text = ("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+            "5,ChatGPT,472,18,490,Conversation log\n"
+            "45,ChatGPT,1087,0,1087,Conversation log\n"
+            "118,GPT-4,417,276,693,API log\n")
+    code, err, entries = convert(tmp_path, capsys, "burstgpt", "b.csv", text)
+    assert code == 0 and "skipped 1 rows" in err
+    assert entries == [TraceEntry("0", 5.0, 472, 18), TraceEntry("2", 118.0, 417, 276)]
+    code, err, _ = convert(tmp_path, capsys, "burstgpt", "b.csv", "Timestamp,Model\n1,x\n")
+    assert code == 2 and "field 'Request tokens': missing from the header" in err
 
 
 def write_tiny(tmp_path):

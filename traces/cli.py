@@ -5,11 +5,12 @@ import argparse
 import json
 import sys
 
+from nexus import __version__
 from nexus.errors import UserError
 from traces.arrivals import resolve_cv
 from traces.format import TraceEntry, read_trace, write_trace
 from traces.generate import mixed_lengths, sharegpt_lengths, synthetic_lengths, with_arrivals
-from traces.importers import read_mooncake, read_sharegpt, read_vidur_csv
+from traces.importers import CSV_LAYOUTS, read_csv_trace, read_mooncake, read_sharegpt, retimed
 from traces.lengths import SPEC_HELP, parse_length_spec
 from traces.presets import MIXED, PRESET_NAMES, PRESETS
 from traces.sharegpt import LengthFilter, bundled_conversations
@@ -110,11 +111,18 @@ def cmd_convert(args: argparse.Namespace) -> int:
             raise UserError("--from sharegpt needs --rate (ShareGPT has no arrival times)")
         entries, source = read_sharegpt(args.input, args.rate, resolve_cv(args.arrival, args.cv), args.seed)
         _say(f"{source.records} conversations, {len(entries)} with a non-empty user turn and reply")
+        return _write(entries, args.o)
+    if args.rate is None and (args.arrival is not None or args.cv is not None):
+        raise UserError("--arrival and --cv shape generated arrivals; they need --rate")
+    if args.source in CSV_LAYOUTS:
+        table = read_csv_trace(args.input, CSV_LAYOUTS[args.source], need_arrivals=args.rate is None)
+        if table.skipped:
+            _say(f"skipped {table.skipped} rows that generated no tokens")
+        entries = table.entries
     else:
-        if args.rate is not None or args.arrival is not None or args.cv is not None:
-            raise UserError(f"--from {args.source} keeps the file's arrival times; --rate/--arrival/--cv "
-                            "only apply to --from sharegpt")
-        entries = read_vidur_csv(args.input) if args.source == "vidur-csv" else read_mooncake(args.input)
+        entries = read_mooncake(args.input)
+    if args.rate is not None:
+        entries = retimed(entries, args.rate, resolve_cv(args.arrival, args.cv), args.seed)
     return _write(entries, args.o)
 
 
@@ -150,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Make, convert, inspect and check request traces for nexus-sim and nexus-real.",
         epilog=FORMAT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
@@ -192,14 +201,20 @@ def build_parser() -> argparse.ArgumentParser:
         "convert", help="convert another trace format to this one",
         description="Convert a trace from another format.\n"
                     "  vidur-csv  CSV with header arrived_at,num_prefill_tokens,num_decode_tokens (seconds); "
-                    "ids are row indices\n"
+                    "arrived_at may be left out when --rate is given; ids are row indices\n"
+                    "  azure      Azure LLM inference trace CSV: TIMESTAMP (date and time), ContextTokens, "
+                    "GeneratedTokens; ids are row indices\n"
+                    "  burstgpt   BurstGPT CSV: Timestamp (s), Request tokens, Response tokens; ids are row indices\n"
                     "  mooncake   JSONL with timestamp (ms), input_length, output_length; ids are line indices\n"
                     "  sharegpt   JSON array of ShareGPT conversations; tokens counted with cl100k_base, "
-                    "arrivals generated from --rate/--arrival/--cv/--seed; ids are array indices",
+                    "arrivals generated from --rate/--arrival/--cv/--seed; ids are array indices\n"
+                    "Azure and BurstGPT rows with no generated tokens are skipped (and counted).\n"
+                    "--rate (with --arrival/--cv/--seed) replaces any format's arrivals with generated ones, "
+                    "keeping the lengths and order.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", metavar="IN", help="file to convert")
     p.add_argument("-o", required=True, metavar="OUT", help="trace to write")
-    p.add_argument("--from", dest="source", required=True, choices=("vidur-csv", "mooncake", "sharegpt"),
+    p.add_argument("--from", dest="source", required=True, choices=("vidur-csv", "azure", "burstgpt", "mooncake", "sharegpt"),
                    help="format of IN")
     _add_arrivals(p, required=False)
     p.set_defaults(func=cmd_convert)
