@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="replay a trace under one or more policies and measure TTFT/TBT",
                        description="Replay a trace in real time on one GPU; write the same files as nexus-sim.")
     b.add_argument("--trace", default=str(DEFAULT_TRACE))
-    b.add_argument("--policy", default="nexus", help=f"one of {', '.join(p for p in POLICIES if p != 'disagg')}")
+    b.add_argument("--policy", default="nexus", help=f"one of {', '.join(POLICIES)}")
     b.add_argument("--compare", help="comma-separated policies, run one after another on the same engine")
     b.add_argument("--model", default="llama-3.1-8b", help=f"{', '.join(MODELS)}, or a .json/.toml ModelSpec")
     b.add_argument("--gpu", default="h100-sxm", help=f"GPU spec for the cost model: {', '.join(GPUS)}")
@@ -76,6 +76,9 @@ def bench(args: argparse.Namespace, console: Console) -> int:
     if args.limit:
         entries = entries[:args.limit]
     names = [n.strip() for n in (args.compare or args.policy).split(",") if n.strip()]
+    if "disagg" in names:   # a prefill and a decode engine, one process each
+        from real.disagg import bench_disagg
+        return bench_disagg(args, names, model, gpu, entries, console)
     split = parse_split(args.split) if args.split else None
     policies = make_policies(names, parse_params(args.param), split, gpu)
 

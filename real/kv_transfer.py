@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable, Sequence
@@ -62,6 +63,7 @@ class Message:
     meta: list[int]
     block_ids: list[int]        # blocks of the receiving cache that now hold the payload
     payload_bytes: int
+    seconds: float = 0.0        # from posting the payload's receive to the blocks written
 
 
 def pack_blocks(cache: KVCache, block_ids: Sequence[int]) -> torch.Tensor:
@@ -134,12 +136,13 @@ class KVLink:
         if len(block_ids) != num_blocks:
             raise RuntimeError(f"allocator gave {len(block_ids)} blocks for a payload of {num_blocks}")
         cache = self.cache
+        start = time.perf_counter()
         packed = torch.empty(packed_shape(cache, num_blocks), dtype=cache.data.dtype, device=cache.data.device)
         dist.recv(_as_bytes(packed), self.peer, group=self.data_group)
         unpack_blocks(cache, block_ids, packed)
         if packed.is_cuda:
             torch.cuda.current_stream(packed.device).synchronize()
-        return Message(meta, block_ids, packed.numel() * packed.element_size())
+        return Message(meta, block_ids, packed.numel() * packed.element_size(), time.perf_counter() - start)
 
     def close(self) -> None:
         """Tell the peer's receiver that nothing more comes."""
