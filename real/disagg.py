@@ -288,10 +288,15 @@ def _worker(rank: int, port: int, config: DisaggConfig, conn) -> None:
                              max_decode_batch=config.max_num_seqs)
         check_fits(config.entries, runner)
         connect(rank, port)
-        forward, backward = link_groups(device), link_groups(device)
         peer = 1 - rank
-        to_decode = KVLink(runner.kv, peer, *forward)
-        to_prefill = KVLink(None, peer, *backward)
+        to_decode = KVLink(runner.kv, peer, *link_groups(device))
+        to_prefill = KVLink(None, peer, *link_groups(torch.device("cpu")))   # metadata only
+        # One block across before the clock starts, so that no request pays for setting up
+        # the transport (NCCL makes its communicator on first use). Block 0 is free on both.
+        if rank == PREFILL:
+            to_decode.send([], [0])
+        else:
+            to_decode.recv(lambda meta, n: [0])
         if rank == PREFILL:
             side = _PrefillSide(runner, "prefill", config, to_decode, to_prefill)
             runner.capture_prefill_graphs([side.partitions.prefill(FULL_GPU)])
