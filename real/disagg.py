@@ -51,6 +51,7 @@ _FIELDS = 7                             # kind, index, kv_tokens, generated, pre
 
 @dataclass(frozen=True)
 class DisaggConfig:
+    """What both engine processes are told (it is pickled to them)."""
     entries: list[TraceEntry]
     model: ModelSpec
     gpu: GPUSpec
@@ -101,7 +102,7 @@ class _Side(RealEngine):
                     for e in config.entries]
         parts = Partitions([], device=runner.device, cpu_gpu=config.gpu)
         super().__init__(runner, parts, _OneStream(config.policy, stream), state, requests, config.seed)
-        self.cost, self.link_out, self.link_in = cost, link_out, link_in
+        self.link_out, self.link_in = link_out, link_in
         self.index = {req: i for i, req in enumerate(self.requests)}
         self.link_seconds: list[float] = []
         self.link_bytes = 0
@@ -128,13 +129,13 @@ class _Side(RealEngine):
 
     # ---- what crosses the link ----
 
-    def _now_origin(self) -> float:
+    def _origin(self) -> float:
         while self.clock is None:   # a link thread may act before run() has made the clock
             self.lock.wait(0.001)
         return self.clock.host_origin
 
     def _meta(self, kind: int, req: Request) -> list[int]:
-        origin = self._now_origin()
+        origin = self._origin()
         ns = [round((t + origin) * 1e9) if t is not None else -1 for t in (req.first_token_s, req.last_token_s)]
         generated = self.tokens[req][req.prompt_tokens:]
         return [kind, self.index[req], req.kv_tokens, req.generated, req.preemptions, *ns, *generated]
@@ -143,7 +144,7 @@ class _Side(RealEngine):
         """Copy a request's progress and tokens from the peer's metadata onto our Request."""
         _, index, kv_tokens, generated, preemptions, first_ns, last_ns = meta[:_FIELDS]
         req = self.requests[index]
-        origin = self._now_origin()
+        origin = self._origin()
         req.first_token_s, req.last_token_s = (ns / 1e9 - origin if ns >= 0 else None for ns in (first_ns, last_ns))
         req.kv_tokens, req.generated, req.preemptions = kv_tokens, generated, preemptions
         req.prefill_target = kv_tokens
@@ -272,7 +273,8 @@ class _DecodeSide(_Side):
         self.link_out.close()   # every request is done: the prefill engine may stop
 
     def _records(self) -> dict:
-        return {**super()._records(), "kv_wait_seconds": self.kv_wait_seconds}
+        return {**super()._records(), "kv_wait_seconds": self.kv_wait_seconds,
+                "finished_on_prefill": self.finished_elsewhere}
 
 
 def _worker(rank: int, port: int, config: DisaggConfig, conn) -> None:
@@ -400,6 +402,7 @@ def _merge(config: DisaggConfig, prefill: dict, decode: dict) -> DisaggRun:
     seconds = decode["link_seconds"]
     summary["kv_transfer"] = {
         "transfers": len(seconds), "bytes": prefill["link_bytes"],
+        "finished_on_prefill_engine": decode["finished_on_prefill"],
         "seconds": weighted_stats(seconds) if seconds else None,
         "wait_for_blocks_s": weighted_stats(decode["kv_wait_seconds"]) if decode["kv_wait_seconds"] else None,
         "backend": "nccl" if config.device == "cuda" else "gloo",

@@ -63,6 +63,7 @@ def test_disagg_gives_every_request_the_single_engine_tokens():
     transfers = run.summary["kv_transfer"]
     decoded = [e for e in entries if e.output_tokens > 1]
     assert transfers["transfers"] == len(decoded)
+    assert transfers["finished_on_prefill_engine"] == 2
     per_token = 2 * MODEL.num_layers * MODEL.num_kv_heads * MODEL.head_dim * 4   # float32 on CPU
     assert transfers["bytes"] == sum(-(-e.prompt_tokens // 16) * 16 * per_token for e in decoded)
     streams = run.timeline.groupby("stream")
@@ -82,8 +83,9 @@ def test_decode_preemption_sends_requests_back_for_recompute():
     assert run.summary["preemptions"] == df["preemptions"].sum()
     # Recomputed prefixes continue with the tokens an unpreempted single engine gives.
     assert run.tokens == single_engine_tokens(entries, num_blocks=256)[0]
-    # Every preemption is one more transfer of a recomputed prefix.
-    assert run.summary["kv_transfer"]["transfers"] == len(entries) + df["preemptions"].sum()
+    # Every preemption means one more prefill: it ends in a transfer, or in the last token.
+    transfers = run.summary["kv_transfer"]
+    assert transfers["transfers"] + transfers["finished_on_prefill_engine"] == len(entries) + df["preemptions"].sum()
 
 
 @pytest.mark.slow
