@@ -12,9 +12,9 @@ SOURCE_BLOCKS = [[5, 2, 9], [0], [11, 1, 4, 7, 3, 8]]   # one request per list, 
 DEST_BLOCKS = [[7, 0, 3], [12], [1, 2, 4, 5, 6, 10]]
 
 
-def random_cache(dtype: torch.dtype, seed: int) -> KVCache:
+def random_cache(dtype: torch.dtype, seed: int, device: str = "cpu") -> KVCache:
     """A cache whose every element is a random bit pattern (NaNs and infinities included)."""
-    cache = KVCache(TINY, 13, "cpu", dtype)
+    cache = KVCache(TINY, 13, device, dtype)
     gen = torch.Generator().manual_seed(seed)
     bits = torch.randint(-2**15, 2**15, cache.data.shape, generator=gen, dtype=torch.int32)
     if dtype.itemsize == 2:
@@ -27,30 +27,37 @@ def random_cache(dtype: torch.dtype, seed: int) -> KVCache:
 DTYPES = [torch.bfloat16, torch.float32]
 
 
-def _transfer(rank: int, port: int, out: str) -> None:
+def _transfer(rank: int, port: int, out: str, device_type: str = "cpu") -> None:
+    device = torch.device(device_type, rank if device_type == "cuda" else None)
+    if device_type == "cuda":
+        torch.cuda.set_device(device)
     connect(rank, port, timeout_s=60)
     for dtype in DTYPES:   # one link per cache, as an engine would have
-        meta_group, data_group = link_groups(torch.device("cpu"))
-        cache = random_cache(dtype, seed=rank)
+        meta_group, data_group = link_groups(device)
+        cache = random_cache(dtype, seed=rank, device=device)
         link = KVLink(cache, peer=1 - rank, meta_group=meta_group, data_group=data_group)
         if rank == 0:
             sent = [link.send([i, 100 + i, -i], ids) for i, ids in enumerate(SOURCE_BLOCKS)]
             link.send([42])
             link.close()
-            torch.save({"cache": cache.data, "sent": sent}, f"{out}/rank0_{dtype}.pt")
+            torch.save({"cache": cache.data.cpu(), "sent": sent}, f"{out}/rank0_{dtype}.pt")
         else:
             asked, messages = [], []
             while (msg := link.recv(lambda meta, n: asked.append((meta, n)) or DEST_BLOCKS[meta[0]])) is not None:
                 messages.append(msg)
-            torch.save({"cache": cache.data, "before": random_cache(dtype, seed=1).data, "asked": asked,
+            torch.save({"cache": cache.data.cpu(), "before": random_cache(dtype, seed=1).data, "asked": asked,
                         "messages": [(m.meta, m.block_ids, m.payload_bytes) for m in messages]},
                        f"{out}/rank1_{dtype}.pt")
 
 
-@pytest.fixture(scope="module")
-def transferred(tmp_path_factory):
-    out = tmp_path_factory.mktemp("kv")
-    mp.spawn(_transfer, args=(free_port(), str(out)), nprocs=2, join=True)
+TWO_GPUS = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+
+
+@pytest.fixture(scope="module", params=["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, TWO_GPUS])])
+def transferred(request, tmp_path_factory):
+    """gloo between two CPU processes, or NCCL between cuda:0 and cuda:1."""
+    out = tmp_path_factory.mktemp(f"kv_{request.param}")
+    mp.spawn(_transfer, args=(free_port(), str(out), request.param), nprocs=2, join=True)
     return out
 
 
