@@ -174,6 +174,7 @@ class _PrefillSide(_Side):
         super().__init__(*args)
         self.outbox: list[Request] = []
         self.state.handoff = self.outbox.append   # called by state.end, under the lock
+        self.sending: set[Request] = set()        # handed off, blocks not yet released
         self.stopped = False
 
     def _done(self) -> bool:
@@ -189,6 +190,7 @@ class _PrefillSide(_Side):
                     break   # done, and everything said
                 handoffs = self.outbox[:]
                 self.outbox.clear()
+                self.sending.update(handoffs)
                 done_here, announced = state.finished[announced:], len(state.finished)
                 messages = [(self._meta(FINISHED, r), None) for r in done_here]
                 messages += [(self._meta(HANDOFF, r), r) for r in handoffs]
@@ -199,12 +201,15 @@ class _PrefillSide(_Side):
                 if req is not None:
                     with self.lock:
                         state.kv.release(req)
+                        self.sending.discard(req)
                         self.lock.notify_all()
         self.link_out.close()
 
     def _recv_loop(self) -> None:
         while (msg := self.link_in.recv()) is not None:
             with self.lock:
+                while self.requests[msg.meta[1]] in self.sending:   # back before its blocks were freed here
+                    self.lock.wait(0.05)
                 req = self._take(msg.meta)
                 preemptions = req.preemptions
                 req.preempt()   # recompute the prompt and every generated token
