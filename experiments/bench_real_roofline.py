@@ -1,19 +1,35 @@
 """How close the real engine's steps come to the GPU's own ceilings (Llama-3.1-8B shapes, random bf16).
 
-    python experiments/bench_real_roofline.py --out experiments/results/real_roofline_h100.json
+    python3 experiments/bench_real_roofline.py      # about 2 minutes on an H200; writes
+                                                    # experiments/results/real_roofline_h200.json
 
-Ceilings are measured here, not taken from datasheets: device-to-device copy bandwidth (bytes
-read + written) and the bf16 matrix-product rate at 8192^3 on random data. Then:
+Ceilings are measured in the same run, not taken from datasheets: device-to-device copy
+bandwidth (bytes read + written, 4 GiB) and the bf16 matrix-product rate at 8192^3 on random
+data, on the whole GPU and on the green-context partitions used below.
 
-- decode_roofline_fraction: a decode step at batch 64, 1024 tokens of context each, on all
-  SMs as a CUDA graph replay: (weight bytes + KV bytes read) / copy bandwidth / step time.
-  Weight bytes count every matrix a step reads: all layers, the final norm and the LM head,
-  but of the embedding table only the 64 rows looked up.
-- prefill_peak_fraction: one 2048-token prompt from scratch: model FLOPs / time / matmul
-  rate. Model FLOPs: 2 x tokens x layer parameters, causal attention (QK^T and PV over
-  the keys each query sees), and the LM head for the one token whose logits are needed.
+Every shape is a `ModelRunner.step` as the engine issues it (CUDA graphs where the runner has
+them). Per shape:
+- time_ms: GPU time of the step, CUDA events around its work queued behind a sleep kernel, so
+  host work does not show; median of --reps steps.
+- wall_ms: host clock around `runner.step` (packing, launches, wait), median over --reps
+  consecutive steps; host_fraction = (wall_ms - time_ms) / time_ms is the host time the GPU
+  waits for; `stability` gives how far those consecutive steps stray from their median.
+- decode: fraction = (weight bytes + KV bytes read) / copy bandwidth / time. Weight bytes count
+  every matrix a step reads (all layers, final norm, LM head) and of the embedding only the
+  rows looked up. `floor_ms` is the sum of each kernel group's own bound (dense layers:
+  max(bytes, FLOPs); attention: KV bytes), which is what sequential kernels can reach: at 256
+  rows the dense layers are bound by FLOPs, not bytes.
+- prefill: fraction = model FLOPs / time / matmul rate; FLOPs: 2 x tokens x layer parameters,
+  causal attention (QK^T and PV over the keys each query sees), the LM head of the last token.
+- mixed (a prompt chunk plus decode rows in one step): fraction = max(bytes / bandwidth,
+  FLOPs / matmul rate) / time.
+Partition shapes run on the green contexts of a 64-SM split (prefill 64 SMs, decode the
+other 68); their fraction is against the partition's own ceiling, `fraction_of_full_gpu`
+against the whole GPU's.
 
-All times are medians of CUDA-event timings after warm-up.
+256 sequences of 4096 tokens need 137 GB of KV, more than the card holds beside the weights:
+that shape's sequences share KV blocks in pairs (`kv_aliased`); each step still reads every
+key, and the two readers of a block are 128 sequences apart, far beyond what L2 can hold.
 """
 from __future__ import annotations
 
@@ -25,13 +41,34 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from nexus.cost.base import FULL_GPU
 from nexus.specs import MODELS, ModelSpec
 from real.batch import Chunk
 from real.gpu_info import ClockPowerSampler, gpu_facts
 from real.model_runner import ModelRunner
-from real.partitions import Partitions
+from real.partitions import Partition, Partitions
+
+DECODE = [(64, 1024), (256, 1024), (64, 4096), (16, 16384), (256, 4096), (128, "conversation")]
+PREFILL = [(2048, 0), (4096, 0), (8192, 0), (2048, 8192)]
+MIXED_CHUNKS = (256, 512, 1024, 2048)
+MIXED_ROWS = (32, 128, 256)
+MIXED_CONTEXT = 1024            # mean decode context of a mixed step, spread +-75% as served
+SPLIT = 64                      # prefill SMs of the partition shapes; decode gets the rest
+TARGETS = {"decode": 0.90, "prefill": 0.80, "mixed_host_fraction": 0.10, "mixed_stability": 0.05}
+
+
+# ---------------------------------------------------------------- timing
+def _sleep_cycles_per_ms() -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda._sleep(1000)
+    start.record()
+    torch.cuda._sleep(20_000_000)
+    end.record()
+    end.synchronize()
+    return 20_000_000 / start.elapsed_time(end)
 
 
 def event_times_ms(fn, reps: int, warmup: int = 3) -> list[float]:
@@ -48,12 +85,60 @@ def event_times_ms(fn, reps: int, warmup: int = 3) -> list[float]:
     return times
 
 
+def _gpu_times(runner: ModelRunner, batch: list[Chunk], part: Partition, reps: int, sleep_ms: float,
+               cycles_per_ms: float) -> list[float]:
+    """Event times of the step's work, queued behind a sleep kernel that outlasts the host work."""
+    times = []
+    with part.use():
+        stream = torch.cuda.current_stream()
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda._sleep(int(cycles_per_ms * sleep_ms))
+            start.record(stream)
+            _, tokens = runner._run(batch, part, True)
+            tokens.to("cpu", non_blocking=True)
+            end.record(stream)
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    return times
+
+
+def time_step(runner: ModelRunner, batch: list[Chunk], part: Partition, reps: int,
+              cycles_per_ms: float) -> dict:
+    """GPU time (work queued behind a sleep), and wall time of consecutive `step` calls.
+
+    The sleep is sized in two passes: a long one tells the host time, then one 1.5x that
+    (plus 1 ms) times the step. Long pauses let the GPU's clocks recover from its power limit
+    (seen at 700 W during prefill, clocks 1.2-2.0 GHz), which makes compute-bound steps look
+    faster than they run back to back; `time_ms_rested` is the first pass.
+    """
+    for _ in range(3):
+        runner.step(batch, part)
+    torch.cuda.synchronize()
+    wall = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        runner.step(batch, part)
+        wall.append((time.perf_counter() - t) * 1e3)
+    med_wall = statistics.median(wall)
+    rested = statistics.median(_gpu_times(runner, batch, part, 5, 2 * max(wall) + 2, cycles_per_ms))
+    host_ms = max(med_wall - rested, 0.0)
+    gpu = _gpu_times(runner, batch, part, reps, 1.5 * host_ms + 1, cycles_per_ms)
+    med_gpu = statistics.median(gpu)
+    dev = [abs(w - med_wall) / med_wall for w in wall]
+    return {"time_ms": med_gpu, "wall_ms": med_wall, "host_fraction": (med_wall - med_gpu) / med_gpu,
+            "time_ms_rested": rested,
+            "stability": {"max_dev": max(dev), "within_5pct": sum(d <= 0.05 for d in dev) / len(dev)},
+            "times_ms": [round(t, 4) for t in gpu], "wall_times_ms": [round(t, 4) for t in wall]}
+
+
+# ---------------------------------------------------------------- ceilings
 def copy_bandwidth(reps: int) -> dict:
     n = 2 * 2**30
     src = torch.randint(0, 255, (n,), dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
     times = event_times_ms(lambda: dst.copy_(src), reps)
-    return {"bytes_moved": 2 * n, "times_ms": times,
+    return {"bytes_moved": 2 * n, "median_ms": statistics.median(times),
             "bytes_per_s": 2 * n / (statistics.median(times) / 1e3)}
 
 
@@ -70,98 +155,189 @@ def matmul_peak(reps: int, size: int = 8192) -> dict:
 
     times = event_times_ms(one, reps, warmup=10)
     flops = 2 * size ** 3
-    return {"shape": [size, size, size], "flops": flops, "times_ms": times,
+    return {"shape": [size, size, size], "median_ms": statistics.median(times),
             "flops_per_s": flops / (statistics.median(times) / 1e3)}
 
 
-def decode_bytes(runner: ModelRunner, batch: int, ctx: int) -> dict:
-    spec = runner.spec
-    weights = sum(p.numel() * p.element_size() for n, p in runner.model.named_parameters() if n != "embed.weight")
+# ---------------------------------------------------------------- work counts
+def weight_bytes(runner: ModelRunner, rows: int) -> int:
+    """Bytes of the matrices a step reads: all but the embedding, of which only `rows` rows."""
+    model, spec = runner.model, runner.spec
+    total = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if n != "embed.weight")
     if spec.tie_word_embeddings:
-        weights += runner.model.embed.weight.numel() * runner.model.embed.weight.element_size()
-    embed_rows = batch * spec.hidden_size * spec.dtype_bytes
-    kv = batch * ctx * spec.kv_bytes_per_token
-    return {"weights": weights, "embedding_rows": embed_rows, "kv_read": kv, "total": weights + embed_rows + kv}
+        total += model.embed.weight.numel() * model.embed.weight.element_size()
+    return total + rows * spec.hidden_size * spec.dtype_bytes
 
 
-def prefill_flops(spec: ModelSpec, tokens: int) -> dict:
-    layer_params = spec.num_layers * spec.params_per_layer
-    linear = 2 * tokens * layer_params
-    attention = spec.num_layers * 4 * spec.num_heads * spec.head_dim * tokens * (tokens + 1) // 2
-    head = 2 * spec.hidden_size * spec.vocab_size
-    return {"linear": linear, "attention": attention, "lm_head_last_token": head,
-            "total": linear + attention + head}
+def linear_flops(spec: ModelSpec, tokens: int, logits_rows: int) -> int:
+    return 2 * tokens * spec.num_layers * spec.params_per_layer + 2 * logits_rows * spec.hidden_size * spec.vocab_size
+
+
+def attention_flops(spec: ModelSpec, chunk: int, prior: int) -> int:
+    """QK^T and PV over the keys each of the chunk's queries sees (causal)."""
+    keys = chunk * prior + chunk * (chunk + 1) // 2
+    return spec.num_layers * 4 * spec.num_heads * spec.head_dim * keys
+
+
+# ---------------------------------------------------------------- shapes
+class Shapes:
+    def __init__(self, runner: ModelRunner, ceilings: dict, reps: int, cycles_per_ms: float) -> None:
+        self.runner, self.spec, self.reps = runner, runner.spec, reps
+        self.ceilings, self.cycles_per_ms = ceilings, cycles_per_ms
+        self.rng = np.random.default_rng(0)
+        self.perm = self.rng.permutation(runner.num_blocks).tolist()
+        self.rows: list[dict] = []
+
+    def _tables(self, tokens: list[int]) -> tuple[list[list[int]], bool]:
+        """Block tables drawn from a random order of all blocks; wraps (aliases) if they run out."""
+        bs, nb = self.runner.block_size, self.runner.num_blocks
+        tables, at = [], 0
+        for t in tokens:
+            n = -(-t // bs)
+            tables.append([self.perm[(at + i) % nb] for i in range(n)])
+            at += n
+        return tables, at > nb
+
+    def _decode_chunks(self, ctx: list[int]) -> tuple[list[Chunk], bool]:
+        tables, aliased = self._tables(ctx)
+        ids = self.rng.integers(0, self.spec.vocab_size, len(ctx)).tolist()
+        return [Chunk([ids[i]], c - 1, tables[i]) for i, c in enumerate(ctx)], aliased
+
+    def _prompt(self, chunk: int, prior: int, table: list[int]) -> Chunk:
+        return Chunk(self.rng.integers(0, self.spec.vocab_size, chunk).tolist(), prior, table)
+
+    def _ceiling(self, part: Partition) -> tuple[float, float]:
+        key = "full" if part.sm_count == self.runner.num_sms else part.name
+        return self.ceilings[key]["copy_bytes_per_s"], self.ceilings[key]["matmul_flops_per_s"]
+
+    def _record(self, row: dict, part: Partition, timing: dict) -> None:
+        row.update(partition=part.name, sms=part.sm_count, **timing)
+        t = row["time_ms"]
+        bw, peak = self._ceiling(part)
+        full_bw, full_peak = self.ceilings["full"]["copy_bytes_per_s"], self.ceilings["full"]["matmul_flops_per_s"]
+        if row["kind"] == "decode":
+            row["fraction"] = row["bytes"] / bw / (t / 1e3)
+            row["fraction_of_full_gpu"] = row["bytes"] / full_bw / (t / 1e3)
+            row["ceiling"] = {"copy_bytes_per_s": bw}
+            row["floor_ms"] = 1e3 * (max(row["dense_bytes"] / bw, row["flops"] / peak) + row["kv_bytes"] / bw)
+        elif row["kind"] == "prefill":
+            row["fraction"] = row["flops"] / peak / (t / 1e3)
+            row["fraction_of_full_gpu"] = row["flops"] / full_peak / (t / 1e3)
+            row["ceiling"] = {"matmul_flops_per_s": peak}
+        else:
+            floor = max(row["bytes"] / bw, row["flops"] / peak)
+            row["fraction"] = floor * 1e3 / t
+            row["ceiling"] = {"copy_bytes_per_s": bw, "matmul_flops_per_s": peak,
+                              "bound": "bytes" if row["bytes"] / bw > row["flops"] / peak else "flops"}
+        self.rows.append(row)
+        shape = {k: row[k] for k in ("batch", "context", "tokens", "prior", "chunk", "decode_rows") if k in row}
+        print(f"{row['kind']:7s} {part.name:12s} {json.dumps(shape):48s} {t:8.2f} ms  wall {row['wall_ms']:8.2f}  "
+              f"fraction {row['fraction']:.3f}  host {row['host_fraction']:+.3f}", flush=True)
+
+    def decode(self, batch: int, context, part: Partition) -> None:
+        if context == "conversation":
+            # Conversation-like: most contexts short, a long tail; the longest is 8k.
+            ctx = np.clip(self.rng.lognormal(np.log(600), 1.0, batch), 32, 8192).astype(int)
+            ctx[np.argmax(ctx)] = 8192
+            ctx = ctx.tolist()
+        else:
+            ctx = [int(context)] * batch
+        chunks, aliased = self._decode_chunks(ctx)
+        dense = weight_bytes(self.runner, batch)
+        kv = sum(ctx) * self.spec.kv_bytes_per_token
+        row = {"kind": "decode", "batch": batch, "context": context, "kv_tokens": sum(ctx),
+               "dense_bytes": dense, "kv_bytes": kv, "bytes": dense + kv, "flops": linear_flops(self.spec, batch, batch),
+               "kv_aliased": aliased}
+        if context == "conversation":
+            row["context_stats"] = {"mean": float(np.mean(ctx)), "p50": float(np.median(ctx)),
+                                    "p90": float(np.percentile(ctx, 90)), "max": int(max(ctx))}
+        self._record(row, part, time_step(self.runner, chunks, part, self.reps, self.cycles_per_ms))
+
+    def prefill(self, tokens: int, prior: int, part: Partition) -> None:
+        (table,), _ = self._tables([prior + tokens])
+        chunk = self._prompt(tokens, prior, table)
+        flops = linear_flops(self.spec, tokens, 1) + attention_flops(self.spec, tokens, prior)
+        row = {"kind": "prefill", "tokens": tokens, "prior": prior, "flops": flops}
+        self._record(row, part, time_step(self.runner, [chunk], part, self.reps, self.cycles_per_ms))
+
+    def mixed(self, chunk: int, rows: int, part: Partition) -> None:
+        lo, hi = 0.25 * MIXED_CONTEXT, 1.75 * MIXED_CONTEXT
+        ctx = np.linspace(lo, hi, rows).astype(int).tolist()
+        decodes, _ = self._decode_chunks(ctx)
+        (table,), _ = self._tables([chunk])
+        batch = [self._prompt(chunk, 0, table), *decodes]
+        kv = sum(ctx) * self.spec.kv_bytes_per_token
+        flops = linear_flops(self.spec, chunk + rows, rows + 1) + attention_flops(self.spec, chunk, 0) \
+            + 4 * self.spec.num_layers * self.spec.num_heads * self.spec.head_dim * sum(ctx)
+        row = {"kind": "mixed", "chunk": chunk, "decode_rows": rows, "decode_context_mean": MIXED_CONTEXT,
+               "bytes": weight_bytes(self.runner, chunk + rows) + kv, "flops": flops}
+        self._record(row, part, time_step(self.runner, batch, part, self.reps, self.cycles_per_ms))
 
 
 def run(args: argparse.Namespace) -> dict:
     spec = MODELS[args.model]
-    facts = gpu_facts()
     result: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
                     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                    "machine": facts, "model": spec.name, "dtype": "bfloat16", "weights": "random (seed 0)"}
-    with ClockPowerSampler() as ceilings_clock:
-        result["copy"] = copy_bandwidth(args.reps)
-        result["matmul"] = matmul_peak(args.reps)
-    bw, peak = result["copy"]["bytes_per_s"], result["matmul"]["flops_per_s"]
-    print(f"copy {bw / 1e12:.3f} TB/s   matmul {peak / 1e12:.1f} TFLOP/s", flush=True)
+                    "machine": gpu_facts(), "model": spec.name, "dtype": "bfloat16", "weights": "random (seed 0)",
+                    "targets": TARGETS}
+    parts = Partitions([SPLIT], device="cuda")
+    full, pre_side, dec_side = parts.decode(FULL_GPU), parts.prefill(SPLIT), parts.decode(SPLIT)
+    ceilings = {}
+    with ClockPowerSampler() as clock:
+        for part in (full, pre_side, dec_side):
+            with part.use():
+                copy, mm = copy_bandwidth(args.reps), matmul_peak(args.reps)
+            key = "full" if part is full else part.name
+            ceilings[key] = {"sms": part.sm_count, "copy_bytes_per_s": copy["bytes_per_s"],
+                             "matmul_flops_per_s": mm["flops_per_s"], "copy": copy, "matmul": mm}
+            print(f"ceilings {key:12s} copy {copy['bytes_per_s'] / 1e12:.3f} TB/s   "
+                  f"matmul {mm['flops_per_s'] / 1e12:.1f} TFLOP/s", flush=True)
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    result["ceilings"] = ceilings
+    result["ceilings_clock"] = clock.summary()
+    cycles_per_ms = _sleep_cycles_per_ms()
 
-    b, ctx, prompt = args.batch, args.context, args.prompt
-    blocks_per_seq = -(-ctx // 16)
-    num_blocks = b * blocks_per_seq + -(-prompt // 16) + 1
     t0 = time.perf_counter()
-    runner = ModelRunner(spec, device="cuda", num_blocks=num_blocks, max_model_len=max(ctx, prompt) + 16,
-                         max_decode_batch=b)
+    runner = ModelRunner(spec, device="cuda", max_model_len=16384 + 64, max_decode_batch=256,
+                         max_batch_tokens=8192 + 256)
     runner.kv.data.normal_()  # random KV: zeros could run faster than real data
-    parts = Partitions([], device="cuda")
-    part = parts.decode(0)
-    runner.capture_graphs([part], buckets=[b])
+    # The graphs the engine captures (real.bench.capture_all_graphs): decode where decode steps
+    # run, prefill where prefill-only and one-stream (mixed) steps run.
+    runner.capture_graphs([full, dec_side])
+    runner.capture_prefill_graphs([full, pre_side])
     result["setup_s"] = time.perf_counter() - t0
+    result["kv_blocks"] = runner.num_blocks
+    print(f"runner ready in {result['setup_s']:.1f} s, {runner.num_blocks} KV blocks", flush=True)
 
-    perm = torch.randperm(b * blocks_per_seq, generator=torch.Generator().manual_seed(0)).tolist()
-    tables = [perm[i * blocks_per_seq:(i + 1) * blocks_per_seq] for i in range(b)]
-    batch = [Chunk([17 + i], ctx - 1, tables[i]) for i in range(b)]
-    with ClockPowerSampler() as decode_clock:
-        wall = []
-        for _ in range(args.reps):
-            t = time.perf_counter()
-            runner.step(batch, part)
-            wall.append((time.perf_counter() - t) * 1e3)
-        graph = runner._graphs.graphs[(part.name, b)][0]
-        with part.use():
-            replay = event_times_ms(graph.replay, args.reps)
-    step_s = statistics.median(replay) / 1e3
-    moved = decode_bytes(runner, b, ctx)
-    result["decode"] = {"batch": b, "context": ctx, "bytes": moved, "graph_replay_ms": replay,
-                        "runner_step_wall_ms": wall, "step_s": step_s,
-                        "achieved_bytes_per_s": moved["total"] / step_s, "clock": decode_clock.summary()}
-    result["decode_roofline_fraction"] = moved["total"] / bw / step_s
-    print(f"decode b={b} ctx={ctx}: {step_s * 1e3:.2f} ms  fraction {result['decode_roofline_fraction']:.3f}",
-          flush=True)
-
-    ids = torch.randint(0, spec.vocab_size, (prompt,), generator=torch.Generator().manual_seed(1)).tolist()
-    table = list(range(b * blocks_per_seq, b * blocks_per_seq + -(-prompt // 16)))
-    with ClockPowerSampler() as prefill_clock, part.use():
-        times = event_times_ms(lambda: runner.step([Chunk(ids, 0, table)], part), args.reps)
-    flops = prefill_flops(spec, prompt)
-    pre_s = statistics.median(times) / 1e3
-    result["prefill"] = {"tokens": prompt, "flops": flops, "times_ms": times, "step_s": pre_s,
-                         "achieved_flops_per_s": flops["total"] / pre_s, "clock": prefill_clock.summary()}
-    result["prefill_peak_fraction"] = flops["total"] / pre_s / peak
-    print(f"prefill {prompt} tokens: {pre_s * 1e3:.2f} ms  fraction {result['prefill_peak_fraction']:.3f}",
-          flush=True)
-    result["ceilings_clock"] = ceilings_clock.summary()
-    result["targets"] = {"decode_roofline_fraction": 0.80, "prefill_peak_fraction": 0.65}
+    shapes = Shapes(runner, ceilings, args.reps, cycles_per_ms)
+    only = set(args.only.split(",")) if args.only else None
+    with ClockPowerSampler() as clock:
+        if not only or "decode" in only:
+            for batch, ctx in DECODE:
+                shapes.decode(batch, ctx, full)
+        if not only or "prefill" in only:
+            for tokens, prior in PREFILL:
+                shapes.prefill(tokens, prior, full)
+        if not only or "mixed" in only:
+            for chunk in MIXED_CHUNKS:
+                for rows in MIXED_ROWS:
+                    shapes.mixed(chunk, rows, full)
+        if not only or "partition" in only:
+            shapes.decode(64, 1024, dec_side)
+            shapes.decode(256, 1024, dec_side)
+            shapes.prefill(2048, 0, pre_side)
+    result["clock"] = clock.summary()
+    result["shapes"] = shapes.rows
     return result
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="llama-3.1-8b", choices=sorted(MODELS))
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--context", type=int, default=1024)
-    ap.add_argument("--prompt", type=int, default=2048)
-    ap.add_argument("--reps", type=int, default=30)
-    ap.add_argument("--out", type=Path, default=Path("experiments/results/real_roofline_h100.json"))
+    ap.add_argument("--reps", type=int, default=25)
+    ap.add_argument("--only", default="", help="comma list of decode,prefill,mixed,partition (default: all)")
+    ap.add_argument("--out", type=Path, default=Path("experiments/results/real_roofline_h200.json"))
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_real_roofline needs a CUDA GPU")

@@ -59,18 +59,14 @@ def case_entries(trace: str, scale: float, limit: int):
 
 
 def run_real(args: argparse.Namespace) -> int:
+    from nexus.policy import build_policies
     from nexus.specs import MODELS, GPUS
-    from real.bench import bench_policy, build_partitions, capture_all_graphs, make_policies, warm_up
+    from real.bench import Bench
     from real.gpu_info import gpu_facts
-    from real.model_runner import ModelRunner
 
     model, gpu = MODELS["llama-3.1-8b"], GPUS["h100-sxm"]
     names = args.policies.split(",")
-    policies = make_policies(names, {}, None, gpu)
-    runner = ModelRunner(model, device="cuda")
-    parts = build_partitions(policies, gpu, "cuda")
-    capture_all_graphs(runner, parts)
-    warm_up(runner, parts)
+    bench = Bench(model, gpu, build_policies(names, {}))
     record = {"command": "python experiments/fidelity.py " + " ".join(sys.argv[1:]),
               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": gpu_facts(), "cases": []}
@@ -78,10 +74,10 @@ def run_real(args: argparse.Namespace) -> int:
         path, scales, limit = CASES[trace]
         for scale in scales:
             entries = case_entries(trace, scale, limit)
-            for policy in make_policies(names, {}, None, gpu):
+            for policy in build_policies(names, {}):
                 print(f"{trace} x{scale} {policy.name} ...", flush=True)
-                summary, frame, timeline = bench_policy(runner, parts, policy, model, gpu, entries,
-                                                        str(args.calibration), 256, 0, None, None)
+                result = bench.run(entries, policy, str(args.calibration))
+                summary, frame, timeline = result.summary, result.requests, result.timeline
                 record["cases"].append({
                     "trace": trace, "rate_scale": scale, "requests": limit, "policy": policy.name,
                     "summary": summary,

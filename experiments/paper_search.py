@@ -8,6 +8,7 @@ from typing import Callable
 import numpy as np
 
 import sim
+from nexus.config import EngineConfig
 from paper_setup import MODEL, ROOT, GPUSetup, Variant
 from traces import TraceEntry
 
@@ -23,7 +24,7 @@ def simulate(entries: list[TraceEntry], setup: GPUSetup, v: Variant, rate: float
              seed: int = 0, slo: dict | None = None) -> dict:
     """Serve the trace at `rate` req/s (Poisson, `seed`) and keep the numbers the study reports."""
     r = sim.run(entries, policy=v.policy, model=MODEL, gpu=setup.gpu, calibration=setup.calibration,
-                policy_params=v.params, rate=rate, seed=seed,
+                policy_params=v.params, rate=rate, config=EngineConfig(seed=seed),
                 slo_ttft_s=slo["ttft_p95_s"] if slo else None,
                 slo_tbt_s=slo["tbt_p95_s"] if slo else None)
     s = r.summary

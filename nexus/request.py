@@ -2,6 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable, Protocol
+
+
+class TraceEntryLike(Protocol):
+    request_id: str | int
+    prompt_tokens: int
+    output_tokens: int
 
 
 @dataclass(eq=False)
@@ -44,3 +51,25 @@ class Request:
         self.kv_blocks = 0
         self.prefill_target = self.prompt_tokens + self.generated
         self.preemptions += 1
+
+
+def check_fits(entries: Iterable[TraceEntryLike], num_blocks: int, max_model_len: int,
+               where: str) -> None:
+    """Every request must fit the KV cache and the model's positions on its own.
+
+    Both engines apply this one rule before a run, so the simulator never serves a request
+    that the engine would refuse (a 200k-token prompt on a 128k-position model, say).
+    """
+    from nexus.errors import UserError
+    from nexus.kv import blocks_for
+
+    for e in entries:
+        tokens = e.prompt_tokens + e.output_tokens
+        if tokens > max_model_len:
+            raise UserError(f"request {e.request_id} needs {tokens} positions "
+                            f"({e.prompt_tokens}+{e.output_tokens} tokens) but the model allows {max_model_len}")
+        need = blocks_for(tokens)
+        if need > num_blocks:
+            raise UserError(f"request {e.request_id} needs {need} KV blocks "
+                            f"({e.prompt_tokens}+{e.output_tokens} tokens) but only "
+                            f"{num_blocks} fit on {where}")

@@ -1,8 +1,8 @@
 """What an engine knows at one instant, and the bookkeeping when an iteration ends.
 
 The simulator and the real engine both own one `ServingState`; policies read it and
-plan batches against it; the engine calls `begin`/`end` around each iteration, so
-token accounting, KV blocks and timestamps follow one set of rules in both.
+plan batches against it; `nexus.step.Stepper` calls `begin`/`end` around each iteration,
+so token accounting, KV blocks and timestamps follow one set of rules in both.
 """
 from __future__ import annotations
 
@@ -23,10 +23,14 @@ class Split:
     prefill_sms: int = FULL_GPU
     decode_sms: int = FULL_GPU
 
+    def sms(self, stream: str) -> int:
+        return self.decode_sms if stream == "decode" else self.prefill_sms
+
 
 @dataclass(eq=False)
 class Batch:
-    """One iteration of one stream: prefill chunks and/or one step of every running request.
+    """One iteration of one stream: prefill chunks and/or one step of every running request,
+    and the split it runs under (the policy decides both at once).
 
     A decode-only batch marked `repeatable` may be run for several steps back to back
     until the state changes (an arrival, a finish, a new split, the other stream moving);
@@ -36,8 +40,12 @@ class Batch:
     prefill: list[tuple[Request, int]] = field(default_factory=list)
     decode: bool = False
     repeatable: bool = False
-    sms: int = FULL_GPU
+    split: Split = Split()
     joined: list[Request] = field(default_factory=list)   # first decode step for these
+
+    @property
+    def sms(self) -> int:
+        return self.split.sms(self.stream)
 
     def shape(self, state: "ServingState", steps_ahead: int = 0) -> BatchShape:
         chunks = tuple((n, req.kv_tokens) for req, n in self.prefill)
@@ -50,8 +58,11 @@ class Batch:
 
 class ServingState:
     def __init__(self, model: ModelSpec, gpu: GPUSpec, cost: CostModel, kv: BlockPool,
-                 priority, max_num_seqs: int = 256):
+                 priority, max_num_seqs: int = 256, prefill_kv: BlockPool | None = None):
         self.model, self.gpu, self.cost, self.kv = model, gpu, cost, kv
+        # Where prefill chunks allocate: `kv` itself on one GPU, the prefill GPU's own pool
+        # when the engine's topology puts the phases on two (nexus.topology).
+        self.prefill_kv = kv if prefill_kv is None else prefill_kv
         self.max_num_seqs = max_num_seqs
         self.now = 0.0
         self.waiting = WaitingQueue(priority)
@@ -60,10 +71,6 @@ class ServingState:
         self.finished: list[Request] = []
         self.gaps = TokenGaps()
         self.inflight: dict[str, Batch | None] = {}
-        # Engine-level disaggregation prefills into another GPU's pool and hands requests
-        # over (after a KV transfer) instead of adding them to `running` directly.
-        self.prefill_kv: BlockPool = kv
-        self.handoff = None
 
     @property
     def seats_free(self) -> int:
@@ -88,11 +95,17 @@ class ServingState:
             self.running.reserve(steps)
         self.inflight[batch.stream] = batch
 
-    def end(self, batch: Batch, steps: int, start_s: float, end_s: float) -> list[Request]:
-        """Account a finished iteration that ran `steps` decode steps from start_s to end_s."""
+    def end(self, batch: Batch, steps: int, start_s: float, end_s: float
+            ) -> tuple[list[Request], list[Request]]:
+        """Account a finished iteration that ran `steps` decode steps from start_s to end_s.
+
+        Returns the requests that finished, and those whose prefill just ended and that
+        go on to decode (the engine's topology decides where).
+        """
         self.inflight[batch.stream] = None
         self.prefilling -= len(batch.prefill)
         done: list[Request] = []
+        prefilled: list[Request] = []
         if batch.decode:
             done += self._end_decode(batch, steps, start_s, end_s)
         for req, n in batch.prefill:
@@ -104,11 +117,9 @@ class ServingState:
             if req.generated >= req.output_tokens:
                 self._finish(req, end_s, self.prefill_kv)
                 done.append(req)
-            elif self.handoff is not None:
-                self.handoff(req)
             else:
-                self.running.add(req)
-        return done
+                prefilled.append(req)
+        return done, prefilled
 
     def _end_decode(self, batch: Batch, steps: int, start_s: float, end_s: float) -> list[Request]:
         running = self.running
@@ -141,5 +152,6 @@ class ServingState:
 
     def _finish(self, req: Request, t: float, pool: BlockPool | None = None) -> None:
         req.finish_s = t
+        self.waiting.forget(req)
         (pool or self.kv).release(req)
         self.finished.append(req)

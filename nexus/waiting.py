@@ -16,7 +16,9 @@ class WaitingQueue:
     def __init__(self, priority: Callable[[Request], float]):
         self.priority = priority
         self._heap: list[tuple[float, int, Request]] = []
-        self._seq = 0
+        # Ties go to the request that first arrived: a partly prefilled or preempted request
+        # keeps its place rather than queueing behind newcomers of the same priority.
+        self._first_seen: dict[Request, int] = {}
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -25,11 +27,15 @@ class WaitingQueue:
         return bool(self._heap)
 
     def push(self, req: Request) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (self.priority(req), self._seq, req))
+        seq = self._first_seen.setdefault(req, len(self._first_seen))
+        heapq.heappush(self._heap, (self.priority(req), seq, req))
 
     def pop(self) -> Request:
         return heapq.heappop(self._heap)[2]
+
+    def forget(self, req: Request) -> None:
+        """`req` finished: it will never be pushed again."""
+        self._first_seen.pop(req, None)
 
     def peek(self) -> Request | None:
         return self._heap[0][2] if self._heap else None

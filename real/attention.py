@@ -39,6 +39,9 @@ class AttentionMetadata:
       decode_items [I, 4] the work list (sequence, first key, end key, pieces of that
       sequence; sequence -1 for spare rows), decode_first [D+1] each sequence's first item.
       See decode_schedule; I is fixed per CUDA graph, and so is decode_merge there.
+      decode_rows [D]: the packed row of each decode token; None means the D rows right after
+      the prefill tokens. A CUDA graph of mixed steps sets it, because its split between
+      prefill and decode rows changes from replay to replay.
     """
     slots: torch.Tensor
     num_prefill_tokens: int
@@ -52,6 +55,7 @@ class AttentionMetadata:
     decode_first: torch.Tensor | None = None
     decode_merge: bool = True   # False when no context was cut: the merge launch is skipped
     block_size: int = 16
+    decode_rows: torch.Tensor | None = None
 
     @property
     def num_prefill_seqs(self) -> int:
@@ -76,11 +80,16 @@ def decode_items_for(num_seqs: int, num_kv_heads: int, num_sms: int) -> int:
 def decode_schedule(ctx_lens: np.ndarray, num_items: int) -> tuple[np.ndarray, np.ndarray]:
     """Cut each context into pieces of about equal length across the whole batch.
 
-    A sequence of c keys gets floor(c * spare / total) pieces (at least one, at most
-    MAX_PIECES, none shorter than a tile), spare = num_items - len(ctx_lens); the sum never
-    exceeds num_items. Floor, not ceiling: a context near the batch's average stays whole,
-    so large batches of similar contexts need no merge. Returns (items [num_items, 4] int32: sequence, first key, end key,
-    pieces of the sequence, with sequence -1 on unused rows; first [n + 1] int32).
+    A sequence of c keys gets floor(c * spare / total) pieces, spare = num_items - len(ctx_lens),
+    which fills the GPU when the batch is small; floor, not ceiling: a context near the
+    batch's average stays whole, so large batches of similar contexts need no merge. A context
+    longer than twice the batch's mean is also cut into pieces of at most that length, where
+    the list has room: one long context among short ones would otherwise stream on a few
+    programs after the rest have finished (a conversation-like batch of 128 ran attention at
+    about half the copy bandwidth on an H200). At least one piece, at most MAX_PIECES, none
+    shorter than a tile; the sum never exceeds num_items. Returns (items [num_items, 4]
+    int32: sequence, first key, end key, pieces of the sequence, with sequence -1 on unused
+    rows; first [n + 1] int32).
     """
     ctx = np.asarray(ctx_lens, dtype=np.int64)
     n = len(ctx)
@@ -89,7 +98,12 @@ def decode_schedule(ctx_lens: np.ndarray, num_items: int) -> tuple[np.ndarray, n
         raise ValueError(f"{n} sequences need at least {n} work items, got {num_items}")
     total = max(int(ctx.sum()), 1)
     tiles = -(-ctx // DECODE_BLOCK_N)
-    pieces = np.clip(ctx * spare // total, 1, np.minimum(MAX_PIECES, np.maximum(tiles, 1)))
+    most = np.minimum(MAX_PIECES, np.maximum(tiles, 1))
+    pieces = np.clip(ctx * spare // total, 1, most)
+    cap = max(2 * total // n, DECODE_BLOCK_N) if n else 1
+    balanced = np.clip(np.maximum(pieces, -(-ctx // cap)), 1, most)
+    if balanced.sum() <= num_items:
+        pieces = balanced
     piece_len = -(-tiles // pieces) * DECODE_BLOCK_N
     pieces = np.maximum(-(-ctx // piece_len), 1)   # rounding up to tiles may leave fewer
     first = np.zeros(n + 1, dtype=np.int64)
@@ -110,12 +124,13 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     """
     t, h, d = q.shape
     out = torch.empty(t, h, d, dtype=q.dtype, device=q.device)
-    tp = meta.num_prefill_tokens
     if use_triton(q):
+        # Both kernels index the whole packed batch: prefill rows through prefill_cu_q,
+        # decode rows through decode_rows.
         if meta.num_prefill_seqs:
-            _prefill_triton(q[:tp], k_cache, v_cache, meta, scale, out[:tp])
+            _prefill_triton(q, k_cache, v_cache, meta, scale, out)
         if meta.num_decode_seqs:
-            _decode_triton(q[tp:], k_cache, v_cache, meta, scale, out[tp:])
+            _decode_triton(q, k_cache, v_cache, meta, scale, out)
     else:
         _torch_attention(q, k_cache, v_cache, meta, scale, out)
     return out.view(t, h * d)
@@ -130,9 +145,11 @@ def _torch_attention(q, k_cache, v_cache, meta, scale, out):
     cu = meta.prefill_cu_q.tolist()
     for i, prior in enumerate(meta.prefill_start.tolist()):
         seqs.append((cu[i], cu[i + 1] - cu[i], prior, meta.prefill_block_tables[i]))
-    tp = meta.num_prefill_tokens
-    for i, ctx in enumerate(meta.decode_ctx_lens.tolist()):
-        seqs.append((tp + i, 1, ctx - 1, meta.decode_block_tables[i]))
+    ctx_lens = meta.decode_ctx_lens.tolist()
+    rows = (meta.decode_rows.tolist() if meta.decode_rows is not None
+            else range(meta.num_prefill_tokens, meta.num_prefill_tokens + len(ctx_lens)))
+    for i, (row, ctx) in enumerate(zip(rows, ctx_lens)):
+        seqs.append((row, 1, ctx - 1, meta.decode_block_tables[i]))
     for lo, n, prior, table in seqs:
         total = prior + n
         blocks = table[: (total + bs - 1) // bs].long()
@@ -197,7 +214,7 @@ if HAVE_TRITON:
                  acc.to(out_ptr.dtype.element_ty), mask=imask[:, None])
 
     @triton.jit
-    def _decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, items_ptr, out_ptr, part_ptr, lse_ptr,
+    def _decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, items_ptr, rows_ptr, out_ptr, part_ptr, lse_ptr,
                        stride_qt, stride_qh, stride_bt, stride_ot, stride_oh, scale_log2,
                        KV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
                        D: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -210,11 +227,12 @@ if HAVE_TRITON:
         lo = tl.load(items_ptr + item * 4 + 1)
         hi = tl.load(items_ptr + item * 4 + 2)
         pieces = tl.load(items_ptr + item * 4 + 3)
+        tok = tl.load(rows_ptr + seq).to(tl.int64)
         g = tl.arange(0, GROUP_PAD)
         gmask = g < GROUP
         heads = kvh * GROUP + g
         d = tl.arange(0, D)
-        q = tl.load(q_ptr + seq.to(tl.int64) * stride_qt + heads[:, None] * stride_qh + d[None, :],
+        q = tl.load(q_ptr + tok * stride_qt + heads[:, None] * stride_qh + d[None, :],
                     mask=gmask[:, None], other=0.0)
         m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
         l = tl.zeros([GROUP_PAD], tl.float32)
@@ -237,7 +255,7 @@ if HAVE_TRITON:
             m = m_new
         if pieces == 1:
             acc = acc / l[:, None]
-            tl.store(out_ptr + seq.to(tl.int64) * stride_ot + heads[:, None] * stride_oh + d[None, :],
+            tl.store(out_ptr + tok * stride_ot + heads[:, None] * stride_oh + d[None, :],
                      acc.to(out_ptr.dtype.element_ty), mask=gmask[:, None])
         else:
             acc = acc / l[:, None]
@@ -247,14 +265,14 @@ if HAVE_TRITON:
             tl.store(lse_ptr + row, lse, mask=gmask)
 
     @triton.jit
-    def _merge_kernel(part_ptr, lse_ptr, first_ptr, out_ptr, stride_ot, stride_oh,
+    def _merge_kernel(part_ptr, lse_ptr, first_ptr, rows_ptr, out_ptr, stride_ot, stride_oh,
                       H: tl.constexpr, D: tl.constexpr, MAX_PIECES: tl.constexpr):
         seq = tl.program_id(0)
         head = tl.program_id(1)
         first = tl.load(first_ptr + seq)
         count = tl.load(first_ptr + seq + 1) - first
-        if count == 1:
-            return   # its one piece wrote the output itself
+        if count <= 1:
+            return   # its one piece wrote the output itself, or a graph's spare row: no pieces
         s = tl.arange(0, MAX_PIECES)
         smask = s < count
         row = (first + s).to(tl.int64) * H + head
@@ -263,14 +281,22 @@ if HAVE_TRITON:
         d = tl.arange(0, D)
         part = tl.load(part_ptr + row[:, None] * D + d[None, :], mask=smask[:, None], other=0.0)
         o = tl.sum(part * w[:, None], axis=0) / tl.sum(w, axis=0)
-        tl.store(out_ptr + seq.to(tl.int64) * stride_ot + head * stride_oh + d,
+        tok = tl.load(rows_ptr + seq).to(tl.int64)
+        tl.store(out_ptr + tok * stride_ot + head * stride_oh + d,
                  o.to(out_ptr.dtype.element_ty))
 
 
 LOG2E = 1.4426950408889634
-# Tile sizes and launch settings (bf16, head_dim <= 128), chosen by measurement on an H100.
+# Tile sizes and launch settings (bf16, head_dim <= 128), chosen by measurement on an H100;
+# decode's by a sweep on an H200 (experiments/bench_step_breakdown.py, results in
+# experiments/results/decode_attention_sweep_h200.json): a third stage streams 5-9% faster at
+# 64x1k, 256x1k and 64x4k, and batches of up to 32 rows, which hold few programs to keep
+# bytes in flight, stream long contexts 20% faster with 128-key tiles on 8 warps
+# (16x16k: 1.00 of copy bandwidth against 0.83).
 PREFILL_CONFIG = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
-DECODE_CONFIG = dict(BLOCK_N=DECODE_BLOCK_N, num_warps=4, num_stages=2)
+DECODE_CONFIG = dict(BLOCK_N=DECODE_BLOCK_N, num_warps=4, num_stages=3)
+DECODE_CONFIG_FEW_ROWS = dict(BLOCK_N=128, num_warps=8, num_stages=3)
+FEW_ROWS = 32
 
 
 def _precision(q: torch.Tensor) -> str:
@@ -294,18 +320,29 @@ def _prefill_triton(q, k_cache, v_cache, meta, scale, out):
                           PRECISION=_precision(q), **cfg)
 
 
+def _decode_config(q: torch.Tensor, rows: int) -> dict:
+    # The few-rows tiles need three stages of 64 KB in 2-byte types; float32 would not fit.
+    few = rows <= FEW_ROWS and q.element_size() == 2 and q.shape[2] <= 128
+    return DECODE_CONFIG_FEW_ROWS if few else DECODE_CONFIG
+
+
 def _decode_triton(q, k_cache, v_cache, meta, scale, out):
-    n, h, d = q.shape
+    _, h, d = q.shape
+    n = meta.num_decode_seqs
+    rows = meta.decode_rows
+    if rows is None:
+        tp = meta.num_prefill_tokens
+        rows = torch.arange(tp, tp + n, dtype=torch.int32, device=q.device)
     kv = k_cache.shape[2]
     group = h // kv
     items = meta.decode_items.shape[0]
     part = torch.empty(items * h, d, dtype=torch.float32, device=q.device)
     lse = torch.empty(items * h, dtype=torch.float32, device=q.device)
     _decode_kernel[(items, kv)](
-        q, k_cache, v_cache, meta.decode_block_tables, meta.decode_items, out, part, lse,
+        q, k_cache, v_cache, meta.decode_block_tables, meta.decode_items, rows, out, part, lse,
         q.stride(0), q.stride(1), meta.decode_block_tables.stride(0), out.stride(0), out.stride(1),
         scale * LOG2E, KV=kv, GROUP=group, GROUP_PAD=max(16, next_pow2(group)), D=d,
-        PAGE=meta.block_size, PRECISION=_precision(q), **DECODE_CONFIG)
+        PAGE=meta.block_size, PRECISION=_precision(q), **_decode_config(q, n))
     if meta.decode_merge:
-        _merge_kernel[(n, h)](part, lse, meta.decode_first, out, out.stride(0), out.stride(1), H=h, D=d,
+        _merge_kernel[(n, h)](part, lse, meta.decode_first, rows, out, out.stride(0), out.stride(1), H=h, D=d,
                               MAX_PIECES=MAX_PIECES, num_warps=4)

@@ -1,25 +1,80 @@
-"""`nexus-real bench`: replay a trace on this machine's GPU (or CPU) under each policy."""
+"""A model made ready on this machine's GPU (or CPU), that replays traces under policies.
+
+`Bench` builds what every run shares once (weights, KV cache, SM partitions, CUDA graphs,
+compiled kernels); `Bench.run` replays one trace under one policy and returns the same
+`Result` as the simulator. `real.run` is the one-call form; `nexus-real bench` runs several
+policies on one `Bench`.
+"""
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
-import pandas as pd
-
+from nexus.config import EngineConfig
 from nexus.cost import load_cost_model
 from nexus.errors import UserError
-from nexus.kv import BlockPool, blocks_for
-from nexus.metrics import requests_frame, summarize
-from nexus.policy import Policy, build_policies
-from nexus.request import Request
+from nexus.kv import BlockPool
+from nexus.policy import Policy
+from nexus.request import Request, check_fits
+from nexus.result import Result, make_result
 from nexus.specs import GPUSpec, ModelSpec
 from nexus.state import ServingState
+from nexus.step import Stepper
+from nexus.topology import OneGPU
 from real.batch import Chunk
 from real.engine import RealEngine
 from real.gpu_info import ClockPowerSampler, gpu_facts
 from real.model_runner import ModelRunner
 from real.partitions import Partitions
 from traces import TraceEntry
+
+
+class Bench:
+    def __init__(self, model: ModelSpec, gpu: GPUSpec, policies: list[Policy],
+                 config: EngineConfig = EngineConfig(), device: str = "cuda",
+                 weights: str | Path | None = None, num_blocks: int | None = None,
+                 ready: tuple[ModelRunner, Partitions] | None = None):
+        """Build the model, cache, partitions and graphs; `ready` reuses a runner and
+        partitions whose graphs are captured (the profiler's)."""
+        for pol in policies:
+            check_policy(pol, gpu)
+        self.model, self.gpu, self.config, self.device = model, gpu, config, device
+        if ready is not None:
+            self.runner, self.partitions = ready
+            return
+        self.runner = ModelRunner(model, device=device, weights=weights, seed=config.seed,
+                                  num_blocks=num_blocks, memory_utilization=config.gpu_memory_utilization,
+                                  max_decode_batch=config.max_num_seqs)
+        self.partitions = build_partitions(policies, gpu, device)
+        capture_all_graphs(self.runner, self.partitions)
+        warm_up(self.runner, self.partitions)
+
+    def machine(self) -> dict:
+        return gpu_facts() if self.device == "cuda" else {"device": "cpu"}
+
+    def run(self, entries: list[TraceEntry], policy: Policy, calibration: str | None = None,
+            slo_ttft_s: float | None = None, slo_tbt_s: float | None = None) -> Result:
+        runner, model, gpu = self.runner, self.model, self.gpu
+        check_fits(entries, runner.num_blocks, runner.max_model_len, "this engine's KV cache")
+        cost = load_cost_model(model, gpu, calibration)
+        pool = BlockPool(runner.num_blocks, runner.block_size, track_ids=True)
+        requests = [Request(e.request_id, e.arrival_time_s, e.prompt_tokens, e.output_tokens)
+                    for e in entries]
+        state = ServingState(model, gpu, cost, pool, policy.priority, self.config.max_num_seqs)
+        engine = RealEngine(runner, self.partitions, Stepper(state, policy), requests, self.config.seed)
+        with ClockPowerSampler() as sampler:
+            engine.run()
+        extra = {"cost_model": cost.describe(), "model": model.name, "gpu": gpu.name,
+                 "kv_blocks": pool.num_blocks, "measured": True, "clocks_during_run": sampler.summary()}
+        config = {"policy": policy.describe(), **self.config.to_dict(), "num_sms": gpu.num_sms,
+                  "device": self.device, "partitions": self.partitions.describe()}
+        return make_result(policy.name, requests, state.gaps, engine.timeline, slo_ttft_s, slo_tbt_s,
+                           extra, config)
+
+
+def check_policy(policy: Policy, gpu: GPUSpec) -> None:
+    if not isinstance(policy.topology(BlockPool(1)), OneGPU):
+        raise UserError(f"{policy.name} needs two GPUs; nexus-real runs on one")
+    policy.check(gpu)
 
 
 def build_partitions(policies: list[Policy], gpu: GPUSpec, device: str) -> Partitions:
@@ -29,18 +84,6 @@ def build_partitions(policies: list[Policy], gpu: GPUSpec, device: str) -> Parti
         raise UserError(f"this GPU has {parts.num_sms} SMs but the GPU spec {gpu.name!r} says "
                         f"{gpu.num_sms}; pass the right --gpu")
     return parts
-
-
-def check_fits(entries: list[TraceEntry], runner: ModelRunner) -> None:
-    """Every request must fit the KV cache and the model's positions on its own."""
-    for e in entries:
-        tokens = e.prompt_tokens + e.output_tokens
-        need = blocks_for(tokens, runner.block_size)
-        if need > runner.num_blocks:
-            raise UserError(f"request {e.request_id} needs {need} KV blocks but the cache has {runner.num_blocks}")
-        if tokens > runner.max_model_len:
-            raise UserError(f"request {e.request_id} needs {tokens} positions; "
-                            f"{runner.spec.name} allows {runner.max_model_len}")
 
 
 def capture_all_graphs(runner: ModelRunner, parts: Partitions) -> None:
@@ -69,43 +112,10 @@ def warm_up(runner: ModelRunner, parts: Partitions) -> None:
             runner.step([Chunk(list(range(1, 18)), 0, table), *decodes], part)
 
 
-def bench_policy(runner: ModelRunner, parts: Partitions, policy: Policy, model: ModelSpec,
-                 gpu: GPUSpec, entries: list[TraceEntry], calibration: str | None,
-                 max_num_seqs: int, seed: int, slo_ttft_s: float | None,
-                 slo_tbt_s: float | None) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
-    cost = load_cost_model(model, gpu, calibration)
-    pool = BlockPool(runner.num_blocks, runner.block_size, track_ids=True)
-    requests = [Request(e.request_id, e.arrival_time_s, e.prompt_tokens, e.output_tokens) for e in entries]
-    state = ServingState(model, gpu, cost, pool, policy.priority, max_num_seqs)
-    engine = RealEngine(runner, parts, policy, state, requests, seed)
-    with ClockPowerSampler() as sampler:
-        engine.run()
-    frame = requests_frame(requests)
-    summary = summarize(frame, state.gaps, policy.name, slo_ttft_s, slo_tbt_s)
-    summary.update(cost_model=cost.describe(), model=model.name, gpu=gpu.name, kv_blocks=pool.num_blocks,
-                   measured=True, clocks_during_run=sampler.summary())
-    timeline = pd.DataFrame([asdict(r) for r in engine.timeline])
-    return summary, frame, timeline
-
-
-def make_policies(names: list[str], params: dict, split: tuple[int, int] | None,
-                  gpu: GPUSpec) -> list[Policy]:
-    policies = build_policies(names, params, split)
-    for pol in policies:
-        if getattr(pol, "gpus", 1) > 1:
-            raise UserError(f"{pol.name} needs two GPUs; nexus-real runs on one")
-        pol.check(gpu)
-    return policies
-
-
-def facts(device: str) -> dict:
-    return gpu_facts() if device == "cuda" else {"device": "cpu"}
-
-
-def write_outputs(out: Path, runs: dict[str, tuple[dict, pd.DataFrame, pd.DataFrame]], extra: dict,
-                  num_sms: int) -> None:
+def write_outputs(out: Path, results: list[Result], extra: dict, num_sms: int) -> None:
     from nexus.report import plot_latency_cdfs, plot_timeline, write_run
-    for name, (summary, frame, timeline) in runs.items():
-        write_run(out if len(runs) == 1 else out / name, summary, frame, timeline, extra)
-    plot_latency_cdfs({n: r[1] for n, r in runs.items()}, out / "latency_cdf.png")
-    plot_timeline({n: r[2] for n, r in runs.items()}, num_sms, out / "split_and_kv.png")
+    for r in results:
+        write_run(out if len(results) == 1 else out / r.policy, r.summary, r.requests, r.timeline,
+                  {**extra, "config": r.config})
+    plot_latency_cdfs({r.policy: r.requests for r in results}, out / "latency_cdf.png")
+    plot_timeline({r.policy: r.timeline for r in results}, num_sms, out / "split_and_kv.png")

@@ -9,8 +9,10 @@ from rich.console import Console
 
 from nexus.errors import UserError
 from nexus.policy import POLICIES
-from nexus.specs import GPUS, MODELS, resolve_gpu, resolve_model
+from nexus.specs import GPUS, MODELS, resolve_model
+from real.gpu_detect import detect_gpu
 
+PROFILE_PARTS = ("prefill", "decode", "corun", "mixed", "engine")   # real.profile.PARTS, without torch
 DEFAULT_TRACE = Path(__file__).resolve().parent.parent / "traces" / "sharegpt.jsonl"
 
 
@@ -23,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--policy", default="nexus", help=f"one of {', '.join(POLICIES)}")
     b.add_argument("--compare", help="comma-separated policies, run one after another on the same engine")
     b.add_argument("--model", default="llama-3.1-8b", help=f"{', '.join(MODELS)}, or a .json/.toml ModelSpec")
-    b.add_argument("--gpu", default="h100-sxm", help=f"GPU spec for the cost model: {', '.join(GPUS)}")
+    b.add_argument("--gpu", help=f"GPU spec: {', '.join(GPUS)} or a spec file (default: detected from the "
+                                 "device; one that contradicts the device is an error)")
     b.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                    help="cpu runs the same engine without partitions (use a tiny model)")
     b.add_argument("--weights", help="local Hugging Face safetensors checkpoint dir (default: random weights)")
@@ -40,13 +43,41 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--slo-tbt", type=float)
     b.add_argument("--out", required=True, help="directory for summary.json, requests.parquet, timeline.parquet, plots")
 
+    v = sub.add_parser("validate", help="run the engine and the simulator on the same requests; report the error",
+                       description="Serve a trace on this GPU under each policy at several loads, simulate the "
+                                   "identical requests on the same calibration, and report the simulator's error "
+                                   "per metric and load band, with a step-level view.",
+                       epilog="Example: nexus-real validate --trace traces/sharegpt.jsonl --limit 400 "
+                              "--policy chunked --policy nexus --policy nexus:beta=2 --loads auto --out val/")
+    v.add_argument("--trace", action="append", metavar="[NAME=]PATH",
+                   help="trace to serve, repeatable (default: the shipped ShareGPT trace)")
+    v.add_argument("--policy", action="append", metavar="NAME[:KEY=VALUE,...]",
+                   help="a policy to validate, with parameters after a colon, e.g. nexus:beta=2; "
+                        "repeat for several (default: chunked, static and nexus)")
+    v.add_argument("--loads", default="auto",
+                   help="'auto' (0.5,0.8,1.0,1.2 x the simulator's predicted saturation), 'auto=0.5,1,1.2' "
+                        "for other fractions, or rate scales of the trace, e.g. 0.5,1,2")
+    v.add_argument("--limit", type=int, help="only the first N requests of each trace")
+    v.add_argument("--model", default="llama-3.1-8b")
+    v.add_argument("--gpu", help="GPU spec (default: detected from the device)")
+    v.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    v.add_argument("--weights", help="local Hugging Face safetensors checkpoint dir (default: random weights)")
+    v.add_argument("--calibration", help="calibration JSON for both the simulator and the controller "
+                                         "(default: the shipped one for the GPU and model)")
+    v.add_argument("--max-num-seqs", type=int, default=256)
+    v.add_argument("--num-blocks", type=int, help="KV blocks (default: as many as fit)")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--out", required=True, help="directory for validate.json, validate.md and validate_cdf.png")
+
     pr = sub.add_parser("profile", help="measure step times over SM counts and shapes; write a calibration file",
                         description="Profile prefill, decode and co-run step times on every partition; "
                                     "resumable: rerun with the same --out to continue.")
     pr.add_argument("--model", default="llama-3.1-8b")
-    pr.add_argument("--gpu", default="h100-sxm")
+    pr.add_argument("--gpu", help="GPU spec (default: detected from the device)")
     pr.add_argument("--out", required=True, help="calibration JSON (created, or merged into)")
-    pr.add_argument("--part", default="prefill,decode,corun", help="which parts to measure now")
+    pr.add_argument("--part", default=",".join(PROFILE_PARTS),
+                    help=f"which parts to measure now (default: all of {', '.join(PROFILE_PARTS)}; 'engine' "
+                         "is the host gap between steps, from a short engine replay of a synthetic trace)")
     pr.add_argument("--repeats", type=int, default=5)
     pr.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     pr.add_argument("--gpu-memory-utilization", type=float, default=0.9)
@@ -59,19 +90,21 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = "nexus-real " + " ".join(argv)
     console = Console(stderr=True)
-    command = bench if args.command == "bench" else profile_command
+    command = {"bench": bench, "validate": validate_command, "profile": profile_command}[args.command]
     return run_reporting_user_errors("nexus-real", lambda: command(args, console))
 
 
 def bench(args: argparse.Namespace, console: Console) -> int:
-    from nexus.report import print_table
-    from real.bench import (bench_policy, build_partitions, capture_all_graphs, check_fits, facts,
-                            make_policies, warm_up, write_outputs)
-    from real.model_runner import ModelRunner
     from nexus.cli_args import parse_params, parse_split
+    from nexus.config import EngineConfig
+    from nexus.policy import build_policies
+    from nexus.report import print_table
+    from real.bench import Bench, write_outputs
     from traces.retime import load_entries
 
-    model, gpu = resolve_model(args.model), resolve_gpu(args.gpu)
+    model, gpu = resolve_model(args.model), detect_gpu(args.gpu, args.device, console.print)
+    config = EngineConfig(max_num_seqs=args.max_num_seqs, gpu_memory_utilization=args.gpu_memory_utilization,
+                          seed=args.seed)
     entries = load_entries(args.trace, args.rate_scale)
     if args.limit:
         entries = entries[:args.limit]
@@ -80,27 +113,61 @@ def bench(args: argparse.Namespace, console: Console) -> int:
         from real.disagg import bench_disagg
         return bench_disagg(args, names, model, gpu, entries, console)
     split = parse_split(args.split) if args.split else None
-    policies = make_policies(names, parse_params(args.param), split, gpu)
-
-    runner = ModelRunner(model, device=args.device, weights=args.weights, seed=args.seed,
-                         num_blocks=args.num_blocks, memory_utilization=args.gpu_memory_utilization,
-                         max_decode_batch=args.max_num_seqs)
-    check_fits(entries, runner)
-    parts = build_partitions(policies, gpu, args.device)
-    console.print(f"partitions: {parts.describe()}")
-    capture_all_graphs(runner, parts)
-    warm_up(runner, parts)
-    runs = {}
+    policies = build_policies(names, parse_params(args.param), split)
+    bench = Bench(model, gpu, policies, config, args.device, args.weights, args.num_blocks)
+    console.print(f"partitions: {bench.partitions.describe()}")
+    results = []
     for policy in policies:
         console.print(f"running {policy.name} on {len(entries)} requests ...")
-        runs[policy.name] = bench_policy(runner, parts, policy, model, gpu, entries, args.calibration,
-                                         args.max_num_seqs, args.seed, args.slo_ttft, args.slo_tbt)
-    print_table([r[0] for r in runs.values()])
-    extra = {"machine": facts(args.device), "partitions": parts.describe(), "trace": str(args.trace),
-             "command": args.command_line}
-    write_outputs(Path(args.out), runs, extra, gpu.num_sms)   # partitions are released at exit
+        results.append(bench.run(entries, policy, args.calibration, args.slo_ttft, args.slo_tbt))
+    print_table([r.summary for r in results])
+    extra = {"machine": bench.machine(), "trace": str(args.trace), "command": args.command_line}
+    write_outputs(Path(args.out), results, extra, gpu.num_sms)   # partitions are released at exit
     console.print(f"wrote results to {args.out}/")
     return 0
+
+
+def validate_command(args: argparse.Namespace, console: Console) -> int:
+    from nexus.config import EngineConfig
+    from real.bench import Bench
+    from real.validate import AUTO_LOADS, PolicyCase, validate
+    from traces.retime import load_entries
+
+    model, gpu = resolve_model(args.model), detect_gpu(args.gpu, args.device, console.print)
+    config = EngineConfig(max_num_seqs=args.max_num_seqs, seed=args.seed)
+    traces = {}
+    for item in args.trace or [str(DEFAULT_TRACE)]:
+        name, sep, path = item.partition("=")
+        path = path if sep else name
+        name = name if sep else Path(path).stem
+        traces[name] = load_entries(path)[:args.limit] if args.limit else load_entries(path)
+    cases = [PolicyCase.parse(t.strip()) for t in args.policy or ["chunked", "static", "nexus"]]
+    policies = [c.make() for c in cases]
+    fractions, loads = AUTO_LOADS, None
+    if args.loads.startswith("auto"):
+        if args.loads != "auto":
+            fractions = tuple(_positive_floats(args.loads.removeprefix("auto").lstrip("=:"), "--loads"))
+    else:
+        loads = _positive_floats(args.loads, "--loads")
+    bench = Bench(model, gpu, policies, config, args.device, args.weights, args.num_blocks)
+    record = validate(bench, traces, cases, loads, args.calibration, args.command_line, Path(args.out),
+                      fractions, log=lambda m: console.print(m))
+    for band, s in record["summary"].items():
+        if s["cases"]:
+            console.print(f"{band:17s} median |error| " + "  ".join(
+                f"{k} {v:.1f}%" for k, v in s["median_abs_pct"].items() if v is not None))
+    console.print(f"wrote {args.out}/validate.json, validate.md, validate_cdf.png")
+    return 0
+
+
+def _positive_floats(text: str, flag: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{flag} takes comma-separated numbers or 'auto', got {text!r}") from None
+    if not values or any(not (v > 0 and v < float("inf")) for v in values):
+        raise UserError(f"{flag} takes positive numbers, got {text!r}")
+    return values
 
 
 def profile_command(args: argparse.Namespace, console: Console) -> int:
@@ -108,7 +175,7 @@ def profile_command(args: argparse.Namespace, console: Console) -> int:
     from real.partitions import Partitions
     from real.profile import PARTS, profile
 
-    model, gpu = resolve_model(args.model), resolve_gpu(args.gpu)
+    model, gpu = resolve_model(args.model), detect_gpu(args.gpu, args.device, console.print)
     which = [w.strip() for w in args.part.split(",") if w.strip()]
     unknown = set(which) - set(PARTS)
     if unknown:
@@ -116,12 +183,16 @@ def profile_command(args: argparse.Namespace, console: Console) -> int:
     runner = ModelRunner(model, device=args.device, max_decode_batch=256,
                          memory_utilization=args.gpu_memory_utilization)
     parts = Partitions(gpu.partition_sizes(), device=args.device, cpu_gpu=gpu)
-    if "decode" in which or "corun" in which:
-        # The engine's buckets (they include every profiled batch size), so that the
-        # calibration records the padding the engine will apply.
-        runner.capture_graphs([parts.decode(0), *(parts.decode(p) for p in parts.made())])
-    if "prefill" in which or "corun" in which:
-        runner.capture_prefill_graphs([parts.prefill(0), *(parts.prefill(p) for p in parts.made())])
+    if "engine" in which:   # the replay runs as the engine does: every graph it captures
+        from real.bench import capture_all_graphs
+        capture_all_graphs(runner, parts)
+    else:
+        if "decode" in which or "corun" in which:
+            # The engine's buckets (they include every profiled batch size), so that the
+            # calibration records the padding the engine will apply.
+            runner.capture_graphs([parts.decode(0), *(parts.decode(p) for p in parts.made())])
+        if "prefill" in which or "corun" in which:
+            runner.capture_prefill_graphs([parts.prefill(0), *(parts.prefill(p) for p in parts.made())])
     data = profile(runner, parts, model, gpu, Path(args.out), which,
                    args.command_line, args.repeats,
                    log=lambda m: console.print(m))

@@ -1,9 +1,10 @@
-"""The real engine: the shared policies drive a ModelRunner on green-context partitions.
+"""The real engine: the shared iteration contract drives a ModelRunner on green-context partitions.
 
 One thread per policy stream tells the same story as the simulator's processes: take the
-requests that have arrived by the wall clock, ask the policy for a batch, launch it on the
-partition of the current split, wait for its tokens, account them. The ServingState is
-shared under one lock; the GPU work runs outside it, so prefill and decode overlap.
+requests that have arrived by the wall clock, ask the stepper for the next step, launch it
+on the partition of its split, wait for its tokens, let the stepper account them. The
+ServingState is shared under one lock; the GPU work runs outside it, so prefill and decode
+overlap.
 
 Token times come from CUDA events measured against one origin event (host clock on CPU).
 """
@@ -12,17 +13,15 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
-from nexus.policy.base import Policy
 from nexus.request import Request
-from nexus.state import Batch, ServingState
+from nexus.state import Batch
+from nexus.step import Step, Stepper, StepRecord
 from real.batch import Chunk
 from real.model_runner import ModelRunner
-from real.partitions import Partition, Partitions
+from real.partitions import Partitions
 
 
 class _Clock:
@@ -53,23 +52,11 @@ class _Clock:
         return self.origin.elapsed_time(mark) / 1e3
 
 
-@dataclass
-class StepRecord:
-    start_s: float
-    end_s: float
-    stream: str
-    sms: int
-    prefill_tokens: int
-    decode_seqs: int
-    kv_usage: float
-    prefill_prior_tokens: int   # cached tokens the step's chunks continue (their attention reach)
-    decode_kv_tokens: int
-
-
 class RealEngine:
-    def __init__(self, runner: ModelRunner, partitions: Partitions, policy: Policy,
-                 state: ServingState, requests: list[Request], seed: int = 0):
-        self.runner, self.partitions, self.policy, self.state = runner, partitions, policy, state
+    def __init__(self, runner: ModelRunner, partitions: Partitions, stepper: Stepper,
+                 requests: list[Request], seed: int = 0):
+        self.runner, self.partitions, self.stepper = runner, partitions, stepper
+        self.state = stepper.state
         self.requests = sorted(requests, key=lambda r: r.arrival_s)
         self.lock = threading.Condition()
         self.timeline: list[StepRecord] = []
@@ -85,7 +72,7 @@ class RealEngine:
     def run(self) -> None:
         self.clock = _Clock(self.runner.is_cuda)
         threads = [threading.Thread(target=self._guarded, args=(s,), name=f"stream-{s}", daemon=True)
-                   for s in self.policy.streams]
+                   for s in self.stepper.policy.streams]
         gc.freeze()   # the model, caches and graphs are long-lived: keep collections off them
         for t in threads:
             t.start()
@@ -117,46 +104,35 @@ class RealEngine:
                 self.lock.notify_all()
 
     def _loop(self, stream: str) -> None:
-        state, policy = self.state, self.policy
         while True:
             with self.lock:
                 if self._done():
                     self.lock.notify_all()
                     return
                 wait = self._admit_arrivals()
-                state.now = self.clock.host_now()
-                batch = policy.plan(state, stream)
-                if batch is None:
+                step = self.stepper.next(stream, self.clock.host_now())
+                if step is None:
                     self.lock.wait(timeout=wait if wait is not None else 0.05)
                     continue
-                state.begin(batch, 1)
-                split = policy.split(state)
-                batch.sms = split.decode_sms if stream == "decode" else split.prefill_sms
-                chunks = self._chunks(batch)
-                shape = batch.shape(state)
-                prefill_sms = split.prefill_sms
-            partition = self._partition(stream, prefill_sms)
-            start = self.clock.mark(partition.stream)
-            next_tokens = self.runner.step(chunks, partition)
-            end = self.clock.mark(partition.stream)
-            start_s, end_s = self.clock.seconds(start), self.clock.seconds(end)
+                chunks = self._chunks(step.batch)
+            start_s, end_s, next_tokens = self._run(step, chunks)
             with self.lock:
-                decode_seqs = state.running.batch_size if batch.decode else 0
-                self._record_tokens(batch, next_tokens)
-                state.end(batch, 1, start_s, end_s)
-                self.timeline.append(StepRecord(start_s, end_s, stream, batch.sms,
-                                                sum(n for _, n in batch.prefill), decode_seqs,
-                                                state.kv.usage,
-                                                sum(p for _, p in shape.prefill_chunks),
-                                                shape.decode_kv_tokens))
+                self._record_tokens(step.batch, next_tokens)
+                record, _ = self.stepper.finish(step, 1, start_s, end_s)
+                self.timeline.append(record)
                 self.lock.notify_all()
 
-    def _partition(self, stream: str, prefill_sms: int) -> Partition:
+    def _run(self, step: Step, chunks: list[Chunk]) -> tuple[float, float, list[int]]:
+        """Launch the step on its partition; its start and end on the run's clock, and its tokens."""
+        split = step.batch.split
         # A single ("mixed") stream runs on the decode side of the whole GPU: a plain stream
         # whose decode graphs were captured there.
-        if stream == "prefill":
-            return self.partitions.prefill(prefill_sms)
-        return self.partitions.decode(prefill_sms)
+        partition = (self.partitions.prefill(split.prefill_sms) if step.stream == "prefill"
+                     else self.partitions.decode(split.prefill_sms))
+        start = self.clock.mark(partition.stream)
+        next_tokens = self.runner.step(chunks, partition)
+        end = self.clock.mark(partition.stream)
+        return self.clock.seconds(start), self.clock.seconds(end), next_tokens
 
     def _chunks(self, batch: Batch) -> list[Chunk]:
         """Token ids, positions and block tables of this step (decode members first synced)."""

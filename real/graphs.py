@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from real.attention import MAX_PIECES, AttentionMetadata, decode_items_for, decode_schedule
-from real.batch import Chunk
+from real.batch import BlockTables, Chunk
 from real.kv_cache import KVCache
 from real.model import Transformer
 from real.partitions import Partition
@@ -34,6 +34,7 @@ class StepGraphs:
         self.pool = torch.cuda.graph_pool_handle()
         self._last_replay: torch.cuda.Event | None = None
         self._empty = torch.zeros(0, dtype=torch.int32, device=device)
+        self.tables = BlockTables()
 
     def _capture(self, partition: Partition, forward) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         """Capture `forward` (which reads the static buffer) on `partition`'s stream."""
@@ -83,6 +84,7 @@ class DecodeGraphs(StepGraphs):
         self._first_at = self._items_at + 4 * self.max_items
         self._tables_at = self._first_at + -(-(b + 1) // 4) * 4
         super().__init__(model, kv, device, self._tables_at + b * w)
+        self._rows = torch.arange(b, dtype=torch.int32, device=device)   # token row of each sequence
         self._pad_rows(0)
         # (partition, bucket) -> (graph, its output hidden states, its work-list length)
         self.graphs: dict[tuple[str, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, int]] = {}
@@ -121,7 +123,7 @@ class DecodeGraphs(StepGraphs):
                 slots=slots, num_prefill_tokens=0, prefill_cu_q=self._empty[:1], prefill_start=self._empty,
                 prefill_block_tables=self._empty.view(0, 1), prefill_max_q=0, decode_ctx_lens=ctx,
                 decode_block_tables=tables, decode_items=work, decode_first=first,
-                block_size=self.kv.block_size)
+                block_size=self.kv.block_size, decode_rows=self._rows[:n])
 
             # The graph stops at the final hidden states: keeping [bucket, vocab] logits alive
             # for every (partition, bucket) would take gigabytes; the LM head runs after replay.
@@ -143,10 +145,7 @@ class DecodeGraphs(StepGraphs):
         ctx = np.fromiter((c.end for c in batch), dtype=np.int32, count=n)
         h[:n] = [c.token_ids[0] for c in batch]
         h[b:b + n] = ctx - 1
-        tables = h[self._tables_at:].reshape(b, self.width)
-        for r, c in enumerate(batch):
-            need = -(-int(ctx[r]) // bs)
-            tables[r, :need] = c.block_table[:need]
+        tables = self.tables.rows(batch, bs, self.kv.num_blocks, out=h[self._tables_at:].reshape(b, self.width))
         last_blocks = tables[np.arange(n), (ctx - 1) // bs]
         h[2 * b:2 * b + n] = last_blocks * bs + (ctx - 1) % bs
         h[3 * b:3 * b + n] = ctx

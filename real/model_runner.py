@@ -6,9 +6,9 @@
     runner.capture_prefill_graphs([parts.prefill(64)])
     tokens = runner.step([Chunk(prompt_ids, 0, table)], parts.prefill(64))
 
-On a partition with captured graphs, decode-only batches and small prefill-only batches
-replay a CUDA graph; anything else (mixed batches, long chunks, larger batches) runs
-eagerly on the partition's stream.
+On a partition with captured graphs, decode-only batches, prefill batches and (on a plain
+stream) chunked-prefill batches of up to 2304 tokens replay a CUDA graph; anything else
+(long chunks, more than 16 prompts) runs eagerly on the partition's stream.
 `step` and `logits` block until their results are ready, waiting only for their own stream,
 so prefill and decode can be driven from two threads at once.
 """
@@ -23,12 +23,12 @@ import torch
 
 from nexus.errors import UserError
 from nexus.specs import ModelSpec
-from real.batch import Chunk, pack, validate
+from real.batch import BlockTables, Chunk, pack, validate
 from real.graphs import DEFAULT_BUCKETS, DecodeGraphs
 from real.kv_cache import BLOCK_SIZE, KVCache, blocks_for_memory
 from real.model import build_model
 from real.partitions import Partition
-from real.prefill_graphs import MAX_SEQS, PREFILL_GRAPH_BUCKETS, PrefillGraphs
+from real.prefill_graphs import GREEN_MAX_TOKENS, MAX_SEQS, PREFILL_GRAPH_BUCKETS, PrefillGraphs
 from real.weights import load_weights
 
 CPU_DEFAULT_BLOCKS = 256
@@ -71,6 +71,7 @@ class ModelRunner:
         self._graphs: DecodeGraphs | None = None
         self._prefill_graphs: PrefillGraphs | None = None
         self._table_width = math.ceil(self.max_model_len / BLOCK_SIZE)
+        self._tables = BlockTables()   # eager steps' block tables
 
     @property
     def num_blocks(self) -> int:
@@ -94,14 +95,21 @@ class ModelRunner:
 
     def capture_prefill_graphs(self, partitions: Iterable[Partition],
                                buckets: Iterable[int] = PREFILL_GRAPH_BUCKETS) -> None:
-        """Capture prefill CUDA graphs on each partition for each token bucket."""
+        """Capture prefill CUDA graphs on each partition for each token bucket. On a plain
+        (all-SM) stream they also take decode rows, for chunked-prefill steps; on a green
+        context they stop at GREEN_MAX_TOKENS (see real.prefill_graphs)."""
         if not self.is_cuda:
             return
         if self._prefill_graphs is None:
-            self._prefill_graphs = PrefillGraphs(self.model, self.kv, self._table_width, self.device)
+            self._prefill_graphs = PrefillGraphs(self.model, self.kv, self._table_width, self.device,
+                                                 max_decode_rows=self.max_decode_batch)
+        buckets = list(buckets)
         with torch.inference_mode():
             for part in partitions:
-                self._prefill_graphs.capture(part, buckets)
+                if part.sm_count == self.num_sms:
+                    self._prefill_graphs.capture(part, buckets, decode_rows=self.max_decode_batch)
+                else:
+                    self._prefill_graphs.capture(part, [b for b in buckets if b <= GREEN_MAX_TOKENS])
 
     def prefill_graph_spec(self) -> dict | None:
         """How prefill steps are padded ({'buckets', 'max_seqs'}), or None without prefill graphs."""
@@ -160,7 +168,8 @@ class ModelRunner:
                 if bucket is not None:
                     return self._prefill_graphs.run(batch, partition, bucket)
         sms = partition.sm_count if partition is not None else self.num_sms
-        packed = pack(batch, self.device, self.kv.block_size, self.spec.num_kv_heads, sms)
+        packed = pack(batch, self.device, self.kv.block_size, self.spec.num_kv_heads, sms, self.kv.num_blocks,
+                      self._tables)
         hidden = self.model(packed.input_ids, packed.positions, self.kv, packed.meta, packed.select)
         logits = self.model.compute_logits(hidden)[packed.inverse]
         return logits, logits.argmax(-1)

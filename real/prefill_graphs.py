@@ -1,15 +1,22 @@
-"""CUDA graphs of prefill steps, one per (partition, token bucket), for chunks up to 512 tokens.
+"""CUDA graphs of prefill and chunked-prefill (mixed) steps, one per (partition, token bucket).
 
 An eager forward issues about ten kernels a layer from Python; for a few hundred tokens that
-host work (~10 ms for an 8B model, with jitter) outlasts the GPU work. A graph replays the
-same step in one call. Batches of up to MAX_SEQS prompts
-whose tokens fit a bucket replay its graph; larger ones run eagerly, where the GPU is the
-bottleneck anyway.
+host work (~10 ms for an 8B model, with jitter) outlasts the GPU work, and a mixed step of a
+chunk and 32-256 decode rows spent 15-60% of its GPU time waiting for the host on an H200.
+A graph replays the same step in one call. A batch of up to MAX_SEQS prompt chunks, plus
+decode rows on a partition whose graphs take them, whose tokens fit a bucket replays its
+graph; anything larger runs eagerly.
 
-Padding: the bucket's spare tokens write their KV to the cache's sink block and belong to no
-sequence; spare sequences have no tokens, so every attention program of theirs exits at once.
-The prefill attention grid is sized for the whole bucket, which is what lets one graph serve
-any split of its tokens among the sequences.
+Every graph is the whole forward, attention included: the attention kernels read the split
+of the bucket's tokens from the graph's inputs. Prompt tokens come first, then the decode
+tokens (their rows given by `decode_rows`), then padding. Spare tokens write their KV to the
+cache's sink block and belong to no sequence; spare sequences have no tokens and spare decode
+rows no work items, so their attention programs exit at once. The prefill attention grid is
+sized for the whole bucket, which is what lets one graph serve any split of its tokens.
+
+Mixed steps run only on the plain (all-SM) streams of one-stream policies, so only there do
+graphs take decode rows and go past GREEN_MAX_TOKENS; on green-context partitions steps are
+prefill-only, and above that size GPU-bound.
 """
 from __future__ import annotations
 
@@ -18,91 +25,132 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from real.attention import AttentionMetadata
-from real.batch import Chunk
+from real.attention import MAX_PIECES, AttentionMetadata, decode_items_for, decode_schedule
+from real.batch import Chunk, token_layout
 from real.graphs import StepGraphs
 from real.kv_cache import KVCache
 from real.model import Transformer
 from real.partitions import Partition
 
 MAX_SEQS = 16
-# Finer where padding is dear: above 128 tokens the matmuls start to be compute-bound.
-PREFILL_GRAPH_BUCKETS = (16, 32, 64, 128, 192, 256, 320, 384, 448, 512)
+# Finer where padding is dear: above 128 tokens the matmuls start to be compute-bound; above
+# 512 a step of 128 tokens keeps the padding under 13% (6% at 2k).
+PREFILL_GRAPH_BUCKETS = (16, 32, 64, 128, 192, 256, 320, 384, 448, 512, 640, 768, 896, 1024, 1152, 1280,
+                         1408, 1536, 1664, 1792, 1920, 2048, 2176, 2304)
+GREEN_MAX_TOKENS = 512
+
+
+def _align4(n: int) -> int:
+    return -(-n // 4) * 4
 
 
 class PrefillGraphs(StepGraphs):
     def __init__(self, model: Transformer, kv: KVCache, max_blocks_per_seq: int, device: torch.device,
-                 max_tokens: int = max(PREFILL_GRAPH_BUCKETS)) -> None:
-        self.width, self.max_tokens = max_blocks_per_seq, max_tokens
-        t, p, w = max_tokens, MAX_SEQS, max_blocks_per_seq
-        # One static int32 buffer: ids | positions | slots | cu_q (p+1, padded to p+4) | starts |
-        # select | tables. Each part starts on a 16-byte boundary (Triton specialises on it).
-        self._sizes = (t, t, t, p + 4, p, p, p * w)
+                 max_tokens: int = max(PREFILL_GRAPH_BUCKETS), max_decode_rows: int = 256) -> None:
+        self.width, self.max_tokens, self.max_rows = max_blocks_per_seq, max_tokens, max_decode_rows
+        t, p, r, w = max_tokens, MAX_SEQS, max_decode_rows, max_blocks_per_seq
+        # One static int32 buffer: ids | positions | slots | cu_q | starts | select | ctx lens |
+        # decode rows | first items | work items | prefill tables | decode tables. Each part
+        # starts on a 16-byte boundary (Triton specialises on it); the decode tables come
+        # last, so an upload stops after the rows a step uses.
+        sizes = [t, t, t, p + 1, p, p + r, r, r, r + 1, 4 * (r + MAX_PIECES), p * w, r * w]
+        self._sizes = [_align4(n) for n in sizes]
         self._offsets = np.concatenate([[0], np.cumsum(self._sizes)])
         super().__init__(model, kv, device, int(self._offsets[-1]))
-        self.graphs: dict[tuple[str, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        # (partition, bucket) -> (graph, output hidden states, decode rows it takes, work items)
+        self.graphs: dict[tuple[str, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, int, int]] = {}
+        self._sizes_on: dict[str, list[tuple[int, int]]] = {}   # partition -> sorted (bucket, rows)
 
     def _part(self, buf: torch.Tensor | np.ndarray, i: int):
         return buf[self._offsets[i]:self._offsets[i] + self._sizes[i]]
 
-    def _views(self, bucket: int) -> tuple[torch.Tensor, ...]:
-        s = self.static
-        ids, pos, slots = (self._part(s, i)[:bucket] for i in range(3))
-        cu = self._part(s, 3)[:MAX_SEQS + 1]
-        starts, select = self._part(s, 4), self._part(s, 5)
-        tables = self._part(s, 6).view(MAX_SEQS, self.width)
-        return ids, pos, slots, cu, starts, select, tables
+    def _views(self, buf: torch.Tensor | np.ndarray, bucket: int, rows: int, items: int) -> tuple:
+        """ids, positions, slots, cu_q, starts, select, ctx, decode rows, first, work items,
+        prefill tables, decode tables, each cut to a bucket's size."""
+        p, w = MAX_SEQS, self.width
+        ids, pos, slots = (self._part(buf, i)[:bucket] for i in range(3))
+        cu, starts, select = self._part(buf, 3)[:p + 1], self._part(buf, 4)[:p], self._part(buf, 5)[:p + rows]
+        ctx, dec_rows, first = self._part(buf, 6)[:rows], self._part(buf, 7)[:rows], self._part(buf, 8)[:rows + 1]
+        work = self._part(buf, 9)[:4 * items].reshape(items, 4)
+        pre_tables = self._part(buf, 10)[:p * w].reshape(p, w)
+        dec_tables = self._part(buf, 11)[:rows * w].reshape(rows, w)
+        return ids, pos, slots, cu, starts, select, ctx, dec_rows, first, work, pre_tables, dec_tables
 
     def bucket_for(self, partition: Partition, batch: Sequence[Chunk]) -> int | None:
-        if len(batch) > MAX_SEQS or any(len(c.token_ids) < 2 for c in batch):
+        prompts = sum(len(c.token_ids) > 1 for c in batch)
+        if prompts == 0 or prompts > MAX_SEQS:
             return None
+        decodes = len(batch) - prompts
         tokens = sum(len(c.token_ids) for c in batch)
-        fits = [b for b in self.buckets(partition) if b >= tokens]
-        return fits[0] if fits else None
+        for bucket, rows in self._sizes_on.get(partition.name, ()):
+            if bucket >= tokens and rows >= decodes:
+                return bucket
+        return None
 
-    def _fill_host(self, batch: Sequence[Chunk]) -> None:
-        """Write the batch, padded to MAX_SEQS sequences and max_tokens tokens, into `host`."""
+    def _fill_host(self, batch: Sequence[Chunk], bucket: int, rows: int, items: int) -> int:
+        """Write the batch, padded to the bucket, into `host`; returns how many int32 to upload."""
         h, bs, sink = self.host.numpy(), self.kv.block_size, self.kv.pad_block
-        ids, pos, slots, cu, starts, select, tables = (self._part(h, i) for i in range(7))
-        tables = tables.reshape(MAX_SEQS, self.width)
+        ids, pos, slots, cu, starts, select, ctx, dec_rows, first, work, pre_tables, dec_tables = \
+            self._views(h, bucket, rows, items)
+        prompt = [i for i, c in enumerate(batch) if len(c.token_ids) > 1]
+        decode = [i for i, c in enumerate(batch) if len(c.token_ids) == 1]
+        pre, dec = [batch[i] for i in prompt], [batch[i] for i in decode]
+        self.tables.rows(pre, bs, self.kv.num_blocks, out=pre_tables, batch_index=prompt, part="prompt")
+        self.tables.rows(dec, bs, self.kv.num_blocks, out=dec_tables, batch_index=decode)
+        pre_ids, pre_pos, pre_slots = token_layout(pre, pre_tables, bs)
+        dec_ids, dec_pos, dec_slots = token_layout(dec, dec_tables, bs)
+        tp, nd = len(pre_ids), len(dec)
         ids[:], pos[:], slots[:] = 0, 0, sink * bs
-        starts[:], select[:], tables[:] = 0, 0, sink
-        lo = 0
+        ids[:tp], pos[:tp], slots[:tp] = pre_ids, pre_pos, pre_slots
+        ids[tp:tp + nd], pos[tp:tp + nd], slots[tp:tp + nd] = dec_ids, dec_pos, dec_slots
+        lens = np.fromiter((len(c.token_ids) for c in pre), dtype=np.int64, count=len(pre))
         cu[0] = 0
-        for r, c in enumerate(batch):
-            n = len(c.token_ids)
-            need = -(-c.end // bs)
-            tables[r, :need] = c.block_table[:need]
-            ids[lo:lo + n] = c.token_ids
-            p = np.arange(c.start, c.end)
-            pos[lo:lo + n] = p
-            slots[lo:lo + n] = tables[r, p // bs] * bs + p % bs
-            starts[r] = c.start
-            lo += n
-            cu[r + 1] = lo
-            select[r] = lo - 1
-        cu[len(batch) + 1:] = lo   # spare sequences are empty
+        cu[1:len(pre) + 1] = np.cumsum(lens)
+        cu[len(pre) + 1:] = tp              # spare sequences are empty
+        starts[:] = 0
+        starts[:len(pre)] = [c.start for c in pre]
+        select[:] = 0                      # each sequence's last token, in the caller's order
+        select[prompt] = cu[1:len(pre) + 1] - 1
+        select[decode] = tp + np.arange(nd)
+        ctx[:] = 1
+        ctx[:nd] = dec_pos + 1
+        dec_rows[:] = 0
+        dec_rows[:nd] = tp + np.arange(nd)
+        if rows:
+            w, f = decode_schedule(ctx[:nd], items)
+            work[:] = w
+            first[:nd + 1] = f
+            first[nd + 1:] = f[-1]          # spare rows: no pieces, nothing to merge
+        return int(self._offsets[11]) + nd * self.width
 
-    def capture(self, partition: Partition, buckets: Iterable[int]) -> None:
-        """Capture one graph per bucket on `partition`'s stream, largest first."""
-        self._fill_host([])
-        self.static.copy_(self.host)
+    def capture(self, partition: Partition, buckets: Iterable[int], decode_rows: int = 0) -> None:
+        """Capture one graph per bucket on `partition`'s stream, largest first; each takes up
+        to min(bucket, decode_rows) decode rows beside its prompt chunks."""
         for bucket in sorted({b for b in buckets if b <= self.max_tokens}, reverse=True):
-            ids, pos, slots, cu, starts, select, tables = self._views(bucket)
+            rows = min(bucket, decode_rows, self.max_rows)
+            items = decode_items_for(rows, self.kv.k.shape[3], partition.sm_count) if rows else 0
+            self._fill_host([], bucket, rows, items)
+            self.static.copy_(self.host)
+            ids, pos, slots, cu, starts, select, ctx, dec_rows, first, work, pre_tables, dec_tables = \
+                self._views(self.static, bucket, rows, items)
             meta = AttentionMetadata(
                 slots=slots, num_prefill_tokens=bucket, prefill_cu_q=cu, prefill_start=starts,
-                prefill_block_tables=tables, prefill_max_q=bucket, decode_ctx_lens=self._empty,
-                decode_block_tables=self._empty.view(0, 1), block_size=self.kv.block_size)
+                prefill_block_tables=pre_tables, prefill_max_q=bucket, decode_ctx_lens=ctx,
+                decode_block_tables=dec_tables, decode_items=work, decode_first=first,
+                block_size=self.kv.block_size, decode_rows=dec_rows)
             graph, hidden = self._capture(partition, lambda: self.model(ids, pos, self.kv, meta, select))
-            self.graphs[(partition.name, bucket)] = (graph, hidden)
+            self.graphs[(partition.name, bucket)] = (graph, hidden, rows, items)
+        self._sizes_on[partition.name] = sorted((b, g[2]) for (name, b), g in self.graphs.items()
+                                                if name == partition.name)
 
     def run(self, batch: Sequence[Chunk], partition: Partition, bucket: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Replay the bucket's graph; returns (logits, tokens) of each sequence's last token.
+        """Replay the bucket's graph; returns (logits, tokens) of each sequence's last token,
+        in batch order.
 
         Must be called inside partition.use(). Results live in static buffers until the next replay.
         """
+        graph, hidden, rows, items = self.graphs[(partition.name, bucket)]
         self._host_free()
-        self._fill_host(batch)
-        graph, hidden = self.graphs[(partition.name, bucket)]
+        upload = self._fill_host(batch, bucket, rows, items)
         return self._replay(graph, hidden, len(batch),
-                            lambda: self.static.copy_(self.host, non_blocking=True))
+                            lambda: self.static[:upload].copy_(self.host[:upload], non_blocking=True))

@@ -28,7 +28,7 @@ from real.gpu_info import gpu_facts
 from real.model_runner import ModelRunner
 from real.partitions import Partitions
 
-PARTS = ("prefill", "decode", "corun", "mixed")
+PARTS = ("prefill", "decode", "corun", "mixed", "engine")
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,8 @@ def covered_steps(steps: list[tuple[float, float]], other: list[tuple[float, flo
 
 
 def profile(runner: ModelRunner, parts: Partitions, model: ModelSpec, gpu: GPUSpec, out: Path,
-            which: list[str], command: str, repeats: int = 5, grid: Grid = Grid(), log=print) -> dict:
+            which: list[str], command: str, repeats: int = 5, grid: Grid = Grid(), log=print,
+            gap_requests: int = 240) -> dict:
     gc.freeze()   # as the engine does before a run: eager steps must not pay for collections it skips
     data = new_calibration(model, gpu, command=command, machine=gpu_facts(),
                            grid={"sms": [0, *parts.made()], **asdict(grid)})
@@ -213,6 +214,17 @@ def profile(runner: ModelRunner, parts: Partitions, model: ModelSpec, gpu: GPUSp
                     meas.setdefault("mixed", []).append({**key, "time_s": prof.time_alone(steps, part)})
         write_calibration(data, out)
         log("mixed: done")
+    if "engine" in which:
+        from nexus.policy import build_policies
+        from real.bench import Bench, warm_up
+        from real.host_gap import measure_host_gap
+        warm_up(runner, parts)
+        bench = Bench(model, gpu, build_policies(["chunked", "static"], {}), ready=(runner, parts))
+        gap = measure_host_gap(bench, requests=gap_requests)
+        data.setdefault("engine", {}).update({k: v for k, v in gap.items() if k != "bands"},
+                                             step_gap_bands=gap["bands"], command=command)
+        write_calibration(data, out)
+        log(f"engine: host gap {gap['step_gap_s'] * 1e3:.3f} ms + {gap['step_gap_per_seq_s'] * 1e6:.2f} us per decode row")
     try:
         data.update(fit_calibration(data))
     except UserError as e:

@@ -3,8 +3,8 @@
 #
 #   bash scripts/gpu_check.sh [OUTDIR]          GPU tests, roofline and host-overhead benchmarks, and a
 #                                               bench smoke run (~8 min on an H100)
-#   FULL=1 bash scripts/gpu_check.sh [OUTDIR]   also a fresh profile and the fidelity cases, all on
-#                                               this GPU (~30 min; each step fits in 10 minutes)
+#   FULL=1 bash scripts/gpu_check.sh [OUTDIR]   also a fresh profile (all parts) and nexus-real validate
+#                                               on four workloads, all on this GPU (each step <= 10 min)
 #
 # Works from a plain checkout (no pip install): the repo root goes on PYTHONPATH.
 # Exit status is non-zero if any step failed; every step runs regardless.
@@ -35,25 +35,22 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run one step, log it, remember a fai
 # imports modules (simulator, traces) whose dependencies a GPU box may lack.
 step gpu_tests 900 $PY -m pytest -m gpu --noconftest -p no:cacheprovider -q -rs tests/test_real_*.py \
     --junitxml "$OUTDIR/gpu_tests.xml"
-step bench_real_roofline 600 $PY experiments/bench_real_roofline.py --out "$OUTDIR/real_roofline_h100.json"
+step bench_real_roofline 600 $PY experiments/bench_real_roofline.py --out "$OUTDIR/real_roofline_h200.json"
 step bench_host_overhead 600 $PY experiments/bench_host_overhead.py --out "$OUTDIR/host_overhead_h100.json"
 step bench_smoke 600 $PY -m real.cli bench --trace traces/sharegpt.jsonl --limit 100 \
     --compare chunked,static,nexus --out "$OUTDIR/bench_smoke"
 
 if [ "${FULL:-0}" = 1 ]; then
-    # Profile and fidelity runs on one machine: H100 boards differ by a few % in step time,
-    # as much as the fidelity targets allow. Compare afterwards, on any machine, with
-    #   python experiments/fidelity.py fit-gap OUTDIR/fidelity_real_*.json --calibration OUTDIR/calibration.json
-    #   python experiments/fidelity.py compare OUTDIR/fidelity_real_*.json --calibration OUTDIR/calibration.json
+    # A calibration and the fidelity study on one machine: boards differ by a few % in step
+    # time, as much as the fidelity targets allow. The profile measures every part, the
+    # engine's host gap included (an engine replay of a synthetic trace).
     cal="$OUTDIR/calibration.json"
-    step profile_prefill_decode 600 $PY -m real.cli profile --part prefill,decode --repeats 7 --out "$cal"
-    step profile_corun_mixed 600 $PY -m real.cli profile --part corun,mixed --repeats 7 --out "$cal"
-    step fidelity_chunked 600 $PY experiments/fidelity.py real --policies chunked --calibration "$cal" \
-        --out "$OUTDIR/fidelity_real_chunked.json"
-    step fidelity_static 600 $PY experiments/fidelity.py real --policies static --calibration "$cal" \
-        --out "$OUTDIR/fidelity_real_static.json"
-    step fidelity_nexus 600 $PY experiments/fidelity.py real --policies nexus --calibration "$cal" \
-        --out "$OUTDIR/fidelity_real_nexus.json"
+    step profile 600 $PY -m real.cli profile --repeats 5 --out "$cal"
+    step validate 600 $PY -m real.cli validate --calibration "$cal" --limit 200 \
+        --trace sharegpt=traces/sharegpt.jsonl --trace bursty=experiments/traces/bursty.jsonl \
+        --trace mixed=traces/mixed.jsonl --trace longprompt=experiments/traces/longprompt.jsonl \
+        --policy chunked --policy static --policy nexus --policy nexus:beta=2 \
+        --loads auto=0.5,1.0,1.2 --out "$OUTDIR/validate"
 fi
 
 echo "gpu_check: results in $OUTDIR (status $status)"

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nexus.cli_args import parse_params, parse_split, run_reporting_user_errors
+from nexus.config import EngineConfig
 from nexus.errors import UserError
 from nexus.policy import POLICIES, build_policies
 from nexus.specs import GPUS, MODELS
@@ -73,7 +74,8 @@ def _main(args: argparse.Namespace, console: Console) -> int:
             task = progress.add_task(f"simulating {policy.name}", total=None)
             results.append(run(
                 trace, policy=policy, model=args.model, gpu=args.gpu, calibration=args.calibration,
-                policy_calibration=args.policy_calibration, max_num_seqs=args.max_num_seqs,
+                policy_calibration=args.policy_calibration,
+                config=EngineConfig(max_num_seqs=args.max_num_seqs, seed=args.seed),
                 slo_ttft_s=args.slo_ttft, slo_tbt_s=args.slo_tbt,
                 on_progress=lambda done, total, t=task: progress.update(t, completed=done, total=total)))
     summaries = [r.summary for r in results]

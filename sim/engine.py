@@ -1,9 +1,9 @@
-"""The simulated engine: arrivals, and one simpy process per stream that plans, runs, accounts.
+"""The simulated engine: arrivals, and one simpy process per stream that executes steps.
 
-Each stream's story: ask the policy for a batch; if there is none, sleep until something
-happens; otherwise run it on the GPU (a repeatable decode batch runs as many steps as
-can pass before anything could change its composition), then account the tokens and
-wake whoever may now have work.
+Each stream's story: ask the stepper for the next step; if there is none, sleep until
+something happens; otherwise run it on its GPU as a fluid job (a repeatable decode batch
+runs as many steps as can pass before anything could change its composition), then let
+the stepper account it and wake whoever may now have work.
 """
 from __future__ import annotations
 
@@ -12,40 +12,32 @@ from typing import Callable
 import simpy
 
 from nexus.cost.base import CostModel
-from nexus.errors import UserError
-from nexus.kv import BlockPool
-from nexus.policy.base import Policy
 from nexus.request import Request
-from nexus.state import Batch, ServingState
+from nexus.step import Step, Stepper, StepRecord
+from nexus.topology import TwoGPUs
 from sim.gpu import FluidGPU, Job
 
 MAX_RUN_STEPS = 1 << 20
 
 
 class SimEngine:
-    def __init__(self, env: simpy.Environment, state: ServingState, policy: Policy,
-                 cost: CostModel, requests: list[Request],
-                 on_finish: Callable[[int], None] | None = None):
-        self.env, self.state, self.policy, self.cost = env, state, policy, cost
+    def __init__(self, env: simpy.Environment, stepper: Stepper, cost: CostModel,
+                 requests: list[Request], on_finish: Callable[[int], None] | None = None):
+        self.env, self.stepper, self.cost = env, stepper, cost
+        self.state, self.topology = stepper.state, stepper.topology
         self.requests = requests
-        if getattr(policy, "gpus", 1) == 2:
-            # Engine-level disaggregation: a whole GPU and KV pool per phase, no contention.
-            self.gpu_of = {s: FluidGPU(env, cost) for s in policy.streams}
-            state.prefill_kv = BlockPool(state.kv.num_blocks, state.kv.block_size)
-            state.handoff = self._handoff
-        else:
-            shared = FluidGPU(env, cost)
-            self.gpu_of = {s: shared for s in policy.streams}
-        self.gpus = list({id(g): g for g in self.gpu_of.values()}.values())
+        # On two GPUs each phase has its own GPU, so there is no contention between them.
+        self.gpus = [FluidGPU(env, cost) for _ in range(self.topology.gpus)]
         self.transfers = 0
         self.kv_freed: list[simpy.Event] = []
-        self.idle: dict[str, simpy.Event | None] = {s: None for s in policy.streams}
+        streams = stepper.policy.streams
+        self.idle: dict[str, simpy.Event | None] = {s: None for s in streams}
         self.all_done = env.event()
         self.arrived = 0
-        self.timeline: list[tuple] = []
+        self.timeline: list[StepRecord] = []
         self.on_finish = on_finish
         env.process(self._arrivals())
-        for stream in policy.streams:
+        for stream in streams:
             env.process(self._stream(stream))
 
     def _arrivals(self):
@@ -67,77 +59,66 @@ class SimEngine:
                 event.succeed()
 
     def _stream(self, stream: str):
-        env, state, policy = self.env, self.state, self.policy
-        running = state.running
+        env, stepper = self.env, self.stepper
+        gpu = self.gpus[self.topology.gpu_of(stream)]
         while True:
-            state.now = env.now
-            batch = policy.plan(state, stream)
-            if batch is None:
+            step = stepper.next(stream, env.now, MAX_RUN_STEPS)
+            if step is None:
                 self._check_stalled(stream)
                 self.idle[stream] = env.event()
                 yield self.idle[stream]
                 continue
-            steps = 1
-            if batch.repeatable and batch.decode and not batch.prefill:
-                steps = min(running.steps_until_finish(), running.steps_that_fit(MAX_RUN_STEPS))
-            state.begin(batch, steps)
-            split = policy.split(state)
-            batch.sms = split.decode_sms if stream == "decode" else split.prefill_sms
-            job = self._job(batch, steps)
-            self.gpu_of[stream].start(job)
+            job = self._job(step)
+            gpu.start(job)
             self._poke(started=job)
             yield job.done
-            state.now = env.now
-            decode_seqs = running.batch_size if batch.decode else 0
-            finished = state.end(batch, job.steps, job.start_s, env.now)
-            self.timeline.append((job.start_s, env.now, stream, batch.sms,
-                                  sum(n for _, n in batch.prefill), decode_seqs,
-                                  job.steps if batch.decode else 0, state.kv.usage,
-                                  sum(p for _, p in job.shape.prefill_chunks),
-                                  job.shape.decode_kv_tokens))
-            if finished:
-                if self.on_finish:
-                    self.on_finish(len(finished))
-                waiters, self.kv_freed = self.kv_freed, []
-                for event in waiters:
-                    event.succeed()
-            if len(state.finished) == len(self.requests):
+            record, finished = stepper.finish(step, job.steps, job.start_s, env.now)
+            self.timeline.append(record)
+            self._after(finished)
+            if len(self.state.finished) == len(self.requests):
                 if not self.all_done.triggered:
                     self.all_done.succeed()
                 return
             self._poke()
 
-    def _handoff(self, req: Request) -> None:
-        self.transfers += 1
-        self.env.process(self._transfer(req))
+    def _after(self, finished: list[Request]) -> None:
+        if finished and self.on_finish:
+            self.on_finish(len(finished))
+        if isinstance(self.topology, TwoGPUs):
+            # Blocks come free when requests finish and when decode preempts: waking transfers
+            # only on finishes left them waiting forever once every decode had been preempted.
+            waiters, self.kv_freed = self.kv_freed, []
+            for event in waiters:
+                event.succeed()
+            while self.topology.outbound:
+                self.transfers += 1
+                self.env.process(self._transfer(self.topology.outbound.pop(0)))
 
     def _transfer(self, req: Request):
         """A prefilled request's KV crosses the link once the decode GPU has room for it."""
-        state = self.state
-        while not state.kv.take(req.kv_blocks):
+        topology = self.topology
+        while not topology.reserve(req):
             freed = self.env.event()
             self.kv_freed.append(freed)
             yield freed
-        yield self.env.timeout(self.policy.transfer_s(req, state.model))
-        state.prefill_kv.give(req.kv_blocks)
+        yield self.env.timeout(topology.transfer_s(req, self.state.model.kv_bytes_per_token))
+        topology.deliver(req, self.state.running)
         self.transfers -= 1
-        state.running.add(req)
         self._poke()
 
-    def _job(self, batch: Batch, steps: int) -> Job:
-        cost, state = self.cost, self.state
-        first_shape = batch.shape(state)
+    def _job(self, step: Step) -> Job:
+        cost = self.cost
+        first_shape = self.stepper.shape_after(step, 0)
         # The engine's host time between iterations is charged to each step.
-        first = float(cost.solo_time(first_shape, batch.sms)) + cost.step_overhead(first_shape)
-        growth, shape = 0.0, first_shape
-        if steps > 1:
+        first = float(cost.solo_time(first_shape, step.sms)) + cost.step_overhead(first_shape)
+        growth = 0.0
+        if step.steps > 1:
             # Step time is affine in KV tokens within a regime: interpolate between the ends.
-            last_shape = batch.shape(state, steps - 1)
-            last = float(cost.solo_time(last_shape, batch.sms)) + cost.step_overhead(last_shape)
-            growth = (last - first) / (steps - 1)
-            shape = batch.shape(state, (steps - 1) // 2)
-        return Job(batch.stream, shape, batch.sms, steps, first, growth, batch.repeatable,
-                   self.env.event())
+            last_shape = self.stepper.shape_after(step, step.steps - 1)
+            last = float(cost.solo_time(last_shape, step.sms)) + cost.step_overhead(last_shape)
+            growth = (last - first) / (step.steps - 1)
+        return Job(step.stream, step.shape, step.sms, step.steps, first, growth,
+                   step.batch.repeatable, self.env.event())
 
     def _check_stalled(self, stream: str) -> None:
         state = self.state
@@ -148,8 +129,10 @@ class SimEngine:
             return
         if any(ev is None for name, ev in self.idle.items() if name != stream):
             return  # another stream is between iterations and will plan again
+        # Every request fits alone (checked before the run) and a started prefill holds all
+        # its blocks, so the scheduler always has a move; reaching here is a bug.
         req = state.waiting.peek()
-        raise UserError(
-            f"simulation stalled: request {req.request_id} needs {req.prefill_remaining} more "
-            f"prefill tokens but only {state.kv.free} of {state.kv.num_blocks} KV blocks are free "
-            f"and nothing is running to free more; the KV cache is too small for this trace")
+        raise RuntimeError(
+            f"scheduler made no progress: request {req.request_id} waits for {req.prefill_remaining} "
+            f"prefill tokens ({req.kv_blocks} KV blocks held); prefill pool {state.prefill_kv.free} of "
+            f"{state.prefill_kv.num_blocks} blocks free, decode pool {state.kv.free} of {state.kv.num_blocks}")

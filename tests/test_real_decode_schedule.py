@@ -54,3 +54,12 @@ def test_a_large_batch_of_similar_contexts_is_not_cut():
 def test_too_few_items_is_an_error():
     with pytest.raises(ValueError, match="3 sequences need at least 3 work items"):
         decode_schedule(np.array([5, 6, 7]), 2)
+
+
+def test_one_long_context_in_a_large_batch_is_cut_to_twice_the_mean():
+    ctx = np.array([8192] + [600] * 127)
+    items, first = decode_schedule(ctx, decode_items_for(len(ctx), 8, 132))
+    pieces = np.diff(first)
+    assert np.all(pieces[1:] == 1) and pieces[0] > 3     # the share of the spare items alone gives 3
+    longest = (items[:first[-1], 2] - items[:first[-1], 1]).max()
+    assert longest <= 2 * ctx.mean()

@@ -160,6 +160,32 @@ def test_prefill_graphs_replay_like_eager_and_pad_into_the_sink(parts) -> None:
     assert runner._prefill_graphs.bucket_for(targets[0], too_long) is None
 
 
+def test_mixed_graphs_replay_like_eager_on_the_plain_stream(parts) -> None:
+    runner, prompts, tables = _prefilled_runner(6, 100)
+    full, green = parts.decode(FULL_GPU), parts.prefill(32)
+    runner.capture_prefill_graphs([green, full], buckets=[64, 256, 768])
+    assert runner.prefill_graph_spec() == {"buckets": [64, 256, 768], "max_seqs": 16}
+    gen = torch.Generator().manual_seed(5)
+
+    def tokens(n: int) -> list[int]:
+        return torch.randint(0, SMALL.vocab_size, (n,), generator=gen).tolist()
+
+    def decode(i: int, step: int) -> Chunk:   # a new token at a new position of sequence i
+        return Chunk(tokens(1), len(prompts[i]) + step, tables[i])
+
+    fresh = [list(range(300 + 48 * j, 348 + 48 * j)) for j in range(3)]
+    cases = [
+        [Chunk(tokens(40), 0, fresh[0]), decode(0, 0), decode(1, 0), decode(2, 0)],      # bucket 64
+        [decode(3, 0), Chunk(tokens(120), 0, fresh[1]), decode(4, 0),                    # interleaved, and
+         Chunk(tokens(30), len(prompts[5]), tables[5]), decode(0, 1)],                   # a prefix continued
+        [*(decode(i, 1) for i in range(1, 5)), Chunk(tokens(700), 0, fresh[2])],        # bucket 768
+    ]
+    for batch in cases:
+        assert runner._prefill_graphs.bucket_for(full, batch) is not None
+        assert runner._prefill_graphs.bucket_for(green, batch) is None   # green sides: prefill only
+        _assert_graph_replays_like_eager(runner, batch, full)
+
+
 def test_prefill_and_decode_run_concurrently_on_a_split(parts) -> None:
     runner, prompts, tables = _prefilled_runner(8, 60)
     decode = parts.decode(64)

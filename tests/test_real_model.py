@@ -40,7 +40,8 @@ def _hf_model(kind: str, tmp_path, **overrides):
 def _all_logits(runner: ModelRunner, ids: list[int]) -> torch.Tensor:
     """Logits of every position from one forward of the whole sequence through the paged cache."""
     table = list(range(runner.num_blocks - 1, runner.num_blocks - 1 - (len(ids) + 15) // 16, -1))
-    packed = pack([Chunk(ids, 0, table)], runner.device, runner.block_size, runner.spec.num_kv_heads, 1)
+    packed = pack([Chunk(ids, 0, table)], runner.device, runner.block_size, runner.spec.num_kv_heads, 1,
+                  runner.num_blocks)
     with torch.inference_mode():
         hidden = runner.model(packed.input_ids, packed.positions, runner.kv, packed.meta)
         return runner.model.compute_logits(hidden)
@@ -128,5 +129,7 @@ def test_bad_batches_are_rejected() -> None:
         runner.step([Chunk(list(range(20)), 0, [0])])
     with pytest.raises(ValueError, match=r"block ids must be in \[0, 4\)"):
         runner.step([Chunk([1], 0, [4])])
+    with pytest.raises(ValueError, match=r"sequence 2: block ids must be in \[0, 4\), got \[3, 7\]"):
+        runner.step([Chunk([1], 0, [0]), Chunk([1, 2], 0, [1]), Chunk([3], 16, [3, 7])])
     with pytest.raises(ValueError, match="beyond max_model_len"):
         runner.step([Chunk([1, 2], 63, [0, 1, 2, 3])])

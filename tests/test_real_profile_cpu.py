@@ -40,6 +40,36 @@ def test_profile_writes_a_valid_resumable_calibration(tmp_path):
     assert all(r["time_s"] > 0 for r in data["measurements"]["prefill"] + data["measurements"]["decode"])
     assert "fit" in data and set(data["fit_error"]) >= {"prefill", "decode", "corun_slowdown"}
     assert json.loads(out.read_text())["model"]["name"] == "tiny-llama"
+    assert "step_gap_s" not in data.get("engine", {})
+
+
+def test_profile_measures_the_engine_host_gap_from_a_synthetic_replay(tmp_path):
+    model, gpu = MODELS["tiny-llama"], GPUS["h100-sxm"]
+    runner = ModelRunner(model, device="cpu", num_blocks=256)
+    parts = Partitions([32, 64, 96], device="cpu", cpu_gpu=gpu)
+    out = tmp_path / "cal.json"
+    profile(runner, parts, model, gpu, out, ["engine"], "test", repeats=1, grid=TINY_GRID,
+            log=lambda m: None, gap_requests=40)
+    engine = read_calibration(out)["engine"]
+    assert engine["step_gap_s"] >= 0 and engine["step_gap_per_seq_s"] >= 0
+    assert engine["step_gap_s"] + 8 * engine["step_gap_per_seq_s"] > 0
+    assert "synthetic trace" in engine["source"] and engine["step_gap_bands"]
+    assert sum(n for _, _, n in engine["step_gap_bands"]) >= 10
+
+
+def test_the_host_gap_line_is_recovered_from_timelines():
+    import numpy as np
+    import pandas as pd
+    from real.host_gap import fit_step_gap
+    rng = np.random.default_rng(0)
+    rows, t = [], 0.0
+    for _ in range(400):
+        seqs = int(rng.integers(1, 250))
+        rows.append({"stream": "mixed", "start_s": t, "end_s": t + 0.01, "decode_seqs": seqs})
+        t += 0.01 + 2e-4 + 3e-6 * seqs
+    fit = fit_step_gap([pd.DataFrame(rows)])
+    assert fit["step_gap_s"] == pytest.approx(2e-4, rel=0.1)
+    assert fit["step_gap_per_seq_s"] == pytest.approx(3e-6, rel=0.1)
 
 
 class ContendedRunner:

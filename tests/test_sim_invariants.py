@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import sim
+from nexus.config import EngineConfig
 from nexus.cost import load_cost_model
 from nexus.cost.base import FULL_GPU, BatchShape
 from nexus.specs import GPUS, MODELS
@@ -86,9 +87,9 @@ def test_one_request_alone_takes_exactly_the_cost_model_sum():
 
 
 def test_same_seed_gives_identical_summary(small_trace):
-    a = sim.run(small_trace, policy="nexus", rate=30.0, seed=7).summary
-    b = sim.run(small_trace, policy="nexus", rate=30.0, seed=7).summary
-    c = sim.run(small_trace, policy="nexus", rate=30.0, seed=8).summary
+    a = sim.run(small_trace, policy="nexus", rate=30.0, config=EngineConfig(seed=7)).summary
+    b = sim.run(small_trace, policy="nexus", rate=30.0, config=EngineConfig(seed=7)).summary
+    c = sim.run(small_trace, policy="nexus", rate=30.0, config=EngineConfig(seed=8)).summary
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
     assert json.dumps(a, sort_keys=True) != json.dumps(c, sort_keys=True)
 

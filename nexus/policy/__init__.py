@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from nexus.errors import UserError
-from nexus.policy.base import Policy, decode_step, make_decode_room, take_prefill_chunks
+from nexus.policy.base import Policy, decode_step, make_decode_room, prefill_step, take_prefill_chunks
 from nexus.policy.chunked import Chunked
 from nexus.policy.disagg import Disagg
 from nexus.policy.nexus import Nexus
@@ -50,5 +50,5 @@ def build_policies(names: list[str], params: dict, split: tuple[int, int] | None
     return policies
 
 
-__all__ = ["build_policies", "POLICIES", "Policy", "make_policy", "decode_step", "make_decode_room", "take_prefill_chunks",
+__all__ = ["build_policies", "POLICIES", "Policy", "make_policy", "decode_step", "make_decode_room", "prefill_step", "take_prefill_chunks",
            "Chunked", "PrefillFirst", "Static", "Nexus", "Disagg"]

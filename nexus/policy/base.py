@@ -1,15 +1,18 @@
-"""The policy interface both engines drive, and the two moves every policy is built from.
+"""The policy interface both engines drive, and the moves every policy is built from.
 
 An engine has one stream ("mixed") or two ("prefill", "decode"). Before each iteration of a
-stream it calls `plan(state, stream)`; the batch it gets back runs on `split(state)`'s SMs
-for that stream. The decode part of a batch is always one step of every running request:
-policies decide *when* decode runs, *where*, and *who* gets prefilled.
+stream, `nexus.step.Stepper` asks `plan(state, stream)` for a batch; the batch carries the
+split it runs under, so what runs and where are decided together. The decode part of a
+batch is always one step of every running request: policies decide *when* decode runs,
+*where*, and *who* gets prefilled.
 """
 from __future__ import annotations
 
+from nexus.kv import BlockPool
 from nexus.request import Request
 from nexus.specs import GPUSpec
 from nexus.state import Batch, ServingState, Split
+from nexus.topology import OneGPU, Topology
 
 
 class Policy:
@@ -20,18 +23,20 @@ class Policy:
         """Waiting-queue order, smallest first; must not change while a request waits."""
         return req.arrival_s
 
-    def split(self, state: ServingState) -> Split:
-        return Split()
-
     def plan(self, state: ServingState, stream: str) -> Batch | None:
+        """The stream's next batch, with its split set, or None when it has nothing to run."""
         raise NotImplementedError
 
     def check(self, gpu: GPUSpec) -> None:
         """Raise UserError if this policy asks for a split `gpu` cannot give."""
 
     def splits(self, gpu: GPUSpec) -> list[int]:
-        """Prefill SM counts `split` may return; a real engine makes these partitions at start-up."""
+        """Prefill SM counts `plan` may choose; a real engine makes these partitions at start-up."""
         return [] if self.streams == ("mixed",) else gpu.partition_sizes()
+
+    def topology(self, kv: BlockPool) -> Topology:
+        """Where the phases run; one GPU unless the policy is engine-level disaggregation."""
+        return OneGPU(kv)
 
     def describe(self) -> dict:
         return {"policy": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
@@ -41,7 +46,11 @@ def take_prefill_chunks(state: ServingState, token_budget: int,
                         whole_prompts: bool = False) -> list[tuple[Request, int]]:
     """Pop waiting requests in priority order and give each a chunk, until the budget is spent.
 
-    A request is admitted only when the KV blocks for its chunk fit. With whole_prompts the
+    A request starts its prefill only when the KV blocks for its whole prompt fit, and takes
+    them all at once (a check paired with its action). A partly prefilled request therefore
+    never waits for blocks, and can always finish: allocating chunk by chunk let requests
+    that arrived together each hold part of a prompt until none could go on (36 prompts of
+    12k tokens on an H100 stalled every one-GPU policy but Nexus). With whole_prompts the
     first request is taken whole even past the budget, and later ones only if they fit in it.
     """
     chunks: list[tuple[Request, int]] = []
@@ -56,13 +65,20 @@ def take_prefill_chunks(state: ServingState, token_budget: int,
         n = want if whole_prompts else min(want, token_budget)
         if whole_prompts and chunks and n > token_budget:
             break
-        if not state.prefill_kv.grow(req, req.kv_tokens + n):
+        if not state.prefill_kv.grow(req, req.prefill_target):
             break
         waiting.pop()
         chunks.append((req, n))
         token_budget -= n
         seats -= new
     return chunks
+
+
+def prefill_step(state: ServingState, stream: str, token_budget: int,
+                 split: Split = Split()) -> Batch | None:
+    """A prefill-only batch of chunks within the budget, if any request can be admitted."""
+    chunks = take_prefill_chunks(state, token_budget)
+    return Batch(stream, prefill=chunks, split=split) if chunks else None
 
 
 def make_decode_room(state: ServingState, batch: Batch) -> bool:
@@ -83,7 +99,7 @@ def make_decode_room(state: ServingState, batch: Batch) -> bool:
     return batch.decode
 
 
-def decode_step(state: ServingState, stream: str) -> Batch | None:
+def decode_step(state: ServingState, stream: str, split: Split = Split()) -> Batch | None:
     """The usual decode plan: one repeatable step of every running request, if any."""
-    batch = Batch(stream, repeatable=True)
+    batch = Batch(stream, repeatable=True, split=split)
     return batch if make_decode_room(state, batch) else None

@@ -38,21 +38,21 @@ class Nexus(Policy):
     def splits(self, gpu: GPUSpec) -> list[int]:
         return gpu.partition_sizes() if self.dynamic else [self.static_split[0]]
 
-    def split(self, state: ServingState) -> Split:
-        prefill_busy = state.inflight.get("prefill") is not None or bool(state.waiting)
-        if not prefill_busy or not len(state.running):
-            return Split()    # one phase alone runs on a plain stream with every SM
-        return self._split
-
     def plan(self, state: ServingState, stream: str) -> Batch | None:
         if stream == "decode":
-            return decode_step(state, stream)
+            batch = decode_step(state, stream)
+            if batch is not None:
+                prefill_busy = state.inflight.get("prefill") is not None or bool(state.waiting)
+                batch.split = self._split if prefill_busy else Split()   # decode alone: every SM
+            return batch
         chunks = take_prefill_chunks(state, self.chunk_tokens)
         if not chunks:
             return None
         batch = Batch(stream, prefill=chunks)
         if self.dynamic:
             self._split = self._choose(state, batch)
+        # With nobody decoding, prefill runs alone on a plain stream with every SM.
+        batch.split = self._split if len(state.running) else Split()
         return batch
 
     def _choose(self, state: ServingState, batch: Batch) -> Split:

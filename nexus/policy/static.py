@@ -1,7 +1,7 @@
 """A fixed SM split: prefill chunks on one partition, decode on the other (semi-PD, SGLang PD multiplexing)."""
 from __future__ import annotations
 
-from nexus.policy.base import Policy, decode_step, take_prefill_chunks
+from nexus.policy.base import Policy, decode_step, prefill_step
 from nexus.specs import GPUSpec
 from nexus.state import Batch, ServingState, Split
 
@@ -20,11 +20,8 @@ class Static(Policy):
     def splits(self, gpu: GPUSpec) -> list[int]:
         return [self.prefill_sms]
 
-    def split(self, state: ServingState) -> Split:
-        return Split(self.prefill_sms, self.decode_sms)
-
     def plan(self, state: ServingState, stream: str) -> Batch | None:
+        split = Split(self.prefill_sms, self.decode_sms)
         if stream == "prefill":
-            chunks = take_prefill_chunks(state, self.chunk_tokens)
-            return Batch(stream, prefill=chunks) if chunks else None
-        return decode_step(state, stream)
+            return prefill_step(state, stream, self.chunk_tokens, split)
+        return decode_step(state, stream, split)

@@ -1,0 +1,98 @@
+"""The iteration contract, written once: what a stream runs next, and what happens when it ends.
+
+Both engines are executors of `Step`s. The simulator turns one into a fluid job on its
+simpy clock, the real engine into kernels on a partition; neither talks to the policy.
+A stream's loop reads as three lines:
+
+    step = stepper.next(stream, now)          # schedule
+    start_s, end_s = execute(step)            # run
+    record, finished = stepper.finish(step, steps, start_s, end_s)   # postprocess
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from nexus.cost.base import BatchShape
+from nexus.policy.base import Policy
+from nexus.request import Request
+from nexus.state import Batch, ServingState
+from nexus.topology import OneGPU, Topology
+
+
+class StepRecord(NamedTuple):
+    """One row of a run's timeline, the same in the simulator and the engine.
+
+    A tuple, so that a 100k-step simulated timeline becomes a DataFrame quickly."""
+    start_s: float
+    end_s: float
+    stream: str
+    sms: int
+    prefill_tokens: int
+    decode_seqs: int
+    decode_steps: int
+    kv_usage: float
+    prefill_prior_tokens: int   # cached tokens the step's chunks continue (their attention reach)
+    decode_kv_tokens: int
+
+
+TIMELINE_COLUMNS = list(StepRecord._fields)
+
+
+@dataclass(eq=False)
+class Step:
+    """A planned iteration: the batch, its SMs, how many decode steps it may run, its shape."""
+    batch: Batch
+    steps: int
+    shape: BatchShape           # representative: the middle step of a decode run
+    decode_seqs: int
+
+    @property
+    def stream(self) -> str:
+        return self.batch.stream
+
+    @property
+    def sms(self) -> int:
+        return self.batch.sms
+
+
+class Stepper:
+    def __init__(self, state: ServingState, policy: Policy, topology: Topology | None = None):
+        self.state, self.policy = state, policy
+        self.topology = topology or OneGPU(state.kv)
+
+    def next(self, stream: str, now: float, max_steps: int = 1) -> Step | None:
+        """Plan the stream's next iteration and take its resources; None if it has no work.
+
+        A repeatable decode batch may cover up to `max_steps` steps: as many as pass before a
+        member finishes or the KV cache runs out (the simulator runs them in closed form).
+        """
+        state = self.state
+        state.now = now
+        batch = self.policy.plan(state, stream)
+        if batch is None:
+            return None
+        running = state.running
+        steps = 1
+        if max_steps > 1 and batch.repeatable and batch.decode and not batch.prefill:
+            steps = min(running.steps_until_finish(), running.steps_that_fit(max_steps))
+        state.begin(batch, steps)
+        return Step(batch, steps, batch.shape(state, (steps - 1) // 2),
+                    running.batch_size if batch.decode else 0)
+
+    def shape_after(self, step: Step, steps_ahead: int) -> BatchShape:
+        """The shape of the step `steps_ahead` steps into a decode run (its KV has grown)."""
+        return step.batch.shape(self.state, steps_ahead)
+
+    def finish(self, step: Step, steps: int, start_s: float, end_s: float
+               ) -> tuple[StepRecord, list[Request]]:
+        """Account `steps` completed steps of `step`; returns its record and who finished."""
+        state, batch = self.state, step.batch
+        finished, prefilled = state.end(batch, steps, start_s, end_s)
+        for req in prefilled:
+            self.topology.prefilled(req, state.running)
+        record = StepRecord(start_s, end_s, batch.stream, batch.sms,
+                            sum(n for _, n in batch.prefill), step.decode_seqs,
+                            steps if batch.decode else 0, state.kv.usage,
+                            sum(p for _, p in step.shape.prefill_chunks), step.shape.decode_kv_tokens)
+        return record, finished

@@ -1,0 +1,66 @@
+"""`nexus-real validate` on CPU with tiny-llama: engine and simulator on the same requests, one report."""
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from real.cli import main  # noqa: E402
+from real.validate import PolicyCase, summarize_cases  # noqa: E402
+from synthetic import make_trace  # noqa: E402
+from traces import write_trace  # noqa: E402
+
+
+def test_validate_writes_cases_bands_and_step_view(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    write_trace(make_trace(10, 20.0, (8, 80), (2, 12), seed=4), trace)
+    out = tmp_path / "val"
+    assert main(["validate", "--device", "cpu", "--model", "tiny-llama", "--gpu", "h100-sxm",
+                 "--trace", f"conv={trace}", "--policy", "chunked", "--policy", "nexus:beta=2",
+                 "--loads", "0.5,200", "--calibration", "analytical", "--num-blocks", "256",
+                 "--out", str(out)]) == 0
+    record = json.loads((out / "validate.json").read_text())
+    assert [c["policy"] for c in record["cases"]] == ["chunked", "chunked", "nexus:beta=2", "nexus:beta=2"]
+    for case in record["cases"]:
+        assert case["measured"]["requests"] == case["simulated"]["requests"] == 10
+        assert set(case["error_pct"]) == {"ttft_s.mean", "ttft_s.p95", "tbt_s.mean", "tbt_s.p95", "throughput_rps"}
+        assert case["steps"] and all(s["n"] > 0 for s in case["steps"].values())
+        assert case["trace"] == "conv"
+        sat = record["saturation_rate_scale"][f"conv/{case['policy']}"]
+        assert case["band"] == ("up_to_saturation" if case["rate_scale"] <= sat else "past_saturation")
+    assert any(k.startswith("decode") for k in record["cases"][-1]["steps"])
+    assert "| band |" in (out / "validate.md").read_text()
+    assert (out / "validate_cdf.png").stat().st_size > 10_000
+
+
+def test_policy_case_parses_parameters():
+    case = PolicyCase.parse("nexus:beta=2,spf=false")
+    assert (case.name, case.params) == ("nexus", {"beta": 2, "spf": False})
+    assert case.make().beta == 2
+
+
+def test_summary_bands_hold_median_errors_and_skip_held_in_cases():
+    def case(band, err, held_in=False):
+        keys = ["ttft_s.mean", "ttft_s.p95", "tbt_s.mean", "tbt_s.p95", "throughput_rps"]
+        return {"band": band, "held_in": held_in, "error_pct": {k: err for k in keys}}
+    summary = summarize_cases([case("up_to_saturation", -10.0), case("up_to_saturation", 4.0),
+                               case("up_to_saturation", 50.0, held_in=True), case("past_saturation", 8.0)])
+    up = summary["up_to_saturation"]
+    assert up["cases"] == 2
+    assert up["median_abs_pct"]["ttft_s.mean"] == pytest.approx(7.0)
+    assert up["median_signed_pct"]["ttft_s.mean"] == pytest.approx(-3.0)
+    assert summary["past_saturation"]["median_signed_pct"]["tbt_s.p95"] == pytest.approx(8.0)
+
+
+def test_auto_loads_are_fractions_of_the_predicted_saturation(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    write_trace(make_trace(8, 20.0, (8, 60), (2, 8), seed=5), trace)
+    out = tmp_path / "val"
+    assert main(["validate", "--device", "cpu", "--model", "tiny-llama", "--gpu", "h100-sxm",
+                 "--trace", str(trace), "--policy", "static", "--loads", "auto=0.6,1.5",
+                 "--calibration", "analytical", "--num-blocks", "256", "--out", str(out)]) == 0
+    record = json.loads((out / "validate.json").read_text())
+    sat = record["saturation_rate_scale"]["t/static"]
+    assert [round(c["load"], 6) for c in record["cases"]] == [0.6, 1.5]
+    assert [c["rate_scale"] for c in record["cases"]] == pytest.approx([0.6 * sat, 1.5 * sat])
+    assert [c["band"] for c in record["cases"]] == ["up_to_saturation", "past_saturation"]
