@@ -20,10 +20,9 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -32,12 +31,15 @@ from nexus.cost import load_cost_model
 from nexus.cost.base import FULL_GPU
 from nexus.errors import UserError
 from nexus.kv import BlockPool, blocks_for
-from nexus.metrics import TokenGaps, requests_frame, summarize, weighted_stats
+from nexus.metrics import TokenGaps, weighted_stats
 from nexus.policy import Disagg, Policy
-from nexus.request import Request
+from nexus.request import Request, check_fits
+from nexus.result import Result, make_result
 from nexus.specs import GPUSpec, ModelSpec
-from nexus.state import Batch, ServingState, Split
-from real.bench import check_fits, warm_up
+from nexus.state import Batch, ServingState
+from nexus.step import Stepper, StepRecord
+from nexus.topology import OneGPU
+from real.bench import warm_up
 from real.engine import RealEngine
 from real.kv_transfer import KVLink, Message, connect, free_port, link_groups
 from real.model_runner import ModelRunner
@@ -45,6 +47,7 @@ from real.partitions import Partitions
 from traces import TraceEntry
 
 PREFILL, DECODE = 0, 1                 # ranks
+ROLE = {PREFILL: "prefill", DECODE: "decode"}
 HANDOFF, FINISHED, PREEMPTED = 0, 1, 2  # message kinds (first metadata value)
 _FIELDS = 7                             # kind, index, kv_tokens, generated, preemptions, first, last
 
@@ -69,9 +72,7 @@ class DisaggConfig:
 
 @dataclass
 class DisaggRun:
-    summary: dict
-    requests: pd.DataFrame
-    timeline: pd.DataFrame
+    result: Result
     tokens: list[list[int]]   # prompt + generated tokens of each request, in arrival order
 
 
@@ -85,9 +86,6 @@ class _OneStream(Policy):
     def plan(self, state: ServingState, stream: str) -> Batch | None:
         return self.policy.plan(state, stream)
 
-    def split(self, state: ServingState) -> Split:
-        return self.policy.split(state)
-
 
 class _Side(RealEngine):
     """One of the two engines: the RealEngine loop on one stream, plus its two link threads."""
@@ -95,13 +93,18 @@ class _Side(RealEngine):
     def __init__(self, runner: ModelRunner, stream: str, config: DisaggConfig, link_out: KVLink,
                  link_in: KVLink):
         cost = load_cost_model(config.model, config.gpu, config.calibration)
+        # This process holds one GPU's pool: the prefill GPU's on the prefill side, where the
+        # policy's two-GPU topology collects prefilled requests (`outbound`) for the link.
         pool = BlockPool(runner.num_blocks, runner.block_size, track_ids=True)
+        self.topology = config.policy.topology(pool) if stream == "prefill" else OneGPU(pool)
+        pool = self.topology.prefill_kv if stream == "prefill" else pool
         state = ServingState(config.model, config.gpu, cost, pool, config.policy.priority,
-                             config.max_num_seqs)
+                             config.max_num_seqs, prefill_kv=pool)
         requests = [Request(e.request_id, e.arrival_time_s, e.prompt_tokens, e.output_tokens)
                     for e in config.entries]
         parts = Partitions([], device=runner.device, cpu_gpu=config.gpu)
-        super().__init__(runner, parts, _OneStream(config.policy, stream), state, requests, config.seed)
+        stepper = Stepper(state, _OneStream(config.policy, stream), self.topology)
+        super().__init__(runner, parts, stepper, requests, config.seed)
         self.link_out, self.link_in = link_out, link_in
         self.index = {req: i for i, req in enumerate(self.requests)}
         self.link_seconds: list[float] = []
@@ -160,7 +163,7 @@ class _Side(RealEngine):
                          for r in self.requests],
             "tokens": [self.tokens[r] for r in self.requests],
             "gaps": (values.tolist(), counts.tolist()),
-            "timeline": [asdict(s) for s in self.timeline],
+            "timeline": [s._asdict() for s in self.timeline],
             "num_blocks": self.runner.num_blocks,
             "link_seconds": self.link_seconds,
             "link_bytes": self.link_bytes,
@@ -172,8 +175,7 @@ class _PrefillSide(_Side):
 
     def __init__(self, *args):
         super().__init__(*args)
-        self.outbox: list[Request] = []
-        self.state.handoff = self.outbox.append   # called by state.end, under the lock
+        self.outbox: list[Request] = self.topology.outbound   # filled by the stepper, under the lock
         self.sending: set[Request] = set()        # handed off, blocks not yet released
         self.stopped = False
 
@@ -194,13 +196,13 @@ class _PrefillSide(_Side):
                 done_here, announced = state.finished[announced:], len(state.finished)
                 messages = [(self._meta(FINISHED, r), None) for r in done_here]
                 messages += [(self._meta(HANDOFF, r), r) for r in handoffs]
-                tables = {r: list(state.kv.tables[r][:blocks_for(r.kv_tokens, state.kv.block_size)])
+                tables = {r: list(state.prefill_kv.tables[r][:blocks_for(r.kv_tokens, state.kv.block_size)])
                           for r in handoffs}
             for meta, req in messages:
                 self.link_bytes += self.link_out.send(meta, tables[req] if req is not None else ())
                 if req is not None:
                     with self.lock:
-                        state.kv.release(req)
+                        state.prefill_kv.release(req)
                         self.sending.discard(req)
                         self.lock.notify_all()
         self.link_out.close()
@@ -293,7 +295,7 @@ def _worker(rank: int, port: int, config: DisaggConfig, conn) -> None:
         runner = ModelRunner(config.model, device=device, weights=config.weights, seed=config.seed,
                              num_blocks=config.num_blocks, memory_utilization=config.memory_utilization,
                              max_decode_batch=config.max_num_seqs)
-        check_fits(config.entries, runner)
+        check_fits(config.entries, runner.num_blocks, runner.max_model_len, f"the {ROLE[rank]} engine's KV cache")
         connect(rank, port)
         peer = 1 - rank
         to_decode = KVLink(runner.kv, peer, *link_groups(device))
@@ -394,25 +396,26 @@ def _merge(config: DisaggConfig, prefill: dict, decode: dict) -> DisaggRun:
     for side, _ in sides:
         for value, count in zip(*side["gaps"]):
             gaps.add(value, count)
-    steps = [{**s, "start_s": s["start_s"] + shift, "end_s": s["end_s"] + shift}
-             for side, shift in sides for s in side["timeline"]]
-    timeline = pd.DataFrame(steps).sort_values("start_s", kind="stable").reset_index(drop=True)
+    steps = sorted((StepRecord(**{**s, "start_s": s["start_s"] + shift, "end_s": s["end_s"] + shift})
+                    for side, shift in sides for s in side["timeline"]), key=lambda s: s.start_s)
 
-    frame = requests_frame(requests)
     policy = config.policy
-    summary = summarize(frame, gaps, policy.name, config.slo_ttft_s, config.slo_tbt_s)
     cost = load_cost_model(config.model, config.gpu, config.calibration)
-    summary.update(cost_model=cost.describe(), model=config.model.name, gpu=config.gpu.name,
-                   kv_blocks={"prefill": prefill["num_blocks"], "decode": decode["num_blocks"]}, measured=True)
-    seconds = decode["link_seconds"]
-    summary["kv_transfer"] = {
-        "transfers": len(seconds), "bytes": prefill["link_bytes"],
-        "finished_on_prefill_engine": decode["finished_on_prefill"],
-        "seconds": weighted_stats(seconds) if seconds else None,
-        "wait_for_blocks_s": weighted_stats(decode["kv_wait_seconds"]) if decode["kv_wait_seconds"] else None,
-        "backend": "nccl" if config.device == "cuda" else "gloo",
-    }
-    return DisaggRun(summary, frame, timeline, tokens)
+    seconds, waits = decode["link_seconds"], decode["kv_wait_seconds"]
+    extra = {"cost_model": cost.describe(), "model": config.model.name, "gpu": config.gpu.name,
+             "kv_blocks": {"prefill": prefill["num_blocks"], "decode": decode["num_blocks"]}, "measured": True,
+             "kv_transfer": {
+                 "transfers": len(seconds), "bytes": prefill["link_bytes"],
+                 "finished_on_prefill_engine": decode["finished_on_prefill"],
+                 "seconds": weighted_stats(seconds) if seconds else None,
+                 "wait_for_blocks_s": weighted_stats(waits) if waits else None,
+                 "backend": "nccl" if config.device == "cuda" else "gloo"}}
+    run_config = {"policy": policy.describe(), "max_num_seqs": config.max_num_seqs,
+                  "gpu_memory_utilization": config.memory_utilization, "seed": config.seed,
+                  "device": config.device, "engines": {"prefill": "rank 0", "decode": "rank 1"}}
+    result = make_result(policy.name, requests, gaps, steps, config.slo_ttft_s, config.slo_tbt_s, extra,
+                         run_config)
+    return DisaggRun(result, tokens)
 
 
 def bench_disagg(args, names: list[str], model: ModelSpec, gpu: GPUSpec, entries: list[TraceEntry],
@@ -421,7 +424,8 @@ def bench_disagg(args, names: list[str], model: ModelSpec, gpu: GPUSpec, entries
     from nexus.cli_args import parse_params
     from nexus.policy import build_policies
     from nexus.report import print_table
-    from real.bench import facts, write_outputs
+    from real.bench import write_outputs
+    from real.gpu_info import gpu_facts
 
     if names != ["disagg"]:
         raise UserError("disagg runs on two engines of its own; give it alone (--policy disagg), not in --compare")
@@ -433,15 +437,13 @@ def bench_disagg(args, names: list[str], model: ModelSpec, gpu: GPUSpec, entries
                           args.slo_ttft, args.slo_tbt)
     console.print(f"running disagg on {len(entries)} requests: prefill and decode engines on "
                   f"{'cuda:0 and cuda:1' if args.device == 'cuda' else 'two CPU processes'} ...")
-    run = run_disagg(config)
-    print_table([run.summary])
+    result = run_disagg(config).result
+    print_table([result.summary])
     if args.device == "cuda":
-        from real.gpu_info import gpu_facts
         machine = {"prefill": gpu_facts(0), "decode": gpu_facts(1)}
     else:
-        machine = {"prefill": facts(args.device), "decode": facts(args.device)}
-    extra = {"machine": machine, "trace": str(args.trace), "command": args.command_line,
-             "config": {"policy": policy.describe(), "max_num_seqs": args.max_num_seqs, "seed": args.seed}}
-    write_outputs(Path(args.out), {"disagg": (run.summary, run.requests, run.timeline)}, extra, gpu.num_sms)
+        machine = {"prefill": {"device": "cpu"}, "decode": {"device": "cpu"}}
+    extra = {"machine": machine, "trace": str(args.trace), "command": args.command_line}
+    write_outputs(Path(args.out), [result], extra, gpu.num_sms)
     console.print(f"wrote results to {args.out}/")
     return 0

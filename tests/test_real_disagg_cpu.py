@@ -12,11 +12,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from nexus.cost import load_cost_model  # noqa: E402
+from nexus.errors import UserError  # noqa: E402
 from nexus.kv import BlockPool  # noqa: E402
 from nexus.policy import Chunked, Disagg  # noqa: E402
 from nexus.request import Request  # noqa: E402
 from nexus.specs import GPUS, MODELS  # noqa: E402
 from nexus.state import ServingState  # noqa: E402
+from nexus.step import Stepper  # noqa: E402
 from real.cli import main  # noqa: E402
 from real.disagg import DisaggConfig, run_disagg  # noqa: E402
 from real.engine import RealEngine  # noqa: E402
@@ -36,7 +38,7 @@ def single_engine_tokens(entries, num_blocks: int, seed: int = 0) -> tuple[list[
     state = ServingState(MODEL, GPU, load_cost_model(MODEL, GPU, None),
                          BlockPool(runner.num_blocks, runner.block_size, track_ids=True), policy.priority)
     requests = [Request(e.request_id, e.arrival_time_s, e.prompt_tokens, e.output_tokens) for e in entries]
-    engine = RealEngine(runner, Partitions([], device="cpu", cpu_gpu=GPU), policy, state, requests, seed)
+    engine = RealEngine(runner, Partitions([], device="cpu", cpu_gpu=GPU), Stepper(state, policy), requests, seed)
     engine.run()
     return [engine.tokens[r] for r in engine.requests], engine.requests
 
@@ -52,7 +54,7 @@ def test_disagg_gives_every_request_the_single_engine_tokens():
                      timeout_s=TIMEOUT_S)
     expected, requests = single_engine_tokens(entries, num_blocks=256)
 
-    df = run.requests
+    df = run.result.requests
     assert list(df["request_id"]) == [r.request_id for r in requests]
     assert (df["generated_tokens"] == df["output_tokens"]).all()
     assert (df["preemptions"] == 0).all()
@@ -60,13 +62,13 @@ def test_disagg_gives_every_request_the_single_engine_tokens():
         assert len(tokens) == req.prompt_tokens + req.output_tokens
     assert run.tokens == expected
     assert (df["ttft_s"] > 0).all() and (df["first_token_s"] <= df["finish_s"]).all()
-    transfers = run.summary["kv_transfer"]
+    transfers = run.result.summary["kv_transfer"]
     decoded = [e for e in entries if e.output_tokens > 1]
     assert transfers["transfers"] == len(decoded)
     assert transfers["finished_on_prefill_engine"] == 2
     per_token = 2 * MODEL.num_layers * MODEL.num_kv_heads * MODEL.head_dim * 4   # float32 on CPU
     assert transfers["bytes"] == sum(-(-e.prompt_tokens // 16) * 16 * per_token for e in decoded)
-    streams = run.timeline.groupby("stream")
+    streams = run.result.timeline.groupby("stream")
     assert set(streams.groups) == {"prefill", "decode"}
     assert streams["prefill_tokens"].sum()["prefill"] == sum(e.prompt_tokens for e in entries)
     assert streams["decode_seqs"].sum()["decode"] == sum(e.output_tokens - 1 for e in entries)
@@ -77,14 +79,14 @@ def test_decode_preemption_sends_requests_back_for_recompute():
     # 24 blocks hold one 12-block request beside few others: decode growth must preempt.
     entries = make_trace(10, 1000.0, (60, 120), (30, 60), seed=6)
     run = run_disagg(DisaggConfig(entries, MODEL, GPU, Disagg(), num_blocks=24), timeout_s=TIMEOUT_S)
-    df = run.requests
+    df = run.result.requests
     assert df["preemptions"].sum() > 0
     assert (df["generated_tokens"] == df["output_tokens"]).all()
-    assert run.summary["preemptions"] == df["preemptions"].sum()
+    assert run.result.summary["preemptions"] == df["preemptions"].sum()
     # Recomputed prefixes continue with the tokens an unpreempted single engine gives.
     assert run.tokens == single_engine_tokens(entries, num_blocks=256)[0]
     # Every preemption means one more prefill: it ends in a transfer, or in the last token.
-    transfers = run.summary["kv_transfer"]
+    transfers = run.result.summary["kv_transfer"]
     assert transfers["transfers"] + transfers["finished_on_prefill_engine"] == len(entries) + df["preemptions"].sum()
 
 
@@ -126,8 +128,7 @@ def test_cli_bench_disagg_bad_input(tmp_path, capsys, args, message):
 
 
 @pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="this machine has two GPUs")
-def test_cli_bench_disagg_on_cuda_needs_two_gpus(tmp_path, capsys):
-    code = main(["bench", "--device", "cuda", "--model", "tiny-llama", "--policy", "disagg",
-                 "--out", str(tmp_path / "o")])
-    assert code == 2
-    assert "disagg needs two GPUs" in capsys.readouterr().err
+def test_disagg_on_cuda_needs_two_gpus():
+    entries = make_trace(2, 40.0, (4, 8), (2, 4), seed=1)
+    with pytest.raises(UserError, match="disagg needs two GPUs"):
+        run_disagg(DisaggConfig(entries, MODEL, GPU, Disagg(), device="cuda"))

@@ -16,12 +16,12 @@ def test_two_gpu_disagg_gives_every_request_all_its_tokens():
     entries = make_trace(24, 50.0, (16, 600), (2, 64), seed=3)
     run = run_disagg(DisaggConfig(entries, MODELS["llama-3.1-8b"], GPUS["h100-sxm"], Disagg(), device="cuda",
                                   max_num_seqs=64), timeout_s=600)
-    df = run.requests
+    df = run.result.requests
     assert (df["generated_tokens"] == df["output_tokens"]).all()
     assert (df["ttft_s"] > 0).all() and (df["first_token_s"] <= df["finish_s"]).all()
     for tokens, e in zip(run.tokens, sorted(entries, key=lambda e: e.arrival_time_s)):
         assert len(tokens) == e.prompt_tokens + e.output_tokens
-    transfers = run.summary["kv_transfer"]
+    transfers = run.result.summary["kv_transfer"]
     assert transfers["backend"] == "nccl" and transfers["transfers"] == len(entries)
     assert transfers["bytes"] == sum(-(-e.prompt_tokens // 16) * 16 for e in entries) \
         * MODELS["llama-3.1-8b"].kv_bytes_per_token
