@@ -93,11 +93,14 @@ class _Side(RealEngine):
     def __init__(self, runner: ModelRunner, stream: str, config: DisaggConfig, link_out: KVLink,
                  link_in: KVLink):
         cost = load_cost_model(config.model, config.gpu, config.calibration)
-        # This process holds one GPU's pool: the prefill GPU's on the prefill side, where the
-        # policy's two-GPU topology collects prefilled requests (`outbound`) for the link.
-        pool = BlockPool(runner.num_blocks, runner.block_size, track_ids=True)
-        self.topology = config.policy.topology(pool) if stream == "prefill" else OneGPU(pool)
-        pool = self.topology.prefill_kv if stream == "prefill" else pool
+        local = BlockPool(runner.num_blocks, runner.block_size, track_ids=True)
+        if stream == "prefill":
+            # The policy's two-GPU topology collects prefilled requests (`outbound`) for the
+            # link; of its two pools, only the prefill GPU's lives in this process.
+            self.topology = config.policy.topology(local)
+            pool = self.topology.prefill_kv
+        else:
+            self.topology, pool = OneGPU(local), local
         state = ServingState(config.model, config.gpu, cost, pool, config.policy.priority,
                              config.max_num_seqs, prefill_kv=pool)
         requests = [Request(e.request_id, e.arrival_time_s, e.prompt_tokens, e.output_tokens)
