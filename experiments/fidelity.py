@@ -172,6 +172,7 @@ def compare(args: argparse.Namespace) -> int:
     import numpy as np
 
     import sim
+    from nexus.report import policy_colours
 
     by_key, machines, sources = {}, [], []
     for f in args.real:
@@ -249,6 +250,7 @@ def compare(args: argparse.Namespace) -> int:
         sub = [c for c in cases if c["trace"] == trace]
         scales = sorted({c["rate_scale"] for c in sub})
         fig, axes = plt.subplots(2, len(scales), figsize=(4 * len(scales), 6.5), squeeze=False)
+        colours = policy_colours(c["policy"] for c in sub)
         for col, scale in enumerate(scales):
             for c in (c for c in sub if c["rate_scale"] == scale):
                 for row, (real_key, sim_key, scale_y) in enumerate((("ttft_s", "_sim_ttft", 1.0),
@@ -257,7 +259,7 @@ def compare(args: argparse.Namespace) -> int:
                     for values, style, label in ((c[real_key], "-", "real"), (c[sim_key], "--", "sim")):
                         v = np.sort(np.asarray([x for x in values if x == x]) * scale_y)
                         ax.plot(v, np.arange(1, v.size + 1) / max(v.size, 1), style,
-                                label=f"{c['policy']} {label}")
+                                color=colours[c["policy"]], label=f"{c['policy']} {label}")
             axes[0][col].set(title=f"{trace}, rate x{scale}", xlabel="TTFT (s)", xscale="log")
             axes[1][col].set(xlabel="mean TBT per request (ms)")
             for row in (0, 1):

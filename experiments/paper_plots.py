@@ -8,6 +8,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from nexus.report import policy_colours  # noqa: E402
+
 PANELS = [("ttft_s", "mean", "TTFT mean (s)"), ("ttft_s", "p95", "TTFT P95 (s)"),
           ("tbt_s", "mean", "TBT mean (ms)"), ("tbt_s", "p95", "TBT P95 (ms)")]
 
@@ -21,6 +23,7 @@ def plot_sweep(record: dict, gpu: str, path: Path, title: str) -> None:
     runs = [r for r in record["runs"] if r["gpu"] == gpu]
     workloads = [w for w in record["workloads"] if any(r["workload"] == w for r in runs)]
     variants = list(dict.fromkeys(r["policy"] for r in runs))
+    colours = policy_colours(variants)
     fig, axes = plt.subplots(len(workloads), 5, figsize=(20, 3.4 * len(workloads)), squeeze=False)
     for row, wl in zip(axes, workloads):
         slo = record["slos"][gpu][wl]
@@ -33,8 +36,10 @@ def plot_sweep(record: dict, gpu: str, path: Path, title: str) -> None:
             lab = label(name, pts[0]["gpus"])
             for ax, (metric, stat, _) in zip(row, PANELS):
                 scale = 1e3 if metric == "tbt_s" else 1.0
-                ax.plot(x, [p[metric][stat] * scale for p in pts], marker="o", ms=3, label=lab)
-            row[4].plot(x, [p["throughput_rps_per_gpu"] for p in pts], marker="o", ms=3, label=lab)
+                ax.plot(x, [p[metric][stat] * scale for p in pts], marker="o", ms=3, label=lab,
+                        color=colours[name])
+            row[4].plot(x, [p["throughput_rps_per_gpu"] for p in pts], marker="o", ms=3, label=lab,
+                        color=colours[name])
         row[1].axhline(slo["ttft_p95_s"], color="k", ls="--", lw=0.8, label="SLO")
         row[3].axhline(slo["tbt_p95_s"] * 1e3, color="k", ls="--", lw=0.8, label="SLO")
         for ax, (_, _, ylabel) in zip(row, PANELS):
@@ -62,13 +67,13 @@ def plot_max_rates(record: dict, path: Path, title: str) -> None:
     workloads = list(record["workloads"])
     fig, axes = plt.subplots(len(gpus), len(workloads), figsize=(4.2 * len(workloads), 3.4 * len(gpus)),
                              squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = policy_colours(r["policy"] for r in record["results"])
     for row, gpu in zip(axes, gpus):
         for ax, wl in zip(row, workloads):
             rows = [r for r in record["results"] if r["gpu"] == gpu and r["workload"] == wl]
             names = [label(r["policy"], r["gpus"]) for r in rows]
             vals = [(r["max_rate_rps_per_gpu"] or 0.0) for r in rows]
-            bars = ax.bar(range(len(rows)), vals, color=colors[:len(rows)],
+            bars = ax.bar(range(len(rows)), vals, color=[colours[r["policy"]] for r in rows],
                           edgecolor="k", linewidth=0.5)
             for bar, r in zip(bars, rows):
                 if r["status"] == "holds-at-highest":

@@ -1,10 +1,51 @@
-"""Argument forms the nexus-sim and nexus-real command lines share."""
+"""Argument forms the nexus-sim and nexus-real command lines share, and how they report mistakes."""
 from __future__ import annotations
 
+import argparse
 import json
-from typing import Callable
+import math
+import sys
+from typing import Callable, NoReturn
 
 from nexus.errors import UserError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with its errors on one line, like every other user error of the tools."""
+
+    def error(self, message: str) -> NoReturn:
+        print_error(self.prog, f"{message} (see {self.prog} --help)")
+        sys.exit(2)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
 
 
 def parse_split(text: str) -> tuple[int, int]:
@@ -20,25 +61,44 @@ def parse_params(items: list[str]) -> dict:
     params = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep:
+        if not sep or not key:
             raise UserError(f"--param takes KEY=VALUE, got {item!r}")
         try:
             params[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
+        except ValueError:   # not JSON (or a number past the digit limit): keep the text
             params[key.replace("-", "_")] = value
     return params
 
 
+def policy_names(policy: str, compare: str | None) -> list[str]:
+    """The policies a command line names: --compare's list, or the single --policy."""
+    flag, text = ("--compare", compare) if compare is not None else ("--policy", policy)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise UserError(f"{flag} names no policy, got {text!r}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"{flag} names {', '.join(repeated)} more than once")
+    return names
+
+
+def print_error(prog: str, message: str) -> None:
+    """One line on stderr, never wrapped (scripts grep it); red only on a terminal."""
+    line = " ".join(str(message).split())
+    prefix = f"{prog}: error:"
+    if sys.stderr.isatty():
+        prefix = f"\x1b[31m{prefix}\x1b[0m"
+    sys.stderr.write(f"{prefix} {line}\n")
+    sys.stderr.flush()
+
+
 def run_reporting_user_errors(prog: str, body: Callable[[], int]) -> int:
     """Run a CLI body; a UserError prints one line and exits 2, an interrupt exits 130."""
-    from rich.console import Console
-
-    console = Console(stderr=True)
     try:
         return body()
     except UserError as e:
-        console.print(f"[red]{prog}: error:[/red] {e}", highlight=False)
+        print_error(prog, str(e))
         return 2
     except KeyboardInterrupt:
-        console.print(f"{prog}: interrupted; no results written")
+        sys.stderr.write(f"{prog}: interrupted; no results written\n")
         return 130

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import tomllib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,12 @@ class ModelSpec:
     @property
     def kv_bytes_per_token(self) -> int:
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype_bytes
+
+    def check(self, origin: str) -> None:
+        """Raise UserError for shapes no model has."""
+        if self.num_heads % self.num_kv_heads:
+            raise UserError(f"{origin}: num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
+                            f"({self.num_kv_heads}): each KV head serves a whole group of query heads")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,6 +114,12 @@ class GPUSpec:
                 f"{self.name} cannot give a decode partition of {decode_sms} SMs: it must be the "
                 f"remaining {remainder} SMs or a multiple of {self.sm_step} below that")
 
+    def check(self, origin: str) -> None:
+        """Raise UserError unless the GPU can be split at all."""
+        if not self.partition_sizes():
+            raise UserError(f"{origin}: {self.num_sms} SMs cannot be split in steps of {self.sm_step} into "
+                            f"two partitions of at least {max(self.sm_min, self.usable_min_sms)} SMs")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -150,29 +162,75 @@ GPUS: dict[str, GPUSpec] = {
 
 def _read_spec_file(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text()
-        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        text = path.read_bytes().decode("utf-8-sig")
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except FileNotFoundError:
         raise UserError(f"{path}: no such spec file") from None
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        raise UserError(f"{path}: not valid {path.suffix.lstrip('.') or 'JSON'}: {e}") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, not a spec file") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
+    except (ValueError, tomllib.TOMLDecodeError) as e:   # JSONDecodeError, or a number past the digit limit
+        raise UserError(f"{path}: not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected an object of spec fields, got a {type(data).__name__}")
+    return data
+
+
+# Integers go to numpy and torch as 64-bit values.
+_MAX_INT = 2**63 - 1
+
+
+def _field_value(value: Any, kind: str, origin: str, name: str) -> Any:
+    """A spec field's value in its declared type; JSON numbers like 8e10 count as integers."""
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise UserError(f"{origin}: field {name} must be true or false, got {value!r}")
+        return value
+    if kind == "str":
+        if not isinstance(value, str):
+            raise UserError(f"{origin}: field {name} must be a string, got {value!r}")
+        return value
+    if kind == "dict | None":
+        if value is not None and not isinstance(value, dict):
+            raise UserError(f"{origin}: field {name} must be an object, got {value!r}")
+        return value
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "int":
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)
+        if not (number and isinstance(value, int)):
+            raise UserError(f"{origin}: field {name} must be an integer, got {value!r}")
+        if not 0 < value <= _MAX_INT:
+            raise UserError(f"{origin}: field {name} must be a positive integer below 2**63, got {value!r}")
+        return value
+    if not number or not math.isfinite(value) or value <= 0:
+        raise UserError(f"{origin}: field {name} must be a positive number, got {value!r}")
+    return float(value)
 
 
 def _build(cls: type, data: dict[str, Any], origin: str) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = set(data) - known
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(data) - set(known)
     if unknown:
         raise UserError(f"{origin}: unknown {cls.__name__} field(s): {', '.join(sorted(unknown))}")
-    try:
-        spec = cls(**data)
-    except TypeError as e:
-        raise UserError(f"{origin}: {e}") from None
-    for f in fields(cls):
-        value = getattr(spec, f.name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value) or value <= 0:
-                raise UserError(f"{origin}: field {f.name} must be a positive number, got {value!r}")
+    missing = [f.name for f in fields(cls) if f.name not in data and f.default is MISSING]
+    if missing:
+        raise UserError(f"{origin}: missing {cls.__name__} field(s): {', '.join(missing)}")
+    values = {}
+    for name, value in data.items():
+        if name in _MAY_BE_ZERO and value == 0 and not isinstance(value, bool):
+            values[name] = 0
+            continue
+        values[name] = _field_value(value, known[name].type, origin, name)
+    spec = cls(**values)
+    spec.check(origin)
     return spec
+
+
+_MAY_BE_ZERO = {"usable_min_sms"}
 
 
 def resolve_model(name_or_path: str) -> ModelSpec:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from nexus.cost.base import BatchShape
+from nexus.policy import check_split
 from nexus.policy.base import Policy
 from nexus.request import Request
 from nexus.state import Batch, ServingState
@@ -60,6 +61,7 @@ class Stepper:
     def __init__(self, state: ServingState, policy: Policy, topology: Topology | None = None):
         self.state, self.policy = state, policy
         self.topology = topology or OneGPU(state.kv)
+        self._splits_seen: set = set()
 
     def next(self, stream: str, now: float, max_steps: int = 1) -> Step | None:
         """Plan the stream's next iteration and take its resources; None if it has no work.
@@ -72,6 +74,9 @@ class Stepper:
         batch = self.policy.plan(state, stream)
         if batch is None:
             return None
+        if batch.split not in self._splits_seen:   # a custom policy may pick any split
+            check_split(self.policy, batch.split, state.gpu)
+            self._splits_seen.add(batch.split)
         running = state.running
         steps = 1
         if max_steps > 1 and batch.repeatable and batch.decode and not batch.prefill:

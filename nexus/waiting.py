@@ -33,6 +33,20 @@ class WaitingQueue:
     def pop(self) -> Request:
         return heapq.heappop(self._heap)[2]
 
+    def pop_started(self) -> Request | None:
+        """Take the first request, in priority order, whose prefill already holds its blocks.
+
+        O(n), and used only when KV is short: then a new prompt that cannot get its blocks
+        must not keep waiting the requests that hold theirs and could finish.
+        """
+        started = [entry for entry in self._heap if entry[2].kv_blocks]
+        if not started:
+            return None
+        entry = min(started)
+        self._heap.remove(entry)
+        heapq.heapify(self._heap)
+        return entry[2]
+
     def forget(self, req: Request) -> None:
         """`req` finished: it will never be pushed again."""
         self._first_seen.pop(req, None)

@@ -13,7 +13,7 @@ from nexus.config import EngineConfig
 from nexus.cost import load_cost_model
 from nexus.errors import UserError
 from nexus.kv import BlockPool
-from nexus.policy import Policy
+from nexus.policy import Policy, check_policy as check_policy_splits
 from nexus.request import Request, check_fits
 from nexus.result import Result, make_result
 from nexus.specs import GPUSpec, ModelSpec
@@ -74,7 +74,7 @@ class Bench:
 def check_policy(policy: Policy, gpu: GPUSpec) -> None:
     if not isinstance(policy.topology(BlockPool(1)), OneGPU):
         raise UserError(f"{policy.name} needs two GPUs; nexus-real runs on one")
-    policy.check(gpu)
+    check_policy_splits(policy, gpu)
 
 
 def build_partitions(policies: list[Policy], gpu: GPUSpec, device: str) -> Partitions:
@@ -113,9 +113,6 @@ def warm_up(runner: ModelRunner, parts: Partitions) -> None:
 
 
 def write_outputs(out: Path, results: list[Result], extra: dict, num_sms: int) -> None:
-    from nexus.report import plot_latency_cdfs, plot_timeline, write_run
-    for r in results:
-        write_run(out if len(results) == 1 else out / r.policy, r.summary, r.requests, r.timeline,
-                  {**extra, "config": r.config})
-    plot_latency_cdfs({r.policy: r.requests for r in results}, out / "latency_cdf.png")
-    plot_timeline({r.policy: r.timeline for r in results}, num_sms, out / "split_and_kv.png")
+    from nexus.report import RunOutput, write_results
+    write_results(out, {r.policy: RunOutput(r.summary, r.requests, r.timeline, {**extra, "config": r.config})
+                        for r in results}, num_sms)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from nexus.cli_args import ArgumentParser, non_negative_int, positive_int, positive_seconds
 from nexus.errors import UserError
 from nexus.policy import POLICIES
 from nexus.specs import GPUS, MODELS, resolve_model
@@ -17,7 +18,7 @@ DEFAULT_TRACE = Path(__file__).resolve().parent.parent / "traces" / "sharegpt.js
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nexus-real", description=__doc__)
+    p = ArgumentParser(prog="nexus-real", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("bench", help="replay a trace under one or more policies and measure TTFT/TBT",
                        description="Replay a trace in real time on one GPU; write the same files as nexus-sim.")
@@ -34,13 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--split", help="PREFILL_SMS:DECODE_SMS for static (and nexus's fallback split)")
     b.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="policy parameter")
     b.add_argument("--rate-scale", type=float, default=1.0)
-    b.add_argument("--limit", type=int, help="only the first N requests of the trace")
-    b.add_argument("--max-num-seqs", type=int, default=256)
-    b.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    b.add_argument("--num-blocks", type=int, help="KV blocks (default: as many as fit)")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--slo-ttft", type=float)
-    b.add_argument("--slo-tbt", type=float)
+    b.add_argument("--limit", type=positive_int, help="only the first N requests of the trace")
+    b.add_argument("--max-num-seqs", type=positive_int, default=256)
+    b.add_argument("--gpu-memory-utilization", type=memory_fraction, default=0.9)
+    b.add_argument("--num-blocks", type=positive_int, help="KV blocks (default: as many as fit)")
+    b.add_argument("--seed", type=non_negative_int, default=0)
+    b.add_argument("--slo-ttft", type=positive_seconds)
+    b.add_argument("--slo-tbt", type=positive_seconds)
     b.add_argument("--out", required=True, help="directory for summary.json, requests.parquet, timeline.parquet, plots")
 
     v = sub.add_parser("validate", help="run the engine and the simulator on the same requests; report the error",
@@ -78,10 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--part", default=",".join(PROFILE_PARTS),
                     help=f"which parts to measure now (default: all of {', '.join(PROFILE_PARTS)}; 'engine' "
                          "is the host gap between steps, from a short engine replay of a synthetic trace)")
-    pr.add_argument("--repeats", type=int, default=5)
+    pr.add_argument("--repeats", type=positive_int, default=5)
     pr.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    pr.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    pr.add_argument("--gpu-memory-utilization", type=memory_fraction, default=0.9)
     return p
+
+
+def memory_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction of memory in (0, 1], got {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,24 +106,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def bench(args: argparse.Namespace, console: Console) -> int:
-    from nexus.cli_args import parse_params, parse_split
+    from nexus.cli_args import parse_params, parse_split, policy_names
     from nexus.config import EngineConfig
     from nexus.policy import build_policies
-    from nexus.report import print_table
-    from real.bench import Bench, write_outputs
+    from nexus.report import check_out, print_table
     from traces.retime import load_entries
 
+    check_out(Path(args.out))   # before the work, not after it
     model, gpu = resolve_model(args.model), detect_gpu(args.gpu, args.device, console.print)
     config = EngineConfig(max_num_seqs=args.max_num_seqs, gpu_memory_utilization=args.gpu_memory_utilization,
                           seed=args.seed)
     entries = load_entries(args.trace, args.rate_scale)
     if args.limit:
         entries = entries[:args.limit]
-    names = [n.strip() for n in (args.compare or args.policy).split(",") if n.strip()]
+    names = policy_names(args.policy, args.compare)
     if "disagg" in names:   # a prefill and a decode engine, one process each
         from real.disagg import bench_disagg
         return bench_disagg(args, names, model, gpu, entries, console)
     split = parse_split(args.split) if args.split else None
+    from real.bench import Bench, write_outputs
     policies = build_policies(names, parse_params(args.param), split)
     bench = Bench(model, gpu, policies, config, args.device, args.weights, args.num_blocks)
     console.print(f"partitions: {bench.partitions.describe()}")

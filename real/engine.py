@@ -67,6 +67,7 @@ class RealEngine:
             self.tokens[req] = rng.integers(0, vocab, req.prompt_tokens).tolist()
         self._next_arrival = 0
         self._error: BaseException | None = None
+        self._stopping = False
         self.clock: _Clock | None = None
 
     def run(self) -> None:
@@ -74,15 +75,37 @@ class RealEngine:
         threads = [threading.Thread(target=self._guarded, args=(s,), name=f"stream-{s}", daemon=True)
                    for s in self.stepper.policy.streams]
         gc.freeze()   # the model, caches and graphs are long-lived: keep collections off them
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                # Short joins: Ctrl-C may be delivered to a stream thread (or one of torch's),
+                # and the main thread only sees it once it runs Python again.
+                while t.is_alive():
+                    t.join(timeout=0.1)
+        except BaseException:
+            # Ctrl-C lands here, in the main thread. Let each stream finish the step it has
+            # on the device and return, so that nothing is torn down under a running kernel
+            # (which aborted the process with "terminate called without an active exception").
+            self.stop()
+            for t in threads:
+                while t.is_alive():
+                    try:
+                        t.join()
+                    except KeyboardInterrupt:
+                        pass   # already stopping; a second Ctrl-C must not abandon the threads
+            raise
         if self._error is not None:
             raise self._error
 
+    def stop(self) -> None:
+        """Ask the stream threads to return after their current step."""
+        with self.lock:
+            self._stopping = True
+            self.lock.notify_all()
+
     def _done(self) -> bool:
-        return len(self.state.finished) == len(self.requests) or self._error is not None
+        return len(self.state.finished) == len(self.requests) or self._error is not None or self._stopping
 
     def _admit_arrivals(self) -> float | None:
         """Move arrived requests into the state; seconds until the next arrival, if any."""

@@ -26,6 +26,7 @@ from nexus.specs import ModelSpec
 from real.batch import BlockTables, Chunk, pack, validate
 from real.graphs import DEFAULT_BUCKETS, DecodeGraphs
 from real.kv_cache import BLOCK_SIZE, KVCache, blocks_for_memory
+from real.memory import check_memory
 from real.model import build_model
 from real.partitions import Partition
 from real.prefill_graphs import GREEN_MAX_TOKENS, MAX_SEQS, PREFILL_GRAPH_BUCKETS, PrefillGraphs
@@ -53,6 +54,8 @@ class ModelRunner:
         self.num_sms = torch.cuda.get_device_properties(self.device).multi_processor_count if self.is_cuda else 1
 
         free_before = torch.cuda.mem_get_info(self.device)[0] if self.is_cuda else 0
+        check_memory(spec, self.device, self.dtype, num_blocks or (1 if self.is_cuda else CPU_DEFAULT_BLOCKS),
+                     max_batch_tokens, free_before, memory_utilization)
         self.model = build_model(spec, self.device, self.dtype, self.max_model_len, seed)
         if weights is not None:
             load_weights(self.model, weights)

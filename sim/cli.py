@@ -9,12 +9,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from nexus.cli_args import parse_params, parse_split, run_reporting_user_errors
+from nexus.cli_args import (ArgumentParser, non_negative_int, parse_params, parse_split, policy_names,
+                             positive_int, positive_seconds, run_reporting_user_errors)
 from nexus.config import EngineConfig
-from nexus.errors import UserError
 from nexus.policy import POLICIES, build_policies
 from nexus.specs import GPUS, MODELS
-from nexus.report import plot_latency_cdfs, plot_timeline, print_table, write_run
+from nexus.report import RunOutput, check_out, print_table, write_results
 from sim.run import Result, run
 from traces.retime import load_entries
 
@@ -22,7 +22,7 @@ DEFAULT_TRACE = Path(__file__).resolve().parent.parent / "traces" / "sharegpt.js
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="nexus-sim",
         description="Simulate LLM serving on one GPU with intra-GPU prefill/decode disaggregation.",
         epilog="Example: nexus-sim --trace traces/sharegpt.jsonl --compare chunked,static,nexus --out out/")
@@ -41,11 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="policy parameter, e.g. --param alpha=1.3 --param gamma=15 (repeatable)")
     p.add_argument("--rate-scale", type=float, default=1.0, help="multiply the trace's request rate")
     p.add_argument("--rate", type=float, help="redraw Poisson arrivals at this rate (req/s), using --seed")
-    p.add_argument("--seed", type=int, default=0, help="seed for --rate (default 0)")
-    p.add_argument("--limit", type=int, help="only the first N requests of the trace")
-    p.add_argument("--max-num-seqs", type=int, default=256, help="most requests running at once")
-    p.add_argument("--slo-ttft", type=float, help="TTFT SLO in seconds (reports attainment and goodput)")
-    p.add_argument("--slo-tbt", type=float, help="TBT SLO in seconds, on each request's mean TBT")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed for --rate (default 0)")
+    p.add_argument("--limit", type=positive_int, help="only the first N requests of the trace")
+    p.add_argument("--max-num-seqs", type=positive_int, default=256, help="most requests running at once")
+    p.add_argument("--slo-ttft", type=positive_seconds, help="TTFT SLO in seconds (reports attainment and goodput)")
+    p.add_argument("--slo-tbt", type=positive_seconds, help="TBT SLO in seconds, on each request's mean TBT")
     p.add_argument("--out", help="write summary.json, requests.parquet, timeline.parquet and plots here")
     p.add_argument("--json", action="store_true", help="print the summaries as JSON instead of a table")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -58,13 +58,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace, console: Console) -> int:
-    names = [n.strip() for n in (args.compare or args.policy).split(",") if n.strip()]
+    if args.out:
+        check_out(Path(args.out))   # before the work, not after it
+    names = policy_names(args.policy, args.compare)
     split = parse_split(args.split) if args.split else None
     policies = build_policies(names, parse_params(args.param), split)
     trace = load_entries(args.trace, args.rate_scale, args.rate, args.seed)
     if args.limit is not None:
-        if args.limit < 1:
-            raise UserError(f"--limit must be at least 1, got {args.limit}")
         trace = trace[:args.limit]
     results: list[Result] = []
     show_progress = not args.quiet and console.is_terminal
@@ -90,13 +90,10 @@ def _main(args: argparse.Namespace, console: Console) -> int:
 
 def _write(out: Path, results: list[Result], args: argparse.Namespace) -> None:
     command = "nexus-sim " + " ".join(sys.argv[1:])
-    for r in results:
-        target = out if len(results) == 1 else out / r.policy
-        write_run(target, r.summary, r.requests, r.timeline,
-                  {"config": r.config, "trace": str(args.trace), "command": command})
-    gpu_sms = results[0].config.get("num_sms") or 132
-    plot_latency_cdfs({r.policy: r.requests for r in results}, out / "latency_cdf.png")
-    plot_timeline({r.policy: r.timeline for r in results}, gpu_sms, out / "split_and_kv.png")
+    runs = {r.policy: RunOutput(r.summary, r.requests, r.timeline,
+                                {"config": r.config, "trace": str(args.trace), "command": command})
+            for r in results}
+    write_results(out, runs, results[0].config.get("num_sms") or 132)
     Console(stderr=True).print(f"wrote results to {out}/")
 
 

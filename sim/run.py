@@ -10,7 +10,7 @@ import simpy
 from nexus.config import EngineConfig
 from nexus.cost import load_cost_model
 from nexus.kv import BlockPool, kv_capacity_blocks
-from nexus.policy import Policy, make_policy
+from nexus.policy import Policy, check_policy, make_policy
 from nexus.request import Request, check_fits
 from nexus.result import Result, make_result
 from nexus.specs import resolve_gpu, resolve_model
@@ -38,7 +38,7 @@ def run(trace: str | Path | Sequence[TraceEntry], policy: str | Policy = "nexus"
     """
     model_spec, gpu_spec = resolve_model(model), resolve_gpu(gpu)
     pol = policy if isinstance(policy, Policy) else make_policy(policy, **(policy_params or {}))
-    pol.check(gpu_spec)
+    check_policy(pol, gpu_spec)
     cost = load_cost_model(model_spec, gpu_spec, calibration)
     planning = cost if policy_calibration is None else load_cost_model(model_spec, gpu_spec, policy_calibration)
     pool = BlockPool(kv_capacity_blocks(model_spec, gpu_spec, config.gpu_memory_utilization))

@@ -16,7 +16,7 @@ from nexus.policy import POLICIES
 from nexus.specs import GPUS, MODELS
 from traces import TraceEntry
 
-# 28% of an H100's memory leaves about 1.1k KV blocks (18k tokens) beside Llama-3.1-8B's
+# 28% of an H100's memory leaves about 1.8k KV blocks (28k tokens) beside Llama-3.1-8B's
 # weights: a handful of long prompts fill it.
 TIGHT = EngineConfig(gpu_memory_utilization=0.28)
 CAPACITY_TOKENS = 16 * kv_capacity_blocks(MODELS["llama-3.1-8b"], GPUS["h100-sxm"], 0.28)
@@ -71,3 +71,13 @@ def test_a_prompt_longer_than_the_model_context_is_refused():
     trace = [TraceEntry("long", 0.0, 200_000, 10)]
     with pytest.raises(UserError, match=r"request long needs 200010 positions .* allows 131072"):
         sim.run(trace, policy="chunked")
+
+
+@pytest.mark.parametrize("name", ["nexus", "static"])
+def test_a_new_prompt_at_the_head_does_not_block_a_started_one(name):
+    # Shortest-prompt-first puts the 13k prompt ahead of the 16k one it arrived behind, once
+    # the 16k prompt is partly prefilled; both together need more blocks than the cache has.
+    assert 16000 < CAPACITY_TOKENS < 29000
+    trace = [TraceEntry("long", 0.0, 16000, 10), TraceEntry("shorter", 0.001, 13000, 10)]
+    params = {"chunk_tokens": 2048} if name == "nexus" else {}
+    assert_all_served(sim.run(trace, policy=name, policy_params=params, config=TIGHT), trace)

@@ -32,14 +32,35 @@ class _NonFinite(str):
     """What NaN/Infinity parse to, so the field holding one can be named in the error."""
 
 
+class _LongInteger(str):
+    """What an integer of more digits than any count or time needs parses to (its text).
+
+    Python refuses to convert integers past 4300 digits, and floats overflow long before."""
+
+
+# Token counts and arrival times need far fewer digits; longer integers become markers.
+_MAX_DIGITS = 19
+# A token count past this is no request any model serves; it also keeps sums in int64.
+MAX_TOKENS = 10**9
+# The format keeps arrival times to the microsecond, and float64 seconds hold every
+# microsecond exactly only below 2**53 us (about 285 years); past that, latencies vanish.
+MAX_ARRIVAL_S = 2**53 / 1e6
+
+
+def _parse_int(text: str) -> int | str:
+    return _LongInteger(text) if len(text.lstrip("-")) > _MAX_DIGITS else int(text)
+
+
 # Python's json reads NaN and Infinity; they become markers that every number check rejects.
-JSON_DECODER = json.JSONDecoder(parse_constant=_NonFinite)
+JSON_DECODER = json.JSONDecoder(parse_constant=_NonFinite, parse_int=_parse_int)
 
 
 def show(value: Any) -> str:
     """A value as the user wrote it (JSON spelling), shortened for error messages."""
     if isinstance(value, _NonFinite):
         return str(value)
+    if isinstance(value, _LongInteger):
+        return f"an integer of {len(value.lstrip('-'))} digits"
     text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -76,12 +97,17 @@ def is_number(value: Any) -> bool:
 
 
 def check_tokens(value: Any, where: str, field: str) -> int:
+    if isinstance(value, _LongInteger) or (is_int(value) and value > MAX_TOKENS):
+        raise UserError(f"{where}: field '{field}': must be at most {MAX_TOKENS:,} tokens, got {show(value)}")
     if not is_int(value) or value <= 0:
         raise UserError(f"{where}: field '{field}': must be a positive integer, got {show(value)}")
     return value
 
 
 def check_arrival(value: Any, where: str, field: str) -> float:
+    if isinstance(value, _LongInteger) or (is_number(value) and math.isfinite(value) and value >= MAX_ARRIVAL_S):
+        raise UserError(f"{where}: field '{field}': must be below 2**53 microseconds (9.0e9 s, 285 years): past "
+                        f"that float64 seconds lose the microseconds latencies are measured in; got {show(value)}")
     if not is_number(value) or not math.isfinite(value):
         raise UserError(f"{where}: field '{field}': must be a finite number of seconds, got {show(value)}")
     if value < 0:
@@ -93,7 +119,7 @@ def _check_request_id(value: Any, where: str) -> str:
     if is_int(value):
         return str(value)
     if isinstance(value, str) and not isinstance(value, _NonFinite) and value:
-        return value
+        return str(value)   # a long integer id keeps its digits
     raise UserError(f"{where}: field 'request_id': must be a non-empty string or an integer, got {show(value)}")
 
 
@@ -149,8 +175,11 @@ class SequenceChecker:
 
 
 def read_text(path: str | Path) -> str:
+    """A file's text; a leading UTF-8 byte-order mark (as Windows tools write) is dropped."""
     try:
-        return Path(path).read_bytes().decode("utf-8")
+        return Path(path).read_bytes().decode("utf-8-sig")
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, not a trace file") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
     except UnicodeDecodeError as e:

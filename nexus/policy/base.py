@@ -66,6 +66,12 @@ def take_prefill_chunks(state: ServingState, token_budget: int,
         if whole_prompts and chunks and n > token_budget:
             break
         if not state.prefill_kv.grow(req, req.prefill_target):
+            # KV is short: go on with the prompts that already hold their blocks instead, or
+            # a new prompt at the head of the queue would wait on them forever.
+            while token_budget > 0 and (req := waiting.pop_started()) is not None:
+                n = min(req.prefill_remaining, token_budget)
+                chunks.append((req, n))
+                token_budget -= n
             break
         waiting.pop()
         chunks.append((req, n))
