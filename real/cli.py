@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="replay a trace under one or more policies and measure TTFT/TBT",
                        description="Replay a trace in real time on one GPU; write the same files as nexus-sim.")
     b.add_argument("--trace", default=str(DEFAULT_TRACE))
-    b.add_argument("--policy", default="nexus", help=f"one of {', '.join(p for p in POLICIES if p != 'disagg')}")
+    b.add_argument("--policy", default="nexus", help=f"one of {', '.join(POLICIES)}")
     b.add_argument("--compare", help="comma-separated policies, run one after another on the same engine")
     b.add_argument("--model", default="llama-3.1-8b", help=f"{', '.join(MODELS)}, or a .json/.toml ModelSpec")
     b.add_argument("--gpu", help=f"GPU spec: {', '.join(GPUS)} or a spec file (default: detected from the "
@@ -127,6 +127,9 @@ def bench(args: argparse.Namespace, console: Console) -> int:
     if args.limit:
         entries = entries[:args.limit]
     names = policy_names(args.policy, args.compare)
+    if "disagg" in names:   # a prefill and a decode engine, one process each
+        from real.disagg import bench_disagg
+        return bench_disagg(args, names, model, gpu, entries, console)
     split = parse_split(args.split) if args.split else None
     from real.bench import Bench, write_outputs
     policies = build_policies(names, parse_params(args.param), split)

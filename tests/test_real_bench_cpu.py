@@ -54,7 +54,6 @@ def test_cpu_bench_survives_preemption(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--policy", "fifo"], "unknown policy 'fifo'"),
-    (["--policy", "disagg"], "disagg needs two GPUs"),
     (["--policy", "static", "--split", "60:72"], "cannot give a prefill partition of 60 SMs"),
     (["--num-blocks", "2"], "needs"),
 ])
