@@ -12,44 +12,16 @@ from __future__ import annotations
 
 import gc
 import threading
-import time
+
 import numpy as np
-import torch
 
 from nexus.request import Request
 from nexus.state import Batch
 from nexus.step import Step, Stepper, StepRecord
 from real.batch import Chunk
+from real.clock import Clock
 from real.model_runner import ModelRunner
 from real.partitions import Partition, Partitions
-
-
-class _Clock:
-    """Seconds since the origin, read from CUDA events on a GPU, from the host clock on CPU."""
-
-    def __init__(self, cuda: bool):
-        self.cuda = cuda
-        self.host_origin = time.perf_counter()
-        if cuda:
-            self.origin = torch.cuda.Event(enable_timing=True)
-            self.origin.record()
-            self.origin.synchronize()
-
-    def host_now(self) -> float:
-        return time.perf_counter() - self.host_origin
-
-    def mark(self, stream) -> object:
-        if not self.cuda:
-            return self.host_now()
-        event = torch.cuda.Event(enable_timing=True)
-        event.record(stream)
-        return event
-
-    def seconds(self, mark: object) -> float:
-        if not self.cuda:
-            return float(mark)
-        mark.synchronize()
-        return self.origin.elapsed_time(mark) / 1e3
 
 
 class RealEngine:
@@ -68,10 +40,10 @@ class RealEngine:
         self._next_arrival = 0
         self._error: BaseException | None = None
         self._stopping = False
-        self.clock: _Clock | None = None
+        self.clock: Clock | None = None
 
     def run(self) -> None:
-        self.clock = _Clock(self.runner.is_cuda)
+        self.clock = Clock(self.runner.is_cuda)
         threads = [threading.Thread(target=self._guarded, args=(s,), name=f"stream-{s}", daemon=True)
                    for s in self.stepper.policy.streams]
         gc.freeze()   # the model, caches and graphs are long-lived: keep collections off them
