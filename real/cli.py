@@ -72,6 +72,24 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--out", required=True, help="directory for validate.json, validate.md and validate_cdf.png")
 
+    m = sub.add_parser("max-rate", help="the highest load each policy sustains within an SLO, measured",
+                       description="Predict each policy's max rate under the SLO in the simulator, then confirm "
+                                   "it on this GPU with few probes (the prediction and 1.1x it), bisecting only "
+                                   "where the engine disagrees. Writes max_rate.json as nexus-sim --max-rate does.")
+    m.add_argument("--trace", default=str(DEFAULT_TRACE))
+    m.add_argument("--policy", action="append", metavar="NAME[:KEY=VALUE,...]",
+                   help="repeatable (default: chunked, static, nexus and nexus-slo)")
+    m.add_argument("--slo-ttft", type=positive_seconds)
+    m.add_argument("--slo-tbt", type=positive_seconds)
+    m.add_argument("--slo-percentile", default="p95", choices=["p50", "p90", "p95", "p99"])
+    m.add_argument("--limit", type=positive_int, help="only the first N requests of the trace")
+    m.add_argument("--model", default="llama-3.1-8b")
+    m.add_argument("--gpu", help="GPU spec (default: detected from the device)")
+    m.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    m.add_argument("--calibration", help="calibration JSON for the simulator and the controllers")
+    m.add_argument("--num-blocks", type=positive_int, help="KV blocks (default: as many as fit)")
+    m.add_argument("--out", required=True, help="directory for max_rate.json")
+
     pr = sub.add_parser("profile", help="measure step times over SM counts and shapes; write a calibration file",
                         description="Profile prefill, decode and co-run step times on every partition; "
                                     "resumable: rerun with the same --out to continue.")
@@ -108,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     args.command_line = "nexus-real " + " ".join(argv)
     console = Console(stderr=True)
     command = getattr(args, "run", None) or {"bench": bench, "validate": validate_command,
+                                              "max-rate": max_rate_command,
                                               "profile": profile_command}[args.command]
     return run_reporting_user_errors("nexus-real", lambda: command(args, console))
 
@@ -176,6 +195,40 @@ def validate_command(args: argparse.Namespace, console: Console) -> int:
             console.print(f"{band:17s} median |error| " + "  ".join(
                 f"{k} {v:.1f}%" for k, v in s["median_abs_pct"].items() if v is not None))
     console.print(f"wrote {args.out}/validate.json, validate.md, validate_cdf.png")
+    return 0
+
+
+def max_rate_command(args: argparse.Namespace, console: Console) -> int:
+    import json
+
+    from nexus.config import EngineConfig
+    from real.bench import Bench
+    from real.max_rate import engine_max_rates
+    from real.validate import PolicyCase
+    from sim.executors import InlineExecutor
+    from sim.probe import SLO, Load
+    from traces.retime import load_entries
+
+    slo = SLO(args.slo_ttft, args.slo_tbt, args.slo_percentile)
+    model, gpu = resolve_model(args.model), detect_gpu(args.gpu, args.device, console.print)
+    entries = load_entries(args.trace)[:args.limit] if args.limit else load_entries(args.trace)
+    cases = [PolicyCase.parse(t.strip()) for t in args.policy or ["chunked", "static", "nexus", "nexus-slo"]]
+    slo_params = {"ttft_slo_s": args.slo_ttft, "tbt_slo_s": args.slo_tbt}
+    makers = {c.label: (lambda c=c: c.make(slo_params)) for c in cases}
+    bench = Bench(model, gpu, [make() for make in makers.values()], EngineConfig(), args.device,
+                  num_blocks=args.num_blocks)
+    results = engine_max_rates(bench, entries, makers, args.calibration, slo, Load("scale"),
+                               InlineExecutor(), log=lambda m: console.print(m, highlight=False))
+    record = {"what": "highest load within the SLO, per policy: the simulator's prediction, confirmed on the engine",
+              "command": args.command_line, "unit": "scale", "slo": slo.describe(), "machine": bench.machine(),
+              "model": model.name, "gpu": gpu.name, "calibration": args.calibration, "policies": results}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "max_rate.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+    for label, r in results.items():
+        console.print(f"{label}: engine {r['max_rate']} .. {r['min_failing']} x the trace's rate; simulator "
+                      f"{r['simulated']['max_rate']}", highlight=False)
+    console.print(f"wrote {out / 'max_rate.json'}")
     return 0
 
 

@@ -55,8 +55,9 @@ class PolicyCase:
                 params[key] = value
         return cls(text, name, params)
 
-    def make(self) -> Policy:
-        return build_policies([self.name], self.params)[0]
+    def make(self, slo: dict | None = None) -> Policy:
+        """The policy; `slo` (parameter -> value) reaches policies that plan against one."""
+        return build_policies([self.name], self.params, slo=slo)[0]
 
 
 def trace_rate(entries: list[TraceEntry]) -> float:

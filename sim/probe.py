@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 
 from nexus.errors import UserError
 from nexus.policy import Policy
@@ -92,12 +93,19 @@ def probe(entries: Sequence[TraceEntry], policy: Policy, setup: Setup, load: Loa
     from sim.run import run
 
     timed = load.apply(entries, x)
-    span = timed[-1].arrival_time_s - timed[0].arrival_time_s
     r = run(timed, policy=copy.deepcopy(policy), model=setup.model, gpu=setup.gpu,
             calibration=setup.calibration, policy_calibration=setup.policy_calibration,
             config=EngineConfig(max_num_seqs=setup.max_num_seqs),
             slo_ttft_s=slo.ttft_s if slo else None, slo_tbt_s=slo.tbt_s if slo else None)
-    s = r.summary
+    point = point_of(r.summary, r.timeline, timed, load, x, slo)
+    point["sim_wall_s"] = r.config["sim_wall_s"]
+    return point
+
+
+def point_of(s: dict, tl: pd.DataFrame, timed: Sequence[TraceEntry], load: Load, x: float,
+             slo: SLO | None) -> dict:
+    """A load point from a run's summary and timeline, simulated or measured alike."""
+    span = timed[-1].arrival_time_s - timed[0].arrival_time_s
     point = {
         load.unit: x,
         "offered_rps": (len(timed) - 1) / span if span > 0 else math.inf,
@@ -107,9 +115,7 @@ def probe(entries: Sequence[TraceEntry], policy: Policy, setup: Setup, load: Loa
         "ttft_s": _stats(s["ttft_s"]), "tbt_s": _stats(s["tbt_s"]),
         "e2e_s": {"mean": s["e2e_s"]["mean"], "p95": s["e2e_s"]["p95"]},
         "preemptions": s["preemptions"], "duration_s": s["duration_s"],
-        "sim_wall_s": r.config["sim_wall_s"],
     }
-    tl = r.timeline
     split = tl[(tl["stream"] == "prefill") & (tl["sms"] > 0)]
     if len(split):
         # SMs the prefill side held while the GPU was split, weighted by time (a plain stream,

@@ -1,0 +1,60 @@
+"""`nexus-real max-rate`: the highest load each policy sustains within an SLO, measured with few probes.
+
+The simulator first finds each policy's max rate on the same calibration (`sim.max_rate`).
+The engine then confirms that prediction rather than searching from scratch: it probes the
+predicted rate and 1.1x it, and bisects only where the engine disagrees
+(`RateSearch.around`), so a policy usually costs two or three runs of the trace. The record
+has the shape of `nexus-sim --max-rate`'s max_rate.json, with the simulator's bracket beside
+the engine's for each policy.
+"""
+from __future__ import annotations
+
+from concurrent.futures import Executor
+from typing import Callable, Sequence
+
+from nexus.policy import Policy
+from nexus.rate_search import RateSearch
+from sim import max_rate as sim_max_rate
+from sim.probe import SLO, Load, Setup, point_of
+from traces import TraceEntry
+
+
+def measured_probe(bench, entries: Sequence[TraceEntry], make: Callable[[], Policy], calibration: str | None,
+                   load: Load, x: float, slo: SLO) -> dict:
+    timed = load.apply(entries, x)
+    result = bench.run(timed, make(), calibration, slo.ttft_s, slo.tbt_s)
+    return point_of(result.summary, result.timeline, timed, load, x, slo)
+
+
+def engine_max_rates(bench, entries: Sequence[TraceEntry], policies: dict[str, Callable[[], Policy]],
+                     calibration: str | None, slo: SLO, load: Load, sim_executor: Executor,
+                     spread: float = 0.1, log: Callable[[str], None] = print) -> dict:
+    """Per policy label: the simulator's search result, then the engine's probes around it."""
+    setup = Setup(bench.model.name, bench.gpu.name, calibration, None, bench.config.max_num_seqs)
+    variants = [sim_max_rate.Variant(label, make()) for label, make in policies.items()]
+    predicted = sim_max_rate.find_max_rates(entries, variants, setup, load, slo, sim_executor,
+                                            lambda: sim_max_rate.search_for(1.0))
+    out = {}
+    for label, make in policies.items():
+        guess = predicted[label]["max_rate"] or predicted[label]["min_failing"]
+        search = RateSearch.around(guess, spread=spread, max_expansions=3)
+        while (x := search.next_rate()) is not None:
+            point = measured_probe(bench, entries, make, calibration, load, x, slo)
+            log(f"  {label}: {x:.4g} {'ok' if point['ok'] else 'fails'} on the engine")
+            search.tell(x, point.pop("ok"), **point)
+        res = search.result()
+        out[label] = {"policy": make().describe(), "max_rate": res["max_rate"],
+                      "min_failing": res["min_failing"], "status": res["status"], "probes": res["probes"],
+                      "simulated": {k: predicted[label][k] for k in ("max_rate", "min_failing", "status")},
+                      "simulated_within_bracket": _within(predicted[label]["max_rate"], res, spread)}
+    return out
+
+
+def _within(simulated: float | None, measured: dict, tolerance: float) -> bool | None:
+    """Whether the simulator's max rate lies in the engine's bracket, or within `tolerance` of it."""
+    lo, hi = measured["max_rate"], measured["min_failing"]
+    if simulated is None or (lo is None and hi is None):
+        return None
+    low_ok = lo is None or simulated >= lo * (1 - tolerance)
+    high_ok = hi is None or simulated <= hi * (1 + tolerance)
+    return low_ok and high_ok

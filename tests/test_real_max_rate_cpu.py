@@ -1,0 +1,40 @@
+"""`nexus-real max-rate` on CPU with tiny-llama: the simulator's prediction, confirmed by few engine probes."""
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from real.cli import main  # noqa: E402
+from real.max_rate import _within  # noqa: E402
+from synthetic import make_trace  # noqa: E402
+from traces import write_trace  # noqa: E402
+
+
+def test_max_rate_probes_around_the_prediction_and_writes_both_brackets(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    write_trace(make_trace(12, 5.0, (8, 60), (2, 10), seed=3), trace)
+    out = tmp_path / "mr"
+    # A generous SLO: the analytical H100 model predicts far more than the CPU serves, so the
+    # engine must walk down from the prediction; every probe is recorded.
+    assert main(["max-rate", "--device", "cpu", "--model", "tiny-llama", "--gpu", "h100-sxm",
+                 "--trace", str(trace), "--policy", "chunked", "--slo-ttft", "5", "--slo-tbt", "1",
+                 "--calibration", "analytical", "--num-blocks", "256", "--out", str(out)]) == 0
+    rec = json.loads((out / "max_rate.json").read_text())
+    r = rec["policies"]["chunked"]
+    assert r["simulated"]["max_rate"] is not None and r["probes"]
+    assert r["probes"][0]["rate"] == pytest.approx(r["simulated"]["max_rate"])
+    for p in r["probes"]:
+        assert {"ttft_s", "tbt_s", "offered_rps", "ok"} <= set(p)
+        assert p["ok"] == (p["ttft_s"]["p95"] <= 5 and p["tbt_s"]["p95"] <= 1)
+    passing = [p["rate"] for p in r["probes"] if p["ok"]]
+    assert r["max_rate"] == (max(passing) if passing else None)
+    assert rec["slo"]["ttft_s"] == 5 and rec["unit"] == "scale"
+
+
+def test_within_bracket_allows_the_stated_tolerance():
+    assert _within(1.0, {"max_rate": 0.95, "min_failing": 1.05}, 0.1)
+    assert _within(1.14, {"max_rate": 0.95, "min_failing": 1.05}, 0.1)
+    assert not _within(1.3, {"max_rate": 0.95, "min_failing": 1.05}, 0.1)
+    assert not _within(0.5, {"max_rate": 0.95, "min_failing": None}, 0.1)
+    assert _within(None, {"max_rate": 1, "min_failing": 2}, 0.1) is None
