@@ -15,6 +15,7 @@ import numpy as np
 
 from nexus.errors import UserError
 from nexus.policy import Policy
+from sim.run import run
 from traces import TraceEntry
 from traces.retime import load_entries
 
@@ -88,8 +89,6 @@ def probe(entries: Sequence[TraceEntry], policy: Policy, setup: Setup, load: Loa
     Returns the point: offered rate, throughput, TTFT/TBT/E2E statistics, and with an SLO
     its verdict under "ok".
     """
-    from sim.run import run
-
     timed = load.apply(entries, x)
     span = timed[-1].arrival_time_s - timed[0].arrival_time_s
     r = run(timed, policy=copy.deepcopy(policy), model=setup.model, gpu=setup.gpu,
