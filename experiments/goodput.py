@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
 import sys
@@ -29,7 +30,9 @@ from nexus.policy import make_policy  # noqa: E402
 from nexus.specs import resolve_gpu  # noqa: E402
 from sim import max_rate  # noqa: E402
 from sim.executors import make_executor  # noqa: E402
-from sim.probe import SLO, Load, Setup  # noqa: E402
+from sim.probe import SLO, Load, Setup, probe  # noqa: E402
+
+FLOOD_RATE = 1e4
 
 
 class Conversation(Workload):
@@ -101,11 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--ray", help="run the probes on this Ray cluster instead")
     ap.add_argument("--out", help="default: experiments/results/goodput_<gpu>.json")
+    ap.add_argument("--capacity", action="store_true",
+                    help="only add to --out's existing record what each workload's leading policies drain "
+                         "with every request waiting at t=0 (the GPU's capacity under them)")
     args = ap.parse_args(argv)
     names = [w.strip() for w in args.workloads.split(",") if w.strip()]
     unknown = set(names) - set(WORKLOADS)
     if unknown:
         raise SystemExit(f"unknown workload(s) {', '.join(sorted(unknown))}; known: {', '.join(WORKLOADS)}")
+    out = Path(args.out or ROOT / "experiments" / "results" / f"goodput_{args.gpu}.json")
+    if args.capacity:
+        return add_capacity(out, names, args)
     t0 = time.perf_counter()
     gpu = resolve_gpu(args.gpu)
     setup = Setup(MODEL, args.gpu, args.calibration)
@@ -133,7 +142,6 @@ def main(argv: list[str] | None = None) -> int:
 
     with executor, ThreadPoolExecutor(len(names)) as threads:
         records = dict(zip(names, threads.map(study, names)))
-    out = Path(args.out or ROOT / "experiments" / "results" / f"goodput_{args.gpu}.json")
     max_rate.write_record({
         "what": "max load within the SLO: nexus-slo (defaults) against chunked (default and best budget), "
                 "static (best split) and nexus (paper's parameters)",
@@ -143,6 +151,36 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": time.perf_counter() - t0, "workloads": records}, out)
     print_summary(records)
     print(f"wrote {out}")
+    return 0
+
+
+def add_capacity(path: Path, names: list[str], args: argparse.Namespace) -> int:
+    """Throughput with every request waiting at t=0, for chunked (default and best), the best
+    static split and nexus-slo: no policy sustains more than the most any of them drains."""
+    rec = json.loads(path.read_text())
+    setup = Setup(MODEL, rec["workloads"][names[0]]["setup"]["gpu"], rec["workloads"][names[0]]["setup"]["calibration"])
+    by_label = {v.label: v for v in variants(setup.gpu)}
+    jobs = []
+    for name in names:
+        w = rec["workloads"][name]
+        entries = build_trace(WORKLOADS[name][0], w["trace"]["count"])
+        slo = SLO(w["slo"]["ttft_s"], w["slo"]["tbt_s"])
+        for label in dict.fromkeys(("chunked", w["verdict"]["best_chunked"], w["verdict"]["best_static"], "nexus-slo")):
+            jobs.append((name, label, entries, with_slo([by_label[label]], slo)[0].policy))
+    with make_executor(args.ray, args.jobs) as ex:
+        futures = [ex.submit(probe, entries, pol, setup, Load("rate"), FLOOD_RATE) for _, _, entries, pol in jobs]
+        for (name, label, _, _), fut in zip(jobs, futures):
+            w = rec["workloads"][name]
+            cap = w.setdefault("capacity_rps", {"what": f"completed req/s with every request waiting at t=0 "
+                                                         f"(Poisson at {FLOOD_RATE:g} req/s)"})
+            cap[label] = fut.result()["throughput_rps"]
+            at_max = w["policies"][label]["at_max"]
+            cap.setdefault("throughput_at_max_rate_rps", {})[label] = at_max["throughput_rps"] if at_max else None
+    rec["capacity_command"] = f"python experiments/goodput.py --capacity --workloads {','.join(names)}"
+    max_rate.write_record(rec, path)
+    for name in names:
+        cap = rec["workloads"][name]["capacity_rps"]
+        print(name, {k: round(v, 3) for k, v in cap.items() if isinstance(v, float)})
     return 0
 
 

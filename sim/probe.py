@@ -16,6 +16,7 @@ import pandas as pd
 
 from nexus.errors import UserError
 from nexus.policy import Policy
+from sim.run import run
 from traces import TraceEntry
 from traces.retime import load_entries
 
@@ -89,9 +90,6 @@ def probe(entries: Sequence[TraceEntry], policy: Policy, setup: Setup, load: Loa
     Returns the point: offered rate, throughput, TTFT/TBT/E2E statistics, and with an SLO
     its verdict under "ok".
     """
-    from nexus.config import EngineConfig
-    from sim.run import run
-
     timed = load.apply(entries, x)
     r = run(timed, policy=copy.deepcopy(policy), model=setup.model, gpu=setup.gpu,
             calibration=setup.calibration, policy_calibration=setup.policy_calibration,

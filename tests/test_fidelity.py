@@ -29,6 +29,20 @@ def test_a_calibration_other_than_the_runs_used_is_refused():
         controller_calibration(None, _cases("2020-01-01T00:00:00+00:00"), CALIBRATION)
 
 
+def test_runs_that_recorded_a_digest_are_checked_by_contents(tmp_path):
+    from nexus.cost.calibration import content_digest
+
+    data = json.loads(CALIBRATION.read_text())
+    runs = [{"policy": "nexus", "summary": {"cost_model": {"created": data["created"],
+                                                           "digest": content_digest(data)}}}]
+    assert controller_calibration(None, runs, CALIBRATION) is None
+    # Same stamp, other contents (a refit kept its stamp): refused.
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps({**data, "engine": {**data["engine"], "step_gap_s": 0.0009}}))
+    with pytest.raises(SystemExit, match="--controller-calibration"):
+        controller_calibration(None, runs, edited)
+
+
 @pytest.mark.parametrize("command", ["real", "fit-gap", "compare"])
 def test_every_subcommand_prints_its_help(command):
     import subprocess
