@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from nexus.cost import FULL_GPU, BatchShape, default_calibration, load_cost_model
-from nexus.policy import Policy, make_policy
+from nexus.kv import BlockPool
+from nexus.policy import Policy, build_policies, make_policy
 from nexus.specs import GPUS, resolve_gpu, resolve_model
 from traces import TraceEntry, read_trace
 from traces.cli import main as nexus_trace
@@ -86,25 +87,25 @@ BETA_SENSITIVITY = {f"nexus beta={b:g}": {"beta": b} for b in (1.3, 1.5, 2.0)}
 
 @dataclass(frozen=True)
 class Variant:
-    """One line of a plot: a policy with its parameters, and how many GPUs it occupies."""
+    """One line of a plot: a policy with its parameters."""
     label: str
     policy: str
     params: dict = field(default_factory=dict)
-    gpus: int = 1
 
     def build(self) -> Policy:
         return make_policy(self.policy, **self.params)
 
+    @property
+    def gpus(self) -> int:
+        """GPUs the policy occupies, from its own topology (disaggregation takes two)."""
+        return self.build().topology(BlockPool(1)).gpus
+
 
 def variant(name: str, setup: GPUSetup) -> Variant:
-    """A sweep policy on `setup`: static splits are the setup's, disagg uses two GPUs."""
-    if name == "static":
-        return Variant(name, name, {"prefill_sms": setup.split[0], "decode_sms": setup.split[1]})
-    if name == "nexus":
-        return Variant(name, name, {"static_split": setup.split})
-    if name == "disagg":
-        return Variant(name, name, {}, gpus=2)
-    return Variant(name, name)
+    """A sweep policy on `setup`, with the setup's split where it takes one (as --split gives it)."""
+    policy = build_policies([name], {}, setup.split)[0]
+    return Variant(name, name, {k: v for k, v in vars(policy).items()
+                                if not k.startswith("_") and k in ("prefill_sms", "decode_sms", "static_split")})
 
 
 def ablation_variant(name: str, setup: GPUSetup) -> Variant:

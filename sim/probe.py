@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from nexus.config import EngineConfig
 from nexus.errors import UserError
 from nexus.policy import Policy
 from sim.run import run
