@@ -24,6 +24,8 @@ def describe_device(index: int = 0) -> dict:
     """Name, SMs, memory and clocks of CUDA device `index` (torch, plus NVML where present)."""
     import torch
 
+    if not torch.cuda.is_available():
+        raise UserError("device 'cuda' asked for, but torch sees no CUDA GPU (use --device cpu)")
     props = torch.cuda.get_device_properties(index)
     facts = {"name": props.name, "num_sms": props.multi_processor_count,
              "memory_bytes": props.total_memory, "compute_capability": f"{props.major}.{props.minor}"}

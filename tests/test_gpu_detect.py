@@ -37,3 +37,11 @@ def test_an_unknown_gpu_gets_a_spec_from_device_queries_and_one_warning():
 def test_cpu_runs_take_the_requested_spec():
     assert detect_gpu(None, "cpu").name == "h100-sxm"
     assert detect_gpu("l20", "cpu").name == "l20"
+
+
+def test_asking_for_cuda_without_a_gpu_is_one_clean_error():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(UserError, match="torch sees no CUDA GPU"):
+        detect_gpu(None, "cuda")

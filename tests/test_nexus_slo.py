@@ -66,7 +66,9 @@ def test_plan_sets_the_streams_sms():
     first = policy.plan(state, "prefill")
     assert first.sms == 0                                # nothing decodes: prefill on the whole GPU
     state.begin(first)
-    state.end(first, 1, 0.0, 0.2)
+    _, prefilled = state.end(first, 1, 0.0, 0.2)
+    for req in prefilled:                                # what the one-GPU topology does with them
+        state.running.add(req)
     state.arrive(Request("b", 0.1, 3000, 50))
     state.now = 0.2
     second = policy.plan(state, "prefill")
