@@ -47,8 +47,8 @@ if [ "${FULL:-0}" = 1 ]; then
     cal="$OUTDIR/calibration.json"
     step profile 600 $PY -m real.cli profile --repeats 5 --out "$cal"
     step validate 600 $PY -m real.cli validate --calibration "$cal" --limit 200 \
-        --trace sharegpt=traces/sharegpt.jsonl --trace bursty=experiments/traces/bursty.jsonl \
-        --trace mixed=traces/mixed.jsonl --trace longprompt=experiments/traces/longprompt.jsonl \
+        --trace sharegpt=traces/sharegpt.jsonl --trace bursty=experiments/workloads/bursty.jsonl \
+        --trace mixed=traces/mixed.jsonl --trace longprompt=experiments/workloads/longprompt.jsonl \
         --policy chunked --policy static --policy nexus --policy nexus:beta=2 \
         --loads auto=0.5,1.0,1.2 --out "$OUTDIR/validate"
 fi
