@@ -101,36 +101,19 @@ def fit_gap(args: argparse.Namespace) -> int:
     without decode rows are left out of the line: their gap is the policy's own planning
     (Nexus's split controller spends about 0.6 ms there), not the engine's.
     """
-    import numpy as np
+    import pandas as pd
 
     from nexus.cost.calibration import read_calibration, write_calibration
-    from nexus.cost.fit import nnls
+    from real.host_gap import fit_step_gap
 
-    gaps, seqs = [], []
-    for f in args.real:
-        for case in json.loads(Path(f).read_text())["cases"]:
-            if (case["trace"], case["rate_scale"]) not in HELD_IN:
-                continue
-            tl = case["timeline"]
-            start, end, stream, rows = (np.asarray(tl[k]) for k in ("start_s", "end_s", "stream",
-                                                                     "decode_seqs"))
-            for name in set(tl["stream"]):
-                mine = stream == name
-                s, e, n = start[mine], end[mine], rows[mine]
-                g = s[1:] - e[:-1]
-                busy = (g < 0.005) & (n[:-1] > 0)   # longer gaps are idle time, not overhead
-                gaps.append(g[busy])
-                seqs.append(n[:-1][busy])
-    gaps, seqs = np.concatenate(gaps), np.concatenate(seqs)
-    bands = np.digitize(seqs, [17, 33, 65, 129])
-    rows = [(float(np.median(seqs[bands == b])), float(np.median(gaps[bands == b])), int(np.sum(bands == b)))
-            for b in np.unique(bands)]
-    x = np.array([[1.0, n] for n, _, _ in rows])
-    w = np.sqrt([c for _, _, c in rows])
-    gap, per_seq = nnls(x * w[:, None], np.array([g for _, g, _ in rows]) * w)
+    timelines = [pd.DataFrame({k: case["timeline"][k] for k in ("start_s", "end_s", "stream", "decode_seqs")})
+                 for f in args.real for case in json.loads(Path(f).read_text())["cases"]
+                 if (case["trace"], case["rate_scale"]) in HELD_IN]
+    fit = fit_step_gap(timelines)
+    gap, per_seq, rows = fit["step_gap_s"], fit["step_gap_per_seq_s"], fit["bands"]
     data = read_calibration(args.calibration)
     data.setdefault("engine", {}).update({
-        "step_gap_s": round(float(gap), 7), "step_gap_per_seq_s": round(float(per_seq), 9),
+        "step_gap_s": gap, "step_gap_per_seq_s": per_seq,
         "source": "host gap between consecutive steps of a busy stream in nexus-real bench runs of "
                   f"the held-in fidelity cases {sorted(HELD_IN)}: a line in the step's decode "
                   "sequences through the median gap of each band of batch sizes (steps with decode "

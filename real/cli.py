@@ -169,6 +169,7 @@ def validate_command(args: argparse.Namespace, console: Console) -> int:
     from nexus.config import EngineConfig
     from real.bench import Bench
     from real.validate import AUTO_LOADS, PolicyCase, validate
+    from sim.sweep import parse_loads
     from traces.retime import load_entries
 
     model, gpu = resolve_model(args.model), detect_gpu(args.gpu, args.device, console.print)
@@ -184,9 +185,9 @@ def validate_command(args: argparse.Namespace, console: Console) -> int:
     fractions, loads = AUTO_LOADS, None
     if args.loads.startswith("auto"):
         if args.loads != "auto":
-            fractions = tuple(_positive_floats(args.loads.removeprefix("auto").lstrip("=:"), "--loads"))
+            fractions = tuple(parse_loads(args.loads.removeprefix("auto").lstrip("=:"), "--loads"))
     else:
-        loads = _positive_floats(args.loads, "--loads")
+        loads = parse_loads(args.loads, "--loads")
     bench = Bench(model, gpu, policies, config, args.device, args.weights, args.num_blocks)
     record = validate(bench, traces, cases, loads, args.calibration, args.command_line, Path(args.out),
                       fractions, log=lambda m: console.print(m))
@@ -230,16 +231,6 @@ def max_rate_command(args: argparse.Namespace, console: Console) -> int:
                       f"{r['simulated']['max_rate']}", highlight=False)
     console.print(f"wrote {out / 'max_rate.json'}")
     return 0
-
-
-def _positive_floats(text: str, flag: str) -> list[float]:
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"{flag} takes comma-separated numbers or 'auto', got {text!r}") from None
-    if not values or any(not (v > 0 and v < float("inf")) for v in values):
-        raise UserError(f"{flag} takes positive numbers, got {text!r}")
-    return values
 
 
 def profile_command(args: argparse.Namespace, console: Console) -> int:

@@ -28,6 +28,8 @@ from nexus.policy import Policy, build_policies
 from nexus.result import Result
 from nexus.specs import GPUSpec, ModelSpec
 from traces import TraceEntry
+from traces.retime import load_entries
+from traces.stats import summarize as trace_summary
 
 AUTO_LOADS = (0.5, 0.8, 1.0, 1.2)
 METRICS = (("ttft_s", "mean"), ("ttft_s", "p95"), ("tbt_s", "mean"), ("tbt_s", "p95"))
@@ -61,15 +63,10 @@ class PolicyCase:
 
 
 def trace_rate(entries: list[TraceEntry]) -> float:
-    span = entries[-1].arrival_time_s - entries[0].arrival_time_s
-    if span <= 0:
+    rate = trace_summary(entries)["rate_rps"]
+    if rate is None:
         raise UserError("validate needs a trace whose arrivals span some time (all arrive at once)")
-    return (len(entries) - 1) / span
-
-
-def rescaled(entries: list[TraceEntry], scale: float) -> list[TraceEntry]:
-    return [TraceEntry(e.request_id, e.arrival_time_s / scale, e.prompt_tokens, e.output_tokens)
-            for e in entries]
+    return rate
 
 
 def predicted_saturation_scale(entries: list[TraceEntry], case: PolicyCase, model: ModelSpec,
@@ -239,7 +236,7 @@ def validate(bench, traces: dict[str, list[TraceEntry]], cases: list[PolicyCase]
             for load in (loads or fractions):
                 scale = load * saturation if loads is None else load
                 load_frac = scale / saturation
-                timed = rescaled(entries, scale)
+                timed = load_entries(entries, rate_scale=scale)
                 log(f"{trace_name} {case.label} at {scale:.2f}x the trace's rate "
                     f"({load_frac:.2f}x predicted saturation) ...")
                 measured = bench.run(timed, case.make(), calibration)

@@ -4,6 +4,8 @@ Points run side by side on an executor (sim.executors), one probe each (sim.prob
 """
 from __future__ import annotations
 
+import math
+
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Sequence
@@ -21,7 +23,7 @@ def parse_loads(text: str, flag: str = "--sweep") -> list[float]:
         values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise UserError(f"{flag} takes comma-separated positive numbers, got {text!r}") from None
-    if not values or any(not v > 0 for v in values):
+    if not values or any(not (v > 0 and math.isfinite(v)) for v in values):
         raise UserError(f"{flag} takes comma-separated positive numbers, got {text!r}")
     return sorted(set(values))
 
