@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-num-seqs", type=int, default=256)
     v.add_argument("--num-blocks", type=int, help="KV blocks (default: as many as fit)")
     v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--out", required=True, help="directory for validate.json, validate.md and validate_cdf.png")
+    v.add_argument("--out", required=True, help="directory for validate.json, validate.md, steps.csv (every measured step beside its prediction) and validate_cdf.png")
 
     m = sub.add_parser("max-rate", help="the highest load each policy sustains within an SLO, measured",
                        description="Predict each policy's max rate under the SLO in the simulator, then confirm "
@@ -195,7 +195,7 @@ def validate_command(args: argparse.Namespace, console: Console) -> int:
         if s["cases"]:
             console.print(f"{band:17s} median |error| " + "  ".join(
                 f"{k} {v:.1f}%" for k, v in s["median_abs_pct"].items() if v is not None))
-    console.print(f"wrote {args.out}/validate.json, validate.md, validate_cdf.png")
+    console.print(f"wrote {args.out}/validate.json, validate.md, steps.csv, validate_cdf.png")
     return 0
 
 

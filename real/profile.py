@@ -37,28 +37,51 @@ class Grid:
     # Long prefixes too: chunks of long-document prompts continue 6-18k cached tokens.
     prefill: tuple = ((32, 0), (64, 0), (128, 0), (256, 0), (384, 0), (512, 0), (1024, 0), (2048, 0),
                       (8192, 0), (128, 4096), (512, 4096), (2048, 4096), (2048, 12288))
-    # Decode batches are measured as served: contexts spread evenly over +-this fraction of
-    # the point's context (their mean), KV blocks scattered over the cache. Equal contexts in
-    # contiguous blocks ran 4-17% faster on an H100 than such batches of the same total.
-    decode_context_spread: float = 0.75
+    # Decode batches are measured as served: KV blocks scattered over the cache, and contexts
+    # as skewed as a running batch's (most short, a few long: exponential quantiles around
+    # the point's context, their mean). Equal contexts in contiguous blocks ran 4-17% faster
+    # on an H100 than a +-75% spread; on an H200 that spread ran 0-13% faster than the
+    # exponential one at 64-256 rows (experiments/results/decode_contexts_h200.json), and
+    # served decode steps were 5-13% slower than a profile of such spread batches predicted.
+    decode_contexts: str = "exponential"
     decode: tuple = ((1, 512), (1, 4096), (8, 1024), (16, 512), (16, 2048), (32, 1024), (32, 4096),
                      (64, 512), (64, 2048), (96, 1024), (128, 512), (128, 2048), (192, 1024),
                      (256, 512), (256, 1024))
     # Small prefill sides too: Nexus gives prefill 16-56 SMs on long-prompt traces, and the
     # co-run slowdown there was 25% above what the model extrapolated from 32 SMs and up.
     corun_splits: tuple = (16, 24, 32, 64, 96)
-    corun_prefill: tuple = ((512, 0), (2048, 0), (2048, 4096), (2048, 12288))
+    corun_prefill: tuple = ((256, 0), (512, 0), (2048, 0), (2048, 4096), (2048, 12288))
     corun_decode: tuple = ((16, 1024), (64, 1024), (128, 2048))
     # chunked-prefill steps on the whole GPU: (chunk, prior) x (decode batch, context)
     mixed_prefill: tuple = ((16, 0), (64, 4096), (128, 0), (512, 0), (2048, 0), (512, 2048), (2048, 8192))
     mixed_decode: tuple = ((1, 1024), (16, 1024), (64, 1024), (128, 1024), (256, 512))
 
 
+CONTEXT_SHAPES = ("exponential", "spread", "equal")
+
+
+def decode_contexts(shape: str, batch: int, mean: int) -> list[int]:
+    """`batch` contexts of at least 1 token summing to exactly batch x mean, shaped as
+    `shape`: "exponential" (at evenly spaced quantiles: most short, a tail of about
+    mean x ln(2 batch)), "spread" (evenly over +-75% of the mean) or "equal"."""
+    if shape not in CONTEXT_SHAPES:
+        raise UserError(f"unknown decode context shape {shape!r}; known: {', '.join(CONTEXT_SHAPES)}")
+    if shape == "exponential":
+        weights = -np.log1p(-(np.arange(batch) + 0.5) / batch)
+    elif shape == "spread" and batch > 1:
+        weights = 1.0 + 0.75 * np.linspace(-1.0, 1.0, batch)
+    else:
+        weights = np.ones(batch)
+    contexts = np.maximum(np.floor(weights / weights.sum() * batch * mean), 1).astype(int)
+    contexts[-1] += batch * mean - contexts.sum()   # the longest takes the rounding
+    return contexts.tolist()
+
+
 class Profiler:
     def __init__(self, runner: ModelRunner, parts: Partitions, repeats: int = 5,
-                 context_spread: float = Grid.decode_context_spread):
+                 contexts: str = Grid.decode_contexts):
         self.runner, self.parts, self.repeats = runner, parts, repeats
-        self.context_spread = context_spread
+        self.contexts = contexts
         self.rng = np.random.default_rng(0)
         self._next_block = 0
 
@@ -75,8 +98,11 @@ class Profiler:
 
     def decode_batch(self, batch: int, context: int) -> list[Chunk]:
         """`batch` sequences whose contexts average `context`, in blocks scattered over the cache."""
-        spread = self.context_spread * np.linspace(-1.0, 1.0, batch) if batch > 1 else np.zeros(1)
-        contexts = np.maximum(np.round(context * (1.0 + spread)).astype(int), 1)
+        return self.decode_batch_of(decode_contexts(self.contexts, batch, context))
+
+    def decode_batch_of(self, contexts: list[int]) -> list[Chunk]:
+        """One decode row per context, in blocks scattered over the cache."""
+        contexts = np.maximum(np.asarray(contexts, dtype=int), 1)
         bs, blocks = self.runner.block_size, self.runner.num_blocks
         need = [-(-int(c) // bs) for c in contexts]
         order = self.rng.permutation(blocks)
@@ -164,7 +190,7 @@ def profile(runner: ModelRunner, parts: Partitions, model: ModelSpec, gpu: GPUSp
     prefill_shapes = [(c, p) for c, p in grid.prefill if fits(c + p)]
     decode_shapes = [(b, c) for b, c in grid.decode if fits(c)]
     corun_prefill = [(c, p) for c, p in grid.corun_prefill if fits(c + p)]
-    prof = Profiler(runner, parts, repeats, grid.decode_context_spread)
+    prof = Profiler(runner, parts, repeats, grid.decode_contexts)
     meas = data["measurements"]
     if "prefill" in which:
         for p in [0, *parts.made()]:

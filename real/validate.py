@@ -88,50 +88,66 @@ def signed_errors(measured: dict, simulated: dict) -> dict[str, float]:
     return out
 
 
-def step_view(timeline: pd.DataFrame, cost: CostModel) -> dict:
-    """Each measured step beside the model's time for its shape, SMs and overlapping co-runner."""
-    rows = timeline.to_dict("records")
-    by_stream: dict[str, list[dict]] = {}
-    for r in rows:
-        by_stream.setdefault(r["stream"], []).append(r)
-    errors: dict[str, list[float]] = {}
-    for stream, steps in by_stream.items():
-        others = [r for s, rs in by_stream.items() if s != stream for r in rs]
-        starts = np.array([o["start_s"] for o in others])
-        for r in steps:
-            measured = r["end_s"] - r["start_s"]
-            if measured <= 0:
+def step_table(timeline: pd.DataFrame, cost: CostModel) -> pd.DataFrame:
+    """Each measured step beside the model's time for its shape and SMs, stretched by the
+    steps that ran beside it on the other stream.
+
+    A 100 ms prefill step on one side overlaps ten 10 ms decode steps on the other, none of
+    them for more than a tenth of it; so the stretch is the overlap-weighted mean of each
+    co-runner's slowdown (1 where nothing ran beside it), as the simulator retimes a step
+    whenever its co-runner changes.
+    """
+    columns = ["stream", "start_s", "end_s", "sms", "prefill_tokens", "prefill_prior_tokens",
+               "decode_seqs", "decode_kv_tokens"]
+    steps = timeline[columns].sort_values("start_s", kind="stable").reset_index(drop=True)
+    steps["measured_s"] = steps["end_s"] - steps["start_s"]
+    shapes = [_shape(r) for r in steps.itertuples()]
+    solo = np.array([float(cost.solo_time(shape, int(s))) for shape, s in zip(shapes, steps["sms"])])
+    stretch = np.ones(len(steps))
+    covered = np.zeros(len(steps))
+    for stream in steps["stream"].unique():
+        mine = np.flatnonzero(steps["stream"].to_numpy() == stream)
+        others = np.flatnonzero(steps["stream"].to_numpy() != stream)
+        if not len(others):
+            continue
+        o_start, o_end = steps["start_s"].to_numpy()[others], steps["end_s"].to_numpy()[others]
+        for i in mine:
+            start, end, length = steps.at[i, "start_s"], steps.at[i, "end_s"], steps.at[i, "measured_s"]
+            if length <= 0:
                 continue
-            shape = _shape(r)
-            predicted = float(cost.solo_time(shape, r["sms"]))
-            rival = _overlapping(r, others, starts)
-            if rival is not None:
-                predicted *= float(cost.slowdown(shape, r["sms"], _shape(rival), rival["sms"]))
-            kind = ("mixed" if r["prefill_tokens"] and r["decode_seqs"] else
-                    "prefill" if r["prefill_tokens"] else "decode")
-            key = f"{kind}{'+corun' if rival is not None else ''}"
-            errors.setdefault(key, []).append(100.0 * (predicted - measured) / measured)
-    return {k: {"n": len(v), "median_signed_pct": float(np.median(v)),
-                "median_abs_pct": float(np.median(np.abs(v)))} for k, v in sorted(errors.items())}
+            # The other stream's steps follow one another, so their ends are sorted too.
+            lo, hi = np.searchsorted(o_end, start, "right"), np.searchsorted(o_start, end, "left")
+            excess = 0.0
+            for j in range(lo, hi):
+                overlap = min(o_end[j], end) - max(o_start[j], start)
+                if overlap > 0:
+                    rival = others[j]
+                    covered[i] += overlap / length
+                    excess += overlap / length * (float(cost.slowdown(
+                        shapes[i], int(steps.at[i, "sms"]), shapes[rival], int(steps.at[rival, "sms"]))) - 1.0)
+            stretch[i] += excess
+    steps["covered"] = np.minimum(covered, 1.0)
+    steps["solo_s"] = solo
+    steps["predicted_s"] = solo * stretch
+    kind = np.where((steps["prefill_tokens"] > 0) & (steps["decode_seqs"] > 0), "mixed",
+                    np.where(steps["prefill_tokens"] > 0, "prefill", "decode"))
+    steps["kind"] = [k + ("+corun" if c > 0.5 else "") for k, c in zip(kind, steps["covered"])]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        steps["error_pct"] = 100.0 * (steps["predicted_s"] - steps["measured_s"]) / steps["measured_s"]
+    return steps[steps["measured_s"] > 0].reset_index(drop=True)
 
 
-def _shape(r: dict) -> BatchShape:
+def step_view(steps: pd.DataFrame) -> dict:
+    """Per step kind: how many, and the median signed and absolute % error of the model."""
+    return {kind: {"n": int(len(g)), "median_signed_pct": float(g["error_pct"].median()),
+                   "median_abs_pct": float(g["error_pct"].abs().median())}
+            for kind, g in sorted(steps.groupby("kind"), key=lambda kv: kv[0])}
+
+
+def _shape(r) -> BatchShape:
     # The timeline sums a step's chunks; a step of several chunks is modelled as one.
-    chunks = ((int(r["prefill_tokens"]), int(r["prefill_prior_tokens"])),) if r["prefill_tokens"] else ()
-    return BatchShape(chunks, int(r["decode_seqs"]), int(r["decode_kv_tokens"]))
-
-
-def _overlapping(r: dict, others: list[dict], starts: np.ndarray) -> dict | None:
-    """The other stream's step that overlapped this one for more than half of it, if any."""
-    if not others:
-        return None
-    i = int(np.searchsorted(starts, r["end_s"]))
-    best, best_overlap = None, 0.0
-    for o in others[max(0, i - 3):i]:
-        overlap = min(o["end_s"], r["end_s"]) - max(o["start_s"], r["start_s"])
-        if overlap > best_overlap:
-            best, best_overlap = o, overlap
-    return best if best_overlap > 0.5 * (r["end_s"] - r["start_s"]) else None
+    chunks = ((int(r.prefill_tokens), int(r.prefill_prior_tokens)),) if r.prefill_tokens else ()
+    return BatchShape(chunks, int(r.decode_seqs), int(r.decode_kv_tokens))
 
 
 def summarize_cases(cases: list[dict]) -> dict:
@@ -228,7 +244,7 @@ def validate(bench, traces: dict[str, list[TraceEntry]], cases: list[PolicyCase]
               "machine": bench.machine(), "model": model.name, "gpu": gpu.name, "cost_model": cost.describe(),
               "traces": {name: {"requests": len(e), "rate_rps": trace_rate(e)} for name, e in traces.items()},
               "cases": [], "saturation_rate_scale": {}}
-    pairs = []
+    pairs, step_frames = [], []
     for trace_name, entries in traces.items():
         for case in cases:
             saturation = predicted_saturation_scale(entries, case, model, gpu, calibration, config)
@@ -240,22 +256,26 @@ def validate(bench, traces: dict[str, list[TraceEntry]], cases: list[PolicyCase]
                 log(f"{trace_name} {case.label} at {scale:.2f}x the trace's rate "
                     f"({load_frac:.2f}x predicted saturation) ...")
                 measured = bench.run(timed, case.make(), calibration)
+                steps = step_table(measured.timeline, cost)
+                step_frames.append(steps.assign(trace=trace_name, policy=case.label, load=load_frac))
                 simulated = sim.run(timed, policy=case.make(), model=model.name, gpu=gpu.name,
                                     calibration=calibration, config=config)
                 entry = {"trace": trace_name, "policy": case.label, "load": load_frac, "rate_scale": scale,
                          "band": BANDS[0] if load_frac <= 1.0 + 1e-9 else BANDS[1],
                          "error_pct": signed_errors(measured.summary, simulated.summary),
                          "measured": measured.summary, "simulated": simulated.summary,
-                         "steps": step_view(measured.timeline, cost)}
+                         "steps": step_view(steps)}
                 record["cases"].append(entry)
                 pairs.append((entry, measured, simulated))
-                _write(record, out)   # keep what finished: a run cut short still reports its cases
+                _write(record, step_frames, out)   # keep what finished: a run cut short still reports it
     plot_cdfs(pairs, out / "validate_cdf.png")
     return record
 
 
-def _write(record: dict, out: Path) -> None:
+def _write(record: dict, step_frames: list[pd.DataFrame], out: Path) -> None:
     record["summary"] = summarize_cases(record["cases"])
     out.mkdir(parents=True, exist_ok=True)
+    # Every measured step with the model's time for it: the data behind the step-level view.
+    pd.concat(step_frames, ignore_index=True).to_csv(out / "steps.csv", index=False, float_format="%.7g")
     (out / "validate.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
     (out / "validate.md").write_text(markdown(record))

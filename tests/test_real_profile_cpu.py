@@ -102,12 +102,30 @@ def test_covered_steps_drops_steps_outside_the_other_sides_run():
     assert covered_steps([(0.5, 1.5), (1.5, 2.5), (2.5, 3.5)], other) == [1.0]
 
 
-def test_decode_batches_are_unequal_and_scattered_but_keep_their_mean():
+def test_decode_batches_are_skewed_and_scattered_but_keep_their_mean():
     runner = ModelRunner(MODELS["tiny-llama"], device="cpu", num_blocks=64)
     chunks = Profiler(runner, parts=None).decode_batch(8, 40)
     contexts = [c.end for c in chunks]
-    assert sum(contexts) == 8 * 40 and min(contexts) == 10 and max(contexts) == 70
+    assert sum(contexts) == 8 * 40
+    assert sorted(contexts) == contexts and contexts[0] < 10 and contexts[-1] > 2.5 * 40   # a tail
+    assert sum(c < 40 for c in contexts) >= 5   # most below the mean
     blocks = [b for c in chunks for b in c.block_table]
     assert len(set(blocks)) == len(blocks) == sum(-(-c // runner.block_size) for c in contexts)
     assert blocks != sorted(blocks)
-    assert [c.end for c in Profiler(runner, None, context_spread=0.0).decode_batch(4, 40)] == [40] * 4
+    assert [c.end for c in Profiler(runner, None, contexts="equal").decode_batch(4, 40)] == [40] * 4
+    assert [c.end for c in Profiler(runner, None, contexts="spread").decode_batch(3, 40)] == [10, 40, 70]
+
+
+@pytest.mark.parametrize("shape", ["exponential", "spread", "equal"])
+@pytest.mark.parametrize("batch,mean", [(1, 7), (3, 1), (64, 2048), (256, 512), (5, 3)])
+def test_decode_contexts_sum_exactly_and_stay_positive(shape, batch, mean):
+    from real.profile import decode_contexts
+    contexts = decode_contexts(shape, batch, mean)
+    assert len(contexts) == batch and sum(contexts) == batch * mean and min(contexts) >= 1
+
+
+def test_unknown_context_shape_is_a_user_error():
+    from nexus.errors import UserError
+    from real.profile import decode_contexts
+    with pytest.raises(UserError, match="unknown decode context shape 'zipf'"):
+        decode_contexts("zipf", 4, 10)

@@ -1,6 +1,8 @@
 """`nexus-real validate` on CPU with tiny-llama: engine and simulator on the same requests, one report."""
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -31,6 +33,14 @@ def test_validate_writes_cases_bands_and_step_view(tmp_path):
     assert any(k.startswith("decode") for k in record["cases"][-1]["steps"])
     assert "| band |" in (out / "validate.md").read_text()
     assert (out / "validate_cdf.png").stat().st_size > 10_000
+    steps = pd.read_csv(out / "steps.csv")
+    assert set(steps["policy"]) == {"chunked", "nexus:beta=2"}
+    assert (steps["measured_s"] > 0).all() and (steps["predicted_s"] >= steps["solo_s"]).all()
+    for case in record["cases"]:   # the summary is the per-step table's medians
+        mine = steps[(steps["policy"] == case["policy"]) & np.isclose(steps["load"], case["load"], rtol=1e-5)]
+        for kind, s in case["steps"].items():
+            assert s["n"] == (mine["kind"] == kind).sum()
+            assert s["median_signed_pct"] == pytest.approx(mine.loc[mine["kind"] == kind, "error_pct"].median())
 
 
 def test_policy_case_parses_parameters():
@@ -64,3 +74,33 @@ def test_auto_loads_are_fractions_of_the_predicted_saturation(tmp_path):
     assert [round(c["load"], 6) for c in record["cases"]] == [0.6, 1.5]
     assert [c["rate_scale"] for c in record["cases"]] == pytest.approx([0.6 * sat, 1.5 * sat])
     assert [c["band"] for c in record["cases"]] == ["up_to_saturation", "past_saturation"]
+
+
+class _ToyCost:
+    """Solo time: 10 ms a step; a step stretches by 1.5 while any other step runs beside it."""
+    def solo_time(self, shape, sms):
+        return 0.010
+
+    def slowdown(self, shape, sms, other, other_sms):
+        return 1.5
+
+
+def test_step_table_weights_each_corunner_by_its_overlap():
+    from real.validate import step_table
+    row = dict(sms=64, prefill_tokens=0, prefill_prior_tokens=0, decode_seqs=8, decode_kv_tokens=800)
+    timeline = pd.DataFrame([
+        # a 100 ms prefill step, beside which ten 4 ms decode steps run (40% of it)
+        dict(row, stream="prefill", start_s=0.0, end_s=0.100, prefill_tokens=2048, decode_seqs=0,
+             decode_kv_tokens=0),
+        *[dict(row, stream="decode", start_s=0.01 * k, end_s=0.01 * k + 0.004) for k in range(10)],
+        dict(row, stream="decode", start_s=0.200, end_s=0.210),   # alone
+    ])
+    steps = step_table(timeline, _ToyCost())
+    prefill = steps[steps["stream"] == "prefill"].iloc[0]
+    assert prefill["covered"] == pytest.approx(0.4)
+    assert prefill["predicted_s"] == pytest.approx(0.010 * (1 + 0.4 * 0.5))
+    assert prefill["kind"] == "prefill"   # beside others for under half of it
+    decodes = steps[steps["stream"] == "decode"]
+    assert (decodes["kind"].iloc[:10] == "decode+corun").all()
+    assert np.allclose(decodes["predicted_s"].iloc[:10], 0.015)
+    assert decodes["predicted_s"].iloc[10] == pytest.approx(0.010) and decodes["kind"].iloc[10] == "decode"
