@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--num-blocks", type=int, help="KV blocks (default: as many as fit)")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--out", required=True, help="directory for validate.json, validate.md, steps.csv (every measured step beside its prediction) and validate_cdf.png")
+    v.add_argument("--rescore", metavar="DIR",
+                   help="no GPU: score an earlier run's engine measurements (DIR/validate.json, DIR/steps.csv[.gz]) "
+                        "against --calibration; give the same --trace and --limit")
+    v.add_argument("--planning-calibration", metavar="PATH",
+                   help="with --rescore: the calibration the engine's controllers planned with, so the "
+                        "simulated policies plan alike (default: --calibration)")
 
     m = sub.add_parser("max-rate", help="the highest load each policy sustains within an SLO, measured",
                        description="Predict each policy's max rate under the SLO in the simulator, then confirm "
@@ -172,14 +178,16 @@ def validate_command(args: argparse.Namespace, console: Console) -> int:
     from sim.sweep import parse_loads
     from traces.retime import load_entries
 
-    model, gpu = resolve_model(args.model), detect_gpu(args.gpu, args.device, console.print)
-    config = EngineConfig(max_num_seqs=args.max_num_seqs, seed=args.seed)
     traces = {}
     for item in args.trace or [str(DEFAULT_TRACE)]:
         name, sep, path = item.partition("=")
         path = path if sep else name
         name = name if sep else Path(path).stem
         traces[name] = load_entries(path)[:args.limit] if args.limit else load_entries(path)
+    if args.rescore:
+        return _rescore(args, traces, console)
+    model, gpu = resolve_model(args.model), detect_gpu(args.gpu, args.device, console.print)
+    config = EngineConfig(max_num_seqs=args.max_num_seqs, seed=args.seed)
     cases = [PolicyCase.parse(t.strip()) for t in args.policy or ["chunked", "static", "nexus"]]
     policies = [c.make() for c in cases]
     fractions, loads = AUTO_LOADS, None
@@ -196,6 +204,32 @@ def validate_command(args: argparse.Namespace, console: Console) -> int:
             console.print(f"{band:17s} median |error| " + "  ".join(
                 f"{k} {v:.1f}%" for k, v in s["median_abs_pct"].items() if v is not None))
     console.print(f"wrote {args.out}/validate.json, validate.md, steps.csv, validate_cdf.png")
+    return 0
+
+
+def _rescore(args: argparse.Namespace, traces: dict, console: Console) -> int:
+    import json
+
+    import pandas as pd
+
+    from nexus.report import check_out
+    from real.validate import rescore
+
+    source = Path(args.rescore)
+    try:
+        previous = json.loads((source / "validate.json").read_text())
+        steps = pd.read_csv(next((p for p in (source / "steps.csv", source / "steps.csv.gz") if p.exists()),
+                                 source / "steps.csv"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"--rescore {source}: cannot read validate.json and steps.csv ({e})") from None
+    check_out(Path(args.out))
+    record = rescore(previous, steps, traces, args.calibration, args.planning_calibration or args.calibration,
+                     args.command_line, Path(args.out))
+    for band, s in record["summary"].items():
+        if s["cases"]:
+            console.print(f"{band:17s} median |error| " + "  ".join(
+                f"{k} {v:.1f}%" for k, v in s["median_abs_pct"].items() if v is not None))
+    console.print(f"wrote {args.out}/validate.json, validate.md, steps.csv")
     return 0
 
 

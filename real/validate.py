@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from nexus.cost.base import BatchShape, CostModel
 from nexus.errors import UserError
 from nexus.policy import Policy, build_policies
 from nexus.result import Result
-from nexus.specs import GPUSpec, ModelSpec
+from nexus.specs import GPUS, MODELS, GPUSpec, ModelSpec
 from traces import TraceEntry
 from traces.retime import load_entries
 from traces.stats import summarize as trace_summary
@@ -242,6 +242,7 @@ def validate(bench, traces: dict[str, list[TraceEntry]], cases: list[PolicyCase]
     cost = load_cost_model(model, gpu, calibration)
     record = {"command": command, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": bench.machine(), "model": model.name, "gpu": gpu.name, "cost_model": cost.describe(),
+              "config": asdict(config),
               "traces": {name: {"requests": len(e), "rate_rps": trace_rate(e)} for name, e in traces.items()},
               "cases": [], "saturation_rate_scale": {}}
     pairs, step_frames = [], []
@@ -269,6 +270,43 @@ def validate(bench, traces: dict[str, list[TraceEntry]], cases: list[PolicyCase]
                 pairs.append((entry, measured, simulated))
                 _write(record, step_frames, out)   # keep what finished: a run cut short still reports it
     plot_cdfs(pairs, out / "validate_cdf.png")
+    return record
+
+
+def rescore(previous: dict, steps: pd.DataFrame, traces: dict[str, list[TraceEntry]], calibration: str | None,
+            run_calibration: str | None, command: str, out: Path) -> dict:
+    """An earlier validation's engine measurements against another calibration, with no GPU.
+
+    The simulator times each case's identical requests with `calibration`, while the policies
+    plan with `run_calibration`, the cost model the engine's controllers planned with, so
+    that only the predicted step times change; each measured step is predicted again too.
+    """
+    model, gpu = MODELS[previous["model"]], GPUS[previous["gpu"]]
+    config = EngineConfig(**previous.get("config", {}))
+    cost = load_cost_model(model, gpu, calibration)
+    missing = sorted({c["trace"] for c in previous["cases"]} - set(traces))
+    if missing:
+        raise UserError(f"rescoring needs the traces the run served: pass --trace NAME=PATH for {', '.join(missing)}")
+    record = {**previous, "command": command, "cost_model": cost.describe(), "cases": [],
+              "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "rescored": {"from_command": previous["command"], "from_date": previous["date"],
+                           "planning_calibration": run_calibration}}
+    frames = []
+    for case in previous["cases"]:
+        timed = load_entries(traces[case["trace"]], rate_scale=case["rate_scale"])
+        if len(timed) != case["measured"]["requests"]:
+            raise UserError(f"trace {case['trace']!r} has {len(timed)} requests here, but the run served "
+                            f"{case['measured']['requests']} (pass the same --limit)")
+        simulated = sim.run(timed, policy=PolicyCase.parse(case["policy"]).make(), model=model.name,
+                            gpu=gpu.name, calibration=calibration, config=config,
+                            policy_calibration=run_calibration)
+        mine = steps[(steps["trace"] == case["trace"]) & (steps["policy"] == case["policy"])
+                     & np.isclose(steps["load"], case["load"], rtol=1e-5)]
+        table = step_table(mine, cost)
+        frames.append(table.assign(trace=case["trace"], policy=case["policy"], load=case["load"]))
+        record["cases"].append({**case, "simulated": simulated.summary, "steps": step_view(table),
+                                "error_pct": signed_errors(case["measured"], simulated.summary)})
+    _write(record, frames, out)
     return record
 
 

@@ -635,3 +635,34 @@ def test_step_gap_grows_with_decode_rows_and_bad_values_are_named(data, fitted, 
     for bad in ({"step_gap_per_seq_s": -1e-6}, {"step_gap_s": "fast"}):
         with pytest.raises(UserError, match=f"engine.{next(iter(bad))} must be"):
             MeasuredCost.load(_write(tmp_path, {**data, **fitted, "engine": bad}, "bad.json"), LLAMA8, H100)
+
+
+def test_a_rival_that_draws_little_bandwidth_still_slows_decode_by_its_sm_share(data):
+    """The H200's profile: decode beside a compute-bound 2048-token prefill ran 10-28% slower,
+    growing with the prefill's SMs, though that prefill draws little bandwidth. The fit
+    recovers such a term when the measurements hold one, and keeps it at zero when not."""
+    from nexus.cost.fit import fit_corun
+    cost = MeasuredCost(LLAMA8, H100, fitted_solo := fit_params(
+        {**data["measurements"], "corun": []}, LLAMA8, H100))
+    assert fitted_solo["corun"]["decode"]["other_share"] == 0.0   # the labelled defaults carry it
+    records = []
+    for r in data["measurements"]["corun"]:
+        share = r["prefill"]["sms"] / H100.num_sms
+        records.append({**r, "decode_time_s": r["decode_solo_s"] * (1.0 + 0.3 * share)})
+    fit = fit_corun(cost, records)["decode"]
+    assert fit["other_share"] == pytest.approx(0.3, rel=0.05)
+    assert fit["other_use"] < 0.02 and fit["own_x_other_use"] < 0.02
+    flat = fit_corun(cost, [{**r, "decode_time_s": r["decode_solo_s"]} for r in records])["decode"]
+    assert flat["other_share"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_version_3_fit_reads_with_no_share_term_and_a_version_4_fit_must_have_it(fitted):
+    v3 = json.loads(json.dumps(fitted["fit"]))
+    v3["version"] = 3
+    for phase in ("prefill", "decode"):
+        v3["corun"][phase].pop("other_share")
+    old = MeasuredCost(LLAMA8, H100, v3)
+    assert old._corun["decode"][-1] == 0.0 and old._corun["prefill"][-1] == 0.0
+    v4 = {**v3, "version": 4}
+    with pytest.raises((KeyError, ValueError, UserError)):
+        MeasuredCost(LLAMA8, H100, v4)

@@ -104,3 +104,27 @@ def test_step_table_weights_each_corunner_by_its_overlap():
     assert (decodes["kind"].iloc[:10] == "decode+corun").all()
     assert np.allclose(decodes["predicted_s"].iloc[:10], 0.015)
     assert decodes["predicted_s"].iloc[10] == pytest.approx(0.010) and decodes["kind"].iloc[10] == "decode"
+
+
+def test_rescore_reproduces_a_run_on_its_own_calibration_and_needs_its_traces(tmp_path, capsys):
+    trace = tmp_path / "t.jsonl"
+    write_trace(make_trace(8, 20.0, (8, 60), (2, 8), seed=6), trace)
+    run, again = tmp_path / "run", tmp_path / "again"
+    common = ["--device", "cpu", "--model", "tiny-llama", "--gpu", "h100-sxm", "--calibration", "analytical"]
+    assert main(["validate", *common, "--trace", f"t={trace}", "--policy", "static", "--policy", "nexus",
+                 "--loads", "0.5,50", "--num-blocks", "256", "--out", str(run)]) == 0
+    assert main(["validate", *common, "--rescore", str(run), "--trace", f"t={trace}", "--out", str(again)]) == 0
+    before = json.loads((run / "validate.json").read_text())
+    after = json.loads((again / "validate.json").read_text())
+    assert after["rescored"]["from_command"] == before["command"]
+    assert [c["error_pct"] for c in after["cases"]] == [c["error_pct"] for c in before["cases"]]
+    for a, b in zip(after["cases"], before["cases"]):   # steps.csv keeps 7 digits
+        assert a["steps"].keys() == b["steps"].keys()
+        for kind in a["steps"]:
+            assert a["steps"][kind]["n"] == b["steps"][kind]["n"]
+            assert a["steps"][kind]["median_signed_pct"] == pytest.approx(b["steps"][kind]["median_signed_pct"],
+                                                                          abs=1e-3)
+    assert main(["validate", *common, "--rescore", str(run), "--trace", f"other={trace}",
+                 "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("nexus-real: ") and "--trace NAME=PATH for t" in err[-1]

@@ -80,9 +80,9 @@ BANDWIDTH_FRACTIONS = np.round(np.arange(0.40, 1.201, 0.05), 2)
 # model's defaults, and reported as such.
 DEFAULT_CORUN = {"bandwidth_fraction": 0.85,
                  "prefill": {"other_use": 0.10, "own_x_other_use": 0.0, "oversubscription": 0.5,
-                             "other_share_x_use": 0.0},
+                             "other_share_x_use": 0.0, "other_share": 0.0},
                  "decode": {"other_use": 0.05, "own_x_other_use": 0.0, "oversubscription": 1.0,
-                            "other_share_x_use": 0.0}}
+                            "other_share_x_use": 0.0, "other_share": 0.0}}
 
 
 # ---- non-negative least squares ------------------------------------------------------

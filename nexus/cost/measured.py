@@ -34,8 +34,8 @@ import numpy as np
 
 from nexus.cost.base import FULL_GPU, BatchShape, sms_array
 from nexus.cost.calibration import check_matches, content_digest, read_calibration
-from nexus.cost.terms import (CORUN_TERMS, FIT_METHOD, FIT_VERSION, PREFILL_ATTENTION, corun_excess,
-                              prefill_attention, sm_share)
+from nexus.cost.terms import (CORUN_TERMS, FIT_METHOD, FIT_VERSION, PREFILL_ATTENTION, READABLE_FIT_VERSIONS,
+                              corun_excess, prefill_attention, sm_share)
 from nexus.cost.roofline import IterationWork
 from nexus.graph_buckets import bucket_for, prefill_bucket
 from nexus.errors import UserError
@@ -274,7 +274,7 @@ class MeasuredCost:
 
     @staticmethod
     def _parse(fit: dict, num_sms: int) -> tuple[_Phase, _Phase, dict]:
-        if fit.get("method") != FIT_METHOD or fit.get("version") != FIT_VERSION:
+        if fit.get("method") != FIT_METHOD or fit.get("version") not in READABLE_FIT_VERSIONS:
             raise ValueError(f"fit method {fit.get('method')!r} version {fit.get('version')!r}, "
                              f"this build reads {FIT_METHOD!r} version {FIT_VERSION}")
         p, d, c = fit["prefill"], fit["decode"], fit["corun"]
@@ -293,7 +293,8 @@ class MeasuredCost:
             phases.append(_Phase(sms, kn, base, attention, num_sms))
         corun = {"k": float(c["bandwidth_fraction"])}
         for phase in ("prefill", "decode"):
-            terms = [float(c[phase][t]) for t in CORUN_TERMS]
+            terms = [0.0 if t == "other_share" and fit["version"] == 3 else float(c[phase][t])
+                     for t in CORUN_TERMS]
             if not all(math.isfinite(v) and v >= 0 for v in terms):
                 raise ValueError("co-run coefficients must be finite and non-negative")
             corun[phase] = terms

@@ -11,11 +11,14 @@ import numpy as np
 from nexus.cost.base import FULL_GPU
 
 FIT_METHOD = "monotone-piecewise-nnls"
-FIT_VERSION = 3
+FIT_VERSION = 4
+# Version 3 fits lack the "other_share" co-run term (a rival's SM share slows a phase even
+# when it draws little bandwidth); they read as version 4 with that term 0.
+READABLE_FIT_VERSIONS = (3, 4)
 # Prefill attention coefficients, in the order of prefill_attention's features.
 PREFILL_ATTENTION = ("own_pair_s", "cross_pair_s", "prior_token_s")
 # Co-run coefficients of a slowed phase, in the order of corun_features.
-CORUN_TERMS = ("other_use", "own_x_other_use", "oversubscription", "other_share_x_use")
+CORUN_TERMS = ("other_use", "own_x_other_use", "oversubscription", "other_share_x_use", "other_share")
 
 
 def prefill_attention(chunks: tuple[tuple[int, int], ...]) -> tuple[int, int, int, int]:
@@ -46,13 +49,14 @@ def oversubscription(own: Any, other: Any, bandwidth_fraction: float) -> Any:
 
 
 def corun_features(own: Any, other: Any, bandwidth_fraction: float, other_share: Any) -> tuple:
-    """The slowdown's features, in CORUN_TERMS order: u_o, u_s*u_o, the oversubscription, f_o*u_o."""
-    return other, own * other, oversubscription(own, other, bandwidth_fraction), other_share * other
+    """The slowdown's features, in CORUN_TERMS order: u_o, u_s*u_o, the oversubscription, f_o*u_o, f_o."""
+    return (other, own * other, oversubscription(own, other, bandwidth_fraction), other_share * other,
+            other_share)
 
 
 def corun_excess(coef: list[float], bandwidth_fraction: float, own: Any, other: Any, other_share: Any) -> Any:
     """slowdown - 1 of a phase drawing `own` beside a rival drawing `other` (fractions of the
     datasheet bandwidth) on `other_share` of the SMs; `coef` in CORUN_TERMS order."""
-    a, b, c, d = coef
+    a, b, c, d, e = coef
     over = oversubscription(own, other, bandwidth_fraction)
-    return a * other + b * own * other + c * over + d * other_share * other
+    return a * other + b * own * other + c * over + d * other_share * other + e * other_share
