@@ -36,6 +36,7 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run one step, log it, remember a fai
 step gpu_tests 900 $PY -m pytest -m gpu --noconftest -p no:cacheprovider -q -rs tests/test_real_*.py \
     --junitxml "$OUTDIR/gpu_tests.xml"
 step bench_real_roofline 600 $PY experiments/bench_real_roofline.py --out "$OUTDIR/real_roofline_h200.json"
+step bench_decode_contexts 300 $PY experiments/bench_decode_contexts.py --out "$OUTDIR/decode_contexts_h200.json"
 step bench_host_overhead 600 $PY experiments/bench_host_overhead.py --out "$OUTDIR/host_overhead_h100.json"
 step bench_smoke 600 $PY -m real.cli bench --trace traces/sharegpt.jsonl --limit 100 \
     --compare chunked,static,nexus --out "$OUTDIR/bench_smoke"
@@ -46,11 +47,17 @@ if [ "${FULL:-0}" = 1 ]; then
     # engine's host gap included (an engine replay of a synthetic trace).
     cal="$OUTDIR/calibration.json"
     step profile 600 $PY -m real.cli profile --repeats 5 --out "$cal"
-    step validate 600 $PY -m real.cli validate --calibration "$cal" --limit 200 \
-        --trace sharegpt=traces/sharegpt.jsonl --trace bursty=experiments/workloads/bursty.jsonl \
-        --trace mixed=traces/mixed.jsonl --trace longprompt=experiments/workloads/longprompt.jsonl \
-        --policy chunked --policy static --policy nexus --policy nexus:beta=2 \
-        --loads auto=0.5,1.0,1.2 --out "$OUTDIR/validate"
+    # 100 requests a trace: the four traces x four policies x two loads take about 10 minutes
+    # on an H200, so the long-prompt trace runs as a second call.
+    for pair in "short sharegpt=traces/sharegpt.jsonl bursty=experiments/workloads/bursty.jsonl mixed=traces/mixed.jsonl" \
+                "long longprompt=experiments/workloads/longprompt.jsonl"; do
+        set -- $pair
+        name=$1; shift
+        step "validate_$name" 600 $PY -m real.cli validate --calibration "$cal" --limit 100 \
+            $(printf -- '--trace %s ' "$@") \
+            --policy chunked --policy static --policy nexus --policy nexus:beta=2 \
+            --loads auto=0.7,1.2 --out "$OUTDIR/validate_$name"
+    done
 fi
 
 echo "gpu_check: results in $OUTDIR (status $status)"
