@@ -243,6 +243,7 @@ def max_rate_command(args: argparse.Namespace, console: Console) -> int:
     from sim.executors import InlineExecutor
     from sim.probe import SLO, Load
     from traces.retime import load_entries
+    from traces.stats import summarize as trace_stats
 
     slo = SLO(args.slo_ttft, args.slo_tbt, args.slo_percentile)
     model, gpu = resolve_model(args.model), detect_gpu(args.gpu, args.device, console.print)
@@ -252,14 +253,22 @@ def max_rate_command(args: argparse.Namespace, console: Console) -> int:
     makers = {c.label: (lambda c=c: c.make(slo_params)) for c in cases}
     bench = Bench(model, gpu, [make() for make in makers.values()], EngineConfig(), args.device,
                   num_blocks=args.num_blocks)
-    results = engine_max_rates(bench, entries, makers, args.calibration, slo, Load("scale"),
-                               InlineExecutor(), log=lambda m: console.print(m, highlight=False))
     record = {"what": "highest load within the SLO, per policy: the simulator's prediction, confirmed on the engine",
               "command": args.command_line, "unit": "scale", "slo": slo.describe(), "machine": bench.machine(),
-              "model": model.name, "gpu": gpu.name, "calibration": args.calibration, "policies": results}
+              "model": model.name, "gpu": gpu.name, "calibration": args.calibration,
+              "trace": trace_stats(entries), "policies": {}}
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "max_rate.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+
+    def write(results: dict) -> None:   # after every policy: a run cut short keeps what it measured
+        record["policies"] = results
+        record["complete"] = len(results) == len(makers)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / "max_rate.json.tmp"
+        tmp.write_text(json.dumps(record, indent=1, default=str) + "\n")
+        tmp.replace(out / "max_rate.json")
+
+    results = engine_max_rates(bench, entries, makers, args.calibration, slo, Load("scale"),
+                               InlineExecutor(), log=lambda m: console.print(m, highlight=False), on_policy=write)
     for label, r in results.items():
         console.print(f"{label}: engine {r['max_rate']} .. {r['min_failing']} x the trace's rate; simulator "
                       f"{r['simulated']['max_rate']}", highlight=False)

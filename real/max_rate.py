@@ -28,8 +28,10 @@ def measured_probe(bench, entries: Sequence[TraceEntry], make: Callable[[], Poli
 
 def engine_max_rates(bench, entries: Sequence[TraceEntry], policies: dict[str, Callable[[], Policy]],
                      calibration: str | None, slo: SLO, load: Load, sim_executor: Executor,
-                     spread: float = 0.1, log: Callable[[str], None] = print) -> dict:
-    """Per policy label: the simulator's search result, then the engine's probes around it."""
+                     spread: float = 0.1, log: Callable[[str], None] = print,
+                     on_policy: Callable[[dict], None] | None = None) -> dict:
+    """Per policy label: the simulator's search result, then the engine's probes around it.
+    `on_policy` gets the results so far after each policy, so a run cut short keeps them."""
     setup = Setup(bench.model.name, bench.gpu.name, calibration, None, bench.config.max_num_seqs)
     variants = [sim_max_rate.Variant(label, make()) for label, make in policies.items()]
     predicted = sim_max_rate.find_max_rates(entries, variants, setup, load, slo, sim_executor,
@@ -47,6 +49,8 @@ def engine_max_rates(bench, entries: Sequence[TraceEntry], policies: dict[str, C
                       "min_failing": res["min_failing"], "status": res["status"], "probes": res["probes"],
                       "simulated": {k: predicted[label][k] for k in ("max_rate", "min_failing", "status")},
                       "simulated_within_bracket": _within(predicted[label]["max_rate"], res, spread)}
+        if on_policy is not None:
+            on_policy(out)
     return out
 
 

@@ -30,6 +30,30 @@ def test_max_rate_probes_around_the_prediction_and_writes_both_brackets(tmp_path
     passing = [p["rate"] for p in r["probes"] if p["ok"]]
     assert r["max_rate"] == (max(passing) if passing else None)
     assert rec["slo"]["ttft_s"] == 5 and rec["unit"] == "scale"
+    assert rec["complete"] and rec["trace"]["count"] == 12
+
+
+def test_max_rate_keeps_each_finished_policy_when_a_later_one_fails(tmp_path, monkeypatch):
+    import real.max_rate as mr
+    trace = tmp_path / "t.jsonl"
+    write_trace(make_trace(8, 5.0, (8, 40), (2, 6), seed=4), trace)
+    calls = []
+    real_probe = mr.measured_probe
+
+    def probe(bench, entries, make, *args):
+        calls.append(make().name)
+        if make().name == "static":
+            raise RuntimeError("the GPU went away")
+        return real_probe(bench, entries, make, *args)
+
+    monkeypatch.setattr(mr, "measured_probe", probe)
+    out = tmp_path / "mr"
+    with pytest.raises(RuntimeError):
+        main(["max-rate", "--device", "cpu", "--model", "tiny-llama", "--gpu", "h100-sxm", "--trace", str(trace),
+              "--policy", "chunked", "--policy", "static", "--slo-ttft", "5", "--slo-tbt", "1",
+              "--calibration", "analytical", "--num-blocks", "256", "--out", str(out)])
+    rec = json.loads((out / "max_rate.json").read_text())
+    assert list(rec["policies"]) == ["chunked"] and rec["complete"] is False and "static" in calls
 
 
 def test_within_bracket_allows_the_stated_tolerance():
