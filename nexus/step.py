@@ -80,7 +80,8 @@ class Stepper:
         running = state.running
         steps = 1
         if max_steps > 1 and batch.repeatable and batch.decode and not batch.prefill:
-            steps = min(running.steps_until_finish(), running.steps_that_fit(max_steps))
+            # Asking steps_that_fit for no more than the run can take lets it skip the partial cycle.
+            steps = running.steps_that_fit(min(max_steps, running.steps_until_finish()))
         state.begin(batch, steps)
         return Step(batch, steps, batch.shape(state, (steps - 1) // 2),
                     running.batch_size if batch.decode else 0)

@@ -8,8 +8,6 @@ finish. This is exact while slowdowns are piecewise constant.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-
 import simpy
 
 from nexus.cost.base import BatchShape, CostModel
@@ -17,24 +15,24 @@ from nexus.cost.base import BatchShape, CostModel
 _EPS = 1e-12
 
 
-@dataclass(eq=False)
 class Job:
     """One iteration, or a run of decode steps whose solo times grow linearly (KV grows)."""
-    stream: str
-    shape: BatchShape          # representative shape, for contention
-    sms: int
-    steps: int                 # decode steps it covers (1 unless a repeatable decode run)
-    first_step: float          # solo seconds of the first step
-    step_growth: float         # each later step takes this much longer
-    truncatable: bool
-    done: simpy.Event
-    start_s: float = 0.0
-    work: float = field(init=False)
-    remaining: float = field(init=False)
-    rate: float = 1.0
+    __slots__ = ("stream", "shape", "sms", "steps", "first_step", "step_growth", "truncatable", "done",
+                 "start_s", "work", "remaining", "rate")
 
-    def __post_init__(self) -> None:
-        self.work = self.remaining = self.work_of(self.steps)
+    def __init__(self, stream: str, shape: BatchShape, sms: int, steps: int, first_step: float,
+                 step_growth: float, truncatable: bool, done: simpy.Event):
+        self.stream = stream
+        self.shape = shape            # representative shape, for contention
+        self.sms = sms
+        self.steps = steps            # decode steps it covers (1 unless a repeatable decode run)
+        self.first_step = first_step  # solo seconds of the first step
+        self.step_growth = step_growth  # each later step takes this much longer
+        self.truncatable = truncatable
+        self.done = done
+        self.start_s = 0.0
+        self.work = self.remaining = self.work_of(steps)
+        self.rate = 1.0
 
     def work_of(self, steps: int) -> float:
         return steps * self.first_step + self.step_growth * steps * (steps - 1) / 2
@@ -53,6 +51,9 @@ class FluidGPU:
         self.jobs: list[Job] = []
         self._synced_at = 0.0
         self._generation = 0
+        # The pair whose rates were set last: a retiming that finds the same two jobs (a run
+        # shortened beside its partner) keeps their rates rather than asking the cost model.
+        self._rated: tuple[Job, Job] | None = None
 
     def start(self, job: Job) -> None:
         self._sync()
@@ -77,29 +78,33 @@ class FluidGPU:
             self._retime()
 
     def _sync(self) -> None:
-        elapsed = self.env.now - self._synced_at
+        now = self.env.now
+        elapsed = now - self._synced_at
         if elapsed > 0:
             for job in self.jobs:
                 job.remaining -= elapsed * job.rate
-        self._synced_at = self.env.now
+        self._synced_at = now
 
     def _retime(self) -> None:
         jobs = self.jobs
-        for job in jobs:
-            job.rate = 1.0
         if self.contention and len(jobs) == 2:
             a, b = jobs
-            a.rate = 1.0 / float(self.cost.slowdown(a.shape, a.sms, b.shape, b.sms))
-            b.rate = 1.0 / float(self.cost.slowdown(b.shape, b.sms, a.shape, a.sms))
+            rated = self._rated
+            if rated is None or rated[0] is not a or rated[1] is not b:
+                a.rate = 1.0 / float(self.cost.slowdown(a.shape, a.sms, b.shape, b.sms))
+                b.rate = 1.0 / float(self.cost.slowdown(b.shape, b.sms, a.shape, a.sms))
+                self._rated = (a, b)
+        else:
+            for job in jobs:
+                job.rate = 1.0
         self._generation += 1
         if jobs:
             delay = max(0.0, min(j.remaining / j.rate for j in jobs))
-            generation = self._generation
-            self.env.timeout(delay).callbacks.append(lambda _ev: self._on_timer(generation))
+            self.env.timeout(delay, self._generation).callbacks.append(self._on_timer)
 
-    def _on_timer(self, generation: int) -> None:
-        if generation != self._generation:
-            return
+    def _on_timer(self, timer: simpy.Timeout) -> None:
+        if timer.value != self._generation:
+            return   # a later retiming replaced this timer
         self._sync()
         finished = [j for j in self.jobs if j.remaining <= _EPS * max(1.0, j.work) + 1e-12]
         if not finished:   # rounding left a sliver: finish the nearest job
