@@ -27,6 +27,7 @@ class Split:
         return self.decode_sms if stream == "decode" else self.prefill_sms
 
 
+WHOLE_GPU = Split()   # a plain stream for each phase
 @dataclass(eq=False)
 class Batch:
     """One iteration of one stream: prefill chunks and/or one step of every running request,

@@ -10,7 +10,6 @@ A stream's loop reads as three lines:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from nexus.cost.base import BatchShape
@@ -40,21 +39,14 @@ class StepRecord(NamedTuple):
 TIMELINE_COLUMNS = list(StepRecord._fields)
 
 
-@dataclass(eq=False)
 class Step:
     """A planned iteration: the batch, its SMs, how many decode steps it may run, its shape."""
-    batch: Batch
-    steps: int
-    shape: BatchShape           # representative: the middle step of a decode run
-    decode_seqs: int
+    __slots__ = ("batch", "steps", "shape", "decode_seqs", "stream", "sms")
 
-    @property
-    def stream(self) -> str:
-        return self.batch.stream
-
-    @property
-    def sms(self) -> int:
-        return self.batch.sms
+    def __init__(self, batch: Batch, steps: int, shape: BatchShape, decode_seqs: int):
+        self.batch, self.steps, self.decode_seqs = batch, steps, decode_seqs
+        self.shape = shape          # representative: the middle step of a decode run
+        self.stream, self.sms = batch.stream, batch.split.sms(batch.stream)
 
 
 class Stepper:

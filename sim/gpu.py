@@ -8,20 +8,21 @@ finish. This is exact while slowdowns are piecewise constant.
 from __future__ import annotations
 
 import math
-import simpy
+from typing import Any, Callable
 
 from nexus.cost.base import BatchShape, CostModel
+from sim.clock import Clock
 
 _EPS = 1e-12
 
 
 class Job:
     """One iteration, or a run of decode steps whose solo times grow linearly (KV grows)."""
-    __slots__ = ("stream", "shape", "sms", "steps", "first_step", "step_growth", "truncatable", "done",
+    __slots__ = ("stream", "shape", "sms", "steps", "first_step", "step_growth", "truncatable", "payload",
                  "start_s", "work", "remaining", "rate")
 
     def __init__(self, stream: str, shape: BatchShape, sms: int, steps: int, first_step: float,
-                 step_growth: float, truncatable: bool, done: simpy.Event):
+                 step_growth: float, truncatable: bool, payload: Any = None):
         self.stream = stream
         self.shape = shape            # representative shape, for contention
         self.sms = sms
@@ -29,7 +30,7 @@ class Job:
         self.first_step = first_step  # solo seconds of the first step
         self.step_growth = step_growth  # each later step takes this much longer
         self.truncatable = truncatable
-        self.done = done
+        self.payload = payload        # what the GPU's owner wants back when the job is done
         self.start_s = 0.0
         self.work = self.remaining = self.work_of(steps)
         self.rate = 1.0
@@ -46,8 +47,11 @@ class Job:
 
 
 class FluidGPU:
-    def __init__(self, env: simpy.Environment, cost: CostModel, contention: bool = True):
-        self.env, self.cost, self.contention = env, cost, contention
+    """Runs jobs on `clock`; calls on_done(job) (scheduled, at the instant it ends) for each."""
+
+    def __init__(self, clock: Clock, cost: CostModel, on_done: Callable[[Job], None],
+                 contention: bool = True):
+        self.clock, self.cost, self.on_done, self.contention = clock, cost, on_done, contention
         self.jobs: list[Job] = []
         self._synced_at = 0.0
         self._generation = 0
@@ -57,7 +61,7 @@ class FluidGPU:
 
     def start(self, job: Job) -> None:
         self._sync()
-        job.start_s = self.env.now
+        job.start_s = self.clock.now
         self.jobs.append(job)
         self._retime()
 
@@ -78,7 +82,7 @@ class FluidGPU:
             self._retime()
 
     def _sync(self) -> None:
-        now = self.env.now
+        now = self.clock.now
         elapsed = now - self._synced_at
         if elapsed > 0:
             for job in self.jobs:
@@ -100,10 +104,10 @@ class FluidGPU:
         self._generation += 1
         if jobs:
             delay = max(0.0, min(j.remaining / j.rate for j in jobs))
-            self.env.timeout(delay, self._generation).callbacks.append(self._on_timer)
+            self.clock.call_in(delay, self._on_timer, self._generation)
 
-    def _on_timer(self, timer: simpy.Timeout) -> None:
-        if timer.value != self._generation:
+    def _on_timer(self, generation: int) -> None:
+        if generation != self._generation:
             return   # a later retiming replaced this timer
         self._sync()
         finished = [j for j in self.jobs if j.remaining <= _EPS * max(1.0, j.work) + 1e-12]
@@ -113,4 +117,4 @@ class FluidGPU:
             self.jobs.remove(job)
         self._retime()
         for job in finished:
-            job.done.succeed()
+            self.clock.call_in(0, self.on_done, job)

@@ -5,8 +5,6 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-import simpy
-
 from nexus.config import EngineConfig
 from nexus.cost import load_cost_model
 from nexus.kv import BlockPool, kv_capacity_blocks
@@ -47,7 +45,6 @@ def run(trace: str | Path | Sequence[TraceEntry], policy: str | Policy = "nexus"
     requests = [Request(e.request_id, e.arrival_time_s, e.prompt_tokens, e.output_tokens)
                 for e in entries]
 
-    env = simpy.Environment()
     topology = pol.topology(pool)
     state = ServingState(model_spec, gpu_spec, planning, pool, pol.priority, config.max_num_seqs,
                          prefill_kv=topology.prefill_kv)
@@ -58,9 +55,9 @@ def run(trace: str | Path | Sequence[TraceEntry], policy: str | Policy = "nexus"
         if on_progress:
             on_progress(done[0], len(requests))
 
-    engine = SimEngine(env, Stepper(state, pol, topology), cost, requests, finished)
+    engine = SimEngine(Stepper(state, pol, topology), cost, requests, finished)
     wall = time.perf_counter()
-    env.run(until=engine.all_done)
+    engine.run()
     wall = time.perf_counter() - wall
 
     extra = {"cost_model": cost.describe(), "model": model_spec.name, "gpu": gpu_spec.name,
