@@ -6,7 +6,7 @@ so token accounting, KV blocks and timestamps follow one set of rules in both.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from nexus.cost.base import FULL_GPU, BatchShape, CostModel
 from nexus.kv import BlockPool
@@ -28,7 +28,8 @@ class Split:
 
 
 WHOLE_GPU = Split()   # a plain stream for each phase
-@dataclass(eq=False)
+
+
 class Batch:
     """One iteration of one stream: prefill chunks and/or one step of every running request,
     and the split it runs under (the policy decides both at once).
@@ -37,12 +38,21 @@ class Batch:
     until the state changes (an arrival, a finish, a new split, the other stream moving);
     the policy promises it would plan the same batch again until then.
     """
-    stream: str
-    prefill: list[tuple[Request, int]] = field(default_factory=list)
-    decode: bool = False
-    repeatable: bool = False
-    split: Split = Split()
-    joined: list[Request] = field(default_factory=list)   # first decode step for these
+    # A plain class with slots: planned several times per simulated step, a dataclass's
+    # default factories were a measurable part of the simulator's loop.
+    __slots__ = ("stream", "prefill", "decode", "repeatable", "split", "joined")
+
+    def __init__(self, stream: str, prefill: list[tuple[Request, int]] | None = None,
+                 decode: bool = False, repeatable: bool = False, split: Split = WHOLE_GPU,
+                 joined: list[Request] | None = None):
+        self.stream = stream
+        self.prefill = [] if prefill is None else prefill
+        self.decode, self.repeatable, self.split = decode, repeatable, split
+        self.joined = [] if joined is None else joined   # first decode step for these
+
+    def __repr__(self) -> str:
+        return (f"Batch(stream={self.stream!r}, prefill={self.prefill!r}, decode={self.decode}, "
+                f"repeatable={self.repeatable}, split={self.split!r}, joined={self.joined!r})")
 
     @property
     def sms(self) -> int:

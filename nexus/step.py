@@ -89,8 +89,12 @@ class Stepper:
         finished, prefilled = state.end(batch, steps, start_s, end_s)
         for req in prefilled:
             self.topology.prefilled(req, state.running)
-        record = StepRecord(start_s, end_s, batch.stream, batch.sms,
-                            sum(n for _, n in batch.prefill), step.decode_seqs,
-                            steps if batch.decode else 0, state.kv.usage,
-                            sum(p for _, p in step.shape.prefill_chunks), step.shape.decode_kv_tokens)
+        shape = step.shape
+        prefill_tokens = prior_tokens = 0
+        for n, prior in shape.prefill_chunks:   # one chunk per batch.prefill entry
+            prefill_tokens += n
+            prior_tokens += prior
+        record = StepRecord(start_s, end_s, step.stream, step.sms, prefill_tokens, step.decode_seqs,
+                            steps if batch.decode else 0, state.kv.usage, prior_tokens,
+                            shape.decode_kv_tokens)
         return record, finished

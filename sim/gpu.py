@@ -103,8 +103,8 @@ class FluidGPU:
                 job.rate = 1.0
         self._generation += 1
         if jobs:
-            delay = max(0.0, min(j.remaining / j.rate for j in jobs))
-            self.clock.call_in(delay, self._on_timer, self._generation)
+            delay = min([j.remaining / j.rate for j in jobs])
+            self.clock.call_in(delay if delay > 0.0 else 0.0, self._on_timer, self._generation)
 
     def _on_timer(self, generation: int) -> None:
         if generation != self._generation:

@@ -220,7 +220,7 @@ class MeasuredCost:
         # slowdowns at every retiming while it runs); decode shapes rarely recur for long.
         self._plans: dict[BatchShape, tuple | None] = {}
         self._solo: dict[tuple[BatchShape, int], float] = {}
-        self._uses: dict[tuple[BatchShape, int], tuple | None] = {}
+        self._uses: dict[tuple[int, int], tuple[BatchShape, tuple | None]] = {}
         self._decode_lines: dict[tuple[int, int], tuple[float, float, float]] = {}
         self._decode_bytes_head: dict[int, tuple[float, ...]] = {}
         self._bandwidth = gpu.hbm_bandwidth
@@ -454,23 +454,28 @@ class MeasuredCost:
     def _use(self, shape: BatchShape, sms: int) -> tuple[float, float, bool, bool] | None:
         """(bandwidth use, prefill's share of the solo time, has prefill, has decode) of `shape`
         alone on `sms` SMs, or None if it is empty; the terms `slowdown` reads, memoised."""
-        key = (shape, sms)
-        use = self._uses.get(key, False)
-        if use is False:
-            if shape.is_empty:
-                use = None
-            else:
-                own = self._total_bytes(shape) / self.solo_time(shape, sms) / self._bandwidth
-                has_pre, has_dec = shape.prefill_tokens > 0, shape.decode_seqs > 0
-                w = 1.0
-                if has_pre and has_dec:
-                    tp = self.solo_time(BatchShape(prefill_chunks=shape.prefill_chunks), sms)
-                    w = tp / (tp + self.solo_time(BatchShape(decode_seqs=shape.decode_seqs,
-                                                             decode_kv_tokens=shape.decode_kv_tokens), sms))
-                use = (own, w, has_pre, has_dec)
-            if len(self._uses) >= _CACHE_LIMIT:
-                self._uses.clear()
-            self._uses[key] = use
+        # Keyed by the shape object (held in the entry, so its id stays its own): the
+        # simulator asks again for the shapes of the jobs it runs, and hashing a shape's
+        # chunks costs more than the look-up saves. An equal shape elsewhere just recomputes.
+        key = (id(shape), sms)
+        entry = self._uses.get(key)
+        if entry is not None and entry[0] is shape:
+            return entry[1]
+        prefill_tokens, seqs = shape.prefill_tokens, shape.decode_seqs
+        if prefill_tokens + seqs == 0:   # shape.is_empty
+            use = None
+        else:
+            own = self._total_bytes(shape) / self.solo_time(shape, sms) / self._bandwidth
+            has_pre, has_dec = prefill_tokens > 0, seqs > 0
+            w = 1.0
+            if has_pre and has_dec:
+                tp = self.solo_time(BatchShape(prefill_chunks=shape.prefill_chunks), sms)
+                w = tp / (tp + self.solo_time(BatchShape(decode_seqs=shape.decode_seqs,
+                                                         decode_kv_tokens=shape.decode_kv_tokens), sms))
+            use = (own, w, has_pre, has_dec)
+        if len(self._uses) >= _CACHE_LIMIT:
+            self._uses.clear()
+        self._uses[key] = (shape, use)
         return use
 
     def _scalar_slowdown(self, shape: BatchShape, sms: int, other: BatchShape, other_sms: int) -> float:
