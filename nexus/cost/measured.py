@@ -215,11 +215,11 @@ class MeasuredCost:
             raise UserError(f"{origin}: malformed fit ({type(e).__name__}: {e}); refit it with "
                             f"`python -m nexus.cost.fit {origin}`") from None
         self._bytes_of = IterationWork(model, 1.0, 1.0)
-        self._bytes: dict[BatchShape, float] = {}
+        self._bytes: dict[int, tuple[BatchShape, float]] = {}   # by shape object, like _solo
         # Memos: the simulator asks for the same shape's time many times (its job, then both
         # slowdowns at every retiming while it runs); decode shapes rarely recur for long.
         self._plans: dict[BatchShape, tuple | None] = {}
-        self._solo: dict[tuple[BatchShape, int], float] = {}
+        self._solo: dict[tuple[int, int], tuple[BatchShape, float]] = {}
         self._uses: dict[tuple[int, int], tuple[BatchShape, tuple | None]] = {}
         self._decode_lines: dict[tuple[int, int], tuple[float, float, float]] = {}
         self._decode_bytes_head: dict[int, tuple[float, ...]] = {}
@@ -358,15 +358,18 @@ class MeasuredCost:
                 # for a new KV length every step, so memoise the line, not the shape.
                 fixed, rest, per_kv_token = self._decode_line(shape.decode_seqs, sms)
                 return fixed + (rest + per_kv_token * shape.decode_kv_tokens)
-            key = (shape, sms)
-            t = self._solo.get(key)
-            if t is None:
-                s = self._check_sms(sms)
-                plan = self._plan(shape)
-                t = 0.0 if plan is None else self._time(plan, self._prefill.rows[s], self._decode.rows[s])
-                if len(self._solo) >= _CACHE_LIMIT:
-                    self._solo.clear()
-                self._solo[key] = t
+            # Memoised by the shape object, like `_use`: a shape's chunks cost more to hash
+            # than its plan costs to make, and the simulator asks again with the same object.
+            key = (id(shape), sms)
+            entry = self._solo.get(key)
+            if entry is not None and entry[0] is shape:
+                return entry[1]
+            s = self._check_sms(sms)
+            plan = self._make_plan(shape)
+            t = 0.0 if plan is None else self._time(plan, self._prefill.rows[s], self._decode.rows[s])
+            if len(self._solo) >= _CACHE_LIMIT:
+                self._solo.clear()
+            self._solo[key] = (shape, t)
             return t
         plan = self._plan(shape)
         s = self._sms_array(sms)
@@ -399,11 +402,13 @@ class MeasuredCost:
             work = self._bytes_of
             return sum((*head, work._kv_bytes_per_token * shape.decode_kv_tokens
                         + work._q_bytes_per_token * seqs))
-        b = self._bytes.get(shape)
-        if b is None:
-            if len(self._bytes) >= _CACHE_LIMIT:
-                self._bytes.clear()
-            b = self._bytes[shape] = self._bytes_of(shape).total_bytes
+        entry = self._bytes.get(id(shape))
+        if entry is not None and entry[0] is shape:
+            return entry[1]
+        if len(self._bytes) >= _CACHE_LIMIT:
+            self._bytes.clear()
+        b = self._bytes_of(shape).total_bytes
+        self._bytes[id(shape)] = (shape, b)
         return b
 
     def memory_demand(self, shape: BatchShape, sms: int | np.ndarray) -> float | np.ndarray:
