@@ -10,7 +10,6 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_right
 from operator import add, sub
-from dataclasses import dataclass
 
 from nexus.kv import BLOCK_SIZE, BlockPool, blocks_for
 from nexus.request import Request
@@ -20,11 +19,13 @@ from nexus.request import Request
 _PAD_ROW = [tuple((-(m + phase)) % BLOCK_SIZE for phase in range(BLOCK_SIZE)) for m in range(BLOCK_SIZE)]
 
 
-@dataclass
 class _Member:
-    kv_offset: int      # kv_tokens - steps, constant while a member
-    gen_offset: int     # generated - steps
-    finish_step: int
+    __slots__ = ("kv_offset", "gen_offset", "finish_step")
+
+    def __init__(self, kv_offset: int, gen_offset: int, finish_step: int):
+        self.kv_offset = kv_offset      # kv_tokens - steps, constant while a member
+        self.gen_offset = gen_offset    # generated - steps
+        self.finish_step = finish_step
 
 
 class RunningSet:
@@ -67,18 +68,22 @@ class RunningSet:
 
     def admit_pending(self) -> list[Request]:
         joined, self.pending = self.pending, []
+        if not joined:
+            return joined
+        steps, members, residues, heap = self.steps, self.members, self._residues, self._finish_heap
+        pad = self._pad_by_phase
         for req in joined:
-            offset = req.kv_tokens - self.steps
-            member = _Member(offset, req.generated - self.steps,
-                             self.steps + req.output_tokens - req.generated)
-            self.members[req] = member
+            offset = req.kv_tokens - steps
+            finish_step = steps + req.output_tokens - req.generated
+            member = members[req] = _Member(offset, req.generated - steps, finish_step)
             self._kv_offset_sum += offset
-            self._residues[offset % BLOCK_SIZE] += 1
-            self._pad_by_phase = list(map(add, self._pad_by_phase, _PAD_ROW[offset % BLOCK_SIZE]))
-            self._growth_by_phase.clear()
+            residues[offset % BLOCK_SIZE] += 1
+            pad = list(map(add, pad, _PAD_ROW[offset % BLOCK_SIZE]))
             self._held_blocks += req.kv_blocks
             self._seq += 1
-            heapq.heappush(self._finish_heap, (member.finish_step, self._seq, req, member))
+            heapq.heappush(heap, (finish_step, self._seq, req, member))
+        self._pad_by_phase = pad
+        self._growth_by_phase.clear()
         return joined
 
     def steps_until_finish(self) -> int:

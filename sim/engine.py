@@ -137,8 +137,10 @@ class SimEngine:
 
     def _check_stalled(self, stream: str) -> None:
         state = self.state
-        if any(g.jobs for g in self.gpus) or self.transfers or self.arrived < len(self.requests) \
-                or not state.waiting:
+        for gpu in self.gpus:
+            if gpu.jobs:
+                return
+        if self.transfers or self.arrived < len(self.requests) or not state.waiting:
             return
         if len(state.running) or state.prefilling:
             return

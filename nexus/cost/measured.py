@@ -170,14 +170,19 @@ class _Phase:
 
 
 class _Columns:
-    """Looks like a table row but yields each column at an array of SM counts."""
-    __slots__ = ("cols", "s")
+    """Looks like a table row but yields each column at an array of SM counts (each column
+    gathered once: a controller scores the same candidate splits again and again)."""
+    __slots__ = ("cols", "s", "_gathered")
 
     def __init__(self, cols: list[np.ndarray], s: np.ndarray):
         self.cols, self.s = cols, s
+        self._gathered: dict[int, np.ndarray] = {}
 
     def __getitem__(self, k: int) -> np.ndarray:
-        return self.cols[k][self.s]
+        col = self._gathered.get(k)
+        if col is None:
+            col = self._gathered[k] = self.cols[k][self.s]
+        return col
 
 
 class MeasuredCost:
@@ -221,6 +226,7 @@ class MeasuredCost:
         self._plans: dict[BatchShape, tuple | None] = {}
         self._solo: dict[tuple[int, int], tuple[BatchShape, float]] = {}
         self._uses: dict[tuple[int, int], tuple[BatchShape, tuple | None]] = {}
+        self._columns: dict[tuple, tuple[np.ndarray, _Columns, _Columns]] = {}
         self._decode_lines: dict[tuple[int, int], tuple[float, float, float]] = {}
         self._decode_bytes_head: dict[int, tuple[float, ...]] = {}
         self._bandwidth = gpu.hbm_bandwidth
@@ -372,10 +378,22 @@ class MeasuredCost:
             self._solo[key] = (shape, t)
             return t
         plan = self._plan(shape)
-        s = self._sms_array(sms)
+        s, prefill, decode = self._columns_at(sms)
         if plan is None:
             return np.zeros(s.shape)
-        return self._time(plan, _Columns(self._prefill.cols, s), _Columns(self._decode.cols, s))
+        return self._time(plan, prefill, decode)
+
+    def _columns_at(self, sms: int | np.ndarray) -> tuple[np.ndarray, _Columns, _Columns]:
+        """The checked SM array and both phases' columns at it, memoised by its contents."""
+        a = np.asarray(sms)
+        key = (a.dtype.str, a.shape, a.tobytes())
+        entry = self._columns.get(key)
+        if entry is None:
+            s = self._sms_array(a).copy()   # its own: the caller may reuse the array
+            if len(self._columns) >= 64:
+                self._columns.clear()
+            entry = self._columns[key] = (s, _Columns(self._prefill.cols, s), _Columns(self._decode.cols, s))
+        return entry
 
     def _decode_line(self, seqs: int, sms: int) -> tuple[float, float, float]:
         """(fixed part, rest of the base curve, attention per KV token) of a decode step of
