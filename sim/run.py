@@ -56,15 +56,16 @@ def run(trace: str | Path | Sequence[TraceEntry], policy: str | Policy = "nexus"
             on_progress(done[0], len(requests))
 
     engine = SimEngine(Stepper(state, pol, topology), cost, requests, finished)
-    wall = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     engine.run()
-    wall = time.perf_counter() - wall
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
 
     extra = {"cost_model": cost.describe(), "model": model_spec.name, "gpu": gpu_spec.name,
              "kv_blocks": pool.num_blocks}
     if planning is not cost:
         extra["policy_cost_model"] = planning.describe()
     run_config = {"policy": pol.describe(), **config.to_dict(), "rate_scale": rate_scale,
-                  "rate": rate, "num_sms": gpu_spec.num_sms, "sim_wall_s": wall}
+                  "rate": rate, "num_sms": gpu_spec.num_sms, "sim_wall_s": wall,
+                  "sim_cpu_s": cpu}   # this process's CPU time in the loop: what other jobs on a shared machine disturb least
     return make_result(pol.name, requests, state.gaps, engine.timeline, slo_ttft_s, slo_tbt_s,
                        extra, run_config)
