@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_right
-from dataclasses import dataclass
+from operator import add, sub
 
 from nexus.kv import BLOCK_SIZE, BlockPool, blocks_for
 from nexus.request import Request
 
+# _PAD_ROW[m][phase]: the padding of the last block of a member whose KV length is m mod the
+# block size, once the step counter is at `phase` mod the block size.
+_PAD_ROW = [tuple((-(m + phase)) % BLOCK_SIZE for phase in range(BLOCK_SIZE)) for m in range(BLOCK_SIZE)]
 
-@dataclass
+
 class _Member:
-    kv_offset: int      # kv_tokens - steps, constant while a member
-    gen_offset: int     # generated - steps
-    finish_step: int
+    __slots__ = ("kv_offset", "gen_offset", "finish_step")
+
+    def __init__(self, kv_offset: int, gen_offset: int, finish_step: int):
+        self.kv_offset = kv_offset      # kv_tokens - steps, constant while a member
+        self.gen_offset = gen_offset    # generated - steps
+        self.finish_step = finish_step
 
 
 class RunningSet:
@@ -34,9 +40,11 @@ class RunningSet:
         self._kv_offset_sum = 0
         self._residues = [0] * BLOCK_SIZE           # members per kv_offset mod block size
         self._held_blocks = 0                       # blocks the pool counts for members
-        # By step phase (steps mod block size), for the current residues: the padding of the
-        # members' last blocks, and their block growth. Emptied whenever a member joins or leaves.
-        self._pad_by_phase: dict[int, int] = {}
+        # By step phase (steps mod block size): the padding of the members' last blocks, kept
+        # up to date as members join and leave (a join or leave nearly every step under load,
+        # each followed by several look-ups), and their block growth, computed when asked for
+        # and emptied whenever a member joins or leaves.
+        self._pad_by_phase = [0] * BLOCK_SIZE
         self._growth_by_phase: dict[int, list[int]] = {}
 
     def __len__(self) -> int:
@@ -52,12 +60,7 @@ class RunningSet:
     def blocks_needed(self, steps: int) -> int:
         """Blocks the members need after `steps` more steps (closed form over residues)."""
         s = self.steps + steps
-        phase = s % BLOCK_SIZE
-        pad = self._pad_by_phase.get(phase)
-        if pad is None:
-            pad = self._pad_by_phase[phase] = sum(c * ((-(m + phase)) % BLOCK_SIZE)
-                                                  for m, c in enumerate(self._residues) if c)
-        return (self._kv_offset_sum + len(self.members) * s + pad) // BLOCK_SIZE
+        return (self._kv_offset_sum + len(self.members) * s + self._pad_by_phase[s % BLOCK_SIZE]) // BLOCK_SIZE
 
     def add(self, req: Request) -> None:
         """A request whose prefill produced its token; it decodes from the next step on."""
@@ -65,18 +68,22 @@ class RunningSet:
 
     def admit_pending(self) -> list[Request]:
         joined, self.pending = self.pending, []
+        if not joined:
+            return joined
+        steps, members, residues, heap = self.steps, self.members, self._residues, self._finish_heap
+        pad = self._pad_by_phase
         for req in joined:
-            offset = req.kv_tokens - self.steps
-            member = _Member(offset, req.generated - self.steps,
-                             self.steps + req.output_tokens - req.generated)
-            self.members[req] = member
+            offset = req.kv_tokens - steps
+            finish_step = steps + req.output_tokens - req.generated
+            member = members[req] = _Member(offset, req.generated - steps, finish_step)
             self._kv_offset_sum += offset
-            self._residues[offset % BLOCK_SIZE] += 1
-            self._pad_by_phase.clear()
-            self._growth_by_phase.clear()
+            residues[offset % BLOCK_SIZE] += 1
+            pad = list(map(add, pad, _PAD_ROW[offset % BLOCK_SIZE]))
             self._held_blocks += req.kv_blocks
             self._seq += 1
-            heapq.heappush(self._finish_heap, (member.finish_step, self._seq, req, member))
+            heapq.heappush(heap, (finish_step, self._seq, req, member))
+        self._pad_by_phase = pad
+        self._growth_by_phase.clear()
         return joined
 
     def steps_until_finish(self) -> int:
@@ -98,6 +105,8 @@ class RunningSet:
             return limit
         spare = self.pool.free + self._held_blocks - self.blocks_needed(0)
         cycles = spare // members
+        if cycles * BLOCK_SIZE >= limit:
+            return limit   # whole cycles alone cover it: no need for the partial one
         left = spare - cycles * members
         extra = bisect_right(self._growth_prefix(self.steps % BLOCK_SIZE), left) - 1
         return min(limit, cycles * BLOCK_SIZE + extra)
@@ -150,7 +159,7 @@ class RunningSet:
         req.kv_blocks = blocks_for(req.kv_tokens, self.pool.block_size)
         self._kv_offset_sum -= member.kv_offset
         self._residues[member.kv_offset % BLOCK_SIZE] -= 1
-        self._pad_by_phase.clear()
+        self._pad_by_phase = list(map(sub, self._pad_by_phase, _PAD_ROW[member.kv_offset % BLOCK_SIZE]))
         self._growth_by_phase.clear()
         self._held_blocks -= req.kv_blocks
 

@@ -6,7 +6,7 @@ so token accounting, KV blocks and timestamps follow one set of rules in both.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from nexus.cost.base import FULL_GPU, BatchShape, CostModel
 from nexus.kv import BlockPool
@@ -27,7 +27,9 @@ class Split:
         return self.decode_sms if stream == "decode" else self.prefill_sms
 
 
-@dataclass(eq=False)
+WHOLE_GPU = Split()   # a plain stream for each phase
+
+
 class Batch:
     """One iteration of one stream: prefill chunks and/or one step of every running request,
     and the split it runs under (the policy decides both at once).
@@ -36,19 +38,28 @@ class Batch:
     until the state changes (an arrival, a finish, a new split, the other stream moving);
     the policy promises it would plan the same batch again until then.
     """
-    stream: str
-    prefill: list[tuple[Request, int]] = field(default_factory=list)
-    decode: bool = False
-    repeatable: bool = False
-    split: Split = Split()
-    joined: list[Request] = field(default_factory=list)   # first decode step for these
+    # A plain class with slots: planned several times per simulated step, a dataclass's
+    # default factories were a measurable part of the simulator's loop.
+    __slots__ = ("stream", "prefill", "decode", "repeatable", "split", "joined")
+
+    def __init__(self, stream: str, prefill: list[tuple[Request, int]] | None = None,
+                 decode: bool = False, repeatable: bool = False, split: Split = WHOLE_GPU,
+                 joined: list[Request] | None = None):
+        self.stream = stream
+        self.prefill = [] if prefill is None else prefill
+        self.decode, self.repeatable, self.split = decode, repeatable, split
+        self.joined = [] if joined is None else joined   # first decode step for these
+
+    def __repr__(self) -> str:
+        return (f"Batch(stream={self.stream!r}, prefill={self.prefill!r}, decode={self.decode}, "
+                f"repeatable={self.repeatable}, split={self.split!r}, joined={self.joined!r})")
 
     @property
     def sms(self) -> int:
         return self.split.sms(self.stream)
 
     def shape(self, state: "ServingState", steps_ahead: int = 0) -> BatchShape:
-        chunks = tuple((n, req.kv_tokens) for req, n in self.prefill)
+        chunks = tuple([(n, req.kv_tokens) for req, n in self.prefill])
         if not self.decode:
             return BatchShape(chunks)
         running = state.running

@@ -10,7 +10,6 @@ A stream's loop reads as three lines:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from nexus.cost.base import BatchShape
@@ -40,21 +39,14 @@ class StepRecord(NamedTuple):
 TIMELINE_COLUMNS = list(StepRecord._fields)
 
 
-@dataclass(eq=False)
 class Step:
     """A planned iteration: the batch, its SMs, how many decode steps it may run, its shape."""
-    batch: Batch
-    steps: int
-    shape: BatchShape           # representative: the middle step of a decode run
-    decode_seqs: int
+    __slots__ = ("batch", "steps", "shape", "decode_seqs", "stream", "sms")
 
-    @property
-    def stream(self) -> str:
-        return self.batch.stream
-
-    @property
-    def sms(self) -> int:
-        return self.batch.sms
+    def __init__(self, batch: Batch, steps: int, shape: BatchShape, decode_seqs: int):
+        self.batch, self.steps, self.decode_seqs = batch, steps, decode_seqs
+        self.shape = shape          # representative: the middle step of a decode run
+        self.stream, self.sms = batch.stream, batch.split.sms(batch.stream)
 
 
 class Stepper:
@@ -80,7 +72,8 @@ class Stepper:
         running = state.running
         steps = 1
         if max_steps > 1 and batch.repeatable and batch.decode and not batch.prefill:
-            steps = min(running.steps_until_finish(), running.steps_that_fit(max_steps))
+            # Asking steps_that_fit for no more than the run can take lets it skip the partial cycle.
+            steps = running.steps_that_fit(min(max_steps, running.steps_until_finish()))
         state.begin(batch, steps)
         return Step(batch, steps, batch.shape(state, (steps - 1) // 2),
                     running.batch_size if batch.decode else 0)
@@ -96,8 +89,12 @@ class Stepper:
         finished, prefilled = state.end(batch, steps, start_s, end_s)
         for req in prefilled:
             self.topology.prefilled(req, state.running)
-        record = StepRecord(start_s, end_s, batch.stream, batch.sms,
-                            sum(n for _, n in batch.prefill), step.decode_seqs,
-                            steps if batch.decode else 0, state.kv.usage,
-                            sum(p for _, p in step.shape.prefill_chunks), step.shape.decode_kv_tokens)
+        shape = step.shape
+        prefill_tokens = prior_tokens = 0
+        for n, prior in shape.prefill_chunks:   # one chunk per batch.prefill entry
+            prefill_tokens += n
+            prior_tokens += prior
+        record = StepRecord(start_s, end_s, step.stream, step.sms, prefill_tokens, step.decode_seqs,
+                            steps if batch.decode else 0, state.kv.usage, prior_tokens,
+                            shape.decode_kv_tokens)
         return record, finished

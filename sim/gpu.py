@@ -8,33 +8,32 @@ finish. This is exact while slowdowns are piecewise constant.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-
-import simpy
+from typing import Any, Callable
 
 from nexus.cost.base import BatchShape, CostModel
+from sim.clock import Clock
 
 _EPS = 1e-12
 
 
-@dataclass(eq=False)
 class Job:
     """One iteration, or a run of decode steps whose solo times grow linearly (KV grows)."""
-    stream: str
-    shape: BatchShape          # representative shape, for contention
-    sms: int
-    steps: int                 # decode steps it covers (1 unless a repeatable decode run)
-    first_step: float          # solo seconds of the first step
-    step_growth: float         # each later step takes this much longer
-    truncatable: bool
-    done: simpy.Event
-    start_s: float = 0.0
-    work: float = field(init=False)
-    remaining: float = field(init=False)
-    rate: float = 1.0
+    __slots__ = ("stream", "shape", "sms", "steps", "first_step", "step_growth", "truncatable", "payload",
+                 "start_s", "work", "remaining", "rate")
 
-    def __post_init__(self) -> None:
-        self.work = self.remaining = self.work_of(self.steps)
+    def __init__(self, stream: str, shape: BatchShape, sms: int, steps: int, first_step: float,
+                 step_growth: float, truncatable: bool, payload: Any = None):
+        self.stream = stream
+        self.shape = shape            # representative shape, for contention
+        self.sms = sms
+        self.steps = steps            # decode steps it covers (1 unless a repeatable decode run)
+        self.first_step = first_step  # solo seconds of the first step
+        self.step_growth = step_growth  # each later step takes this much longer
+        self.truncatable = truncatable
+        self.payload = payload        # what the GPU's owner wants back when the job is done
+        self.start_s = 0.0
+        self.work = self.remaining = self.work_of(steps)
+        self.rate = 1.0
 
     def work_of(self, steps: int) -> float:
         return steps * self.first_step + self.step_growth * steps * (steps - 1) / 2
@@ -48,15 +47,21 @@ class Job:
 
 
 class FluidGPU:
-    def __init__(self, env: simpy.Environment, cost: CostModel, contention: bool = True):
-        self.env, self.cost, self.contention = env, cost, contention
+    """Runs jobs on `clock`; calls on_done(job) (scheduled, at the instant it ends) for each."""
+
+    def __init__(self, clock: Clock, cost: CostModel, on_done: Callable[[Job], None],
+                 contention: bool = True):
+        self.clock, self.cost, self.on_done, self.contention = clock, cost, on_done, contention
         self.jobs: list[Job] = []
         self._synced_at = 0.0
         self._generation = 0
+        # The pair whose rates were set last: a retiming that finds the same two jobs (a run
+        # shortened beside its partner) keeps their rates rather than asking the cost model.
+        self._rated: tuple[Job, Job] | None = None
 
     def start(self, job: Job) -> None:
         self._sync()
-        job.start_s = self.env.now
+        job.start_s = self.clock.now
         self.jobs.append(job)
         self._retime()
 
@@ -77,29 +82,33 @@ class FluidGPU:
             self._retime()
 
     def _sync(self) -> None:
-        elapsed = self.env.now - self._synced_at
+        now = self.clock.now
+        elapsed = now - self._synced_at
         if elapsed > 0:
             for job in self.jobs:
                 job.remaining -= elapsed * job.rate
-        self._synced_at = self.env.now
+        self._synced_at = now
 
     def _retime(self) -> None:
         jobs = self.jobs
-        for job in jobs:
-            job.rate = 1.0
         if self.contention and len(jobs) == 2:
             a, b = jobs
-            a.rate = 1.0 / float(self.cost.slowdown(a.shape, a.sms, b.shape, b.sms))
-            b.rate = 1.0 / float(self.cost.slowdown(b.shape, b.sms, a.shape, a.sms))
+            rated = self._rated
+            if rated is None or rated[0] is not a or rated[1] is not b:
+                a.rate = 1.0 / float(self.cost.slowdown(a.shape, a.sms, b.shape, b.sms))
+                b.rate = 1.0 / float(self.cost.slowdown(b.shape, b.sms, a.shape, a.sms))
+                self._rated = (a, b)
+        else:
+            for job in jobs:
+                job.rate = 1.0
         self._generation += 1
         if jobs:
-            delay = max(0.0, min(j.remaining / j.rate for j in jobs))
-            generation = self._generation
-            self.env.timeout(delay).callbacks.append(lambda _ev: self._on_timer(generation))
+            delay = min([j.remaining / j.rate for j in jobs])
+            self.clock.call_in(delay if delay > 0.0 else 0.0, self._on_timer, self._generation)
 
     def _on_timer(self, generation: int) -> None:
         if generation != self._generation:
-            return
+            return   # a later retiming replaced this timer
         self._sync()
         finished = [j for j in self.jobs if j.remaining <= _EPS * max(1.0, j.work) + 1e-12]
         if not finished:   # rounding left a sliver: finish the nearest job
@@ -108,4 +117,4 @@ class FluidGPU:
             self.jobs.remove(job)
         self._retime()
         for job in finished:
-            job.done.succeed()
+            self.clock.call_in(0, self.on_done, job)

@@ -170,14 +170,19 @@ class _Phase:
 
 
 class _Columns:
-    """Looks like a table row but yields each column at an array of SM counts."""
-    __slots__ = ("cols", "s")
+    """Looks like a table row but yields each column at an array of SM counts (each column
+    gathered once: a controller scores the same candidate splits again and again)."""
+    __slots__ = ("cols", "s", "_gathered")
 
     def __init__(self, cols: list[np.ndarray], s: np.ndarray):
         self.cols, self.s = cols, s
+        self._gathered: dict[int, np.ndarray] = {}
 
     def __getitem__(self, k: int) -> np.ndarray:
-        return self.cols[k][self.s]
+        col = self._gathered.get(k)
+        if col is None:
+            col = self._gathered[k] = self.cols[k][self.s]
+        return col
 
 
 class MeasuredCost:
@@ -215,11 +220,15 @@ class MeasuredCost:
             raise UserError(f"{origin}: malformed fit ({type(e).__name__}: {e}); refit it with "
                             f"`python -m nexus.cost.fit {origin}`") from None
         self._bytes_of = IterationWork(model, 1.0, 1.0)
-        self._bytes: dict[BatchShape, float] = {}
+        self._bytes: dict[int, tuple[BatchShape, float]] = {}   # by shape object, like _solo
         # Memos: the simulator asks for the same shape's time many times (its job, then both
         # slowdowns at every retiming while it runs); decode shapes rarely recur for long.
         self._plans: dict[BatchShape, tuple | None] = {}
-        self._solo: dict[tuple[BatchShape, int], float] = {}
+        self._solo: dict[tuple[int, int], tuple[BatchShape, float]] = {}
+        self._uses: dict[tuple[int, int], tuple[BatchShape, tuple | None]] = {}
+        self._columns: dict[tuple, tuple[np.ndarray, _Columns, _Columns]] = {}
+        self._decode_lines: dict[tuple[int, int], tuple[float, float, float]] = {}
+        self._decode_bytes_head: dict[int, tuple[float, ...]] = {}
         self._bandwidth = gpu.hbm_bandwidth
 
     @classmethod
@@ -351,30 +360,74 @@ class MeasuredCost:
     def solo_time(self, shape: BatchShape, sms: int | np.ndarray) -> float | np.ndarray:
         """Seconds for the iteration with the GPU otherwise idle."""
         if isinstance(sms, (int, np.integer)):
-            key = (shape, sms)
-            t = self._solo.get(key)
-            if t is None:
-                s = self._check_sms(sms)
-                plan = self._plan(shape)
-                t = 0.0 if plan is None else self._time(plan, self._prefill.rows[s], self._decode.rows[s])
-                if len(self._solo) >= _CACHE_LIMIT:
-                    self._solo.clear()
-                self._solo[key] = t
+            if not shape.prefill_chunks and shape.decode_seqs > 0:
+                # A decode step is affine in its KV tokens at a batch size; the simulator asks
+                # for a new KV length every step, so memoise the line, not the shape.
+                fixed, rest, per_kv_token = self._decode_line(shape.decode_seqs, sms)
+                return fixed + (rest + per_kv_token * shape.decode_kv_tokens)
+            # Memoised by the shape object, like `_use`: a shape's chunks cost more to hash
+            # than its plan costs to make, and the simulator asks again with the same object.
+            key = (id(shape), sms)
+            entry = self._solo.get(key)
+            if entry is not None and entry[0] is shape:
+                return entry[1]
+            s = self._check_sms(sms)
+            plan = self._make_plan(shape)
+            t = 0.0 if plan is None else self._time(plan, self._prefill.rows[s], self._decode.rows[s])
+            if len(self._solo) >= _CACHE_LIMIT:
+                self._solo.clear()
+            self._solo[key] = (shape, t)
             return t
         plan = self._plan(shape)
-        s = self._sms_array(sms)
+        s, prefill, decode = self._columns_at(sms)
         if plan is None:
             return np.zeros(s.shape)
-        return self._time(plan, _Columns(self._prefill.cols, s), _Columns(self._decode.cols, s))
+        return self._time(plan, prefill, decode)
+
+    def _columns_at(self, sms: int | np.ndarray) -> tuple[np.ndarray, _Columns, _Columns]:
+        """The checked SM array and both phases' columns at it, memoised by its contents."""
+        a = np.asarray(sms)
+        key = (a.dtype.str, a.shape, a.tobytes())
+        entry = self._columns.get(key)
+        if entry is None:
+            s = self._sms_array(a).copy()   # its own: the caller may reuse the array
+            if len(self._columns) >= 64:
+                self._columns.clear()
+            entry = self._columns[key] = (s, _Columns(self._prefill.cols, s), _Columns(self._decode.cols, s))
+        return entry
+
+    def _decode_line(self, seqs: int, sms: int) -> tuple[float, float, float]:
+        """(fixed part, rest of the base curve, attention per KV token) of a decode step of
+        `seqs` sequences on `sms` SMs: `_time` adds them in the order
+        fixed + (rest + per_kv_token * kv_tokens), so the sum is the same to the last bit."""
+        key = (seqs, sms)
+        line = self._decode_lines.get(key)
+        if line is None:
+            row, phase = self._decode.rows[self._check_sms(sms)], self._decode
+            where = phase.locate(bucket_for(self._decode_buckets, seqs) or seqs)
+            line = self._decode_lines[key] = (row[0], phase.variable(row, where, ()), row[phase.k + 1])
+        return line
 
     # ---- contention ----------------------------------------------------------------------
 
     def _total_bytes(self, shape: BatchShape) -> float:
-        b = self._bytes.get(shape)
-        if b is None:
-            if len(self._bytes) >= _CACHE_LIMIT:
-                self._bytes.clear()
-            b = self._bytes[shape] = self._bytes_of(shape).total_bytes
+        seqs = shape.decode_seqs
+        if not shape.prefill_chunks and seqs > 0:
+            # Decode: only the attention operator (the last) depends on the KV tokens.
+            head = self._decode_bytes_head.get(seqs)
+            if head is None:
+                ops = self._bytes_of(BatchShape((), seqs, 0)).ops
+                head = self._decode_bytes_head[seqs] = tuple(b for _, b in ops[:-1])
+            work = self._bytes_of
+            return sum((*head, work._kv_bytes_per_token * shape.decode_kv_tokens
+                        + work._q_bytes_per_token * seqs))
+        entry = self._bytes.get(id(shape))
+        if entry is not None and entry[0] is shape:
+            return entry[1]
+        if len(self._bytes) >= _CACHE_LIMIT:
+            self._bytes.clear()
+        b = self._bytes_of(shape).total_bytes
+        self._bytes[id(shape)] = (shape, b)
         return b
 
     def memory_demand(self, shape: BatchShape, sms: int | np.ndarray) -> float | np.ndarray:
@@ -397,6 +450,8 @@ class MeasuredCost:
         prefill and decode takes the two phases' contention weighted by their share of its
         solo time.
         """
+        if sms.__class__ is int and other_sms.__class__ is int:   # the simulator's hot path
+            return self._scalar_slowdown(shape, sms, other, other_sms)
         scalar = isinstance(sms, (int, np.integer)) and isinstance(other_sms, (int, np.integer))
         if shape.is_empty or other.is_empty:
             return 1.0 if scalar else np.ones(np.broadcast_shapes(np.shape(sms),
@@ -419,6 +474,55 @@ class MeasuredCost:
             return 1.0 + excess
         return np.broadcast_to(1.0 + excess, np.broadcast_shapes(np.shape(sms),
                                                                  np.shape(other_sms))).copy()
+
+    def _use(self, shape: BatchShape, sms: int) -> tuple[float, float, bool, bool] | None:
+        """(bandwidth use, prefill's share of the solo time, has prefill, has decode) of `shape`
+        alone on `sms` SMs, or None if it is empty; the terms `slowdown` reads, memoised."""
+        # Keyed by the shape object (held in the entry, so its id stays its own): the
+        # simulator asks again for the shapes of the jobs it runs, and hashing a shape's
+        # chunks costs more than the look-up saves. An equal shape elsewhere just recomputes.
+        key = (id(shape), sms)
+        entry = self._uses.get(key)
+        if entry is not None and entry[0] is shape:
+            return entry[1]
+        prefill_tokens, seqs = shape.prefill_tokens, shape.decode_seqs
+        if prefill_tokens + seqs == 0:   # shape.is_empty
+            use = None
+        else:
+            own = self._total_bytes(shape) / self.solo_time(shape, sms) / self._bandwidth
+            has_pre, has_dec = prefill_tokens > 0, seqs > 0
+            w = 1.0
+            if has_pre and has_dec:
+                tp = self.solo_time(BatchShape(prefill_chunks=shape.prefill_chunks), sms)
+                w = tp / (tp + self.solo_time(BatchShape(decode_seqs=shape.decode_seqs,
+                                                         decode_kv_tokens=shape.decode_kv_tokens), sms))
+            use = (own, w, has_pre, has_dec)
+        if len(self._uses) >= _CACHE_LIMIT:
+            self._uses.clear()
+        self._uses[key] = (shape, use)
+        return use
+
+    def _scalar_slowdown(self, shape: BatchShape, sms: int, other: BatchShape, other_sms: int) -> float:
+        """`slowdown` for one SM count each: the same arithmetic, in the same order, as the
+        general path (corun_excess written out), from memoised per-shape terms."""
+        mine, theirs = self._use(shape, sms), self._use(other, other_sms)
+        if mine is None or theirs is None:
+            return 1.0
+        own, w, has_pre, has_dec = mine
+        rival = theirs[0]
+        share = 1.0 if other_sms == FULL_GPU else other_sms / self.gpu.num_sms
+        k = self._corun["k"]
+        over = min(rival, max(own + rival - k, 0.0))
+        if has_pre:
+            a, b, c, d = self._corun["prefill"]
+            pre = a * rival + b * own * rival + c * over + d * share * rival
+            if not has_dec:
+                return 1.0 + pre
+        a, b, c, d = self._corun["decode"]
+        dec = a * rival + b * own * rival + c * over + d * share * rival
+        if has_pre:
+            return 1.0 + (w * pre + (1.0 - w) * dec)
+        return 1.0 + dec
 
     def describe(self) -> dict:
         return {

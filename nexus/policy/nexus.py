@@ -10,7 +10,7 @@ from nexus.policy.base import Policy, decode_step, take_prefill_chunks
 from nexus.policy.split_controller import SplitController
 from nexus.request import Request
 from nexus.specs import GPUSpec
-from nexus.state import Batch, ServingState, Split
+from nexus.state import WHOLE_GPU, Batch, ServingState, Split
 
 
 class Nexus(Policy):
@@ -50,7 +50,7 @@ class Nexus(Policy):
             batch = decode_step(state, stream)
             if batch is not None:
                 prefill_busy = state.inflight.get("prefill") is not None or bool(state.waiting)
-                batch.split = self._split if prefill_busy else Split()   # decode alone: every SM
+                batch.split = self._split if prefill_busy else WHOLE_GPU   # decode alone: every SM
             return batch
         chunks = take_prefill_chunks(state, self.chunk_tokens)
         if not chunks:
@@ -59,7 +59,7 @@ class Nexus(Policy):
         if self.dynamic:
             self._split = self._choose(state, batch)
         # With nobody decoding, prefill runs alone on a plain stream with every SM.
-        batch.split = self._split if len(state.running) else Split()
+        batch.split = self._split if len(state.running) else WHOLE_GPU
         return batch
 
     def _choose(self, state: ServingState, batch: Batch) -> Split:

@@ -31,6 +31,7 @@ class SplitController:
         self.prefill_sms = np.array(gpu.partition_sizes())
         self.decode_sms = gpu.num_sms - self.prefill_sms
         self.current: Split | None = None
+        self._splits = [Split(int(p), int(d)) for p, d in zip(self.prefill_sms, self.decode_sms)]
         self._memo: dict[tuple, int] = {}
 
     def choose(self, prefill: BatchShape, decode: BatchShape, kv_usage: float) -> Split:
@@ -42,7 +43,7 @@ class SplitController:
         index = self._memo.get(key)
         if index is None:
             index = self._memo[key] = self._search(prefill, decode, decode_first)
-        self.current = Split(int(self.prefill_sms[index]), int(self.decode_sms[index]))
+        self.current = self._splits[index]
         return self.current
 
     def _search(self, prefill: BatchShape, decode: BatchShape, decode_first: bool) -> int:

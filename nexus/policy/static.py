@@ -15,6 +15,7 @@ class Static(Policy):
         """Unset sides are resolved against the GPU: prefill gets its half split, decode the rest."""
         self.prefill_sms, self.decode_sms = prefill_sms, decode_sms
         self.chunk_tokens = chunk_tokens
+        self._split: Split | None = None
 
     def check(self, gpu: GPUSpec) -> None:
         if self.prefill_sms is None:
@@ -28,7 +29,9 @@ class Static(Policy):
         return [self.prefill_sms]
 
     def plan(self, state: ServingState, stream: str) -> Batch | None:
-        split = Split(self.prefill_sms, self.decode_sms)
+        split = self._split
+        if split is None or (split.prefill_sms, split.decode_sms) != (self.prefill_sms, self.decode_sms):
+            split = self._split = Split(self.prefill_sms, self.decode_sms)
         if stream == "prefill":
             return prefill_step(state, stream, self.chunk_tokens, split)
         return decode_step(state, stream, split)
