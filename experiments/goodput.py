@@ -10,6 +10,14 @@ prefill partitions, nexus with the paper's parameters, and nexus-slo on its defa
 workload's SLO is its only input). Loads are multiples of the trace's own rate, so the
 bursty conversation trace keeps its burstiness. Writes experiments/results/goodput_<gpu>.json
 and prints the ratios against the issue's targets.
+
+    python experiments/goodput.py --gpu h200 --capacity --workloads mixed   # add drain capacity
+    python experiments/goodput.py --gpu h200 --binding --workloads mixed    # add where time goes
+
+add to that record what the leading policies complete with every request waiting at t=0,
+and where nexus-slo's GPU time goes at its max rate beside the cost model's prefill rates
+for a typical step there (a mixed step within the TBT target, the best split within it, and
+prefill alone): the measurements behind a target that cannot be met.
 """
 from __future__ import annotations
 
@@ -186,7 +194,7 @@ def add_capacity(path: Path, names: list[str], args: argparse.Namespace) -> int:
             cap[label] = fut.result()["throughput_rps"]
             at_max = w["policies"][label]["at_max"]
             cap.setdefault("throughput_at_max_rate_rps", {})[label] = at_max["throughput_rps"] if at_max else None
-    rec["capacity_command"] = f"python experiments/goodput.py --capacity --workloads {','.join(names)}"
+    rec["capacity_command"] = f"python experiments/goodput.py --gpu {setup.gpu} --capacity --workloads {','.join(names)}"
     max_rate.write_record(rec, path)
     for name in names:
         cap = rec["workloads"][name]["capacity_rps"]
@@ -209,8 +217,8 @@ def add_binding(path: Path, names: list[str]) -> int:
         result = run(Load("scale").apply(build_trace(WORKLOADS[name][0], w["trace"]["count"]), scale),
                      policy=policy, model=s["model"], gpu=s["gpu"], calibration=s["calibration"],
                      config=EngineConfig(max_num_seqs=s["max_num_seqs"]))
-        w["binding"] = {"scale": scale, "command": f"python experiments/goodput.py --binding --workloads {name}"
-                        + (f" --out {path}" if path.name != f"goodput_{s['gpu']}.json" else ""),
+        w["binding"] = {"scale": scale,
+                        "command": f"python experiments/goodput.py --gpu {s['gpu']} --binding --workloads {name}",
                         **step_mix(result.timeline, result.summary["duration_s"]),
                         **step_rates(load_cost_model(resolve_model(s["model"]), resolve_gpu(s["gpu"]),
                                                      s["calibration"]), policy, result.timeline)}

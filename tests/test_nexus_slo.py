@@ -187,3 +187,30 @@ def test_nexus_slo_serves_sharegpt_like_load_unsplit_at_least_as_well_as_chunked
     tl = r.timeline
     assert (tl["sms"] == FULL_GPU).all()
     assert r.summary["tbt_s"]["p95"] <= 0.025
+
+
+def test_goodput_binding_accounts_every_prefill_token_and_bounds_the_mixed_rate():
+    """experiments/goodput.py --binding: the step kinds' shares carry every prompt token once, and
+    a mixed step within the target prefills no faster than prefill alone on the whole GPU."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
+    import goodput
+
+    gpu = GPUS["h200"]
+    trace = make_trace(120, 8.0, (500, 4000), (20, 150))
+    policy = make_policy("nexus-slo", ttft_slo_s=1.0, tbt_slo_s=0.03)
+    r = sim.run(trace, policy=policy, gpu="h200")
+    assert r.summary["preemptions"] == 0
+    mix = goodput.step_mix(r.timeline, r.summary["duration_s"])["time"]
+    moved = sum(k["prefill_tokens_per_s"] * k["time_share"] * r.summary["duration_s"] for k in mix.values())
+    assert moved == pytest.approx(sum(e.prompt_tokens for e in trace), rel=1e-9)
+    assert mix["mixed"]["time_share"] > 0
+    rates = goodput.step_rates(load_cost_model(MODELS["llama-3.1-8b"], gpu), policy, r.timeline)
+    predicted = rates["predicted_prefill_tokens_per_s"]
+    assert 0 < predicted["mixed_step"]["rate"] < predicted["alone_full_chunks"]
+    decode = BatchShape((), rates["typical_decode"]["seqs"], rates["typical_decode"]["kv_tokens"])
+    cost = load_cost_model(MODELS["llama-3.1-8b"], gpu)
+    assert policy.mixed_step_time(cost, decode, predicted["mixed_step"]["tokens"]) <= 0.95 * 0.03
+    split = predicted["best_split_in_time"]
+    assert split is None or split["decode_step_s"] <= 0.95 * 0.03
