@@ -10,6 +10,14 @@ prefill partitions, nexus with the paper's parameters, and nexus-slo on its defa
 workload's SLO is its only input). Loads are multiples of the trace's own rate, so the
 bursty conversation trace keeps its burstiness. Writes experiments/results/goodput_<gpu>.json
 and prints the ratios against the issue's targets.
+
+    python experiments/goodput.py --gpu h200 --capacity --workloads mixed   # add drain capacity
+    python experiments/goodput.py --gpu h200 --binding --workloads mixed    # add where time goes
+
+add to that record what the leading policies complete with every request waiting at t=0,
+and where nexus-slo's GPU time goes at its max rate beside the cost model's prefill rates
+for a typical step there (a mixed step within the TBT target, the best split within it, and
+prefill alone): the measurements behind a target that cannot be met.
 """
 from __future__ import annotations
 
@@ -26,8 +34,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paper_setup import MODEL, ROOT, GPUSetup, Workload, build_trace, slos  # noqa: E402
 
+import numpy as np  # noqa: E402
+
+from nexus.config import EngineConfig  # noqa: E402
+from nexus.cost import FULL_GPU, BatchShape, load_cost_model  # noqa: E402
 from nexus.policy import make_policy  # noqa: E402
-from nexus.specs import resolve_gpu  # noqa: E402
+from nexus.specs import resolve_gpu, resolve_model  # noqa: E402
+from sim.run import run  # noqa: E402
 from sim import max_rate  # noqa: E402
 from sim.executors import make_executor  # noqa: E402
 from sim.probe import SLO, Load, Setup, probe  # noqa: E402
@@ -107,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--capacity", action="store_true",
                     help="only add to --out's existing record what each workload's leading policies drain "
                          "with every request waiting at t=0 (the GPU's capacity under them)")
+    ap.add_argument("--binding", action="store_true",
+                    help="only add to --out's existing record where nexus-slo's GPU time goes at its max "
+                         "rate, and the cost model's prefill rate for a typical step there: mixed, split, alone")
     args = ap.parse_args(argv)
     names = [w.strip() for w in args.workloads.split(",") if w.strip()]
     unknown = set(names) - set(WORKLOADS)
@@ -115,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or ROOT / "experiments" / "results" / f"goodput_{args.gpu}.json")
     if args.capacity:
         return add_capacity(out, names, args)
+    if args.binding:
+        return add_binding(out, names)
     t0 = time.perf_counter()
     gpu = resolve_gpu(args.gpu)
     setup = Setup(MODEL, args.gpu, args.calibration)
@@ -176,12 +194,79 @@ def add_capacity(path: Path, names: list[str], args: argparse.Namespace) -> int:
             cap[label] = fut.result()["throughput_rps"]
             at_max = w["policies"][label]["at_max"]
             cap.setdefault("throughput_at_max_rate_rps", {})[label] = at_max["throughput_rps"] if at_max else None
-    rec["capacity_command"] = f"python experiments/goodput.py --capacity --workloads {','.join(names)}"
+    rec["capacity_command"] = f"python experiments/goodput.py --gpu {setup.gpu} --capacity --workloads {','.join(names)}"
     max_rate.write_record(rec, path)
     for name in names:
         cap = rec["workloads"][name]["capacity_rps"]
         print(name, {k: round(v, 3) for k, v in cap.items() if isinstance(v, float)})
     return 0
+
+
+def add_binding(path: Path, names: list[str]) -> int:
+    """Re-run nexus-slo at its max rate and record which kind of step held the GPU, and, for the
+    decode batch its mixed steps typically carried, the cost model's prefill tokens per second:
+    in a mixed step within the TBT target, beside decode in the best split within it, and alone
+    on the whole GPU with full chunks (what no TBT target would limit)."""
+    rec = json.loads(path.read_text())
+    for name in names:
+        w = rec["workloads"][name]
+        s = w["setup"]
+        slo = SLO(w["slo"]["ttft_s"], w["slo"]["tbt_s"])
+        policy = with_slo([max_rate.Variant("nexus-slo", make_policy("nexus-slo"))], slo)[0].policy
+        scale = w["policies"]["nexus-slo"]["max_rate"]
+        result = run(Load("scale").apply(build_trace(WORKLOADS[name][0], w["trace"]["count"]), scale),
+                     policy=policy, model=s["model"], gpu=s["gpu"], calibration=s["calibration"],
+                     config=EngineConfig(max_num_seqs=s["max_num_seqs"]))
+        w["binding"] = {"scale": scale,
+                        "command": f"python experiments/goodput.py --gpu {s['gpu']} --binding --workloads {name}",
+                        **step_mix(result.timeline, result.summary["duration_s"]),
+                        **step_rates(load_cost_model(resolve_model(s["model"]), resolve_gpu(s["gpu"]),
+                                                     s["calibration"]), policy, result.timeline)}
+        print(name, json.dumps(w["binding"]))
+    max_rate.write_record(rec, path)
+    return 0
+
+
+def step_mix(tl, duration_s: float) -> dict:
+    """Share of the run each kind of step was running, and the prefill tokens per second it
+    moved while it ran (kinds overlap in time: a split runs two steps at once)."""
+    kinds = {"mixed": (tl["stream"] == "decode") & (tl["prefill_tokens"] > 0),
+             "split_prefill": (tl["stream"] == "prefill") & (tl["sms"] != FULL_GPU),
+             "prefill_alone": (tl["stream"] == "prefill") & (tl["sms"] == FULL_GPU),
+             "decode_only": tl["prefill_tokens"] == 0}
+    out = {}
+    for kind, rows in kinds.items():
+        busy = float((tl["end_s"] - tl["start_s"])[rows].sum())
+        out[kind] = {"time_share": busy / duration_s,
+                     "prefill_tokens_per_s": float(tl["prefill_tokens"][rows].sum()) / busy if busy else 0.0}
+    return {"time": out}
+
+
+def step_rates(cost, policy, tl) -> dict:
+    mixed = tl[(tl["stream"] == "decode") & (tl["prefill_tokens"] > 0)]
+    w = (mixed["end_s"] - mixed["start_s"]).to_numpy()
+    decode = BatchShape((), int(np.average(mixed["decode_seqs"], weights=w)),
+                        int(np.average(mixed["decode_kv_tokens"], weights=w)))
+    tokens = policy.mixed_tokens(cost, decode)
+    chunk = BatchShape(((policy.chunk_tokens, 0),))
+    sizes, t_decode, t_prefill = policy.split_times(cost, chunk, decode)
+    in_time = np.flatnonzero(t_decode <= policy.headroom * policy.tbt_slo_s)
+    split = None
+    if in_time.size:
+        i = int(in_time[-1])
+        p, d = int(sizes[i]), cost.gpu.num_sms - int(sizes[i])
+        split = {"prefill_sms": p, "decode_step_s": float(t_decode[i]),
+                 "rate": policy.chunk_tokens / float(t_prefill[i]),
+                 "prefill_slowdown": float(cost.slowdown(chunk, p, decode, d)),
+                 "decode_slowdown": float(cost.slowdown(decode, d, chunk, p))}
+    return {"typical_decode": {"seqs": decode.decode_seqs, "kv_tokens": decode.decode_kv_tokens,
+                               "step_alone_s": policy.step_time(cost, decode)},
+            "tbt_target_s": policy.headroom * policy.tbt_slo_s,
+            "predicted_prefill_tokens_per_s": {
+                "mixed_step": {"tokens": tokens,
+                               "rate": tokens / policy.mixed_step_time(cost, decode, tokens) if tokens else 0.0},
+                "best_split_in_time": split,
+                "alone_full_chunks": policy.chunk_tokens / policy.step_time(cost, chunk)}}
 
 
 def print_summary(records: dict[str, dict]) -> None:

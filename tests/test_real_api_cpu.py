@@ -31,7 +31,7 @@ def test_real_run_returns_what_sim_run_returns():
 
 
 @pytest.mark.parametrize("policy,params", [("chunked", {}), ("static", {}), ("nexus", {"spf": False}),
-                                           ("prefill-first", {})])
+                                           ("prefill-first", {}), ("nexus-slo", {})])
 def test_long_prompts_together_finish_on_the_engine(policy, params):
     # Shrunk from the repro that hung the engine: three 3000-token prompts at t = 0 in a
     # 4096-token cache, each holding part of its prompt. Here one 1500-token prompt fits the

@@ -12,7 +12,7 @@ from nexus.specs import GPUS, MODELS
 from synthetic import make_trace
 from traces import TraceEntry
 
-POLICIES = ["chunked", "prefill-first", "static", "nexus", "disagg"]
+POLICIES = ["chunked", "prefill-first", "static", "nexus", "nexus-slo", "disagg"]
 
 
 @pytest.mark.parametrize("policy", POLICIES)

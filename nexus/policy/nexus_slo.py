@@ -1,24 +1,42 @@
-"""Nexus-SLO: split the SMs by the latency targets themselves, not by stretch factors.
+"""Nexus-SLO: plan each step by the latency targets themselves, not by stretch factors.
 
-Each prefill chunk is planned against the decode batch it will run beside. Decode gets the
-smallest partition whose predicted co-running step (the cost model's solo time times its
-slowdown, plus the engine's step gap) stays within `headroom` of the TBT target; prefill
-gets the rest, which is what drains the queue fastest while tokens still flow in time. If
-no split keeps decode in time beside this chunk, the TBT target is lost for the chunk and
-the TTFT target decides: prefill gets the fewest SMs that still drain the waiting prompts
-within `headroom` of it (all it can, if none does). A phase alone runs on a plain stream.
+Whenever a prefill chunk is to start, the controller weighs two plans with the cost model,
+both held to the TBT target (within `headroom`):
+
+- **mixed**: the whole GPU runs one step of decode plus the largest prefill chunk whose
+  predicted step time still meets the target (what chunked prefill does, with its token
+  budget set per step by the prediction instead of fixed);
+- **split**: decode gets the smallest partition whose predicted co-running step meets the
+  target, and prefill the rest, as a separate stream.
+
+If every prompt that could be admitted now fits into one mixed step, the step is mixed:
+those prompts start within one TBT either way, and decode runs on every SM without
+contention (when seats or KV are full, decode's speed is what frees them). Otherwise the
+plan with the higher predicted prefill rate (tokens per second) wins. If neither plan can
+meet the TBT target beside any prefill, the TBT target is lost for this chunk and the TTFT
+target decides: prefill gets the fewest SMs that still drain the waiting prompts within
+`headroom` of it (all it can, if none does). A phase alone runs on a plain stream.
+
+The mixed step runs on the decode stream, so the stream that owns decode is never starved
+and the real engine runs it exactly as chunked prefill's step (a plain stream, all SMs).
 Prompts wait shortest-first with Nexus's ageing (gamma=None: first come, first served).
 The default headroom leaves room for the simulator's ~5% step-time error on the H100.
 """
 from __future__ import annotations
 
+import heapq
+import itertools
+
 import numpy as np
 
-from nexus.cost.base import BatchShape
-from nexus.policy.base import Policy, decode_step, take_prefill_chunks
+from nexus.cost.base import FULL_GPU, BatchShape, CostModel
+from nexus.kv import blocks_for
+from nexus.policy.base import Policy, make_decode_room, take_prefill_chunks
 from nexus.policy.split_controller import _bucket
 from nexus.request import Request
 from nexus.state import Batch, ServingState, Split
+
+TOKEN_GRAIN = 16   # mixed-step budgets are searched in whole KV blocks
 
 
 class NexusSLO(Policy):
@@ -30,55 +48,194 @@ class NexusSLO(Policy):
         self.ttft_slo_s, self.tbt_slo_s, self.headroom = ttft_slo_s, tbt_slo_s, headroom
         self.chunk_tokens, self.gamma = chunk_tokens, gamma
         self._split = Split()
-        self._memo: dict[tuple, int] = {}
+        self._memo: dict[tuple, tuple[int, bool, float]] = {}
 
     def split(self, state: ServingState) -> Split:
-        prefill_busy = state.inflight.get("prefill") is not None or bool(state.waiting)
-        return self._split if prefill_busy and len(state.running) else Split()
+        """The split a decode-only step runs under now: the co-running prefill's, else every SM."""
+        prefill = state.inflight.get("prefill")
+        return self._split if prefill is not None and len(state.running) else Split()
 
     def plan(self, state: ServingState, stream: str) -> Batch | None:
-        if stream == "decode":
-            batch = decode_step(state, stream)
-            if batch:
-                batch.split = self.split(state)
+        return self._plan_decode(state) if stream == "decode" else self._plan_prefill(state)
+
+    def _plan_decode(self, state: ServingState) -> Batch | None:
+        batch = Batch("decode")
+        if not make_decode_room(state, batch):
+            return None   # nobody decodes: the prefill stream runs alone on every SM
+        batch.repeatable = True
+        if state.inflight.get("prefill") is not None:
+            batch.split = self._split   # beside the chunk the prefill stream planned
             return batch
-        chunks = take_prefill_chunks(state, self.chunk_tokens)
-        if not chunks:
-            return None
-        batch = Batch(stream, prefill=chunks)
+        budget = self.mixed_budget(state, batch.shape(state))
+        if budget is None:
+            batch.split = self._split   # the prefill stream, woken by this step, takes the rest
+            return batch
+        batch.prefill = take_prefill_chunks(state, budget)
+        self._fit(state, batch)
+        batch.repeatable = not batch.prefill
+        return batch   # Split(): a plain stream on the whole GPU
+
+    def _fit(self, state: ServingState, batch: Batch) -> None:
+        """Trim the mixed step's last chunks until its predicted time meets the TBT target.
+
+        The budget was sized for chunks that start at the queue head's position; a later chunk
+        that continues a long prompt attends to its whole prefix and costs more per token.
+        """
+        cost, bound = state.cost, self.headroom * self.tbt_slo_s
+        in_time = lambda: self.step_time(cost, batch.shape(state)) <= bound   # noqa: E731
+        while batch.prefill and not in_time():
+            req, n = batch.prefill[-1]
+            lo, hi = 0, n
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                batch.prefill[-1] = (req, mid)
+                lo, hi = (mid, hi) if in_time() else (lo, mid)
+            if lo:
+                batch.prefill[-1] = (req, lo)
+                return
+            batch.prefill.pop()
+            if not req.kv_tokens:
+                state.prefill_kv.release(req)   # a prompt not yet started gives its blocks back
+            state.waiting.push(req)
+
+    def _plan_prefill(self, state: ServingState) -> Batch | None:
+        decoding = state.inflight.get("decode")
+        if decoding is not None and decoding.prefill:
+            return None   # a mixed step holds the whole GPU
         running = state.running
         if len(running):
             seqs = len(running)
             decode = BatchShape((), seqs, running.kv_tokens() + sum(r.kv_tokens for r in running.pending) + seqs)
+            if self.mixed_budget(state, decode) is not None:
+                return None   # the decode stream's next step takes the prompts
+        chunks = take_prefill_chunks(state, self.chunk_tokens)
+        if not chunks:
+            return None
+        batch = Batch("prefill", prefill=chunks)
+        if len(running):
             self._split = self._choose(state, batch.shape(state), decode)
-        batch.split = self._split if len(running) else Split()   # prefill alone: every SM
-        return batch
+            batch.split = self._split
+        return batch   # prefill alone: Split(), every SM
+
+    # ---- the decision ----
+
+    def mixed_budget(self, state: ServingState, decode: BatchShape) -> int | None:
+        """Prefill tokens for a mixed step on the whole GPU beside `decode`, or None when a
+        split serves the waiting prompts better (then `self._split` holds that split)."""
+        if not state.waiting:
+            return 0
+        cost = state.cost
+        head = state.waiting.peek()
+        budget = self.mixed_tokens(cost, decode, head.kv_tokens)
+        admissible = self._admissible_tokens(state, budget + 1)
+        if admissible <= budget:
+            return budget
+        chunk = min(admissible, self.chunk_tokens)
+        prefill = BatchShape(((chunk, head.kv_tokens),))
+        index, in_time, t_prefill = self._split_for(state, prefill, decode)
+        if budget and (not in_time or budget / self.mixed_step_time(cost, decode, budget, head.kv_tokens)
+                       >= chunk / t_prefill):
+            return budget
+        p = state.gpu.partition_sizes()[index]
+        self._split = Split(p, state.gpu.num_sms - p)
+        return None
+
+    @staticmethod
+    def step_time(cost: CostModel, shape: BatchShape) -> float:
+        """Predicted seconds of a step on the whole GPU, the engine's host gap included."""
+        return float(cost.solo_time(shape, FULL_GPU)) + cost.step_overhead(shape)
+
+    def mixed_step_time(self, cost: CostModel, decode: BatchShape, tokens: int, prior: int = 0) -> float:
+        """Predicted seconds of `decode` plus a chunk of `tokens` after `prior` cached ones."""
+        return self.step_time(cost, BatchShape(((tokens, prior),) if tokens else (),
+                                                decode.decode_seqs, decode.decode_kv_tokens))
+
+    def mixed_tokens(self, cost: CostModel, decode: BatchShape, prior: int = 0) -> int:
+        """The most prefill tokens (whole blocks, up to chunk_tokens) a mixed step may carry
+        within the TBT target; 0 if decode alone already misses it. Step time grows with tokens,
+        nearly in proportion, so the bracket is first cut where the line between its ends
+        crosses the bound."""
+        bound = self.headroom * self.tbt_slo_s
+        t = lambda grains: self.mixed_step_time(cost, decode, grains * TOKEN_GRAIN, prior)   # noqa: E731
+        lo, hi = 0, self.chunk_tokens // TOKEN_GRAIN
+        t_lo, t_hi = t(lo), t(hi)
+        if t_hi <= bound:
+            return hi * TOKEN_GRAIN
+        if t_lo > bound:
+            return 0
+        for chords in itertools.count():
+            if hi - lo <= 1:
+                break
+            mid = (lo + round((bound - t_lo) / (t_hi - t_lo) * (hi - lo)) if chords < 3
+                   else (lo + hi) // 2)   # a curved stretch can stall the chord: bisect then
+            mid = min(max(mid, lo + 1), hi - 1)
+            t_mid = t(mid)
+            if t_mid <= bound:
+                lo, t_lo = mid, t_mid
+            else:
+                hi, t_hi = mid, t_mid
+        return lo * TOKEN_GRAIN
+
+    def _admissible_tokens(self, state: ServingState, limit: int) -> int:
+        """Prefill tokens the waiting prompts could start now (seats and KV allowing), counted
+        in priority order and only as far as `limit`."""
+        started = fresh = 0
+        new: list[Request] = []
+        for req in state.waiting:
+            if req.kv_tokens:
+                started += req.prefill_remaining
+            else:
+                new.append(req)
+        if started >= limit:
+            return started
+        seats, blocks = state.seats_free, state.prefill_kv.free
+        for req in heapq.nsmallest(min(seats, len(new)), new, key=self.priority):
+            blocks -= blocks_for(req.prefill_target, state.prefill_kv.block_size)
+            if blocks < 0:
+                break
+            fresh += req.prefill_remaining
+            if started + fresh >= limit:
+                break
+        return started + fresh
 
     def _choose(self, state: ServingState, prefill: BatchShape, decode: BatchShape) -> Split:
-        gpu = state.gpu
+        p = state.gpu.partition_sizes()[self._split_for(state, prefill, decode)[0]]
+        return Split(p, state.gpu.num_sms - p)
+
+    def _split_for(self, state: ServingState, prefill: BatchShape, decode: BatchShape
+                   ) -> tuple[int, bool, float]:
+        """`_search` over the GPU's partitions, remembered for shapes this close when the
+        shapes alone decided it (when the queue did, it must be searched again)."""
         key = (_bucket(prefill.prefill_tokens), _bucket(sum(n * p for n, p in prefill.prefill_chunks)),
                _bucket(decode.decode_seqs), _bucket(decode.decode_kv_tokens))
-        index = self._memo.get(key)
-        if index is None:
-            index, by_shape_alone = self._search(state, prefill, decode, np.array(gpu.partition_sizes()))
-            if by_shape_alone:
-                self._memo[key] = index
-        p = gpu.partition_sizes()[index]
-        return Split(p, gpu.num_sms - p)
+        found = self._memo.get(key)
+        if found is None:
+            found = self._search(state, prefill, decode)
+            if found[1]:
+                self._memo[key] = found
+        return found
 
-    def _search(self, state: ServingState, prefill: BatchShape, decode: BatchShape,
-                p: np.ndarray) -> tuple[int, bool]:
-        """Index of the prefill partition to use, and whether the shapes alone decided it (else
-        the queue did, and the choice must not be remembered for these shapes)."""
-        cost, d = state.cost, state.gpu.num_sms - p
-        t_decode = cost.solo_time(decode, d) * cost.slowdown(decode, d, prefill, p) + cost.step_overhead(decode)
+    def _search(self, state: ServingState, prefill: BatchShape, decode: BatchShape) -> tuple[int, bool, float]:
+        """The index of the prefill partition to use, whether its co-running decode step meets
+        the TBT target (else the TTFT target chose it), and the chunk's predicted time there."""
+        _, t_decode, t_prefill = self.split_times(state.cost, prefill, decode)
         in_time = np.flatnonzero(t_decode <= self.headroom * self.tbt_slo_s)
         if in_time.size:
-            return int(in_time[-1]), True
-        t_prefill = cost.solo_time(prefill, p) * cost.slowdown(prefill, p, decode, d)
+            return int(in_time[-1]), True, float(t_prefill[in_time[-1]])
         queue = state.waiting.pending_tokens() + prefill.prefill_tokens
         drains = np.flatnonzero(queue / prefill.prefill_tokens * t_prefill <= self.headroom * self.ttft_slo_s)
-        return (int(drains[0]) if drains.size else len(p) - 1), False
+        index = int(drains[0]) if drains.size else len(t_prefill) - 1
+        return index, False, float(t_prefill[index])
+
+    @staticmethod
+    def split_times(cost: CostModel, prefill: BatchShape, decode: BatchShape
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every prefill partition the GPU can give, and on each the predicted co-running decode
+        step (host gap included) and prefill chunk."""
+        p = np.array(cost.gpu.partition_sizes())
+        d = cost.gpu.num_sms - p
+        t_decode = cost.solo_time(decode, d) * cost.slowdown(decode, d, prefill, p) + cost.step_overhead(decode)
+        return p, t_decode, cost.solo_time(prefill, p) * cost.slowdown(prefill, p, decode, d)
 
     def priority(self, req: Request) -> float:
         if self.gamma is None:
