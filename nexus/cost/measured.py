@@ -514,12 +514,12 @@ class MeasuredCost:
         k = self._corun["k"]
         over = min(rival, max(own + rival - k, 0.0))
         if has_pre:
-            a, b, c, d = self._corun["prefill"]
-            pre = a * rival + b * own * rival + c * over + d * share * rival
+            a, b, c, d, e = self._corun["prefill"]
+            pre = a * rival + b * own * rival + c * over + d * share * rival + e * share
             if not has_dec:
                 return 1.0 + pre
-        a, b, c, d = self._corun["decode"]
-        dec = a * rival + b * own * rival + c * over + d * share * rival
+        a, b, c, d, e = self._corun["decode"]
+        dec = a * rival + b * own * rival + c * over + d * share * rival + e * share
         if has_pre:
             return 1.0 + (w * pre + (1.0 - w) * dec)
         return 1.0 + dec
