@@ -58,5 +58,12 @@ class WaitingQueue:
         """Every waiting request, in no particular order."""
         return (entry[2] for entry in self._heap)
 
+    def first(self, n: int, where: Callable[[Request], bool]) -> list[Request]:
+        """The first `n` waiting requests in priority order for which `where` holds; the heap's
+        own keys order them, so no priority is computed again."""
+        if n <= 0:
+            return []
+        return [entry[2] for entry in heapq.nsmallest(n, [e for e in self._heap if where(e[2])])]
+
     def pending_tokens(self) -> int:
         return sum(req.prefill_remaining for req in self)

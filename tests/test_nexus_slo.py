@@ -214,3 +214,16 @@ def test_goodput_binding_accounts_every_prefill_token_and_bounds_the_mixed_rate(
     assert policy.mixed_step_time(cost, decode, predicted["mixed_step"]["tokens"]) <= 0.95 * 0.03
     split = predicted["best_split_in_time"]
     assert split is None or split["decode_step_s"] <= 0.95 * 0.03
+
+
+def test_waiting_first_takes_the_queue_order_of_the_matching_requests():
+    from nexus.request import Request
+    from nexus.waiting import WaitingQueue
+    q = WaitingQueue(priority=lambda r: r.prompt_tokens)
+    reqs = [Request(str(i), 0.0, n, 4) for i, n in enumerate([50, 10, 30, 20, 40])]
+    for r in reqs:
+        q.push(r)
+    even = lambda r: int(r.request_id) % 2 == 0   # noqa: E731  prompts 50, 30, 40
+    assert [r.prompt_tokens for r in q.first(2, even)] == [30, 40]
+    assert [r.prompt_tokens for r in q.first(9, lambda r: True)] == [10, 20, 30, 40, 50]
+    assert q.first(0, even) == [] and len(q) == 5

@@ -24,7 +24,6 @@ The default headroom leaves room for the simulator's ~5% step-time error on the 
 """
 from __future__ import annotations
 
-import heapq
 import itertools
 
 import numpy as np
@@ -179,17 +178,18 @@ class NexusSLO(Policy):
     def _admissible_tokens(self, state: ServingState, limit: int) -> int:
         """Prefill tokens the waiting prompts could start now (seats and KV allowing), counted
         in priority order and only as far as `limit`."""
-        started = fresh = 0
-        new: list[Request] = []
+        started = fresh = new = 0
         for req in state.waiting:
             if req.kv_tokens:
                 started += req.prefill_remaining
             else:
-                new.append(req)
+                new += 1
         if started >= limit:
             return started
         seats, blocks = state.seats_free, state.prefill_kv.free
-        for req in heapq.nsmallest(min(seats, len(new)), new, key=self.priority):
+        # A waiting request's priority is fixed while it waits (nexus.waiting), so the queue's
+        # own order is the priority order: ranking the new prompts again cost 0.5 ms a step.
+        for req in state.waiting.first(min(seats, new), _is_new):
             blocks -= blocks_for(req.prefill_target, state.prefill_kv.block_size)
             if blocks < 0:
                 break
@@ -241,3 +241,7 @@ class NexusSLO(Policy):
         if self.gamma is None:
             return req.arrival_s
         return req.prefill_remaining + self.gamma * req.arrival_s
+
+
+def _is_new(req: Request) -> bool:
+    return not req.kv_tokens
