@@ -216,14 +216,34 @@ def test_goodput_binding_accounts_every_prefill_token_and_bounds_the_mixed_rate(
     assert split is None or split["decode_step_s"] <= 0.95 * 0.03
 
 
-def test_waiting_first_takes_the_queue_order_of_the_matching_requests():
+def test_waiting_queue_keeps_one_order_and_its_token_sums_across_new_and_started_prompts():
+    """Two heaps inside, one queue outside: pops come in (priority, first seen) order whatever
+    heap holds a request, and the running sums equal a count over the queue."""
+    import random
+
     from nexus.request import Request
     from nexus.waiting import WaitingQueue
-    q = WaitingQueue(priority=lambda r: r.prompt_tokens)
-    reqs = [Request(str(i), 0.0, n, 4) for i, n in enumerate([50, 10, 30, 20, 40])]
-    for r in reqs:
-        q.push(r)
-    even = lambda r: int(r.request_id) % 2 == 0   # noqa: E731  prompts 50, 30, 40
-    assert [r.prompt_tokens for r in q.first(2, even)] == [30, 40]
-    assert [r.prompt_tokens for r in q.first(9, lambda r: True)] == [10, 20, 30, 40, 50]
-    assert q.first(0, even) == [] and len(q) == 5
+    rng = random.Random(7)
+    q = WaitingQueue(priority=lambda r: r.prefill_remaining)
+    reference: list[tuple[int, int, Request]] = []
+    seen: dict[Request, int] = {}
+    for step in range(400):
+        if reference and rng.random() < 0.45:
+            reference.sort(key=lambda e: (e[0], e[1]))
+            expected = reference.pop(0)[2]
+            assert q.peek() is expected and q.pop() is expected
+            if rng.random() < 0.5 and expected.prefill_remaining > 1:   # given a chunk, back it goes
+                expected.kv_tokens += 1
+                q.push(expected)
+                reference.append((expected.prefill_remaining, seen[expected], expected))
+        else:
+            req = Request(str(step), 0.0, rng.randint(2, 60), 4)
+            seen[req] = len(seen)
+            q.push(req)
+            reference.append((req.prefill_remaining, seen[req], req))
+        assert q.pending_tokens() == sum(e[2].prefill_remaining for e in reference)
+        assert q.started_tokens() == sum(e[2].prefill_remaining for e in reference if e[2].kv_tokens)
+        new = sorted((e for e in reference if not e[2].kv_tokens), key=lambda e: (e[0], e[1]))
+        k = rng.randint(0, 5)
+        assert list(q.first_new(k)) == [e[2] for e in new[:k]]
+        assert len(q) == len(reference) and q.new_count() == len(new)
