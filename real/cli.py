@@ -199,12 +199,17 @@ def validate_command(args: argparse.Namespace, console: Console) -> int:
     bench = Bench(model, gpu, policies, config, args.device, args.weights, args.num_blocks)
     record = validate(bench, traces, cases, loads, args.calibration, args.command_line, Path(args.out),
                       fractions, log=lambda m: console.print(m))
+    _print_bands(record, console)
+    console.print(f"wrote {args.out}/validate.json, validate.md, steps.csv, validate_cdf.png")
+    return 0
+
+
+def _print_bands(record: dict, console: Console) -> None:
+    """The median |error| per load band of a validation record."""
     for band, s in record["summary"].items():
         if s["cases"]:
             console.print(f"{band:17s} median |error| " + "  ".join(
                 f"{k} {v:.1f}%" for k, v in s["median_abs_pct"].items() if v is not None))
-    console.print(f"wrote {args.out}/validate.json, validate.md, steps.csv, validate_cdf.png")
-    return 0
 
 
 def _rescore(args: argparse.Namespace, traces: dict, console: Console) -> int:
@@ -225,10 +230,7 @@ def _rescore(args: argparse.Namespace, traces: dict, console: Console) -> int:
     check_out(Path(args.out))
     record = rescore(previous, steps, traces, args.calibration, args.planning_calibration or args.calibration,
                      args.command_line, Path(args.out))
-    for band, s in record["summary"].items():
-        if s["cases"]:
-            console.print(f"{band:17s} median |error| " + "  ".join(
-                f"{k} {v:.1f}%" for k, v in s["median_abs_pct"].items() if v is not None))
+    _print_bands(record, console)
     console.print(f"wrote {args.out}/validate.json, validate.md, steps.csv")
     return 0
 

@@ -103,28 +103,26 @@ def step_table(timeline: pd.DataFrame, cost: CostModel) -> pd.DataFrame:
     steps["measured_s"] = steps["end_s"] - steps["start_s"]
     shapes = [_shape(r) for r in steps.itertuples()]
     solo = np.array([float(cost.solo_time(shape, int(s))) for shape, s in zip(shapes, steps["sms"])])
+    stream, sms = steps["stream"].to_numpy(), steps["sms"].to_numpy()
+    start, end, length = (steps[c].to_numpy() for c in ("start_s", "end_s", "measured_s"))
     stretch = np.ones(len(steps))
     covered = np.zeros(len(steps))
-    for stream in steps["stream"].unique():
-        mine = np.flatnonzero(steps["stream"].to_numpy() == stream)
-        others = np.flatnonzero(steps["stream"].to_numpy() != stream)
+    for name in np.unique(stream):
+        others = np.flatnonzero(stream != name)
         if not len(others):
             continue
-        o_start, o_end = steps["start_s"].to_numpy()[others], steps["end_s"].to_numpy()[others]
-        for i in mine:
-            start, end, length = steps.at[i, "start_s"], steps.at[i, "end_s"], steps.at[i, "measured_s"]
-            if length <= 0:
-                continue
-            # The other stream's steps follow one another, so their ends are sorted too.
-            lo, hi = np.searchsorted(o_end, start, "right"), np.searchsorted(o_start, end, "left")
+        # The other stream's steps follow one another, so their ends are sorted too.
+        o_start, o_end = start[others], end[others]
+        for i in np.flatnonzero((stream == name) & (length > 0)):
+            lo, hi = np.searchsorted(o_end, start[i], "right"), np.searchsorted(o_start, end[i], "left")
             excess = 0.0
             for j in range(lo, hi):
-                overlap = min(o_end[j], end) - max(o_start[j], start)
+                overlap = min(o_end[j], end[i]) - max(o_start[j], start[i])
                 if overlap > 0:
                     rival = others[j]
-                    covered[i] += overlap / length
-                    excess += overlap / length * (float(cost.slowdown(
-                        shapes[i], int(steps.at[i, "sms"]), shapes[rival], int(steps.at[rival, "sms"]))) - 1.0)
+                    covered[i] += overlap / length[i]
+                    excess += overlap / length[i] * (float(cost.slowdown(
+                        shapes[i], int(sms[i]), shapes[rival], int(sms[rival]))) - 1.0)
             stretch[i] += excess
     steps["covered"] = np.minimum(covered, 1.0)
     steps["solo_s"] = solo
