@@ -236,11 +236,10 @@ def _rescore(args: argparse.Namespace, traces: dict, console: Console) -> int:
 
 
 def max_rate_command(args: argparse.Namespace, console: Console) -> int:
-    import json
-
     from nexus.config import EngineConfig
     from real.bench import Bench
     from real.max_rate import engine_max_rates
+    from sim.max_rate import write_record
     from real.validate import PolicyCase
     from sim.executors import InlineExecutor
     from sim.probe import SLO, Load
@@ -264,10 +263,7 @@ def max_rate_command(args: argparse.Namespace, console: Console) -> int:
     def write(results: dict) -> None:   # after every policy: a run cut short keeps what it measured
         record["policies"] = results
         record["complete"] = len(results) == len(makers)
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / "max_rate.json.tmp"
-        tmp.write_text(json.dumps(record, indent=1, default=str) + "\n")
-        tmp.replace(out / "max_rate.json")
+        write_record(record, out / "max_rate.json")
 
     results = engine_max_rates(bench, entries, makers, args.calibration, slo, Load("scale"),
                                InlineExecutor(), log=lambda m: console.print(m, highlight=False), on_policy=write)
