@@ -86,6 +86,7 @@ class Stepper:
                ) -> tuple[StepRecord, list[Request]]:
         """Account `steps` completed steps of `step`; returns its record and who finished."""
         state, batch = self.state, step.batch
+        self.policy.observe(state, batch, steps, start_s, end_s)
         finished, prefilled = state.end(batch, steps, start_s, end_s)
         for req in prefilled:
             self.topology.prefilled(req, state.running)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from nexus.config import EngineConfig
-from nexus.cost import load_cost_model
+from nexus.cost import CostModel, load_cost_model
 from nexus.kv import BlockPool, kv_capacity_blocks
 from nexus.policy import Policy, check_policy, make_policy
 from nexus.request import Request, check_fits
@@ -27,18 +27,21 @@ def run(trace: str | Path | Sequence[TraceEntry], policy: str | Policy = "nexus"
         config: EngineConfig = EngineConfig(),
         slo_ttft_s: float | None = None, slo_tbt_s: float | None = None,
         on_progress: Callable[[int, int], None] | None = None,
-        policy_calibration: str | None = None) -> Result:
+        policy_calibration: str | CostModel | None = None) -> Result:
     """Simulate serving `trace` with `policy`; returns per-request and timeline DataFrames.
 
     `calibration` is what the simulated GPU does; `policy_calibration`, if given, is the cost
     model the policy plans with (Nexus's split controller), so a controller can be run on a
-    model other than the truth: an older calibration, or 'analytical'.
+    model other than the truth: an older calibration, 'analytical', or any CostModel (to ask
+    how a controller copes with a model that is wrong by a known amount).
     """
     model_spec, gpu_spec = resolve_model(model), resolve_gpu(gpu)
     pol = policy if isinstance(policy, Policy) else make_policy(policy, **(policy_params or {}))
     check_policy(pol, gpu_spec)
     cost = load_cost_model(model_spec, gpu_spec, calibration)
-    planning = cost if policy_calibration is None else load_cost_model(model_spec, gpu_spec, policy_calibration)
+    planning = (cost if policy_calibration is None
+                else load_cost_model(model_spec, gpu_spec, policy_calibration) if isinstance(policy_calibration, str)
+                else policy_calibration)
     pool = BlockPool(kv_capacity_blocks(model_spec, gpu_spec, config.gpu_memory_utilization))
     entries = load_entries(trace, rate_scale, rate, config.seed)
     check_fits(entries, pool.num_blocks, model_spec.max_position_embeddings, gpu_spec.name)

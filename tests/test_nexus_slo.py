@@ -57,7 +57,8 @@ def test_chosen_decode_side_is_the_smallest_that_meets_the_target():
         gpu = H100
 
     State.cost = cost
-    index, by_shape, _ = policy._search(State, prefill, decode)
+    index, by_shape, _, t_at = policy._search(State, prefill, decode)
+    assert t_at == t[index]
     assert by_shape and t[index] <= 0.03
     assert index == len(p) - 1 or t[index + 1] > 0.03     # one more prefill SM step would miss it
 
@@ -247,3 +248,59 @@ def test_waiting_queue_keeps_one_order_and_its_token_sums_across_new_and_started
         k = rng.randint(0, 5)
         assert list(q.first_new(k)) == [e[2] for e in new[:k]]
         assert len(q) == len(reference) and q.new_count() == len(new)
+
+
+class Optimistic:
+    """A planning model that predicts every step `factor` of what the GPU takes."""
+
+    def __init__(self, truth, factor: float):
+        self.truth, self.factor = truth, factor
+
+    def __getattr__(self, name):
+        return getattr(self.truth, name)
+
+    def solo_time(self, shape, sms):
+        return self.truth.solo_time(shape, sms) * self.factor
+
+    def step_overhead(self, shape):
+        return self.truth.step_overhead(shape) * self.factor
+
+
+@pytest.mark.parametrize("prompts, rate, tbt_slo_s, kind, tolerance", [
+    ((300, 3000), 12.0, 0.03, "mixed", 0.01),    # a 30 ms target leaves room for mixed steps
+    ((2000, 8000), 6.0, 0.02, "split", 0.05),    # at 20 ms long prompts are split off
+])
+def test_learnt_step_error_keeps_the_tbt_target_when_the_model_is_optimistic(
+        monkeypatch, prompts, rate, tbt_slo_s, kind, tolerance):
+    """Planning with a model 12% fast, the controller's steps overrun the TBT target unless
+    it learns the ratio from the steps it measures (the H200 engine's case). A split step's
+    ratio is noisier: its co-running prefill changes under it."""
+    from nexus.policy import step_error
+    truth = load_cost_model(MODELS["llama-3.1-8b"], GPUS["h200"])
+    trace = make_trace(200, rate, prompts, (50, 300), seed=3)
+
+    def run(learn: bool):
+        policy = make_policy("nexus-slo", tbt_slo_s=tbt_slo_s)
+        if not learn:
+            monkeypatch.setattr(step_error.StepError, "factor", property(lambda self: 1.0))
+        r = sim.run(trace, policy=policy, gpu="h200", policy_calibration=Optimistic(truth, 0.88))
+        monkeypatch.undo()
+        return r, policy._error[kind]
+
+    blind, _ = run(learn=False)
+    learnt, error = run(learn=True)
+    assert blind.summary["tbt_s"]["p95"] > tbt_slo_s
+    assert learnt.summary["tbt_s"]["p95"] <= tbt_slo_s
+    assert error.count > 100 and abs(error.mean - 1 / 0.88) < tolerance
+
+
+def test_step_error_tracks_a_ratio_and_its_spread():
+    from nexus.policy.step_error import StepError
+    e = StepError()
+    assert e.factor == 1.0
+    for i in range(400):
+        e.observe(1.1 + (0.05 if i % 2 else -0.05), 1.0)
+    assert abs(e.mean - 1.1) < 0.01 and 0.04 < e.deviation < 0.06
+    assert abs(e.factor - (e.mean + 2 * e.deviation)) < 1e-12
+    e.observe(1e9, 1.0)   # a stalled step counts as twice the prediction, not a billion times
+    assert e.mean < 1.2

@@ -27,6 +27,10 @@ class Policy:
         """The stream's next batch, with its split set, or None when it has nothing to run."""
         raise NotImplementedError
 
+    def observe(self, state: ServingState, batch: Batch, steps: int, start_s: float, end_s: float) -> None:
+        """A batch this policy planned ran `steps` steps and ended at `end_s` (on the engine's
+        clock); called before the state accounts it, so `state` still shows the step's start."""
+
     def check(self, gpu: GPUSpec) -> None:
         """Raise UserError if this policy asks for a split `gpu` cannot give."""
 

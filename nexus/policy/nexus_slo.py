@@ -20,7 +20,12 @@ target decides: prefill gets the fewest SMs that still drain the waiting prompts
 The mixed step runs on the decode stream, so the stream that owns decode is never starved
 and the real engine runs it exactly as chunked prefill's step (a plain stream, all SMs).
 Prompts wait shortest-first with Nexus's ageing (gamma=None: first come, first served).
-The default headroom leaves room for the simulator's ~5% step-time error on the H100.
+
+Predictions are corrected by what the steps measure (`StepError`, one for mixed steps and
+one for decode beside a split-off prefill): each plan holds its predicted time, scaled by the
+measured ratio plus two deviations, to `headroom` of the target. So the controller keeps
+the TBT target on a GPU whose steps run slower than its calibration says, and uses the
+room on one whose steps run faster.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from nexus.cost.base import FULL_GPU, BatchShape, CostModel
 from nexus.kv import blocks_for
 from nexus.policy.base import Policy, make_decode_room, take_prefill_chunks
 from nexus.policy.split_controller import _bucket
+from nexus.policy.step_error import StepError
 from nexus.request import Request
 from nexus.state import Batch, ServingState, Split
 
@@ -47,7 +53,23 @@ class NexusSLO(Policy):
         self.ttft_slo_s, self.tbt_slo_s, self.headroom = ttft_slo_s, tbt_slo_s, headroom
         self.chunk_tokens, self.gamma = chunk_tokens, gamma
         self._split = Split()
-        self._memo: dict[tuple, tuple[int, bool, float]] = {}
+        self._split_t_decode = 0.0   # the predicted decode step beside a prefill on self._split
+        self._memo: dict[tuple, tuple[int, bool, float, float]] = {}
+        self._error = {"mixed": StepError(), "split": StepError()}
+        self._expected: tuple[str, float] | None = None   # the decode stream's step in flight
+
+    def observe(self, state: ServingState, batch: Batch, steps: int, start_s: float, end_s: float) -> None:
+        """Learn from a decode step that followed the previous one with no pause: the gap
+        between their ends is the TBT the members saw (host time included, as predicted)."""
+        if batch.stream != "decode":
+            return
+        expected, self._expected = self._expected, None
+        if expected is None or len(state.running) == len(batch.joined):
+            return   # after an idle decode stream the gap is no step's time
+        kind, predicted_s = expected
+        if kind == "split" and state.inflight.get("prefill") is None:
+            return   # the prefill beside it ended early: part of the step ran alone
+        self._error[kind].observe((end_s - state.running.last_step_end_s) / steps, predicted_s)
 
     def split(self, state: ServingState) -> Split:
         """The split a decode-only step runs under now: the co-running prefill's, else every SM."""
@@ -64,38 +86,49 @@ class NexusSLO(Policy):
         batch.repeatable = True
         if state.inflight.get("prefill") is not None:
             batch.split = self._split   # beside the chunk the prefill stream planned
+            self._expected = ("split", self._split_t_decode)
             return batch
         budget = self.mixed_budget(state, batch.shape(state))
         if budget is None:
             batch.split = self._split   # the prefill stream, woken by this step, takes the rest
             return batch
         batch.prefill = take_prefill_chunks(state, budget)
-        self._fit(state, batch)
+        predicted_s = self._fit(state, batch)
+        if batch.prefill:
+            self._expected = ("mixed", predicted_s)
         batch.repeatable = not batch.prefill
         return batch   # Split(): a plain stream on the whole GPU
 
-    def _fit(self, state: ServingState, batch: Batch) -> None:
-        """Trim the mixed step's last chunks until its predicted time meets the TBT target.
+    def _fit(self, state: ServingState, batch: Batch) -> float:
+        """Trim the mixed step's last chunks until its predicted time meets the TBT target;
+        returns the step's predicted time.
 
         The budget was sized for chunks that start at the queue head's position; a later chunk
         that continues a long prompt attends to its whole prefix and costs more per token.
         """
-        cost, bound = state.cost, self.headroom * self.tbt_slo_s
-        in_time = lambda: self.step_time(cost, batch.shape(state)) <= bound   # noqa: E731
-        while batch.prefill and not in_time():
+        cost, bound = state.cost, self._bound("mixed")
+        predicted_s = self.step_time(cost, batch.shape(state))
+        while batch.prefill and predicted_s > bound:
             req, n = batch.prefill[-1]
             lo, hi = 0, n
             while hi - lo > 1:
                 mid = (lo + hi) // 2
                 batch.prefill[-1] = (req, mid)
-                lo, hi = (mid, hi) if in_time() else (lo, mid)
+                lo, hi = (mid, hi) if self.step_time(cost, batch.shape(state)) <= bound else (lo, mid)
             if lo:
                 batch.prefill[-1] = (req, lo)
-                return
+                return self.step_time(cost, batch.shape(state))
             batch.prefill.pop()
             if not req.kv_tokens:
                 state.prefill_kv.release(req)   # a prompt not yet started gives its blocks back
             state.waiting.push(req)
+            predicted_s = self.step_time(cost, batch.shape(state))
+        return predicted_s
+
+    def _bound(self, kind: str) -> float:
+        """The predicted step time a plan of this kind may reach: the target's headroom share,
+        less what such steps have measured beyond their predictions."""
+        return self.headroom * self.tbt_slo_s / self._error[kind].factor
 
     def _plan_prefill(self, state: ServingState) -> Batch | None:
         decoding = state.inflight.get("decode")
@@ -112,7 +145,7 @@ class NexusSLO(Policy):
             return None
         batch = Batch("prefill", prefill=chunks)
         if len(running):
-            self._split = self._choose(state, batch.shape(state), decode)
+            self._use_split(state, self._split_for(state, batch.shape(state), decode))
             batch.split = self._split
         return batch   # prefill alone: Split(), every SM
 
@@ -131,12 +164,12 @@ class NexusSLO(Policy):
             return budget
         chunk = min(admissible, self.chunk_tokens)
         prefill = BatchShape(((chunk, head.kv_tokens),))
-        index, in_time, t_prefill = self._split_for(state, prefill, decode)
-        if budget and (not in_time or budget / self.mixed_step_time(cost, decode, budget, head.kv_tokens)
-                       >= chunk / t_prefill):
+        found = self._split_for(state, prefill, decode)
+        _, in_time, t_prefill, _ = found
+        mixed_s = self.mixed_step_time(cost, decode, budget, head.kv_tokens) * self._error["mixed"].factor
+        if budget and (not in_time or budget / mixed_s >= chunk / t_prefill):
             return budget
-        p = state.gpu.partition_sizes()[index]
-        self._split = Split(p, state.gpu.num_sms - p)
+        self._use_split(state, found)
         return None
 
     @staticmethod
@@ -154,7 +187,7 @@ class NexusSLO(Policy):
         within the TBT target; 0 if decode alone already misses it. Step time grows with tokens,
         nearly in proportion, so the bracket is first cut where the line between its ends
         crosses the bound."""
-        bound = self.headroom * self.tbt_slo_s
+        bound = self._bound("mixed")
         t = lambda grains: self.mixed_step_time(cost, decode, grains * TOKEN_GRAIN, prior)   # noqa: E731
         lo, hi = 0, self.chunk_tokens // TOKEN_GRAIN
         t_lo, t_hi = t(lo), t(hi)
@@ -191,16 +224,18 @@ class NexusSLO(Policy):
                 break
         return started + fresh
 
-    def _choose(self, state: ServingState, prefill: BatchShape, decode: BatchShape) -> Split:
-        p = state.gpu.partition_sizes()[self._split_for(state, prefill, decode)[0]]
-        return Split(p, state.gpu.num_sms - p)
+    def _use_split(self, state: ServingState, found: tuple[int, bool, float, float]) -> None:
+        p = state.gpu.partition_sizes()[found[0]]
+        self._split, self._split_t_decode = Split(p, state.gpu.num_sms - p), found[3]
 
     def _split_for(self, state: ServingState, prefill: BatchShape, decode: BatchShape
-                   ) -> tuple[int, bool, float]:
-        """`_search` over the GPU's partitions, remembered for shapes this close when the
-        shapes alone decided it (when the queue did, it must be searched again)."""
+                   ) -> tuple[int, bool, float, float]:
+        """`_search` over the GPU's partitions, remembered for shapes this close (and a
+        correction this close) when the shapes alone decided it (when the queue did, it must
+        be searched again)."""
         key = (_bucket(prefill.prefill_tokens), _bucket(sum(n * p for n, p in prefill.prefill_chunks)),
-               _bucket(decode.decode_seqs), _bucket(decode.decode_kv_tokens))
+               _bucket(decode.decode_seqs), _bucket(decode.decode_kv_tokens),
+               round(self._error["split"].factor, 2))
         found = self._memo.get(key)
         if found is None:
             found = self._search(state, prefill, decode)
@@ -208,17 +243,20 @@ class NexusSLO(Policy):
                 self._memo[key] = found
         return found
 
-    def _search(self, state: ServingState, prefill: BatchShape, decode: BatchShape) -> tuple[int, bool, float]:
+    def _search(self, state: ServingState, prefill: BatchShape, decode: BatchShape
+                ) -> tuple[int, bool, float, float]:
         """The index of the prefill partition to use, whether its co-running decode step meets
-        the TBT target (else the TTFT target chose it), and the chunk's predicted time there."""
+        the TBT target (else the TTFT target chose it), and the chunk's and the decode step's
+        predicted times there."""
         _, t_decode, t_prefill = self.split_times(state.cost, prefill, decode)
-        in_time = np.flatnonzero(t_decode <= self.headroom * self.tbt_slo_s)
+        in_time = np.flatnonzero(t_decode <= self._bound("split"))
         if in_time.size:
-            return int(in_time[-1]), True, float(t_prefill[in_time[-1]])
+            index = int(in_time[-1])
+            return index, True, float(t_prefill[index]), float(t_decode[index])
         queue = state.waiting.pending_tokens() + prefill.prefill_tokens
         drains = np.flatnonzero(queue / prefill.prefill_tokens * t_prefill <= self.headroom * self.ttft_slo_s)
         index = int(drains[0]) if drains.size else len(t_prefill) - 1
-        return index, False, float(t_prefill[index])
+        return index, False, float(t_prefill[index]), float(t_decode[index])
 
     @staticmethod
     def split_times(cost: CostModel, prefill: BatchShape, decode: BatchShape
