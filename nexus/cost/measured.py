@@ -426,7 +426,7 @@ class MeasuredCost:
             return entry[1]
         if len(self._bytes) >= _CACHE_LIMIT:
             self._bytes.clear()
-        b = self._bytes_of(shape).total_bytes
+        b = self._bytes_of.total_bytes(shape)
         self._bytes[id(shape)] = (shape, b)
         return b
 

@@ -79,7 +79,9 @@ class IterationWork:
         self._kv_bytes_per_token = nl * db * 2.0 * kv     # K and V read once per kernel
         self._q_bytes_per_token = nl * db * 2.0 * q       # read Q, write the output
 
-    def __call__(self, shape: BatchShape) -> Work:
+    def _counts(self, shape: BatchShape) -> tuple[int, int, int, int, int, int, int] | None:
+        """(tokens, logits, prefill tokens, attention pairs, prefill KV span, decode seqs, decode
+        KV tokens) of `shape`, or None if it computes nothing."""
         prefill = pairs = span = logits = 0
         for n, prior in shape.prefill_chunks:
             if n > 0:
@@ -90,25 +92,44 @@ class IterationWork:
         ds, dkv = shape.decode_seqs, shape.decode_kv_tokens
         tokens = prefill + ds
         if tokens == 0:
-            return EMPTY_WORK
-        logits += ds
+            return None
+        return tokens, logits + ds, prefill, pairs, span, ds, dkv
 
-        names: list[str] = []
-        ops: list[tuple[float, float]] = []
-        for name, (f, w, a) in self._dense:
-            names.append(name)
-            ops.append((f * tokens, w + a * tokens))
-        f, w, a = self._lm
-        names.append("lm_head")
-        ops.append((f * logits, w + a * logits))
-        names.append("elementwise")
-        ops.append((0.0, self._elem_per_token * tokens + self._elem_per_logit * logits))
+    def _op_bytes(self, counts: tuple[int, int, int, int, int, int, int]) -> list[float]:
+        """HBM bytes per operator, in the order of `_op_flops`."""
+        tokens, logits, prefill, _, span, ds, dkv = counts
+        out = [w + a * tokens for _, (_, w, a) in self._dense]
+        _, w, a = self._lm
+        out.append(w + a * logits)
+        out.append(self._elem_per_token * tokens + self._elem_per_logit * logits)
+        if prefill:
+            out.append(self._kv_bytes_per_token * span + self._q_bytes_per_token * prefill)
+        if ds:
+            out.append(self._kv_bytes_per_token * dkv + self._q_bytes_per_token * ds)
+        return out
+
+    def _op_flops(self, counts: tuple[int, int, int, int, int, int, int]) -> tuple[list[str], list[float]]:
+        """Operator names and effective FLOPs, in one order with `_op_bytes`."""
+        tokens, logits, prefill, pairs, _, ds, dkv = counts
+        names = [name for name, _ in self._dense] + ["lm_head", "elementwise"]
+        flops = [f * tokens for _, (f, _, _) in self._dense] + [self._lm[0] * logits, 0.0]
         if prefill:
             names.append("prefill_attention")
-            ops.append((self._attn_flops_per_pair * pairs,
-                        self._kv_bytes_per_token * span + self._q_bytes_per_token * prefill))
+            flops.append(self._attn_flops_per_pair * pairs)
         if ds:
             names.append("decode_attention")
-            ops.append((self._attn_flops_per_pair * dkv,
-                        self._kv_bytes_per_token * dkv + self._q_bytes_per_token * ds))
-        return Work(tuple(names), tuple(ops))
+            flops.append(self._attn_flops_per_pair * dkv)
+        return names, flops
+
+    def __call__(self, shape: BatchShape) -> Work:
+        counts = self._counts(shape)
+        if counts is None:
+            return EMPTY_WORK
+        names, flops = self._op_flops(counts)
+        return Work(tuple(names), tuple(zip(flops, self._op_bytes(counts))))
+
+    def total_bytes(self, shape: BatchShape) -> float:
+        """`self(shape).total_bytes`, summed in the same order, without building the Work: the
+        simulator asks it for every prefill step that co-runs (15k times in 20k requests)."""
+        counts = self._counts(shape)
+        return 0 if counts is None else sum(self._op_bytes(counts))
