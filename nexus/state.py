@@ -59,7 +59,7 @@ class Batch:
         return self.split.sms(self.stream)
 
     def shape(self, state: "ServingState", steps_ahead: int = 0) -> BatchShape:
-        chunks = tuple([(n, req.kv_tokens) for req, n in self.prefill])
+        chunks = tuple([(n, req.kv_tokens) for req, n in self.prefill]) if self.prefill else ()
         if not self.decode:
             return BatchShape(chunks)
         running = state.running

@@ -54,6 +54,7 @@ class Stepper:
         self.state, self.policy = state, policy
         self.topology = topology or OneGPU(state.kv)
         self._splits_seen: set = set()
+        self._last_split = None   # most plans reuse one Split object: skip hashing it
 
     def next(self, stream: str, now: float, max_steps: int = 1) -> Step | None:
         """Plan the stream's next iteration and take its resources; None if it has no work.
@@ -66,9 +67,12 @@ class Stepper:
         batch = self.policy.plan(state, stream)
         if batch is None:
             return None
-        if batch.split not in self._splits_seen:   # a custom policy may pick any split
-            check_split(self.policy, batch.split, state.gpu)
-            self._splits_seen.add(batch.split)
+        split = batch.split
+        if split is not self._last_split:
+            if split not in self._splits_seen:   # a custom policy may pick any split
+                check_split(self.policy, split, state.gpu)
+                self._splits_seen.add(split)
+            self._last_split = split
         running = state.running
         steps = 1
         if max_steps > 1 and batch.repeatable and batch.decode and not batch.prefill:

@@ -35,6 +35,7 @@ class SimEngine:
         self.kv_freed: list[Request] = []     # transfers waiting for decode blocks
         streams = stepper.policy.streams
         self.idle: dict[str, bool] = {s: False for s in streams}   # asleep until something happens
+        self.asleep = 0   # how many are
         self.all_done = False
         self.arrived = 0
         self.timeline: list[StepRecord] = []
@@ -65,11 +66,13 @@ class SimEngine:
         """Something changed: repeatable decode runs stop at their next step; idle streams wake."""
         for gpu in self.gpus:
             gpu.shorten_runs(keep_whole=started)
-        idle = self.idle
-        for stream, asleep in idle.items():
-            if asleep:
-                idle[stream] = False
-                self.clock.call_in(0, self._plan, stream)
+        if self.asleep:
+            self.asleep = 0
+            idle = self.idle
+            for stream, asleep in idle.items():   # in the streams' order, for the clock's ties
+                if asleep:
+                    idle[stream] = False
+                    self.clock.call_in(0, self._plan, stream)
 
     def _plan(self, stream: str) -> None:
         """The top of a stream's loop: start its next step, or sleep."""
@@ -77,6 +80,7 @@ class SimEngine:
         if step is None:
             self._check_stalled(stream)
             self.idle[stream] = True
+            self.asleep += 1
             return
         job = self._job(step)
         self.gpus[self.topology.gpu_of(stream)].start(job)

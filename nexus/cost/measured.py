@@ -226,7 +226,7 @@ class MeasuredCost:
         self._plans: dict[BatchShape, tuple | None] = {}
         self._solo: dict[tuple[int, int], tuple[BatchShape, float]] = {}
         self._uses: dict[tuple[int, int], tuple[BatchShape, tuple | None]] = {}
-        self._columns: dict[tuple, tuple[np.ndarray, _Columns, _Columns]] = {}
+        self._columns: dict[tuple, tuple[np.ndarray, _Columns, _Columns, dict]] = {}
         self._decode_lines: dict[tuple[int, int], tuple[float, float, float]] = {}
         self._decode_bytes_head: dict[int, tuple[float, ...]] = {}
         self._bandwidth = gpu.hbm_bandwidth
@@ -378,14 +378,27 @@ class MeasuredCost:
                 self._solo.clear()
             self._solo[key] = (shape, t)
             return t
+        s, prefill, decode, times = self._columns_at(sms)
+        # A split controller scores one shape on one array of splits several times (its own
+        # time, then inside both slowdowns): memoised per array by the shape object, read-only
+        # so that no caller can change what the next one is given.
+        entry = times.get(id(shape))
+        if entry is not None and entry[0] is shape:
+            return entry[1]
         plan = self._plan(shape)
-        s, prefill, decode = self._columns_at(sms)
         if plan is None:
             return np.zeros(s.shape)
-        return self._time(plan, prefill, decode)
+        t = self._time(plan, prefill, decode)
+        if isinstance(t, np.ndarray):
+            t.flags.writeable = False
+            if len(times) >= 64:
+                times.clear()
+            times[id(shape)] = (shape, t)
+        return t
 
-    def _columns_at(self, sms: int | np.ndarray) -> tuple[np.ndarray, _Columns, _Columns]:
-        """The checked SM array and both phases' columns at it, memoised by its contents."""
+    def _columns_at(self, sms: int | np.ndarray) -> tuple[np.ndarray, _Columns, _Columns, dict]:
+        """The checked SM array, both phases' columns at it and the solo times memoised at it,
+        memoised by its contents."""
         a = np.asarray(sms)
         key = (a.dtype.str, a.shape, a.tobytes())
         entry = self._columns.get(key)
@@ -393,7 +406,7 @@ class MeasuredCost:
             s = self._sms_array(a).copy()   # its own: the caller may reuse the array
             if len(self._columns) >= 64:
                 self._columns.clear()
-            entry = self._columns[key] = (s, _Columns(self._prefill.cols, s), _Columns(self._decode.cols, s))
+            entry = self._columns[key] = (s, _Columns(self._prefill.cols, s), _Columns(self._decode.cols, s), {})
         return entry
 
     def _decode_line(self, seqs: int, sms: int) -> tuple[float, float, float]:

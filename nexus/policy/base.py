@@ -60,8 +60,10 @@ def take_prefill_chunks(state: ServingState, token_budget: int,
     chunks: list[tuple[Request, int]] = []
     seats = state.seats_free
     waiting = state.waiting
-    while waiting and token_budget > 0:
+    while token_budget > 0:
         req = waiting.peek()
+        if req is None:
+            break
         new = req.kv_tokens == 0
         if new and seats <= 0:
             break
