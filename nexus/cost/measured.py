@@ -162,10 +162,12 @@ class _Phase:
     def variable(self, c: Any, where: tuple, attention: tuple[float, ...]) -> Any:
         """Everything above the fixed part; `c` is a table row, or the columns at array s."""
         i, wi, j, wj, beyond = where
+        k = self.k
         # Rise 0 is zero: only positive weights on non-increasing coefficients, in a fixed order.
-        v = (c[i] * wi if i else 0.0) + (c[j] * wj if j else 0.0) + c[self.k] * beyond
-        for n, a in enumerate(attention):
-            v = v + c[self.k + 1 + n] * a
+        v = (c[i] * wi if i else 0.0) + (c[j] * wj if j else 0.0) + c[k] * beyond
+        for a in attention:   # columns k+1, k+2, ...
+            k += 1
+            v = v + c[k] * a
         return v
 
 
@@ -325,11 +327,12 @@ class MeasuredCost:
 
     def _make_plan(self, shape: BatchShape) -> tuple | None:
         """(phase curve, where the size falls on it, its attention features, decode KV tokens)."""
-        tokens, *attention = prefill_attention(shape.prefill_chunks)
+        chunks = shape.prefill_chunks
         seqs = shape.decode_seqs if shape.decode_seqs > 0 else 0
+        tokens, own, cross, prior = prefill_attention(chunks) if chunks else (0, 0, 0, 0)
         if tokens:
-            size = tokens + seqs if seqs else self._padded_tokens(shape.prefill_chunks, tokens)
-            return (self._prefill, self._prefill.locate(size), tuple(attention),
+            size = tokens + seqs if seqs else self._padded_tokens(chunks, tokens)
+            return (self._prefill, self._prefill.locate(size), (own, cross, prior),
                     shape.decode_kv_tokens if seqs else 0, seqs)
         if seqs:
             # A decode graph runs its whole bucket; padded rows read no KV, so attention is unpadded.
@@ -371,9 +374,10 @@ class MeasuredCost:
             entry = self._solo.get(key)
             if entry is not None and entry[0] is shape:
                 return entry[1]
-            s = self._check_sms(sms)
+            if not 0 <= sms <= self.gpu.num_sms:
+                self._check_sms(sms)   # raises
             plan = self._make_plan(shape)
-            t = 0.0 if plan is None else self._time(plan, self._prefill.rows[s], self._decode.rows[s])
+            t = 0.0 if plan is None else self._time(plan, self._prefill.rows[sms], self._decode.rows[sms])
             if len(self._solo) >= _CACHE_LIMIT:
                 self._solo.clear()
             self._solo[key] = (shape, t)
