@@ -49,13 +49,10 @@ class BlockPool:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.used = 0
+        self.free = num_blocks   # num_blocks - used, kept with it: read a few times a step
         self.track_ids = track_ids
         self._free_ids = list(range(num_blocks - 1, -1, -1)) if track_ids else []
         self.tables: dict[object, list[int]] = {}
-
-    @property
-    def free(self) -> int:
-        return self.num_blocks - self.used
 
     @property
     def usage(self) -> float:
@@ -65,11 +62,13 @@ class BlockPool:
         if n > self.free:
             return False
         self.used += n
+        self.free -= n
         return True
 
     def give(self, n: int) -> None:
         assert 0 <= n <= self.used, (n, self.used)
         self.used -= n
+        self.free += n
 
     def grow(self, req: "Request", tokens: int) -> bool:
         """Give `req` enough blocks for `tokens` KV tokens; False (and no change) if they don't fit."""

@@ -33,6 +33,7 @@ class RunningSet:
         self.pool = pool
         self.steps = 0
         self.members: dict[Request, _Member] = {}   # insertion order = join order
+        self.batch_size = 0                         # len(members), read several times a step
         self.pending: list[Request] = []            # joined since the last step started
         self.last_step_end_s = 0.0
         self._finish_heap: list[tuple[int, int, Request, _Member]] = []
@@ -50,17 +51,13 @@ class RunningSet:
     def __len__(self) -> int:
         return len(self.members) + len(self.pending)
 
-    @property
-    def batch_size(self) -> int:
-        return len(self.members)
-
     def kv_tokens(self) -> int:
-        return self._kv_offset_sum + len(self.members) * self.steps
+        return self._kv_offset_sum + self.batch_size * self.steps
 
     def blocks_needed(self, steps: int) -> int:
         """Blocks the members need after `steps` more steps (closed form over residues)."""
         s = self.steps + steps
-        return (self._kv_offset_sum + len(self.members) * s + self._pad_by_phase[s % BLOCK_SIZE]) // BLOCK_SIZE
+        return (self._kv_offset_sum + self.batch_size * s + self._pad_by_phase[s % BLOCK_SIZE]) // BLOCK_SIZE
 
     def add(self, req: Request) -> None:
         """A request whose prefill produced its token; it decodes from the next step on."""
@@ -84,6 +81,7 @@ class RunningSet:
             heapq.heappush(heap, (finish_step, self._seq, req, member))
         self._pad_by_phase = pad
         self._growth_by_phase.clear()
+        self.batch_size = len(members)
         return joined
 
     def steps_until_finish(self) -> int:
@@ -100,7 +98,7 @@ class RunningSet:
         the blocks needed after j steps are B * (j // 16) plus a prefix sum over the
         classes that have crossed within the last partial cycle.
         """
-        members = len(self.members)
+        members = self.batch_size
         if not members:
             return limit
         spare = self.pool.free + self._held_blocks - self.blocks_needed(0)
@@ -154,6 +152,7 @@ class RunningSet:
     def remove(self, req: Request) -> None:
         """Take a member out, writing its progress back; its blocks stay counted to it."""
         member = self.members.pop(req)
+        self.batch_size -= 1
         req.kv_tokens = member.kv_offset + self.steps
         req.generated = member.gen_offset + self.steps
         req.kv_blocks = blocks_for(req.kv_tokens, self.pool.block_size)

@@ -30,10 +30,12 @@ class SimEngine:
         self.state, self.topology = stepper.state, stepper.topology
         self.requests = requests
         # On two GPUs each phase has its own GPU, so there is no contention between them.
-        self.gpus = [FluidGPU(clock, cost, self._job_done) for _ in range(self.topology.gpus)]
+        streams = stepper.policy.streams
+        self.gpus = [FluidGPU(clock, cost, self._job_done,
+                              one_stream=sum(self.topology.gpu_of(s) == gpu for s in streams) == 1)
+                     for gpu in range(self.topology.gpus)]
         self.transfers = 0
         self.kv_freed: list[Request] = []     # transfers waiting for decode blocks
-        streams = stepper.policy.streams
         self.idle: dict[str, bool] = {s: False for s in streams}   # asleep until something happens
         self.asleep = 0   # how many are
         self.all_done = False
