@@ -51,7 +51,7 @@ def test_blocks_needed_and_steps_that_fit_match_member_by_member(script, spare_b
         for ahead in (0, 1, 7, 16, 33):
             assert running.blocks_needed(ahead) == needed_one_by_one(running, joined_at, ahead)
     # Leave `spare_blocks` free, then the steps that fit are the most whose growth fits in them.
-    pool.num_blocks = pool.used + spare_blocks
+    assert pool.take(pool.free - spare_blocks)
     most = 200
     fit = 0
     while fit < most and (needed_one_by_one(running, joined_at, fit + 1)
