@@ -88,7 +88,7 @@ class WaitingQueue:
 
     def peek(self) -> Request | None:
         heap = self._front()
-        return heap[0][2] if heap else None
+        return heap[0][2] if heap is not None else None
 
     def __iter__(self) -> Iterator[Request]:
         """Every waiting request, in no particular order."""
