@@ -48,6 +48,7 @@ def test_blocks_needed_and_steps_that_fit_match_member_by_member(script, spare_b
             running.remove(req)
             pool.release(req)
             del joined_at[req]
+        assert running.batch_size == len(running.members)   # kept as members join and leave
         for ahead in (0, 1, 7, 16, 33):
             assert running.blocks_needed(ahead) == needed_one_by_one(running, joined_at, ahead)
     # Leave `spare_blocks` free, then the steps that fit are the most whose growth fits in them.
