@@ -31,6 +31,12 @@ class Clock:
         self._scheduled += 1
         heappush(self._queue, (self.now + delay, priority, self._scheduled, fn, arg))
 
+    def nothing_due_now(self) -> bool:
+        """True if no call is scheduled for this instant: one that a callback schedules now with
+        call_in(0, ...) as its last act would be the next call the loop makes."""
+        queue = self._queue
+        return not queue or queue[0][0] > self.now
+
     def stop(self, _arg: Any = None) -> None:
         """End `run` once the current call returns (schedule it to stop after what is due first)."""
         self._stopped = True

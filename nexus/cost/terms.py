@@ -24,6 +24,9 @@ CORUN_TERMS = ("other_use", "own_x_other_use", "oversubscription", "other_share_
 def prefill_attention(chunks: tuple[tuple[int, int], ...]) -> tuple[int, int, int, int]:
     """(new tokens, causal pairs among new tokens, new x prior pairs, prior KV tokens),
     summed over prefill chunks."""
+    if len(chunks) == 1:   # most steps, and every candidate chunk a controller prices
+        n, p = chunks[0]
+        return (n, n * (n + 1) // 2, n * p, p) if n > 0 else (0, 0, 0, 0)
     tokens = own = cross = prior = 0
     for n, p in chunks:
         if n > 0:
