@@ -260,9 +260,10 @@ def max_rate_command(args: argparse.Namespace, console: Console) -> int:
               "trace": trace_stats(entries), "policies": {}}
     out = Path(args.out)
 
-    def write(results: dict) -> None:   # after every policy: a run cut short keeps what it measured
+    def write(results: dict) -> None:   # after every probe: a run cut short keeps what it measured
         record["policies"] = results
-        record["complete"] = len(results) == len(makers)
+        record["complete"] = len(results) == len(makers) and all(r["status"] != "unfinished"
+                                                                 for r in results.values())
         write_record(record, out / "max_rate.json")
 
     results = engine_max_rates(bench, entries, makers, args.calibration, slo, Load("scale"),

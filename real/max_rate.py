@@ -23,7 +23,10 @@ def measured_probe(bench, entries: Sequence[TraceEntry], make: Callable[[], Poli
                    load: Load, x: float, slo: SLO) -> dict:
     timed = load.apply(entries, x)
     result = bench.run(timed, make(), calibration, slo.ttft_s, slo.tbt_s)
-    return point_of(result.summary, result.timeline, timed, load, x, slo)
+    point = point_of(result.summary, result.timeline, timed, load, x, slo)
+    if "learnt" in result.summary:
+        point["learnt"] = result.summary["learnt"]
+    return point
 
 
 def engine_max_rates(bench, entries: Sequence[TraceEntry], policies: dict[str, Callable[[], Policy]],
@@ -31,7 +34,8 @@ def engine_max_rates(bench, entries: Sequence[TraceEntry], policies: dict[str, C
                      spread: float = 0.1, log: Callable[[str], None] = print,
                      on_policy: Callable[[dict], None] | None = None) -> dict:
     """Per policy label: the simulator's search result, then the engine's probes around it.
-    `on_policy` gets the results so far after each policy, so a run cut short keeps them."""
+    `on_policy` gets the results so far after every probe (the policy being searched has
+    status "unfinished" until its search ends), so a run cut short keeps what it measured."""
     setup = Setup(bench.model.name, bench.gpu.name, calibration, None, bench.config.max_num_seqs)
     variants = [sim_max_rate.Variant(label, make()) for label, make in policies.items()]
     predicted = sim_max_rate.find_max_rates(entries, variants, setup, load, slo, sim_executor,
@@ -44,13 +48,13 @@ def engine_max_rates(bench, entries: Sequence[TraceEntry], policies: dict[str, C
             point = measured_probe(bench, entries, make, calibration, load, x, slo)
             log(f"  {label}: {x:.4g} {'ok' if point['ok'] else 'fails'} on the engine")
             search.tell(x, point.pop("ok"), **point)
-        res = search.result()
-        out[label] = {"policy": make().describe(), "max_rate": res["max_rate"],
-                      "min_failing": res["min_failing"], "status": res["status"], "probes": res["probes"],
-                      "simulated": {k: predicted[label][k] for k in ("max_rate", "min_failing", "status")},
-                      "simulated_within_bracket": _within(predicted[label]["max_rate"], res, spread)}
-        if on_policy is not None:
-            on_policy(out)
+            res = search.result()
+            out[label] = {"policy": make().describe(), "max_rate": res["max_rate"],
+                          "min_failing": res["min_failing"], "status": res["status"], "probes": res["probes"],
+                          "simulated": {k: predicted[label][k] for k in ("max_rate", "min_failing", "status")},
+                          "simulated_within_bracket": _within(predicted[label]["max_rate"], res, spread)}
+            if on_policy is not None:
+                on_policy(out)
     return out
 
 
