@@ -1,6 +1,7 @@
 """`nexus-real max-rate` on CPU with tiny-llama: the simulator's prediction, confirmed by few engine probes."""
 import json
 
+import pandas as pd
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -27,6 +28,14 @@ def test_max_rate_probes_around_the_prediction_and_writes_both_brackets(tmp_path
     for p in r["probes"]:
         assert {"ttft_s", "tbt_s", "offered_rps", "ok"} <= set(p)
         assert p["ok"] == (p["ttft_s"]["p95"] <= 5 and p["tbt_s"]["p95"] <= 1)
+        assert sum(v["n"] for v in p["steps"].values()) > 0   # the model's error per kind of step
+    # Every probe's steps beside the model's time for them, tagged with the probe.
+    steps = pd.read_csv(out / "steps.csv.gz")   # rates written to 7 significant digits
+    assert len(steps["rate"].unique()) == len(r["probes"])
+    assert (steps["policy"] == "chunked").all() and steps["predicted_s"].gt(0).all()
+    for p in r["probes"]:
+        at = steps[(steps["rate"] / p["rate"] - 1).abs() < 1e-6]
+        assert len(at) == sum(v["n"] for v in p["steps"].values())
     passing = [p["rate"] for p in r["probes"] if p["ok"]]
     assert r["max_rate"] == (max(passing) if passing else None)
     assert rec["slo"]["ttft_s"] == 5 and rec["unit"] == "scale"
