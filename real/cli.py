@@ -264,6 +264,8 @@ def max_rate_command(args: argparse.Namespace, console: Console) -> int:
         record["policies"] = results
         record["complete"] = len(results) == len(makers) and all(r["status"] != "unfinished"
                                                                  for r in results.values())
+        record["warnings"] = [f"{label}: {r['steady_state']['warning']}" for label, r in results.items()
+                              if r["steady_state"] and "warning" in r["steady_state"]]
         write_steps(steps, out / "steps.csv.gz")
         write_record(record, out / "max_rate.json")
 
@@ -272,6 +274,8 @@ def max_rate_command(args: argparse.Namespace, console: Console) -> int:
     for label, r in results.items():
         console.print(f"{label}: engine {r['max_rate']} .. {r['min_failing']} x the trace's rate; simulator "
                       f"{r['simulated']['max_rate']}", highlight=False)
+    for warning in record["warnings"]:
+        console.print(f"warning: {warning}", highlight=False)
     console.print(f"wrote {out / 'max_rate.json'}")
     return 0
 

@@ -61,8 +61,10 @@ def engine_max_rates(bench, entries: Sequence[TraceEntry], policies: dict[str, C
             log(f"  {label}: {x:.4g} {'ok' if point['ok'] else 'fails'} on the engine")
             search.tell(x, point.pop("ok"), **point)
             res = search.result()
+            at_max = [p for p in res["probes"] if p["ok"] and p["rate"] == res["max_rate"]]
             out[label] = {"policy": make().describe(), "max_rate": res["max_rate"],
                           "min_failing": res["min_failing"], "status": res["status"], "probes": res["probes"],
+                          "steady_state": sim_max_rate.steady_state(at_max[0]) if at_max else None,
                           "simulated": {k: predicted[label][k] for k in ("max_rate", "min_failing", "status")},
                           "simulated_within_bracket": _within(predicted[label]["max_rate"], res, spread)}
             if on_policy is not None:

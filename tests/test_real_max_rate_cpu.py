@@ -40,6 +40,8 @@ def test_max_rate_probes_around_the_prediction_and_writes_both_brackets(tmp_path
     assert r["max_rate"] == (max(passing) if passing else None)
     assert rec["slo"]["ttft_s"] == 5 and rec["unit"] == "scale"
     assert rec["complete"] and rec["trace"]["count"] == 12
+    # Twelve requests at the max rate arrive within a few request lifetimes: not a steady state.
+    assert r["steady_state"]["turnovers"] < 10 and rec["warnings"][0].startswith("chunked: the trace's arrivals")
 
 
 def test_max_rate_keeps_every_finished_probe_when_a_later_one_fails(tmp_path, monkeypatch):
