@@ -1,9 +1,10 @@
 """Which steps the engine replays as CUDA graphs, padded to which size: one rule for the
 engine (real/graphs.py, real/prefill_graphs.py) and the cost model that predicts its steps.
 
-A decode step of n sequences runs the graph of the smallest bucket holding n. A prefill-only
-step runs the graph of the smallest token bucket holding its tokens if it has at most
-PREFILL_GRAPH_MAX_SEQS chunks, each of at least 2 tokens; anything else runs eagerly.
+A decode step of n sequences runs the graph of the smallest bucket holding n. A prefill step
+runs the graph of the smallest token bucket holding its tokens if it has at most
+PREFILL_GRAPH_MAX_SEQS chunks, each of at least 2 tokens; on the plain stream a chunked-prefill
+step's decode rows count as one token each. Anything else runs eagerly.
 """
 from __future__ import annotations
 
@@ -27,8 +28,10 @@ def bucket_for(buckets: Sequence[int], n: int) -> int | None:
     return buckets[i] if i < len(buckets) else None
 
 
-def prefill_bucket(buckets: Sequence[int], max_seqs: int, chunk_tokens: Sequence[int]) -> int | None:
-    """The token bucket a prefill-only step of chunks of these sizes replays, or None (eager)."""
+def prefill_bucket(buckets: Sequence[int], max_seqs: int, chunk_tokens: Sequence[int],
+                   decode_rows: int = 0) -> int | None:
+    """The token bucket a step of prompt chunks of these sizes (and `decode_rows` decode rows)
+    replays, or None (eager)."""
     if not buckets or len(chunk_tokens) > max_seqs or any(n < 2 for n in chunk_tokens):
         return None
-    return bucket_for(buckets, sum(chunk_tokens))
+    return bucket_for(buckets, sum(chunk_tokens) + decode_rows)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from nexus.metrics import TokenGaps, requests_frame, summarize
+from nexus.policy.base import Policy
 from nexus.request import Request
 from nexus.step import TIMELINE_COLUMNS, StepRecord
 
@@ -24,11 +25,13 @@ class Result:
                 f"ttft_p95={s['ttft_s']['p95']:.3f}s, tbt_p95={s['tbt_s']['p95'] * 1e3:.1f}ms)")
 
 
-def make_result(policy: str, requests: list[Request], gaps: TokenGaps, timeline: list[StepRecord],
+def make_result(policy: Policy, requests: list[Request], gaps: TokenGaps, timeline: list[StepRecord],
                 slo_ttft_s: float | None, slo_tbt_s: float | None, summary_extra: dict,
                 config: dict) -> Result:
     frame = requests_frame(requests)
-    summary = summarize(frame, gaps, policy, slo_ttft_s, slo_tbt_s)
+    summary = summarize(frame, gaps, policy.name, slo_ttft_s, slo_tbt_s)
     summary.update(summary_extra)
+    if learnt := policy.learnt():
+        summary["learnt"] = learnt
     steps = pd.DataFrame(timeline, columns=TIMELINE_COLUMNS)
-    return Result(policy, summary, frame, steps, config)
+    return Result(policy.name, summary, frame, steps, config)

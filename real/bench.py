@@ -68,7 +68,7 @@ class Bench:
                  "kv_blocks": pool.num_blocks, "measured": True, "clocks_during_run": sampler.summary()}
         config = {"policy": policy.describe(), **self.config.to_dict(), "num_sms": gpu.num_sms,
                   "device": self.device, "partitions": self.partitions.describe()}
-        return make_result(policy.name, requests, state.gaps, engine.timeline, slo_ttft_s, slo_tbt_s,
+        return make_result(policy, requests, state.gaps, engine.timeline, slo_ttft_s, slo_tbt_s,
                            extra, config)
 
 

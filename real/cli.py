@@ -238,7 +238,7 @@ def _rescore(args: argparse.Namespace, traces: dict, console: Console) -> int:
 def max_rate_command(args: argparse.Namespace, console: Console) -> int:
     from nexus.config import EngineConfig
     from real.bench import Bench
-    from real.max_rate import engine_max_rates
+    from real.max_rate import engine_max_rates, write_steps
     from sim.max_rate import write_record
     from real.validate import PolicyCase
     from sim.executors import InlineExecutor
@@ -260,9 +260,13 @@ def max_rate_command(args: argparse.Namespace, console: Console) -> int:
               "trace": trace_stats(entries), "policies": {}}
     out = Path(args.out)
 
-    def write(results: dict) -> None:   # after every policy: a run cut short keeps what it measured
+    def write(results: dict, steps: list) -> None:   # after every probe: a run cut short keeps it
         record["policies"] = results
-        record["complete"] = len(results) == len(makers)
+        record["complete"] = len(results) == len(makers) and all(r["status"] != "unfinished"
+                                                                 for r in results.values())
+        record["warnings"] = [f"{label}: {r['steady_state']['warning']}" for label, r in results.items()
+                              if r["steady_state"] and "warning" in r["steady_state"]]
+        write_steps(steps, out / "steps.csv.gz")
         write_record(record, out / "max_rate.json")
 
     results = engine_max_rates(bench, entries, makers, args.calibration, slo, Load("scale"),
@@ -270,6 +274,8 @@ def max_rate_command(args: argparse.Namespace, console: Console) -> int:
     for label, r in results.items():
         console.print(f"{label}: engine {r['max_rate']} .. {r['min_failing']} x the trace's rate; simulator "
                       f"{r['simulated']['max_rate']}", highlight=False)
+    for warning in record["warnings"]:
+        console.print(f"warning: {warning}", highlight=False)
     console.print(f"wrote {out / 'max_rate.json'}")
     return 0
 

@@ -416,7 +416,7 @@ def _merge(config: DisaggConfig, prefill: dict, decode: dict) -> DisaggRun:
     run_config = {"policy": policy.describe(), "max_num_seqs": config.max_num_seqs,
                   "gpu_memory_utilization": config.memory_utilization, "seed": config.seed,
                   "device": config.device, "engines": {"prefill": "rank 0", "decode": "rank 1"}}
-    result = make_result(policy.name, requests, gaps, steps, config.slo_ttft_s, config.slo_tbt_s, extra,
+    result = make_result(policy, requests, gaps, steps, config.slo_ttft_s, config.slo_tbt_s, extra,
                          run_config)
     return DisaggRun(result, tokens)
 

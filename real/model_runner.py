@@ -115,10 +115,12 @@ class ModelRunner:
                     self._prefill_graphs.capture(part, [b for b in buckets if b <= GREEN_MAX_TOKENS])
 
     def prefill_graph_spec(self) -> dict | None:
-        """How prefill steps are padded ({'buckets', 'max_seqs'}), or None without prefill graphs."""
+        """How prefill and chunked-prefill steps are padded ({'buckets', 'max_seqs',
+        'decode_rows'}), or None without prefill graphs."""
         if self._prefill_graphs is None or not self._prefill_graphs.graphs:
             return None
-        return {"buckets": sorted({n for _, n in self._prefill_graphs.graphs}), "max_seqs": MAX_SEQS}
+        return {"buckets": sorted({n for _, n in self._prefill_graphs.graphs}), "max_seqs": MAX_SEQS,
+                "decode_rows": self._prefill_graphs.decode_rows()}
 
     def decode_graph_spec(self) -> dict | None:
         """How decode steps are padded ({'buckets'}), or None without decode graphs."""

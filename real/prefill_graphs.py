@@ -139,6 +139,10 @@ class PrefillGraphs(StepGraphs):
         self._sizes_on[partition.name] = sorted((b, g[2]) for (name, b), g in self.graphs.items()
                                                 if name == partition.name)
 
+    def decode_rows(self) -> int:
+        """The most decode rows any captured graph takes beside its prompt chunks."""
+        return max((g[2] for g in self.graphs.values()), default=0)
+
     def run(self, batch: Sequence[Chunk], partition: Partition, bucket: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Replay the bucket's graph; returns (logits, tokens) of each sequence's last token,
         in batch order.

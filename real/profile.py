@@ -52,9 +52,16 @@ class Grid:
     corun_splits: tuple = (16, 24, 32, 64, 96)
     corun_prefill: tuple = ((256, 0), (512, 0), (2048, 0), (2048, 4096), (2048, 12288))
     corun_decode: tuple = ((16, 1024), (64, 1024), (128, 2048))
-    # chunked-prefill steps on the whole GPU: (chunk, prior) x (decode batch, context)
-    mixed_prefill: tuple = ((16, 0), (64, 4096), (128, 0), (512, 0), (2048, 0), (512, 2048), (2048, 8192))
-    mixed_decode: tuple = ((1, 1024), (16, 1024), (64, 1024), (128, 1024), (256, 512))
+    # Chunked-prefill steps on the whole GPU: (chunk, prior) x (decode batch, context). With
+    # every decode context at 512-1024 tokens, rows and KV tokens moved together and the fit
+    # could not tell them apart: on the H200 engine, steps of <= 64-token chunks beside 16-64
+    # rows of about 200-token contexts took 6.5 ms where the model said 8.5, while 256-1024
+    # token chunks ran 9-14% (and nexus-slo's ~1k-token mixed steps 8-15%) over it. Hence
+    # short and long contexts at the same row counts, and a 1k-token chunk.
+    mixed_prefill: tuple = ((16, 0), (64, 4096), (128, 0), (512, 0), (1024, 0), (2048, 0), (512, 2048),
+                            (2048, 8192))
+    mixed_decode: tuple = ((1, 1024), (16, 1024), (32, 256), (64, 1024), (64, 4096), (128, 256), (128, 1024),
+                           (256, 512))
 
 
 CONTEXT_SHAPES = ("exponential", "spread", "equal")

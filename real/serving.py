@@ -293,7 +293,7 @@ class ServingEngine(RealEngine):
             finished = list(self.state.finished)
             if not finished:
                 return None
-            return make_result(self.stepper.policy.name, finished, self.state.gaps, list(self.timeline),
+            return make_result(self.stepper.policy, finished, self.state.gaps, list(self.timeline),
                                None, None, {}, {})
 
     def counters(self) -> dict[str, float]:

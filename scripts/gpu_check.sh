@@ -5,6 +5,9 @@
 #                                               bench smoke run (~8 min on an H100)
 #   FULL=1 bash scripts/gpu_check.sh [OUTDIR]   also a fresh profile (all parts) and nexus-real validate
 #                                               on four workloads, all on this GPU (each step <= 10 min)
+#   MAXRATE=1 bash scripts/gpu_check.sh [OUTDIR]  also nexus-real max-rate of nexus-slo against tuned and
+#                                               default chunked, the best static split and nexus on the
+#                                               conversation and mixed traces (about 26 min on an H200)
 #
 # Works from a plain checkout (no pip install): the repo root goes on PYTHONPATH.
 # Exit status is non-zero if any step failed; every step runs regardless.
@@ -58,6 +61,25 @@ if [ "${FULL:-0}" = 1 ]; then
             --policy chunked --policy static --policy nexus --policy nexus:beta=2 \
             --loads auto=0.7,1.2 --out "$OUTDIR/validate_$name"
     done
+fi
+
+if [ "${MAXRATE:-0}" = 1 ]; then
+    # The engine's max rate under each workload's SLO, probed around the simulator's prediction.
+    # Tuned settings are the simulator's best for the SLO (experiments/goodput.py); nexus, whose
+    # max rate is a tenth of the others', runs on 60 requests so that a probe takes under a minute.
+    conv="$OUTDIR/conversation.jsonl"
+    $PY -m traces.cli synthetic --input lognormal:mean=1100,median=700,max=8000 \
+        --output lognormal:mean=250,median=150,max=2000 --cv 2 -n 1500 --rate 1 --seed 0 -o "$conv"
+    step max_rate_conversation 600 $PY -m real.cli max-rate --trace "$conv" --limit 240 --slo-ttft 1 \
+        --slo-tbt 0.035 --policy nexus-slo --policy chunked:max_num_batched_tokens=1024 \
+        --policy static:prefill_sms=80 --policy chunked --out "$OUTDIR/max_rate_conversation"
+    step max_rate_mixed 600 $PY -m real.cli max-rate --trace traces/mixed.jsonl --limit 160 --slo-ttft 2.1 \
+        --slo-tbt 0.027 --policy nexus-slo --policy chunked:max_num_batched_tokens=512 \
+        --policy static:prefill_sms=96 --policy chunked --out "$OUTDIR/max_rate_mixed"
+    step max_rate_nexus_conversation 400 $PY -m real.cli max-rate --trace "$conv" --limit 60 --slo-ttft 1 \
+        --slo-tbt 0.035 --policy nexus --out "$OUTDIR/max_rate_conversation_nexus"
+    step max_rate_nexus_mixed 400 $PY -m real.cli max-rate --trace traces/mixed.jsonl --limit 60 --slo-ttft 2.1 \
+        --slo-tbt 0.027 --policy nexus --out "$OUTDIR/max_rate_mixed_nexus"
 fi
 
 echo "gpu_check: results in $OUTDIR (status $status)"

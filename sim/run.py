@@ -70,5 +70,5 @@ def run(trace: str | Path | Sequence[TraceEntry], policy: str | Policy = "nexus"
     run_config = {"policy": pol.describe(), **config.to_dict(), "rate_scale": rate_scale,
                   "rate": rate, "num_sms": gpu_spec.num_sms, "sim_wall_s": wall,
                   "sim_cpu_s": cpu}   # this process's CPU time in the loop: what other jobs on a shared machine disturb least
-    return make_result(pol.name, requests, state.gaps, engine.timeline, slo_ttft_s, slo_tbt_s,
+    return make_result(pol, requests, state.gaps, engine.timeline, slo_ttft_s, slo_tbt_s,
                        extra, run_config)

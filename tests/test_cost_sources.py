@@ -106,3 +106,21 @@ def test_fit_gap_restamps_the_calibration_it_rewrites(tmp_path):
     rewritten = read_calibration(path)
     assert rewritten["engine"]["step_gap_s"] != 0.0009
     assert rewritten["created"] > data["created"] and content_digest(rewritten) != content_digest(data)
+
+
+def test_chunked_prefill_steps_pad_as_their_graph_does():
+    """A chunk beside decode rows replays the graph of the bucket holding both (each row one
+    token) where the calibration's engine captured such graphs, and runs unpadded otherwise."""
+    h200 = load_cost_model(LLAMA8, GPUS["h200"])
+    rows = h200.engine["prefill_graphs"]["decode_rows"]
+    assert rows > 0
+    assert h200._padded_tokens(((512, 0),), 512, 1) == 640
+    assert h200._padded_tokens(((2048, 0),), 2048, 256) == 2304
+    assert h200._padded_tokens(((2048, 0),), 2048, 257) == 2048 + 257      # past the buckets: eager
+    assert h200._padded_tokens(((100, 0),), 100, rows + 1) == 100 + rows + 1   # more rows than captured
+    # One token past the 512 bucket runs the 640 one: a quarter more matmul work.
+    fits, spills = BatchShape(((496, 0),), 16, 16 * 300), BatchShape(((497, 0),), 16, 16 * 300)
+    assert h200.solo_time(spills, 0) > 1.1 * h200.solo_time(fits, 0)
+    h100 = load_cost_model(LLAMA8, H100)   # profiled before chunked-prefill steps had graphs
+    assert "decode_rows" not in h100.engine["prefill_graphs"]
+    assert h100._padded_tokens(((100, 0),), 100, 8) == 108

@@ -40,3 +40,16 @@ def test_long_prompts_together_finish_on_the_engine(policy, params):
     result = real.run(trace, policy=policy, policy_params=params, num_blocks=128,
                       calibration="analytical", **CPU)
     assert_all_served(result, 3)
+
+
+def test_nexus_slo_learns_the_engines_step_error():
+    """On the CPU every step runs far slower than the H100 model predicts: the engine's
+    measured steps reach the controller, and its learnt ratio is in the run's summary."""
+    trace = make_trace(16, 40.0, (8, 60), (20, 40), seed=3)
+    result = real.run(trace, policy="nexus-slo", gpu="h100-sxm", calibration="analytical",
+                      num_blocks=256, **CPU)
+    assert_all_served(result, 16)
+    mixed = result.summary["learnt"]["step_error"]["mixed"]
+    assert mixed["steps"] > 0 and mixed["mean"] > 1.3   # from 1.0, towards the clipped 2.0
+    assert "learnt" not in real.run(trace, policy="chunked", gpu="h100-sxm", calibration="analytical",
+                                     num_blocks=256, **CPU).summary

@@ -138,7 +138,9 @@ def test_prefill_graphs_replay_like_eager_and_pad_into_the_sink(parts) -> None:
     runner, prompts, tables = _prefilled_runner(4, 100)
     targets = [parts.prefill(32), parts.decode(FULL_GPU)]
     runner.capture_prefill_graphs(targets, buckets=[64, 256])
-    assert runner.prefill_graph_spec() == {"buckets": [64, 256], "max_seqs": 16}
+    # The plain stream's graphs also take decode rows (chunked-prefill steps); the green one's none.
+    assert runner.prefill_graph_spec() == {"buckets": [64, 256], "max_seqs": 16,
+                                           "decode_rows": runner.max_decode_batch}
     gen = torch.Generator().manual_seed(3)
     for k, part in enumerate(targets):
         # New tokens for every batch, so each token changes the cache slot it writes.
@@ -164,7 +166,8 @@ def test_mixed_graphs_replay_like_eager_on_the_plain_stream(parts) -> None:
     runner, prompts, tables = _prefilled_runner(6, 100)
     full, green = parts.decode(FULL_GPU), parts.prefill(32)
     runner.capture_prefill_graphs([green, full], buckets=[64, 256, 768])
-    assert runner.prefill_graph_spec() == {"buckets": [64, 256, 768], "max_seqs": 16}
+    assert runner.prefill_graph_spec() == {"buckets": [64, 256, 768], "max_seqs": 16,
+                                           "decode_rows": runner.max_decode_batch}
     gen = torch.Generator().manual_seed(5)
 
     def tokens(n: int) -> list[int]:

@@ -292,12 +292,15 @@ def fit_corun(cost: MeasuredCost, records: list[dict]) -> dict[str, Any]:
 
 # ---- the whole fit, with held-out error --------------------------------------------------
 
-def fit_params(measurements: dict[str, list], model: ModelSpec, gpu: GPUSpec) -> dict[str, Any]:
-    """Fitted parameters (the calibration file's "fit") from all of `measurements`."""
+def fit_params(measurements: dict[str, list], model: ModelSpec, gpu: GPUSpec,
+               engine: dict | None = None) -> dict[str, Any]:
+    """Fitted parameters (the calibration file's "fit") from all of `measurements`; `engine` is
+    the calibration's engine section (the graphs that pad a chunked-prefill step)."""
     solo = {"method": FIT_METHOD, "version": FIT_VERSION,
             "prefill": fit_prefill(measurements.get("prefill", []), gpu.num_sms),
             "decode": fit_decode(measurements.get("decode", []), gpu.num_sms)}
     cost = MeasuredCost(model, gpu, {**solo, "corun": DEFAULT_CORUN})
+    cost.use_engine(engine or {})
     return {**solo, "corun": fit_corun(cost, measurements.get("corun", [])),
             "mixed": fit_mixed(cost, measurements.get("mixed", []))}
 
@@ -308,10 +311,10 @@ def mixed_shape(rec: dict) -> BatchShape:
 
 
 def fit_mixed(cost: MeasuredCost, records: list[dict], rounds: int = 20) -> dict[str, float]:
-    """Host time of a chunked-prefill step: the floor under its GPU time.
+    """The floor under a chunked-prefill step's time from the solo curves.
 
-    A mixed batch runs eagerly: the host launches every kernel and packs every decode row
-    while the GPU works through what it was given, so the step takes the longer of the two,
+    The host packs every decode row (and, for an eager step, launches every kernel) while the
+    GPU works through what it was given, so the step takes the longer of the two,
     max(host_s + per_seq_s * decode rows, GPU time from the solo curves); both >= 0. Fitted
     by alternating: which steps are host-bound under the current floor, then the floor by
     relative least squares on those; the best of the rounds is kept.
@@ -402,14 +405,17 @@ def fit_calibration(data: dict[str, Any], holdout_fraction: float = 0.25,
     model = spec_from_dict(ModelSpec, data["model"], "calibration model")
     gpu = spec_from_dict(GPUSpec, data["gpu"], "calibration gpu")
     measurements = data["measurements"]
-    fit = fit_params(measurements, model, gpu)
+    engine = data.get("engine", {})
+    fit = fit_params(measurements, model, gpu, engine)
 
     train, held = split_holdout(measurements, holdout_fraction, seed)
     how = (f"{holdout_fraction:.0%} of the grid points of each kind (an SM count and a shape, "
            f"with all its repeats) drawn with numpy default_rng([{seed}, kind]), fitted on the "
            f"rest; the shipped fit uses every point")
     try:
-        errors = prediction_errors(MeasuredCost(model, gpu, fit_params(train, model, gpu)), held)
+        held_cost = MeasuredCost(model, gpu, fit_params(train, model, gpu, engine))
+        held_cost.use_engine(engine)
+        errors = prediction_errors(held_cost, held)
     except UserError as e:
         errors = {"prefill": [], "decode": [], "corun_slowdown": [], "mixed": []}
         how = f"none: too little data left to fit after holding points out ({e})"

@@ -18,10 +18,11 @@ plain stream scaled by num_sms/s.
 An iteration that mixes prefill chunks and a decode step (chunked prefill) is read off the
 prefill curve at prefill tokens + decode sequences, since the dense layers take every
 token of the batch in one pass (and the fixed cost, launches and one sweep over the
-weights, is paid once); both phases' attention terms are added. Such a step runs eagerly,
-so the host's launches and packing put a floor under that GPU time (fitted by
-nexus.cost.fit.fit_mixed): a 16-token chunk beside a few decode rows takes 12-15 ms on an
-H100, not the 7 ms its kernels need.
+weights, is paid once), padded to the graph the engine replays for it; both phases'
+attention terms are added. A floor that grows with the decode rows lies under that time
+(fitted by nexus.cost.fit.fit_mixed): on the H100, whose engine ran such steps eagerly, a
+16-token chunk beside a few decode rows took 12-15 ms, not the 7 ms its kernels need; on
+the H200, with the steps graphed, 6.2 ms beside one row and 13.8 ms beside 128.
 """
 from __future__ import annotations
 
@@ -210,6 +211,7 @@ class MeasuredCost:
         self.engine: dict = {}
         self._graph_buckets: list[int] = []   # token buckets of prefill graphs, if the engine has them
         self._graph_max_seqs = 0
+        self._graph_decode_rows = 0   # decode rows a prefill graph takes beside its chunks
         self._decode_buckets: list[int] = []  # batch buckets of decode graphs, likewise
         origin = calibration or "fit"
         try:
@@ -250,38 +252,50 @@ class MeasuredCost:
         cost = cls(model, gpu, fit, calibration=str(path), fit_error=fit_error,
                    created=data["created"])
         cost.digest = content_digest(data)
-        engine = data.get("engine", {})
+        cost.use_engine(data.get("engine", {}), str(path))
+        return cost
+
+    def use_engine(self, engine: Any, where: str = "calibration") -> None:
+        """Take what the calibration says of the engine: its host gap between steps, and the
+        graphs that pad its steps."""
         if not isinstance(engine, dict):
-            raise UserError(f"{path}: engine must be an object, got {engine!r}")
+            raise UserError(f"{where}: engine must be an object, got {engine!r}")
         for key in ("step_gap_s", "step_gap_per_seq_s"):   # attributes of the same names
             gap = engine.get(key, 0.0)
             if not isinstance(gap, (int, float)) or isinstance(gap, bool) or not 0 <= gap < 1:
-                raise UserError(f"{path}: engine.{key} must be a number of seconds in [0, 1), got {gap!r}")
-            setattr(cost, key, float(gap))
-        cost.engine = engine
+                raise UserError(f"{where}: engine.{key} must be a number of seconds in [0, 1), got {gap!r}")
+            setattr(self, key, float(gap))
+        self.engine = engine
         graphs = engine.get("prefill_graphs")
         if graphs is not None:
             try:
                 buckets, max_seqs = _buckets(graphs), int(graphs["max_seqs"])
-                if max_seqs < 1:
+                # Calibrations made before chunked-prefill steps were graphed say nothing of rows.
+                rows = int(graphs.get("decode_rows", 0))
+                if max_seqs < 1 or rows < 0:
                     raise ValueError
             except (KeyError, TypeError, ValueError):
-                raise UserError(f"{path}: engine.prefill_graphs must be {{'buckets': [positive token "
-                                f"counts], 'max_seqs': positive int}}, got {graphs!r}") from None
-            cost._graph_buckets, cost._graph_max_seqs = buckets, max_seqs
+                raise UserError(f"{where}: engine.prefill_graphs must be {{'buckets': [positive token "
+                                f"counts], 'max_seqs': positive int, 'decode_rows': int >= 0}}, "
+                                f"got {graphs!r}") from None
+            self._graph_buckets, self._graph_max_seqs, self._graph_decode_rows = buckets, max_seqs, rows
         graphs = engine.get("decode_graphs")
         if graphs is not None:
             try:
-                cost._decode_buckets = _buckets(graphs)
+                self._decode_buckets = _buckets(graphs)
             except (KeyError, TypeError, ValueError):
-                raise UserError(f"{path}: engine.decode_graphs must be {{'buckets': [positive batch "
+                raise UserError(f"{where}: engine.decode_graphs must be {{'buckets': [positive batch "
                                 f"sizes]}}, got {graphs!r}") from None
-        return cost
 
-    def _padded_tokens(self, chunks: tuple[tuple[int, int], ...], tokens: int) -> int:
-        """Tokens the engine computes for a prefill-only step: a captured graph pads to its bucket."""
-        bucket = prefill_bucket(self._graph_buckets, self._graph_max_seqs, [n for n, _ in chunks])
-        return tokens if bucket is None else bucket
+    def _padded_tokens(self, chunks: tuple[tuple[int, int], ...], tokens: int, decode_rows: int = 0) -> int:
+        """Tokens the engine computes for a step with prompt chunks: a captured graph pads the
+        chunks' tokens and the decode rows beside them to its bucket. A 513-token mixed step runs
+        the 640-token graph: on the H200 profile, chunks of 512 beside 1-64 decode rows took
+        17-25% longer than the unpadded prediction, and 9-11% with the padding."""
+        if decode_rows > self._graph_decode_rows:
+            return tokens + decode_rows   # eager
+        bucket = prefill_bucket(self._graph_buckets, self._graph_max_seqs, [n for n, _ in chunks], decode_rows)
+        return tokens + decode_rows if bucket is None else bucket
 
     @staticmethod
     def _parse(fit: dict, num_sms: int) -> tuple[_Phase, _Phase, dict]:
@@ -331,7 +345,7 @@ class MeasuredCost:
         seqs = shape.decode_seqs if shape.decode_seqs > 0 else 0
         tokens, own, cross, prior = prefill_attention(chunks) if chunks else (0, 0, 0, 0)
         if tokens:
-            size = tokens + seqs if seqs else self._padded_tokens(chunks, tokens)
+            size = self._padded_tokens(chunks, tokens, seqs)
             return (self._prefill, self._prefill.locate(size), (own, cross, prior),
                     shape.decode_kv_tokens if seqs else 0, seqs)
         if seqs:
@@ -364,7 +378,7 @@ class MeasuredCost:
             plan = self._make_plan(shape)   # decode only, or nothing
             return 0.0 if plan is None else self._time(plan, self._prefill.rows[s], self._decode.rows[s])
         phase = self._prefill
-        i, wi, j, wj, beyond = phase.locate(tokens + seqs if seqs else self._padded_tokens(chunks, tokens))
+        i, wi, j, wj, beyond = phase.locate(self._padded_tokens(chunks, tokens, seqs))
         c, k = phase.rows[s], phase.k
         v = (c[i] * wi if i else 0.0) + (c[j] * wj if j else 0.0) + c[k] * beyond
         t = c[0] + (v + c[k + 1] * own + c[k + 2] * cross + c[k + 3] * prior)

@@ -31,6 +31,10 @@ class Policy:
         """A batch this policy planned ran `steps` steps and ended at `end_s` (on the engine's
         clock); called before the state accounts it, so `state` still shows the step's start."""
 
+    def learnt(self) -> dict:
+        """What the policy learnt while serving (for the run's record); empty if nothing."""
+        return {}
+
     def check(self, gpu: GPUSpec) -> None:
         """Raise UserError if this policy asks for a split `gpu` cannot give."""
 

@@ -59,6 +59,9 @@ class NexusSLO(Policy):
         self._expected: tuple[str, float] | None = None   # the decode stream's step in flight
         self._last_mixed: tuple[tuple, int] | None = None    # mixed_tokens' last question and answer
 
+    def learnt(self) -> dict:
+        return {"step_error": {kind: e.describe() for kind, e in self._error.items()}}
+
     def observe(self, state: ServingState, batch: Batch, steps: int, start_s: float, end_s: float) -> None:
         """Learn from a decode step that followed the previous one with no pause: the gap
         between their ends is the TBT the members saw (host time included, as predicted)."""
