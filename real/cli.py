@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     m.add_argument("--calibration", help="calibration JSON for the simulator and the controllers")
     m.add_argument("--num-blocks", type=positive_int, help="KV blocks (default: as many as fit)")
-    m.add_argument("--out", required=True, help="directory for max_rate.json")
+    m.add_argument("--out", required=True, help="directory for max_rate.json and steps.csv.gz")
 
     pr = sub.add_parser("profile", help="measure step times over SM counts and shapes; write a calibration file",
                         description="Profile prefill, decode and co-run step times on every partition; "
@@ -239,7 +239,7 @@ def max_rate_command(args: argparse.Namespace, console: Console) -> int:
     from nexus.config import EngineConfig
     from real.bench import Bench
     from real.max_rate import engine_max_rates, write_steps
-    from sim.max_rate import write_record
+    from sim.max_rate import steady_state_warnings, write_record
     from real.validate import PolicyCase
     from sim.executors import InlineExecutor
     from sim.probe import SLO, Load
@@ -264,8 +264,7 @@ def max_rate_command(args: argparse.Namespace, console: Console) -> int:
         record["policies"] = results
         record["complete"] = len(results) == len(makers) and all(r["status"] != "unfinished"
                                                                  for r in results.values())
-        record["warnings"] = [f"{label}: {r['steady_state']['warning']}" for label, r in results.items()
-                              if r["steady_state"] and "warning" in r["steady_state"]]
+        record["warnings"] = steady_state_warnings(results)
         write_steps(steps, out / "steps.csv.gz")
         write_record(record, out / "max_rate.json")
 

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from nexus.cost import load_cost_model
+from nexus.cost import CostModel, load_cost_model
 from nexus.policy import Policy
 from nexus.rate_search import RateSearch
 from real.validate import step_table, step_view
@@ -25,15 +25,16 @@ from traces import TraceEntry
 
 
 def measured_probe(bench, entries: Sequence[TraceEntry], make: Callable[[], Policy], calibration: str | None,
-                   load: Load, x: float, slo: SLO) -> tuple[dict, pd.DataFrame]:
-    """One engine run at load `x`: its point (with the model's error per kind of step, the
-    view that separates cost-model error from scheduling near saturation) and its steps."""
+                   cost: CostModel, load: Load, x: float, slo: SLO) -> tuple[dict, pd.DataFrame]:
+    """One engine run at load `x`: its point (with the error of `calibration`'s model `cost`
+    per kind of step, the view that separates cost-model error from scheduling near
+    saturation) and its steps."""
     timed = load.apply(entries, x)
     result = bench.run(timed, make(), calibration, slo.ttft_s, slo.tbt_s)
     point = point_of(result.summary, result.timeline, timed, load, x, slo)
     if "learnt" in result.summary:
         point["learnt"] = result.summary["learnt"]
-    steps = step_table(result.timeline, load_cost_model(bench.model, bench.gpu, calibration))
+    steps = step_table(result.timeline, cost)
     point["steps"] = step_view(steps)
     return point, steps
 
@@ -50,13 +51,14 @@ def engine_max_rates(bench, entries: Sequence[TraceEntry], policies: dict[str, C
     variants = [sim_max_rate.Variant(label, make()) for label, make in policies.items()]
     predicted = sim_max_rate.find_max_rates(entries, variants, setup, load, slo, sim_executor,
                                             lambda: sim_max_rate.search_for(1.0))
+    cost = load_cost_model(bench.model, bench.gpu, calibration)
     out: dict = {}
     steps: list[pd.DataFrame] = []
     for label, make in policies.items():
         guess = predicted[label]["max_rate"] or predicted[label]["min_failing"]
         search = RateSearch.around(guess, spread=spread, max_expansions=3)
         while (x := search.next_rate()) is not None:
-            point, probe_steps = measured_probe(bench, entries, make, calibration, load, x, slo)
+            point, probe_steps = measured_probe(bench, entries, make, calibration, cost, load, x, slo)
             steps.append(probe_steps.assign(policy=label, rate=x))
             log(f"  {label}: {x:.4g} {'ok' if point['ok'] else 'fails'} on the engine")
             search.tell(x, point.pop("ok"), **point)

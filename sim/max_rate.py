@@ -109,6 +109,12 @@ def steady_state(point: dict) -> dict:
     return out
 
 
+def steady_state_warnings(results: dict[str, dict]) -> list[str]:
+    """Each policy's steady-state warning at its max rate, labelled."""
+    return [f"{label}: {r['steady_state']['warning']}" for label, r in results.items()
+            if r["steady_state"] and "warning" in r["steady_state"]]
+
+
 def best_of_grids(results: dict[str, dict]) -> dict[str, dict]:
     """For each grid, its settings' max rates and the best setting."""
     grids: dict[str, dict] = {}
@@ -145,8 +151,7 @@ def record(results: dict[str, dict], entries: Sequence[TraceEntry], setup: Setup
                                "is promised)"},
         "policies": results,
         "grids": best_of_grids(results),
-        "warnings": [f"{label}: {r['steady_state']['warning']}" for label, r in results.items()
-                     if r["steady_state"] and "warning" in r["steady_state"]],
+        "warnings": steady_state_warnings(results),
     }
 
 

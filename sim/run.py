@@ -39,9 +39,12 @@ def run(trace: str | Path | Sequence[TraceEntry], policy: str | Policy = "nexus"
     pol = policy if isinstance(policy, Policy) else make_policy(policy, **(policy_params or {}))
     check_policy(pol, gpu_spec)
     cost = load_cost_model(model_spec, gpu_spec, calibration)
-    planning = (cost if policy_calibration is None
-                else load_cost_model(model_spec, gpu_spec, policy_calibration) if isinstance(policy_calibration, str)
-                else policy_calibration)
+    if policy_calibration is None:
+        planning = cost
+    elif isinstance(policy_calibration, str):
+        planning = load_cost_model(model_spec, gpu_spec, policy_calibration)
+    else:
+        planning = policy_calibration
     pool = BlockPool(kv_capacity_blocks(model_spec, gpu_spec, config.gpu_memory_utilization))
     entries = load_entries(trace, rate_scale, rate, config.seed)
     check_fits(entries, pool.num_blocks, model_spec.max_position_embeddings, gpu_spec.name)

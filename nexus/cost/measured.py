@@ -291,7 +291,7 @@ class MeasuredCost:
         """Tokens the engine computes for a step with prompt chunks: a captured graph pads the
         chunks' tokens and the decode rows beside them to its bucket. A 513-token mixed step runs
         the 640-token graph: on the H200 profile, chunks of 512 beside 1-64 decode rows took
-        17-25% longer than the unpadded prediction, and 9-11% with the padding."""
+        18-25% longer than the unpadded prediction, and 10-11% with the padding."""
         if decode_rows > self._graph_decode_rows:
             return tokens + decode_rows   # eager
         bucket = prefill_bucket(self._graph_buckets, self._graph_max_seqs, [n for n, _ in chunks], decode_rows)
@@ -361,7 +361,7 @@ class MeasuredCost:
         t = c[0] + phase.variable(c, where, attention)
         if decode_kv:
             t = t + d[self._decode.k + 1] * decode_kv
-        if mixed_seqs:   # eager: the host's launches and packing are a floor (see fit_mixed)
+        if mixed_seqs:   # the floor under a chunked-prefill step (see fit_mixed)
             floor = self._mixed[0] + self._mixed[1] * mixed_seqs
             t = np.maximum(t, floor) if isinstance(t, np.ndarray) else max(t, floor)
         return t

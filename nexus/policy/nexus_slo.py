@@ -170,8 +170,8 @@ class NexusSLO(Policy):
         prefill = BatchShape(((chunk, head.kv_tokens),))
         found = self._split_for(state, prefill, decode)
         _, in_time, t_prefill, _ = found
-        mixed_s = self.mixed_step_time(cost, decode, budget, head.kv_tokens) * self._error["mixed"].factor
-        if budget and (not in_time or budget / mixed_s >= chunk / t_prefill):
+        if budget and (not in_time or budget / (self.mixed_step_time(cost, decode, budget, head.kv_tokens)
+                                                * self._error["mixed"].factor) >= chunk / t_prefill):
             return budget
         self._use_split(state, found)
         return None
