@@ -34,6 +34,7 @@ class StepRecord(NamedTuple):
     kv_usage: float
     prefill_prior_tokens: int   # cached tokens the step's chunks continue (their attention reach)
     decode_kv_tokens: int
+    prefill_chunks: int         # how many prompts the prefill tokens belong to (attention is per prompt)
 
 
 TIMELINE_COLUMNS = list(StepRecord._fields)
@@ -101,5 +102,5 @@ class Stepper:
             prior_tokens += prior
         record = StepRecord(start_s, end_s, step.stream, step.sms, prefill_tokens, step.decode_seqs,
                             steps if batch.decode else 0, state.kv.usage, prior_tokens,
-                            shape.decode_kv_tokens)
+                            shape.decode_kv_tokens, len(shape.prefill_chunks))
         return record, finished

@@ -6,8 +6,11 @@ decode sequences, through the median gap of each band of batch sizes, weighted b
 steps fell in the band. Steps without decode rows are left out: their gap is the policy's
 own planning (Nexus's split controller), not the engine's.
 
-The replay is a trace made for the purpose (seeded, Poisson, a ramp of batch sizes up to
-the cap and back), never a case that fidelity is judged on.
+The replay is a trace made for the purpose (seeded, Poisson, prompts log-uniform up to 4k
+tokens), never a case that fidelity is judged on. The profile also prices the replay's
+co-run steps with the fitted model (nexus.step_view.corun_scale), so its prompts span short
+and long prefill steps: on the H200, decode beside long prefill steps ran 9-12% over the
+co-run grid's model, and beside ShareGPT's short ones about as much under it.
 """
 from __future__ import annotations
 
@@ -24,13 +27,15 @@ BUSY_GAP_S = 0.005   # longer gaps are idle time, not overhead
 
 def replay_trace(requests: int = 240, rate: float = 40.0, seed: int = 0,
                  max_tokens: int = 1 << 30) -> list[TraceEntry]:
-    """Prompts of 64-1023 tokens and outputs of 32-319, shrunk to fit `max_tokens` together."""
+    """Prompts log-uniform over 64-4095 tokens (mean about 950) and outputs of 32-319, shrunk
+    to fit `max_tokens` together."""
     rng = np.random.default_rng(seed)
     times = np.cumsum(rng.exponential(1.0 / rate, requests))
-    prompt_hi, output_hi = min(1024, max(max_tokens // 2, 3)), min(320, max(max_tokens // 4, 3))
-    return [TraceEntry(f"gap{i}", float(t - times[0]), int(rng.integers(min(64, prompt_hi - 1), prompt_hi)),
-                       int(rng.integers(min(32, output_hi - 1), output_hi)))
-            for i, t in enumerate(times)]
+    prompt_hi, output_hi = min(4096, max(max_tokens // 2, 3)), min(320, max(max_tokens // 4, 3))
+    prompt_lo = min(64, prompt_hi - 1)
+    prompts = np.exp(rng.uniform(np.log(prompt_lo), np.log(prompt_hi), requests)).astype(int)
+    return [TraceEntry(f"gap{i}", float(t - times[0]), int(p), int(rng.integers(min(32, output_hi - 1), output_hi)))
+            for i, (t, p) in enumerate(zip(times, prompts))]
 
 
 def fit_step_gap(timelines: list[pd.DataFrame]) -> dict:
@@ -55,8 +60,10 @@ def fit_step_gap(timelines: list[pd.DataFrame]) -> dict:
     return {"step_gap_s": round(float(gap), 7), "step_gap_per_seq_s": round(float(per_seq), 9), "bands": rows}
 
 
-def measure_host_gap(bench, policies: tuple[str, ...] = ("chunked", "static"), requests: int = 240) -> dict:
-    """Replay the synthetic trace on `bench` under each policy and fit the gap on all their steps."""
+def measure_host_gap(bench, policies: tuple[str, ...] = ("chunked", "static"), requests: int = 240
+                     ) -> tuple[dict, list[pd.DataFrame]]:
+    """Replay the synthetic trace on `bench` under each policy and fit the gap on all their
+    steps; the fit, and the replays' timelines."""
     runner = bench.runner
     trace = replay_trace(requests, max_tokens=min(runner.num_blocks * runner.block_size // 4, runner.max_model_len))
     timelines = [bench.run(trace, policy, "analytical").timeline for policy in build_policies(list(policies), {})]
@@ -65,4 +72,4 @@ def measure_host_gap(bench, policies: tuple[str, ...] = ("chunked", "static"), r
                      f"of a synthetic trace (real.host_gap.replay_trace: {len(trace)} requests, Poisson 40/s, "
                      f"prompts up to {max(e.prompt_tokens for e in trace)}, outputs up to "
                      f"{max(e.output_tokens for e in trace)} tokens, seed 0)")
-    return fit
+    return fit, timelines

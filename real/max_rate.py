@@ -18,7 +18,7 @@ import pandas as pd
 from nexus.cost import CostModel, load_cost_model
 from nexus.policy import Policy
 from nexus.rate_search import RateSearch
-from real.validate import step_table, step_view
+from nexus.step_view import step_table, step_view
 from sim import max_rate as sim_max_rate
 from sim.probe import SLO, Load, Setup, point_of
 from traces import TraceEntry

@@ -18,11 +18,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from nexus.cost.calibration import merge_calibrations, new_calibration, read_calibration, write_calibration
+from nexus.cost.calibration import (merge_calibrations, new_calibration, read_calibration, spec_from_dict,
+                                    write_calibration)
 from nexus.cost.fit import fit_calibration
+from nexus.cost.measured import MeasuredCost
 from nexus.errors import UserError
 from nexus.specs import GPUSpec, ModelSpec
+from nexus.step_view import corun_scale, step_table
 from real.batch import Chunk
 from real.gpu_info import gpu_facts
 from real.model_runner import ModelRunner
@@ -247,20 +251,41 @@ def profile(runner: ModelRunner, parts: Partitions, model: ModelSpec, gpu: GPUSp
                     meas.setdefault("mixed", []).append({**key, "time_s": prof.time_alone(steps, part)})
         write_calibration(data, out)
         log("mixed: done")
+    timelines = []
     if "engine" in which:
         from nexus.policy import build_policies
         from real.bench import Bench, warm_up
         from real.host_gap import measure_host_gap
         warm_up(runner, parts)
         bench = Bench(model, gpu, build_policies(["chunked", "static"], {}), ready=(runner, parts))
-        gap = measure_host_gap(bench, requests=gap_requests)
+        gap, timelines = measure_host_gap(bench, requests=gap_requests)
         data.setdefault("engine", {}).update({k: v for k, v in gap.items() if k != "bands"},
                                              step_gap_bands=gap["bands"], command=command)
         write_calibration(data, out)
         log(f"engine: host gap {gap['step_gap_s'] * 1e3:.3f} ms + {gap['step_gap_per_seq_s'] * 1e6:.2f} us per decode row")
+    # A co-run scale is relative to the fit it was measured against: a fit without a fresh
+    # replay drops it rather than keep a stale one.
+    data.get("engine", {}).pop("corun_scale", None)
     try:
         data.update(fit_calibration(data))
     except UserError as e:
         log(f"not fitted yet ({e}); measure the remaining parts and rerun")
+    else:
+        if timelines:
+            scale = served_corun_scale(data, timelines)
+            data["engine"]["corun_scale"] = scale
+            log(f"engine: served co-run steps over the model: prefill x{scale['prefill']:.3f} "
+                f"({scale['steps']['prefill']} steps), decode x{scale['decode']:.3f} ({scale['steps']['decode']} steps)")
     write_calibration(data, out)
     return data
+
+
+def served_corun_scale(data: dict, timelines: list) -> dict:
+    """The engine replay's co-run steps against the freshly fitted model (nexus.step_view)."""
+    cost = MeasuredCost(spec_from_dict(ModelSpec, data["model"], "model"),
+                        spec_from_dict(GPUSpec, data["gpu"], "gpu"), data["fit"])
+    cost.use_engine(data["engine"], "profile")
+    steps = pd.concat([step_table(tl, cost) for tl in timelines], ignore_index=True)
+    return {**corun_scale(steps),
+            "source": "median measured / predicted time of the co-run steps of the engine replays that "
+                      "measured the host gap (real.host_gap), against this fit"}

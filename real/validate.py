@@ -22,11 +22,11 @@ import pandas as pd
 import sim
 from nexus.config import EngineConfig
 from nexus.cost import load_cost_model
-from nexus.cost.base import BatchShape, CostModel
 from nexus.errors import UserError
 from nexus.policy import Policy, build_policies
 from nexus.result import Result
 from nexus.specs import GPUS, MODELS, GPUSpec, ModelSpec
+from nexus.step_view import step_table, step_view
 from traces import TraceEntry
 from traces.retime import load_entries
 from traces.stats import summarize as trace_summary
@@ -86,66 +86,6 @@ def signed_errors(measured: dict, simulated: dict) -> dict[str, float]:
         key = metric if stat is None else f"{metric}.{stat}"
         out[key] = 100.0 * (sim_v - real_v) / real_v if real_v else float("nan")
     return out
-
-
-def step_table(timeline: pd.DataFrame, cost: CostModel) -> pd.DataFrame:
-    """Each measured step beside the model's time for its shape and SMs, stretched by the
-    steps that ran beside it on the other stream.
-
-    A 100 ms prefill step on one side overlaps ten 10 ms decode steps on the other, none of
-    them for more than a tenth of it; so the stretch is the overlap-weighted mean of each
-    co-runner's slowdown (1 where nothing ran beside it), as the simulator retimes a step
-    whenever its co-runner changes.
-    """
-    columns = ["stream", "start_s", "end_s", "sms", "prefill_tokens", "prefill_prior_tokens",
-               "decode_seqs", "decode_kv_tokens"]
-    steps = timeline[columns].sort_values("start_s", kind="stable").reset_index(drop=True)
-    steps["measured_s"] = steps["end_s"] - steps["start_s"]
-    shapes = [_shape(r) for r in steps.itertuples()]
-    solo = np.array([float(cost.solo_time(shape, int(s))) for shape, s in zip(shapes, steps["sms"])])
-    stream, sms = steps["stream"].to_numpy(), steps["sms"].to_numpy()
-    start, end, length = (steps[c].to_numpy() for c in ("start_s", "end_s", "measured_s"))
-    stretch = np.ones(len(steps))
-    covered = np.zeros(len(steps))
-    for name in np.unique(stream):
-        others = np.flatnonzero(stream != name)
-        if not len(others):
-            continue
-        # The other stream's steps follow one another, so their ends are sorted too.
-        o_start, o_end = start[others], end[others]
-        for i in np.flatnonzero((stream == name) & (length > 0)):
-            lo, hi = np.searchsorted(o_end, start[i], "right"), np.searchsorted(o_start, end[i], "left")
-            excess = 0.0
-            for j in range(lo, hi):
-                overlap = min(o_end[j], end[i]) - max(o_start[j], start[i])
-                if overlap > 0:
-                    rival = others[j]
-                    covered[i] += overlap / length[i]
-                    excess += overlap / length[i] * (float(cost.slowdown(
-                        shapes[i], int(sms[i]), shapes[rival], int(sms[rival]))) - 1.0)
-            stretch[i] += excess
-    steps["covered"] = np.minimum(covered, 1.0)
-    steps["solo_s"] = solo
-    steps["predicted_s"] = solo * stretch
-    kind = np.where((steps["prefill_tokens"] > 0) & (steps["decode_seqs"] > 0), "mixed",
-                    np.where(steps["prefill_tokens"] > 0, "prefill", "decode"))
-    steps["kind"] = [k + ("+corun" if c > 0.5 else "") for k, c in zip(kind, steps["covered"])]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        steps["error_pct"] = 100.0 * (steps["predicted_s"] - steps["measured_s"]) / steps["measured_s"]
-    return steps[steps["measured_s"] > 0].reset_index(drop=True)
-
-
-def step_view(steps: pd.DataFrame) -> dict:
-    """Per step kind: how many, and the median signed and absolute % error of the model."""
-    return {kind: {"n": int(len(g)), "median_signed_pct": float(g["error_pct"].median()),
-                   "median_abs_pct": float(g["error_pct"].abs().median())}
-            for kind, g in sorted(steps.groupby("kind"), key=lambda kv: kv[0])}
-
-
-def _shape(r) -> BatchShape:
-    # The timeline sums a step's chunks; a step of several chunks is modelled as one.
-    chunks = ((int(r.prefill_tokens), int(r.prefill_prior_tokens)),) if r.prefill_tokens else ()
-    return BatchShape(chunks, int(r.decode_seqs), int(r.decode_kv_tokens))
 
 
 def summarize_cases(cases: list[dict]) -> dict:

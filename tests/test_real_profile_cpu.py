@@ -48,13 +48,17 @@ def test_profile_measures_the_engine_host_gap_from_a_synthetic_replay(tmp_path):
     runner = ModelRunner(model, device="cpu", num_blocks=256)
     parts = Partitions([32, 64, 96], device="cpu", cpu_gpu=gpu)
     out = tmp_path / "cal.json"
-    profile(runner, parts, model, gpu, out, ["engine"], "test", repeats=1, grid=TINY_GRID,
-            log=lambda m: None, gap_requests=40)
+    profile(runner, parts, model, gpu, out, ["prefill", "decode", "corun", "mixed", "engine"], "test",
+            repeats=1, grid=TINY_GRID, log=lambda m: None, gap_requests=40)
     engine = read_calibration(out)["engine"]
     assert engine["step_gap_s"] >= 0 and engine["step_gap_per_seq_s"] >= 0
     assert engine["step_gap_s"] + 8 * engine["step_gap_per_seq_s"] > 0
     assert "synthetic trace" in engine["source"] and engine["step_gap_bands"]
     assert sum(n for _, _, n in engine["step_gap_bands"]) >= 10
+    # The replay's co-run steps, priced by the fresh fit, give the served co-run scale.
+    scale = engine["corun_scale"]
+    assert scale["steps"]["decode"] > 0 and 0.5 <= scale["decode"] <= 2.0 and 0.5 <= scale["prefill"] <= 2.0
+    assert "replays" in scale["source"]
 
 
 def test_the_host_gap_line_is_recovered_from_timelines():

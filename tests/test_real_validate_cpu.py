@@ -86,7 +86,7 @@ class _ToyCost:
 
 
 def test_step_table_weights_each_corunner_by_its_overlap():
-    from real.validate import step_table
+    from nexus.step_view import step_table
     row = dict(sms=64, prefill_tokens=0, prefill_prior_tokens=0, decode_seqs=8, decode_kv_tokens=800)
     timeline = pd.DataFrame([
         # a 100 ms prefill step, beside which ten 4 ms decode steps run (40% of it)

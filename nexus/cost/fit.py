@@ -405,7 +405,8 @@ def fit_calibration(data: dict[str, Any], holdout_fraction: float = 0.25,
     model = spec_from_dict(ModelSpec, data["model"], "calibration model")
     gpu = spec_from_dict(GPUSpec, data["gpu"], "calibration gpu")
     measurements = data["measurements"]
-    engine = data.get("engine", {})
+    # The grid is scored as measured: a served co-run scale (nexus.cost.measured) is not its.
+    engine = {k: v for k, v in data.get("engine", {}).items() if k != "corun_scale"}
     fit = fit_params(measurements, model, gpu, engine)
 
     train, held = split_holdout(measurements, holdout_fraction, seed)

@@ -213,6 +213,7 @@ class MeasuredCost:
         self._graph_max_seqs = 0
         self._graph_decode_rows = 0   # decode rows a prefill graph takes beside its chunks
         self._decode_buckets: list[int] = []  # batch buckets of decode graphs, likewise
+        self._corun_scale = (1.0, 1.0)   # (prefill, decode): served co-runs against the grid's
         origin = calibration or "fit"
         try:
             self._prefill, self._decode, self._corun = self._parse(fit, gpu.num_sms)
@@ -256,8 +257,9 @@ class MeasuredCost:
         return cost
 
     def use_engine(self, engine: Any, where: str = "calibration") -> None:
-        """Take what the calibration says of the engine: its host gap between steps, and the
-        graphs that pad its steps."""
+        """Take what the calibration says of the engine: its host gap between steps, the graphs
+        that pad its steps, and how much its co-run steps exceed the co-run grid's model
+        (`corun_scale`, measured by the profile's engine replay; see `slowdown`)."""
         if not isinstance(engine, dict):
             raise UserError(f"{where}: engine must be an object, got {engine!r}")
         for key in ("step_gap_s", "step_gap_per_seq_s"):   # attributes of the same names
@@ -266,6 +268,16 @@ class MeasuredCost:
                 raise UserError(f"{where}: engine.{key} must be a number of seconds in [0, 1), got {gap!r}")
             setattr(self, key, float(gap))
         self.engine = engine
+        scale = engine.get("corun_scale")
+        if scale is not None:
+            try:
+                pair = (float(scale["prefill"]), float(scale["decode"]))
+                if not all(0.5 <= v <= 2.0 for v in pair):
+                    raise ValueError
+            except (KeyError, TypeError, ValueError):
+                raise UserError(f"{where}: engine.corun_scale must be {{'prefill': x, 'decode': y}} with "
+                                f"x, y in [0.5, 2], got {scale!r}") from None
+            self._corun_scale = pair
         graphs = engine.get("prefill_graphs")
         if graphs is not None:
             try:
@@ -502,6 +514,13 @@ class MeasuredCost:
         1 + the fitted contention of nexus.cost.fit for the slowed phase. A batch mixing
         prefill and decode takes the two phases' contention weighted by their share of its
         solo time.
+
+        The engine's served co-run steps may run slower than the profile's co-run grid
+        predicts, for causes the grid's fixed shapes do not reproduce: on the H200, decode
+        steps beside a busy prefill side ran about 10% over it at every split (68-108 decode
+        SMs), where decode steps alone were within 2%. The factor is therefore multiplied by
+        the calibration's `corun_scale` for the phase (weighted likewise for a mixed batch),
+        and never falls below 1.
         """
         if sms.__class__ is int and other_sms.__class__ is int:   # the simulator's hot path
             return self._scalar_slowdown(shape, sms, other, other_sms)
@@ -514,6 +533,7 @@ class MeasuredCost:
         rival = self._total_bytes(other) / self.solo_time(other, other_sms) / bw
         share = sm_share(other_sms, self.gpu.num_sms)
         has_pre, has_dec = shape.prefill_tokens > 0, shape.decode_seqs > 0
+        scale_p, scale_d = self._corun_scale
         if has_pre and has_dec:
             pre_only = BatchShape(prefill_chunks=shape.prefill_chunks)
             tp = self.solo_time(pre_only, sms)
@@ -521,12 +541,15 @@ class MeasuredCost:
                                                      decode_kv_tokens=shape.decode_kv_tokens), sms))
             excess = w * self._excess("prefill", own, rival, share) + \
                 (1.0 - w) * self._excess("decode", own, rival, share)
+            scale = w * scale_p + (1.0 - w) * scale_d
         else:
             excess = self._excess("prefill" if has_pre else "decode", own, rival, share)
+            scale = scale_p if has_pre else scale_d
+        factor = 1.0 + excess if scale == 1.0 else np.maximum(1.0, scale * (1.0 + excess))
         if scalar:
-            return 1.0 + excess
-        return np.broadcast_to(1.0 + excess, np.broadcast_shapes(np.shape(sms),
-                                                                 np.shape(other_sms))).copy()
+            return float(factor)
+        return np.broadcast_to(factor, np.broadcast_shapes(np.shape(sms),
+                                                           np.shape(other_sms))).copy()
 
     def _use(self, shape: BatchShape, sms: int) -> tuple[float, float, bool, bool] | None:
         """(bandwidth use, prefill's share of the solo time, has prefill, has decode) of `shape`
@@ -566,16 +589,19 @@ class MeasuredCost:
         share = 1.0 if other_sms == FULL_GPU else other_sms / self.gpu.num_sms
         k = self._corun["k"]
         over = min(rival, max(own + rival - k, 0.0))
+        scale_p, scale_d = self._corun_scale
         if has_pre:
             a, b, c, d, e = self._corun["prefill"]
             pre = a * rival + b * own * rival + c * over + d * share * rival + e * share
             if not has_dec:
-                return 1.0 + pre
+                return 1.0 + pre if scale_p == 1.0 else max(1.0, scale_p * (1.0 + pre))
         a, b, c, d, e = self._corun["decode"]
         dec = a * rival + b * own * rival + c * over + d * share * rival + e * share
         if has_pre:
-            return 1.0 + (w * pre + (1.0 - w) * dec)
-        return 1.0 + dec
+            scale = w * scale_p + (1.0 - w) * scale_d
+            factor = 1.0 + (w * pre + (1.0 - w) * dec)
+            return factor if scale == 1.0 else max(1.0, scale * factor)
+        return 1.0 + dec if scale_d == 1.0 else max(1.0, scale_d * (1.0 + dec))
 
     def describe(self) -> dict:
         return {

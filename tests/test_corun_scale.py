@@ -1,0 +1,98 @@
+"""The served co-run scale: measured from an engine timeline (nexus.step_view.corun_scale),
+carried by a calibration and applied by the measured model's slowdown on both its paths."""
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nexus.cost import default_calibration
+from nexus.cost.base import BatchShape
+from nexus.cost.calibration import read_calibration
+from nexus.cost.measured import MeasuredCost
+from nexus.errors import UserError
+from nexus.specs import GPUS, MODELS
+from nexus.step_view import MIN_CORUN_STEPS, corun_scale, step_table
+
+MODEL, GPU = MODELS["llama-3.1-8b"], GPUS["h200"]
+DATA = read_calibration(default_calibration(MODEL, GPU))
+PREFILL = BatchShape(prefill_chunks=((2048, 0),))
+DECODE = BatchShape(decode_seqs=16, decode_kv_tokens=16 * 1024)
+MIXED = BatchShape(prefill_chunks=((512, 0),), decode_seqs=32, decode_kv_tokens=32 * 700)
+
+
+def cost_with(scale: dict | None) -> MeasuredCost:
+    engine = {k: v for k, v in copy.deepcopy(DATA["engine"]).items() if k != "corun_scale"}
+    if scale is not None:
+        engine["corun_scale"] = scale
+    cost = MeasuredCost(MODEL, GPU, DATA["fit"])
+    cost.use_engine(engine, "test")
+    return cost
+
+
+def test_the_scale_multiplies_each_phases_corun_factor_and_never_an_idle_one():
+    plain, scaled = cost_with(None), cost_with({"prefill": 1.04, "decode": 1.1})
+    assert scaled.slowdown(DECODE, 100, PREFILL, 32) == pytest.approx(1.1 * plain.slowdown(DECODE, 100, PREFILL, 32))
+    assert scaled.slowdown(PREFILL, 32, DECODE, 100) == pytest.approx(1.04 * plain.slowdown(PREFILL, 32, DECODE, 100))
+    mixed = scaled.slowdown(MIXED, 100, PREFILL, 32) / plain.slowdown(MIXED, 100, PREFILL, 32)
+    assert 1.04 < mixed < 1.1   # a mixed batch takes both phases' scales, weighted
+    assert scaled.slowdown(DECODE, 100, BatchShape(), 32) == 1.0
+    assert scaled.solo_time(DECODE, 100) == plain.solo_time(DECODE, 100)
+
+
+def test_a_scale_under_one_never_makes_a_corun_faster_than_alone():
+    low = cost_with({"prefill": 0.5, "decode": 0.5})
+    assert low.slowdown(DECODE, 100, PREFILL, 32) == 1.0
+    assert low.slowdown(PREFILL, 32, DECODE, 100) == 1.0
+
+
+@pytest.mark.parametrize("shape, other", [(DECODE, PREFILL), (PREFILL, DECODE), (MIXED, PREFILL), (MIXED, DECODE)])
+def test_scaled_scalar_path_is_the_array_paths_to_the_bit(shape, other):
+    cost = cost_with({"prefill": 1.03, "decode": 1.12})
+    for sms, other_sms in ((100, 32), (68, 64), (36, 96)):
+        want = float(cost.slowdown(shape, np.array([sms]), other, np.array([other_sms]))[0])
+        assert cost.slowdown(shape, sms, other, other_sms) == want
+
+
+@pytest.mark.parametrize("bad", [{"prefill": 1.0}, {"prefill": 3.0, "decode": 1.0}, {"prefill": "x", "decode": 1},
+                                 [1.0, 1.0]])
+def test_a_malformed_scale_is_a_user_error_naming_it(bad):
+    with pytest.raises(UserError, match="corun_scale"):
+        cost_with(bad)
+
+
+def corun_timeline(cost: MeasuredCost, ratio: float, decode_steps: int) -> pd.DataFrame:
+    """One long prefill step on 32 SMs, beside which `decode_steps` decode steps run back to
+    back on 100, each `ratio` times what the model predicts for it there."""
+    step = ratio * cost.solo_time(DECODE, 100) * cost.slowdown(DECODE, 100, PREFILL, 32)
+    base = dict(prefill_prior_tokens=0, prefill_chunks=0)
+    rows = [dict(base, stream="prefill", sms=32, start_s=0.0, end_s=step * (decode_steps + 2),
+                 prefill_tokens=2048, prefill_chunks=1, decode_seqs=0, decode_kv_tokens=0)]
+    rows += [dict(base, stream="decode", sms=100, start_s=step * (k + 1), end_s=step * (k + 2), prefill_tokens=0,
+                  decode_seqs=DECODE.decode_seqs, decode_kv_tokens=DECODE.decode_kv_tokens)
+             for k in range(decode_steps)]
+    return pd.DataFrame(rows)
+
+
+def test_corun_scale_recovers_how_much_slower_the_served_corun_steps_ran():
+    cost = cost_with(None)
+    scale = corun_scale(step_table(corun_timeline(cost, 1.15, 40), cost))
+    assert scale["decode"] == pytest.approx(1.15, abs=1e-3)
+    assert scale["steps"] == {"prefill": 1, "decode": 40}
+    assert scale["prefill"] == 1.0            # one co-run prefill step is too few to set a scale
+
+
+def test_too_few_corun_steps_give_no_scale():
+    cost = cost_with(None)
+    scale = corun_scale(step_table(corun_timeline(cost, 1.15, MIN_CORUN_STEPS - 1), cost))
+    assert scale["decode"] == 1.0 and scale["steps"]["decode"] == MIN_CORUN_STEPS - 1
+
+
+def test_a_step_of_several_prompts_is_priced_as_several():
+    cost = cost_with(None)
+    row = dict(stream="prefill", sms=0, start_s=0.0, end_s=0.05, prefill_tokens=2048, prefill_prior_tokens=0,
+               decode_seqs=0, decode_kv_tokens=0)
+    one, eight = (step_table(pd.DataFrame([dict(row, prefill_chunks=n)]), cost)["predicted_s"].iloc[0]
+                  for n in (1, 8))
+    assert eight == pytest.approx(float(cost.solo_time(BatchShape(prefill_chunks=((256, 0),) * 8), 0)))
+    assert eight < one   # eight prompts of 256 tokens attend over fewer pairs than one of 2048
