@@ -40,6 +40,7 @@ step gpu_tests 900 $PY -m pytest -m gpu --noconftest -p no:cacheprovider -q -rs 
     --junitxml "$OUTDIR/gpu_tests.xml"
 step bench_real_roofline 600 $PY experiments/bench_real_roofline.py --out "$OUTDIR/real_roofline_h200.json"
 step bench_decode_contexts 300 $PY experiments/bench_decode_contexts.py --out "$OUTDIR/decode_contexts_h200.json"
+step bench_corun_window 300 $PY experiments/bench_corun_window.py --out "$OUTDIR/corun_window_h200.json"
 step bench_host_overhead 600 $PY experiments/bench_host_overhead.py --out "$OUTDIR/host_overhead_h100.json"
 step bench_smoke 600 $PY -m real.cli bench --trace traces/sharegpt.jsonl --limit 100 \
     --compare chunked,static,nexus --out "$OUTDIR/bench_smoke"
@@ -61,6 +62,8 @@ if [ "${FULL:-0}" = 1 ]; then
             --policy chunked --policy static --policy nexus --policy nexus:beta=2 \
             --loads auto=0.7,1.2 --out "$OUTDIR/validate_$name"
     done
+    step fidelity_merge 120 $PY experiments/fidelity_merge.py --run "$OUTDIR/validate_short" \
+        --run "$OUTDIR/validate_long" --out "$OUTDIR/fidelity"
 fi
 
 if [ "${MAXRATE:-0}" = 1 ]; then
