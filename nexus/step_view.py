@@ -89,10 +89,15 @@ MIN_CORUN_STEPS = 20
 def corun_scale(steps: pd.DataFrame) -> dict:
     """Per phase, the median ratio of measured to predicted time over the steps that ran beside
     the other stream for most of their length ("decode+corun", "prefill+corun" in `steps`, a
-    `step_table`); 1.0 for a phase with fewer than MIN_CORUN_STEPS of them."""
+    `step_table`); 1.0 for a phase with fewer than MIN_CORUN_STEPS of them.
+
+    Prefill steps count only if they hold one prompt: the timeline keeps a step's sums, and
+    prompts of unequal length attend over more pairs than equal shares of their tokens, so a
+    step of several is priced short and would inflate the scale."""
     out: dict = {"steps": {}}
+    single = steps["prefill_chunks"] <= 1 if "prefill_chunks" in steps else True
     for phase in ("prefill", "decode"):
-        mine = steps[steps["kind"] == f"{phase}+corun"]
+        mine = steps[(steps["kind"] == f"{phase}+corun") & (single if phase == "prefill" else True)]
         ratio = (mine["measured_s"] / mine["predicted_s"]).to_numpy()
         ratio = ratio[np.isfinite(ratio)]
         out["steps"][phase] = int(ratio.size)

@@ -54,7 +54,9 @@ class Grid:
     # Small prefill sides too: Nexus gives prefill 16-56 SMs on long-prompt traces, and the
     # co-run slowdown there was 25% above what the model extrapolated from 32 SMs and up.
     corun_splits: tuple = (16, 24, 32, 64, 96)
-    corun_prefill: tuple = ((256, 0), (512, 0), (2048, 0), (2048, 4096), (2048, 12288))
+    # And a sliver: ShareGPT's prefill steps beside decode (a median 26 tokens on the H200)
+    # ran 27-36% under a slowdown extrapolated from 256-token chunks and up.
+    corun_prefill: tuple = ((64, 0), (256, 0), (512, 0), (2048, 0), (2048, 4096), (2048, 12288))
     corun_decode: tuple = ((16, 1024), (64, 1024), (128, 2048))
     # Chunked-prefill steps on the whole GPU: (chunk, prior) x (decode batch, context). With
     # every decode context at 512-1024 tokens, rows and KV tokens moved together and the fit
@@ -272,6 +274,11 @@ def profile(runner: ModelRunner, parts: Partitions, model: ModelSpec, gpu: GPUSp
         log(f"not fitted yet ({e}); measure the remaining parts and rerun")
     else:
         if timelines:
+            # The replay's steps go beside the calibration, so that its scale can be re-derived.
+            replay = out.with_name(out.stem + ".replay.csv.gz")
+            pd.concat(timelines, keys=range(len(timelines)), names=["replay", None]).reset_index(level=0) \
+                .to_csv(replay, index=False, float_format="%.7g")
+            log(f"engine: the replays' steps are in {replay}")
             scale = served_corun_scale(data, timelines)
             data["engine"]["corun_scale"] = scale
             log(f"engine: served co-run steps over the model: prefill x{scale['prefill']:.3f} "

@@ -82,6 +82,23 @@ def test_corun_scale_recovers_how_much_slower_the_served_corun_steps_ran():
     assert scale["prefill"] == 1.0            # one co-run prefill step is too few to set a scale
 
 
+def test_prefill_steps_of_several_prompts_set_no_scale():
+    """Their sums price them short (unequal prompts attend over more pairs than equal shares)."""
+    cost = cost_with(None)
+    decode_step = cost.solo_time(DECODE, 100)
+    rows = []
+    for k in range(2 * MIN_CORUN_STEPS):   # prefill steps of two prompts, each beside a decode step
+        start = k * 0.2
+        rows.append(dict(stream="prefill", sms=32, start_s=start, end_s=start + 0.15, prefill_tokens=2048,
+                         prefill_prior_tokens=0, prefill_chunks=2, decode_seqs=0, decode_kv_tokens=0))
+        rows.append(dict(stream="decode", sms=100, start_s=start, end_s=start + 0.15 + decode_step, prefill_tokens=0,
+                         prefill_prior_tokens=0, prefill_chunks=0, decode_seqs=DECODE.decode_seqs,
+                         decode_kv_tokens=DECODE.decode_kv_tokens))
+    scale = corun_scale(step_table(pd.DataFrame(rows), cost))
+    assert scale["steps"]["prefill"] == 0 and scale["prefill"] == 1.0
+    assert scale["steps"]["decode"] == 2 * MIN_CORUN_STEPS
+
+
 def test_too_few_corun_steps_give_no_scale():
     cost = cost_with(None)
     scale = corun_scale(step_table(corun_timeline(cost, 1.15, MIN_CORUN_STEPS - 1), cost))

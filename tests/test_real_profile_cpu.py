@@ -2,6 +2,7 @@
 import json
 import time
 
+import pandas as pd
 import pytest
 
 pytest.importorskip("torch")
@@ -59,6 +60,8 @@ def test_profile_measures_the_engine_host_gap_from_a_synthetic_replay(tmp_path):
     scale = engine["corun_scale"]
     assert scale["steps"]["decode"] > 0 and 0.5 <= scale["decode"] <= 2.0 and 0.5 <= scale["prefill"] <= 2.0
     assert "replays" in scale["source"]
+    replay = pd.read_csv(out.with_name("cal.replay.csv.gz"))
+    assert set(replay["replay"]) == {0, 1} and (replay["prefill_chunks"] >= 0).all()
 
 
 def test_the_host_gap_line_is_recovered_from_timelines():
