@@ -23,7 +23,7 @@ import pandas as pd
 from nexus.cost.calibration import (merge_calibrations, new_calibration, read_calibration, spec_from_dict,
                                     write_calibration)
 from nexus.cost.fit import fit_calibration
-from nexus.cost.measured import MeasuredCost
+from nexus.cost.measured import CORUN_SCALE_RANGE, MeasuredCost
 from nexus.errors import UserError
 from nexus.specs import GPUSpec, ModelSpec
 from nexus.step_view import corun_scale, step_table
@@ -280,9 +280,13 @@ def profile(runner: ModelRunner, parts: Partitions, model: ModelSpec, gpu: GPUSp
                 .to_csv(replay, index=False, float_format="%.7g")
             log(f"engine: the replays' steps are in {replay}")
             scale = served_corun_scale(data, timelines)
-            data["engine"]["corun_scale"] = scale
             log(f"engine: served co-run steps over the model: prefill x{scale['prefill']:.3f} "
                 f"({scale['steps']['prefill']} steps), decode x{scale['decode']:.3f} ({scale['steps']['decode']} steps)")
+            lo, hi = CORUN_SCALE_RANGE
+            if lo <= scale["prefill"] <= hi and lo <= scale["decode"] <= hi:
+                data["engine"]["corun_scale"] = scale
+            else:
+                log(f"engine: not kept: a co-run scale outside [{lo}, {hi}] says the fit or the replay is off")
     write_calibration(data, out)
     return data
 

@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("torch")
 
 from nexus.cost.calibration import read_calibration  # noqa: E402
+from nexus.cost.measured import MeasuredCost  # noqa: E402
 from nexus.specs import GPUS, MODELS  # noqa: E402
 from real.model_runner import ModelRunner  # noqa: E402
 from real.partitions import Partitions  # noqa: E402
@@ -49,17 +50,24 @@ def test_profile_measures_the_engine_host_gap_from_a_synthetic_replay(tmp_path):
     runner = ModelRunner(model, device="cpu", num_blocks=256)
     parts = Partitions([32, 64, 96], device="cpu", cpu_gpu=gpu)
     out = tmp_path / "cal.json"
+    logged: list[str] = []
     profile(runner, parts, model, gpu, out, ["prefill", "decode", "corun", "mixed", "engine"], "test",
-            repeats=1, grid=TINY_GRID, log=lambda m: None, gap_requests=40)
+            repeats=1, grid=TINY_GRID, log=logged.append, gap_requests=40)
     engine = read_calibration(out)["engine"]
     assert engine["step_gap_s"] >= 0 and engine["step_gap_per_seq_s"] >= 0
     assert engine["step_gap_s"] + 8 * engine["step_gap_per_seq_s"] > 0
     assert "synthetic trace" in engine["source"] and engine["step_gap_bands"]
     assert sum(n for _, _, n in engine["step_gap_bands"]) >= 10
-    # The replay's co-run steps, priced by the fresh fit, give the served co-run scale.
-    scale = engine["corun_scale"]
-    assert scale["steps"]["decode"] > 0 and 0.5 <= scale["decode"] <= 2.0 and 0.5 <= scale["prefill"] <= 2.0
-    assert "replays" in scale["source"]
+    # The replay's co-run steps, priced by the fresh fit, give the served co-run scale; on a
+    # CPU, whose "partitions" share the cores, it may be far off and is then refused. Either
+    # way the calibration loads.
+    assert any("served co-run steps over the model" in m for m in logged)
+    if "corun_scale" in engine:
+        scale = engine["corun_scale"]
+        assert scale["steps"]["decode"] > 0 and "replays" in scale["source"]
+    else:
+        assert any(m.startswith("engine: not kept") for m in logged)
+    MeasuredCost.load(out, model, gpu)
     replay = pd.read_csv(out.with_name("cal.replay.csv.gz"))
     assert set(replay["replay"]) == {0, 1} and (replay["prefill_chunks"] >= 0).all()
 

@@ -188,6 +188,11 @@ class _Columns:
         return col
 
 
+# A served co-run step 2x off the co-run grid's model means the fit or the replay is broken,
+# not that the engine differs: such a scale is refused rather than applied.
+CORUN_SCALE_RANGE = (0.5, 2.0)
+
+
 class MeasuredCost:
     """Latencies from a fitted GPU profile (nexus.cost.fit), with two-way co-run contention.
 
@@ -272,11 +277,11 @@ class MeasuredCost:
         if scale is not None:
             try:
                 pair = (float(scale["prefill"]), float(scale["decode"]))
-                if not all(0.5 <= v <= 2.0 for v in pair):
+                if not all(CORUN_SCALE_RANGE[0] <= v <= CORUN_SCALE_RANGE[1] for v in pair):
                     raise ValueError
             except (KeyError, TypeError, ValueError):
                 raise UserError(f"{where}: engine.corun_scale must be {{'prefill': x, 'decode': y}} with "
-                                f"x, y in [0.5, 2], got {scale!r}") from None
+                                f"x, y in {list(CORUN_SCALE_RANGE)}, got {scale!r}") from None
             self._corun_scale = pair
         graphs = engine.get("prefill_graphs")
         if graphs is not None:
