@@ -188,6 +188,19 @@ class _Columns:
         return col
 
 
+class _AtSMs:
+    """What the model has worked out at one array of SM counts: the array, both phases'
+    columns at it, its SM shares, and per shape (by object, held so its id stays its own)
+    the solo times and bandwidth uses at it. A controller scores one shape on one array of
+    candidate splits several times (its own time, then inside both slowdowns)."""
+    __slots__ = ("s", "prefill", "decode", "share", "times", "uses")
+
+    def __init__(self, s: np.ndarray, prefill: _Columns, decode: _Columns, share: np.ndarray):
+        self.s, self.prefill, self.decode, self.share = s, prefill, decode, share
+        self.times: dict[int, tuple[BatchShape, np.ndarray]] = {}
+        self.uses: dict[int, tuple[BatchShape, np.ndarray]] = {}
+
+
 class MeasuredCost:
     """Latencies from a fitted GPU profile (nexus.cost.fit), with two-way co-run contention.
 
@@ -230,7 +243,7 @@ class MeasuredCost:
         self._plans: dict[BatchShape, tuple | None] = {}
         self._solo: dict[tuple[int, int], tuple[BatchShape, float]] = {}
         self._uses: dict[tuple[int, int], tuple[BatchShape, tuple | None]] = {}
-        self._columns: dict[tuple, tuple[np.ndarray, _Columns, _Columns, dict]] = {}
+        self._columns: dict[tuple, _AtSMs] = {}
         self._decode_lines: dict[tuple[int, int], tuple[float, float, float]] = {}
         self._decode_bytes_head: dict[int, tuple[float, ...]] = {}
         self._bandwidth = gpu.hbm_bandwidth
@@ -418,17 +431,19 @@ class MeasuredCost:
                 self._solo.clear()
             self._solo[key] = (shape, t)
             return t
-        s, prefill, decode, times = self._columns_at(sms)
-        # A split controller scores one shape on one array of splits several times (its own
-        # time, then inside both slowdowns): memoised per array by the shape object, read-only
-        # so that no caller can change what the next one is given.
+        return self._solo_at(shape, self._columns_at(sms))
+
+    def _solo_at(self, shape: BatchShape, at: _AtSMs) -> float | np.ndarray:
+        """solo_time at an array of SM counts, memoised there by the shape object; read-only,
+        so that no caller can change what the next one is given."""
+        times = at.times
         entry = times.get(id(shape))
         if entry is not None and entry[0] is shape:
             return entry[1]
         plan = self._plan(shape)
         if plan is None:
-            return np.zeros(s.shape)
-        t = self._time(plan, prefill, decode)
+            return np.zeros(at.s.shape)
+        t = self._time(plan, at.prefill, at.decode)
         if isinstance(t, np.ndarray):
             t.flags.writeable = False
             if len(times) >= 64:
@@ -436,17 +451,34 @@ class MeasuredCost:
             times[id(shape)] = (shape, t)
         return t
 
-    def _columns_at(self, sms: int | np.ndarray) -> tuple[np.ndarray, _Columns, _Columns, dict]:
-        """The checked SM array, both phases' columns at it and the solo times memoised at it,
-        memoised by its contents."""
+    def _use_at(self, shape: BatchShape, at: _AtSMs) -> float | np.ndarray:
+        """The share of the chip's bandwidth `shape` draws alone at an array of SM counts
+        (its bytes over its solo time), memoised there like `_solo_at`."""
+        uses = at.uses
+        entry = uses.get(id(shape))
+        if entry is not None and entry[0] is shape:
+            return entry[1]
+        use = self._total_bytes(shape) / self._solo_at(shape, at) / self._bandwidth
+        if isinstance(use, np.ndarray):
+            use.flags.writeable = False
+            if len(uses) >= 64:
+                uses.clear()
+            uses[id(shape)] = (shape, use)
+        return use
+
+    def _columns_at(self, sms: int | np.ndarray) -> _AtSMs:
+        """The checked SM array and what is memoised at it (`_AtSMs`), memoised by its contents."""
         a = np.asarray(sms)
         key = (a.dtype.str, a.shape, a.tobytes())
         entry = self._columns.get(key)
         if entry is None:
             s = self._sms_array(a).copy()   # its own: the caller may reuse the array
+            share = sm_share(s, self.gpu.num_sms)
+            share.flags.writeable = False
             if len(self._columns) >= 64:
                 self._columns.clear()
-            entry = self._columns[key] = (s, _Columns(self._prefill.cols, s), _Columns(self._decode.cols, s), {})
+            entry = self._columns[key] = _AtSMs(s, _Columns(self._prefill.cols, s), _Columns(self._decode.cols, s),
+                                                share)
         return entry
 
     def _decode_line(self, seqs: int, sms: int) -> tuple[float, float, float]:
@@ -509,10 +541,15 @@ class MeasuredCost:
         if shape.is_empty or other.is_empty:
             return 1.0 if scalar else np.ones(np.broadcast_shapes(np.shape(sms),
                                                                   np.shape(other_sms)))
-        bw = self._bandwidth
-        own = self._total_bytes(shape) / self.solo_time(shape, sms) / bw
-        rival = self._total_bytes(other) / self.solo_time(other, other_sms) / bw
-        share = sm_share(other_sms, self.gpu.num_sms)
+        if sms.__class__ is np.ndarray and other_sms.__class__ is np.ndarray:
+            # A controller scoring candidate splits: the same terms, memoised at each array.
+            at, other_at = self._columns_at(sms), self._columns_at(other_sms)
+            own, rival, share = self._use_at(shape, at), self._use_at(other, other_at), other_at.share
+        else:
+            bw = self._bandwidth
+            own = self._total_bytes(shape) / self.solo_time(shape, sms) / bw
+            rival = self._total_bytes(other) / self.solo_time(other, other_sms) / bw
+            share = sm_share(other_sms, self.gpu.num_sms)
         has_pre, has_dec = shape.prefill_tokens > 0, shape.decode_seqs > 0
         if has_pre and has_dec:
             pre_only = BatchShape(prefill_chunks=shape.prefill_chunks)
@@ -525,6 +562,8 @@ class MeasuredCost:
             excess = self._excess("prefill" if has_pre else "decode", own, rival, share)
         if scalar:
             return 1.0 + excess
+        if np.shape(excess) == np.shape(sms) == np.shape(other_sms):
+            return 1.0 + excess   # already the broadcast shape, and a fresh array
         return np.broadcast_to(1.0 + excess, np.broadcast_shapes(np.shape(sms),
                                                                  np.shape(other_sms))).copy()
 
