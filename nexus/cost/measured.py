@@ -242,6 +242,7 @@ class MeasuredCost:
         # slowdowns at every retiming while it runs); decode shapes rarely recur for long.
         self._plans: dict[BatchShape, tuple | None] = {}
         self._solo: dict[tuple[int, int], tuple[BatchShape, float]] = {}
+        self._chunk_parts: dict[tuple, float] = {}   # see _scalar_time
         self._uses: dict[tuple[int, int], tuple[BatchShape, tuple | None]] = {}
         self._columns: dict[tuple, _AtSMs] = {}
         self._decode_lines: dict[tuple[int, int], tuple[float, float, float]] = {}
@@ -299,6 +300,9 @@ class MeasuredCost:
             except (KeyError, TypeError, ValueError):
                 raise UserError(f"{where}: engine.decode_graphs must be {{'buckets': [positive batch "
                                 f"sizes]}}, got {graphs!r}") from None
+        # The graphs pad the steps, so times worked out before no longer hold.
+        for memo in (self._plans, self._solo, self._chunk_parts, self._uses, self._columns, self._decode_lines):
+            memo.clear()
 
     def _padded_tokens(self, chunks: tuple[tuple[int, int], ...], tokens: int, decode_rows: int = 0) -> int:
         """Tokens the engine computes for a step with prompt chunks: a captured graph pads the
@@ -386,15 +390,24 @@ class MeasuredCost:
         array path; tests/test_cost_scalar_paths.py holds the two equal to the bit)."""
         chunks = shape.prefill_chunks
         seqs = shape.decode_seqs if shape.decode_seqs > 0 else 0
-        tokens, own, cross, prior = prefill_attention(chunks) if chunks else (0, 0, 0, 0)
-        if not tokens:
-            plan = self._make_plan(shape)   # decode only, or nothing
-            return 0.0 if plan is None else self._time(plan, self._prefill.rows[s], self._decode.rows[s])
-        phase = self._prefill
-        i, wi, j, wj, beyond = phase.locate(self._padded_tokens(chunks, tokens, seqs))
-        c, k = phase.rows[s], phase.k
-        v = (c[i] * wi if i else 0.0) + (c[j] * wj if j else 0.0) + c[k] * beyond
-        t = c[0] + (v + c[k + 1] * own + c[k + 2] * cross + c[k + 3] * prior)
+        # The chunks' part is memoised by the chunks, the decode rows and s: nexus-slo prices
+        # the same candidate chunks beside a decode batch of the same size step after step,
+        # and only the decode batch's KV tokens, added below, differ.
+        key = (chunks, seqs, s)
+        t = self._chunk_parts.get(key)
+        if t is None:
+            tokens, own, cross, prior = prefill_attention(chunks) if chunks else (0, 0, 0, 0)
+            if not tokens:
+                plan = self._make_plan(shape)   # decode only, or nothing
+                return 0.0 if plan is None else self._time(plan, self._prefill.rows[s], self._decode.rows[s])
+            phase = self._prefill
+            i, wi, j, wj, beyond = phase.locate(self._padded_tokens(chunks, tokens, seqs))
+            c, k = phase.rows[s], phase.k
+            v = (c[i] * wi if i else 0.0) + (c[j] * wj if j else 0.0) + c[k] * beyond
+            t = c[0] + (v + c[k + 1] * own + c[k + 2] * cross + c[k + 3] * prior)
+            if len(self._chunk_parts) >= _CACHE_LIMIT:
+                self._chunk_parts.clear()
+            self._chunk_parts[key] = t
         if seqs:
             decode_kv = shape.decode_kv_tokens
             if decode_kv:
