@@ -237,11 +237,10 @@ class MeasuredCost:
             raise UserError(f"{origin}: malformed fit ({type(e).__name__}: {e}); refit it with "
                             f"`python -m nexus.cost.fit {origin}`") from None
         self._bytes_of = IterationWork(model, 1.0, 1.0)
-        self._bytes: dict[int, tuple[BatchShape, float]] = {}   # by shape object, like _solo
+        self._bytes: dict[int, tuple[BatchShape, float]] = {}   # by shape object, like _uses
         # Memos: the simulator asks for the same shape's time many times (its job, then both
         # slowdowns at every retiming while it runs); decode shapes rarely recur for long.
         self._plans: dict[BatchShape, tuple | None] = {}
-        self._solo: dict[tuple[int, int], tuple[BatchShape, float]] = {}
         self._chunk_parts: dict[tuple, float] = {}   # see _scalar_time
         self._uses: dict[tuple[int, int], tuple[BatchShape, tuple | None]] = {}
         self._columns: dict[tuple, _AtSMs] = {}
@@ -301,7 +300,7 @@ class MeasuredCost:
                 raise UserError(f"{where}: engine.decode_graphs must be {{'buckets': [positive batch "
                                 f"sizes]}}, got {graphs!r}") from None
         # The graphs pad the steps, so times worked out before no longer hold.
-        for memo in (self._plans, self._solo, self._chunk_parts, self._uses, self._columns, self._decode_lines):
+        for memo in (self._plans, self._chunk_parts, self._uses, self._columns, self._decode_lines):
             memo.clear()
 
     def _padded_tokens(self, chunks: tuple[tuple[int, int], ...], tokens: int, decode_rows: int = 0) -> int:
@@ -431,19 +430,9 @@ class MeasuredCost:
                 # for a new KV length every step, so memoise the line, not the shape.
                 fixed, rest, per_kv_token = self._decode_line(shape.decode_seqs, sms)
                 return fixed + (rest + per_kv_token * shape.decode_kv_tokens)
-            # Memoised by the shape object, like `_use`: a shape's chunks cost more to hash
-            # than its plan costs to make, and the simulator asks again with the same object.
-            key = (id(shape), sms)
-            entry = self._solo.get(key)
-            if entry is not None and entry[0] is shape:
-                return entry[1]
             if not 0 <= sms <= self.gpu.num_sms:
                 self._check_sms(sms)   # raises
-            t = self._scalar_time(shape, sms)
-            if len(self._solo) >= _CACHE_LIMIT:
-                self._solo.clear()
-            self._solo[key] = (shape, t)
-            return t
+            return self._scalar_time(shape, sms)
         return self._solo_at(shape, self._columns_at(sms))
 
     def _solo_at(self, shape: BatchShape, at: _AtSMs) -> float | np.ndarray:
