@@ -229,6 +229,9 @@ class MeasuredCost:
         origin = calibration or "fit"
         try:
             self._prefill, self._decode, self._corun = self._parse(fit, gpu.num_sms)
+            # The co-run terms the simulator reads at every retiming, without the dict.
+            self._corun_k = self._corun["k"]
+            self._corun_prefill, self._corun_decode = tuple(self._corun["prefill"]), tuple(self._corun["decode"])
             mixed = fit.get("mixed", {"host_s": 0.0, "per_seq_s": 0.0})
             self._mixed = (float(mixed["host_s"]), float(mixed["per_seq_s"]))
             if not all(math.isfinite(v) and v >= 0 for v in self._mixed):
@@ -424,7 +427,7 @@ class MeasuredCost:
 
     def solo_time(self, shape: BatchShape, sms: int | np.ndarray) -> float | np.ndarray:
         """Seconds for the iteration with the GPU otherwise idle."""
-        if isinstance(sms, (int, np.integer)):
+        if sms.__class__ is int or isinstance(sms, np.integer):
             if not shape.prefill_chunks and shape.decode_seqs > 0:
                 # A decode step is affine in its KV tokens at a batch size; the simulator asks
                 # for a new KV length every step, so memoise the line, not the shape.
@@ -605,14 +608,13 @@ class MeasuredCost:
         own, w, has_pre, has_dec = mine
         rival = theirs[0]
         share = 1.0 if other_sms == FULL_GPU else other_sms / self.gpu.num_sms
-        k = self._corun["k"]
-        over = min(rival, max(own + rival - k, 0.0))
+        over = min(rival, max(own + rival - self._corun_k, 0.0))
         if has_pre:
-            a, b, c, d, e = self._corun["prefill"]
+            a, b, c, d, e = self._corun_prefill
             pre = a * rival + b * own * rival + c * over + d * share * rival + e * share
             if not has_dec:
                 return 1.0 + pre
-        a, b, c, d, e = self._corun["decode"]
+        a, b, c, d, e = self._corun_decode
         dec = a * rival + b * own * rival + c * over + d * share * rival + e * share
         if has_pre:
             return 1.0 + (w * pre + (1.0 - w) * dec)
