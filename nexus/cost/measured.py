@@ -345,7 +345,8 @@ class MeasuredCost:
         return phases[0], phases[1], corun
 
     def step_overhead(self, shape: BatchShape) -> float:
-        return self.step_gap_s + self.step_gap_per_seq_s * max(shape.decode_seqs, 0)
+        seqs = shape.decode_seqs
+        return self.step_gap_s + self.step_gap_per_seq_s * (seqs if seqs > 0 else 0)
 
     # ---- solo time ---------------------------------------------------------------------
 
