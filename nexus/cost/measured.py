@@ -568,7 +568,7 @@ class MeasuredCost:
             excess = self._excess("prefill" if has_pre else "decode", own, rival, share)
         if scalar:
             return 1.0 + excess
-        if np.shape(excess) == np.shape(sms) == np.shape(other_sms):
+        if isinstance(excess, np.ndarray) and excess.shape == np.shape(sms) == np.shape(other_sms):
             return 1.0 + excess   # already the broadcast shape, and a fresh array
         return np.broadcast_to(1.0 + excess, np.broadcast_shapes(np.shape(sms),
                                                                  np.shape(other_sms))).copy()
