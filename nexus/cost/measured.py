@@ -165,7 +165,14 @@ class _Phase:
         i, wi, j, wj, beyond = where
         k = self.k
         # Rise 0 is zero: only positive weights on non-increasing coefficients, in a fixed order.
-        v = (c[i] * wi if i else 0.0) + (c[j] * wj if j else 0.0) + c[k] * beyond
+        # A term of weight zero is left out rather than added as 0.0: every term is >= 0, so
+        # the sum is the same to the bit (the scalar twin in _scalar_time adds them all), and
+        # on the arrays a split controller prices each term left out is two numpy calls fewer.
+        v = c[i] * wi if i else 0.0
+        if j:
+            v = v + c[j] * wj
+        if beyond:
+            v = v + c[k] * beyond
         for a in attention:   # columns k+1, k+2, ...
             k += 1
             v = v + c[k] * a
