@@ -35,6 +35,7 @@ class SimEngine:
         self.gpus = [FluidGPU(clock, cost, self._job_done,
                               one_stream=sum(self.topology.gpu_of(s) == gpu for s in streams) == 1)
                      for gpu in range(self.topology.gpus)]
+        self.gpu_of = {stream: self.gpus[self.topology.gpu_of(stream)] for stream in streams}
         self.transfers = 0
         self.kv_freed: list[Request] = []     # transfers waiting for decode blocks
         self.idle: dict[str, bool] = {s: False for s in streams}   # asleep until something happens
@@ -95,7 +96,7 @@ class SimEngine:
             self.asleep += 1
             return
         job = self._job(step)
-        self.gpus[self.topology.gpu_of(stream)].start(job)
+        self.gpu_of[stream].start(job)
         self._poke(started=job)
 
     def _job_done(self, job: Job) -> None:

@@ -131,7 +131,10 @@ class FluidGPU:
             return   # a later retiming replaced this timer
         self._sync()
         jobs = self.jobs
-        finished = [j for j in jobs if j.remaining <= _EPS * max(1.0, j.work) + 1e-12]
+        finished = []   # a loop, not a list comprehension: on Python 3.11 that is a call per timer
+        for job in jobs:
+            if job.remaining <= _EPS * max(1.0, job.work) + 1e-12:
+                finished.append(job)
         if not finished:   # rounding left a sliver: finish the nearest job
             finished = [min(jobs, key=lambda j: j.remaining / j.rate)]
         for job in finished:

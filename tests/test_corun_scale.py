@@ -54,6 +54,18 @@ def test_scaled_scalar_path_is_the_array_paths_to_the_bit(shape, other):
         assert cost.slowdown(shape, sms, other, other_sms) == want
 
 
+@pytest.mark.parametrize("scale", [None, {"prefill": 1.0, "decode": 1.0}, {"prefill": 1.03, "decode": 1.12}])
+def test_a_mixed_batch_over_several_candidate_splits_is_priced_split_by_split(scale):
+    # A controller scores all its candidate splits at once; a mixed batch's weighted scale is
+    # then an array, and each split must get the factor it gets alone.
+    cost = cost_with(scale)
+    sms, other_sms = np.array([100, 68, 36]), np.array([32, 64, 96])
+    factors = cost.slowdown(MIXED, sms, PREFILL, other_sms)
+    assert factors.shape == (3,)
+    for i in range(3):
+        assert factors[i] == cost.slowdown(MIXED, int(sms[i]), PREFILL, int(other_sms[i]))
+
+
 @pytest.mark.parametrize("bad", [{"prefill": 1.0}, {"prefill": 3.0, "decode": 1.0}, {"prefill": "x", "decode": 1},
                                  [1.0, 1.0]])
 def test_a_malformed_scale_is_a_user_error_naming_it(bad):

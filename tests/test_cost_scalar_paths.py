@@ -1,6 +1,7 @@
 """The measured model's scalar fast paths (what the simulator calls: a decode step's line in
 its KV tokens, its bytes, the co-run slowdown from memoised per-shape terms, answers
-memoised by shape object) give the general array path's numbers to the last bit."""
+memoised by shape object or by chunks, and the array path's memos at an SM array) give the general
+array path's numbers to the last bit."""
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -45,3 +46,61 @@ def test_scalar_slowdown_is_the_array_paths_to_the_bit(shape, sms, other, other_
     want = float(cost.slowdown(shape, np.array([sms]), other, np.array([other_sms]))[0])
     assert cost.slowdown(shape, sms, other, other_sms) == want
     assert cost.slowdown(shape, sms, other, other_sms) == want      # from the memoised terms
+
+
+def fresh(gpu):
+    """A model that has memoised nothing yet."""
+    return load_cost_model(MODELS["llama-3.1-8b"], GPUS[gpu], None)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(chunks, st.integers(0, 300)), min_size=1, max_size=4),
+       st.lists(st.tuples(st.integers(0, 3), st.integers(0, 300 * 8192), st.sampled_from(SIZES)),
+                min_size=1, max_size=30),
+       st.sampled_from(sorted(COSTS)))
+def test_memoised_chunk_parts_give_a_fresh_models_times(batches, asks, gpu):
+    """A step's chunk part is memoised by (chunks, decode rows, SMs) and its decode batch's KV
+    tokens added afresh: asked in any order with any KV tokens, each time is what a model
+    that never answered anything gives, and what the array path gives."""
+    cost = fresh(gpu)
+    for i, kv_tokens, sms in asks:
+        prefill_chunks, seqs = batches[i % len(batches)]
+        shape = BatchShape(prefill_chunks, seqs, kv_tokens)
+        want = fresh(gpu).solo_time(shape, sms)
+        assert cost.solo_time(shape, sms) == want
+        assert cost.solo_time(shape, sms) == general(shape, sms, cost)
+
+
+def test_new_engine_graphs_reprice_steps_priced_before():
+    """use_engine changes how steps are padded, so nothing priced before it may be reused."""
+    cost = fresh("h200")
+    coarse = {**cost.engine, "prefill_graphs": {**cost.engine["prefill_graphs"], "buckets": [16, 2048]}}
+    shape, splits = BatchShape(((1030, 0),)), np.array([FULL_GPU, 64])
+    fine = cost.solo_time(shape, FULL_GPU)   # the 1152-token graph
+    cost.solo_time(shape, splits)
+    cost.use_engine(coarse)
+    want = fresh("h200")
+    want.use_engine(coarse)
+    assert cost.solo_time(shape, FULL_GPU) == want.solo_time(shape, FULL_GPU) > fine   # the 2048-token one
+    assert np.array_equal(cost.solo_time(shape, splits), want.solo_time(shape, splits))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(shapes, min_size=2, max_size=6), st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5)),
+                                                          min_size=1, max_size=20),
+       st.sampled_from(sorted(COSTS)))
+def test_slowdowns_over_candidate_splits_are_the_scalar_paths_to_the_bit(pool, pairs, gpu):
+    """A controller's slowdowns over every split read bandwidth uses and SM shares memoised at
+    each SM array: element by element they are the scalar path's, asked again and again, and
+    an answer's array is the caller's own (changing it changes no later answer)."""
+    cost = COSTS[gpu]
+    p = np.array(GPUS[gpu].partition_sizes())
+    d = GPUS[gpu].num_sms - p
+    for i, j in pairs:
+        shape, other = pool[i % len(pool)], pool[j % len(pool)]
+        for mine, theirs in ((p, d), (d, p)):
+            got = cost.slowdown(shape, mine, other, theirs)
+            want = [cost.slowdown(shape, int(a), other, int(b)) for a, b in zip(mine, theirs)]
+            assert got.tolist() == want
+            got[:] = -1.0
+            assert cost.slowdown(shape, mine.copy(), other, theirs.copy()).tolist() == want

@@ -29,7 +29,10 @@ class BatchShape(NamedTuple):
 
     @property
     def prefill_tokens(self) -> int:
-        return sum(n for n, _ in self.prefill_chunks)
+        chunks = self.prefill_chunks
+        if not chunks:   # a decode step: asked at every co-run retiming, no generator for nothing
+            return 0
+        return chunks[0][0] if len(chunks) == 1 else sum(n for n, _ in chunks)
 
     @property
     def tokens(self) -> int:

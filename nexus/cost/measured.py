@@ -165,7 +165,14 @@ class _Phase:
         i, wi, j, wj, beyond = where
         k = self.k
         # Rise 0 is zero: only positive weights on non-increasing coefficients, in a fixed order.
-        v = (c[i] * wi if i else 0.0) + (c[j] * wj if j else 0.0) + c[k] * beyond
+        # A term of weight zero is left out rather than added as 0.0: every term is >= 0, so
+        # the sum is the same to the bit (the scalar twin in _scalar_time adds them all), and
+        # on the arrays a split controller prices each term left out is two numpy calls fewer.
+        v = c[i] * wi if i else 0.0
+        if j:
+            v = v + c[j] * wj
+        if beyond:
+            v = v + c[k] * beyond
         for a in attention:   # columns k+1, k+2, ...
             k += 1
             v = v + c[k] * a
@@ -191,6 +198,19 @@ class _Columns:
 # A served co-run step 2x off the co-run grid's model means the fit or the replay is broken,
 # not that the engine differs: such a scale is refused rather than applied.
 CORUN_SCALE_RANGE = (0.5, 2.0)
+
+
+class _AtSMs:
+    """What the model has worked out at one array of SM counts: the array, both phases'
+    columns at it, its SM shares, and per shape (by object, held so its id stays its own)
+    the solo times and bandwidth uses at it. A controller scores one shape on one array of
+    candidate splits several times (its own time, then inside both slowdowns)."""
+    __slots__ = ("s", "prefill", "decode", "share", "times", "uses")
+
+    def __init__(self, s: np.ndarray, prefill: _Columns, decode: _Columns, share: np.ndarray):
+        self.s, self.prefill, self.decode, self.share = s, prefill, decode, share
+        self.times: dict[int, tuple[BatchShape, np.ndarray]] = {}
+        self.uses: dict[int, tuple[BatchShape, np.ndarray]] = {}
 
 
 class MeasuredCost:
@@ -222,6 +242,9 @@ class MeasuredCost:
         origin = calibration or "fit"
         try:
             self._prefill, self._decode, self._corun = self._parse(fit, gpu.num_sms)
+            # The co-run terms the simulator reads at every retiming, without the dict.
+            self._corun_k = self._corun["k"]
+            self._corun_prefill, self._corun_decode = tuple(self._corun["prefill"]), tuple(self._corun["decode"])
             mixed = fit.get("mixed", {"host_s": 0.0, "per_seq_s": 0.0})
             self._mixed = (float(mixed["host_s"]), float(mixed["per_seq_s"]))
             if not all(math.isfinite(v) and v >= 0 for v in self._mixed):
@@ -230,13 +253,13 @@ class MeasuredCost:
             raise UserError(f"{origin}: malformed fit ({type(e).__name__}: {e}); refit it with "
                             f"`python -m nexus.cost.fit {origin}`") from None
         self._bytes_of = IterationWork(model, 1.0, 1.0)
-        self._bytes: dict[int, tuple[BatchShape, float]] = {}   # by shape object, like _solo
+        self._bytes: dict[int, tuple[BatchShape, float]] = {}   # by shape object, like _uses
         # Memos: the simulator asks for the same shape's time many times (its job, then both
         # slowdowns at every retiming while it runs); decode shapes rarely recur for long.
         self._plans: dict[BatchShape, tuple | None] = {}
-        self._solo: dict[tuple[int, int], tuple[BatchShape, float]] = {}
+        self._chunk_parts: dict[tuple, float] = {}   # see _scalar_time
         self._uses: dict[tuple[int, int], tuple[BatchShape, tuple | None]] = {}
-        self._columns: dict[tuple, tuple[np.ndarray, _Columns, _Columns, dict]] = {}
+        self._columns: dict[tuple, _AtSMs] = {}
         self._decode_lines: dict[tuple[int, int], tuple[float, float, float]] = {}
         self._decode_bytes_head: dict[int, tuple[float, ...]] = {}
         self._bandwidth = gpu.hbm_bandwidth
@@ -303,6 +326,9 @@ class MeasuredCost:
             except (KeyError, TypeError, ValueError):
                 raise UserError(f"{where}: engine.decode_graphs must be {{'buckets': [positive batch "
                                 f"sizes]}}, got {graphs!r}") from None
+        # The graphs pad the steps, so times worked out before no longer hold.
+        for memo in (self._plans, self._chunk_parts, self._uses, self._columns, self._decode_lines):
+            memo.clear()
 
     def _padded_tokens(self, chunks: tuple[tuple[int, int], ...], tokens: int, decode_rows: int = 0) -> int:
         """Tokens the engine computes for a step with prompt chunks: a captured graph pads the
@@ -343,7 +369,8 @@ class MeasuredCost:
         return phases[0], phases[1], corun
 
     def step_overhead(self, shape: BatchShape) -> float:
-        return self.step_gap_s + self.step_gap_per_seq_s * max(shape.decode_seqs, 0)
+        seqs = shape.decode_seqs
+        return self.step_gap_s + self.step_gap_per_seq_s * (seqs if seqs > 0 else 0)
 
     # ---- solo time ---------------------------------------------------------------------
 
@@ -390,15 +417,24 @@ class MeasuredCost:
         array path; tests/test_cost_scalar_paths.py holds the two equal to the bit)."""
         chunks = shape.prefill_chunks
         seqs = shape.decode_seqs if shape.decode_seqs > 0 else 0
-        tokens, own, cross, prior = prefill_attention(chunks) if chunks else (0, 0, 0, 0)
-        if not tokens:
-            plan = self._make_plan(shape)   # decode only, or nothing
-            return 0.0 if plan is None else self._time(plan, self._prefill.rows[s], self._decode.rows[s])
-        phase = self._prefill
-        i, wi, j, wj, beyond = phase.locate(self._padded_tokens(chunks, tokens, seqs))
-        c, k = phase.rows[s], phase.k
-        v = (c[i] * wi if i else 0.0) + (c[j] * wj if j else 0.0) + c[k] * beyond
-        t = c[0] + (v + c[k + 1] * own + c[k + 2] * cross + c[k + 3] * prior)
+        # The chunks' part is memoised by the chunks, the decode rows and s: nexus-slo prices
+        # the same candidate chunks beside a decode batch of the same size step after step,
+        # and only the decode batch's KV tokens, added below, differ.
+        key = (chunks, seqs, s)
+        t = self._chunk_parts.get(key)
+        if t is None:
+            tokens, own, cross, prior = prefill_attention(chunks) if chunks else (0, 0, 0, 0)
+            if not tokens:
+                plan = self._make_plan(shape)   # decode only, or nothing
+                return 0.0 if plan is None else self._time(plan, self._prefill.rows[s], self._decode.rows[s])
+            phase = self._prefill
+            i, wi, j, wj, beyond = phase.locate(self._padded_tokens(chunks, tokens, seqs))
+            c, k = phase.rows[s], phase.k
+            v = (c[i] * wi if i else 0.0) + (c[j] * wj if j else 0.0) + c[k] * beyond
+            t = c[0] + (v + c[k + 1] * own + c[k + 2] * cross + c[k + 3] * prior)
+            if len(self._chunk_parts) >= _CACHE_LIMIT:
+                self._chunk_parts.clear()
+            self._chunk_parts[key] = t
         if seqs:
             decode_kv = shape.decode_kv_tokens
             if decode_kv:
@@ -416,36 +452,28 @@ class MeasuredCost:
 
     def solo_time(self, shape: BatchShape, sms: int | np.ndarray) -> float | np.ndarray:
         """Seconds for the iteration with the GPU otherwise idle."""
-        if isinstance(sms, (int, np.integer)):
+        if sms.__class__ is int or isinstance(sms, np.integer):
             if not shape.prefill_chunks and shape.decode_seqs > 0:
                 # A decode step is affine in its KV tokens at a batch size; the simulator asks
                 # for a new KV length every step, so memoise the line, not the shape.
                 fixed, rest, per_kv_token = self._decode_line(shape.decode_seqs, sms)
                 return fixed + (rest + per_kv_token * shape.decode_kv_tokens)
-            # Memoised by the shape object, like `_use`: a shape's chunks cost more to hash
-            # than its plan costs to make, and the simulator asks again with the same object.
-            key = (id(shape), sms)
-            entry = self._solo.get(key)
-            if entry is not None and entry[0] is shape:
-                return entry[1]
             if not 0 <= sms <= self.gpu.num_sms:
                 self._check_sms(sms)   # raises
-            t = self._scalar_time(shape, sms)
-            if len(self._solo) >= _CACHE_LIMIT:
-                self._solo.clear()
-            self._solo[key] = (shape, t)
-            return t
-        s, prefill, decode, times = self._columns_at(sms)
-        # A split controller scores one shape on one array of splits several times (its own
-        # time, then inside both slowdowns): memoised per array by the shape object, read-only
-        # so that no caller can change what the next one is given.
+            return self._scalar_time(shape, sms)
+        return self._solo_at(shape, self._columns_at(sms))
+
+    def _solo_at(self, shape: BatchShape, at: _AtSMs) -> float | np.ndarray:
+        """solo_time at an array of SM counts, memoised there by the shape object; read-only,
+        so that no caller can change what the next one is given."""
+        times = at.times
         entry = times.get(id(shape))
         if entry is not None and entry[0] is shape:
             return entry[1]
         plan = self._plan(shape)
         if plan is None:
-            return np.zeros(s.shape)
-        t = self._time(plan, prefill, decode)
+            return np.zeros(at.s.shape)
+        t = self._time(plan, at.prefill, at.decode)
         if isinstance(t, np.ndarray):
             t.flags.writeable = False
             if len(times) >= 64:
@@ -453,17 +481,34 @@ class MeasuredCost:
             times[id(shape)] = (shape, t)
         return t
 
-    def _columns_at(self, sms: int | np.ndarray) -> tuple[np.ndarray, _Columns, _Columns, dict]:
-        """The checked SM array, both phases' columns at it and the solo times memoised at it,
-        memoised by its contents."""
+    def _use_at(self, shape: BatchShape, at: _AtSMs) -> float | np.ndarray:
+        """The share of the chip's bandwidth `shape` draws alone at an array of SM counts
+        (its bytes over its solo time), memoised there like `_solo_at`."""
+        uses = at.uses
+        entry = uses.get(id(shape))
+        if entry is not None and entry[0] is shape:
+            return entry[1]
+        use = self._total_bytes(shape) / self._solo_at(shape, at) / self._bandwidth
+        if isinstance(use, np.ndarray):
+            use.flags.writeable = False
+            if len(uses) >= 64:
+                uses.clear()
+            uses[id(shape)] = (shape, use)
+        return use
+
+    def _columns_at(self, sms: int | np.ndarray) -> _AtSMs:
+        """The checked SM array and what is memoised at it (`_AtSMs`), memoised by its contents."""
         a = np.asarray(sms)
         key = (a.dtype.str, a.shape, a.tobytes())
         entry = self._columns.get(key)
         if entry is None:
             s = self._sms_array(a).copy()   # its own: the caller may reuse the array
+            share = sm_share(s, self.gpu.num_sms)
+            share.flags.writeable = False
             if len(self._columns) >= 64:
                 self._columns.clear()
-            entry = self._columns[key] = (s, _Columns(self._prefill.cols, s), _Columns(self._decode.cols, s), {})
+            entry = self._columns[key] = _AtSMs(s, _Columns(self._prefill.cols, s), _Columns(self._decode.cols, s),
+                                                share)
         return entry
 
     def _decode_line(self, seqs: int, sms: int) -> tuple[float, float, float]:
@@ -533,10 +578,15 @@ class MeasuredCost:
         if shape.is_empty or other.is_empty:
             return 1.0 if scalar else np.ones(np.broadcast_shapes(np.shape(sms),
                                                                   np.shape(other_sms)))
-        bw = self._bandwidth
-        own = self._total_bytes(shape) / self.solo_time(shape, sms) / bw
-        rival = self._total_bytes(other) / self.solo_time(other, other_sms) / bw
-        share = sm_share(other_sms, self.gpu.num_sms)
+        if sms.__class__ is np.ndarray and other_sms.__class__ is np.ndarray:
+            # A controller scoring candidate splits: the same terms, memoised at each array.
+            at, other_at = self._columns_at(sms), self._columns_at(other_sms)
+            own, rival, share = self._use_at(shape, at), self._use_at(other, other_at), other_at.share
+        else:
+            bw = self._bandwidth
+            own = self._total_bytes(shape) / self.solo_time(shape, sms) / bw
+            rival = self._total_bytes(other) / self.solo_time(other, other_sms) / bw
+            share = sm_share(other_sms, self.gpu.num_sms)
         has_pre, has_dec = shape.prefill_tokens > 0, shape.decode_seqs > 0
         scale_p, scale_d = self._corun_scale
         if has_pre and has_dec:
@@ -550,9 +600,13 @@ class MeasuredCost:
         else:
             excess = self._excess("prefill" if has_pre else "decode", own, rival, share)
             scale = scale_p if has_pre else scale_d
-        factor = 1.0 + excess if scale == 1.0 else np.maximum(1.0, scale * (1.0 + excess))
+        # Unscaled unless a phase has a scale: w * 1 + (1 - w) * 1 need not be exactly 1.
+        unscaled = scale_p == 1.0 and scale_d == 1.0
+        factor = 1.0 + excess if unscaled else np.maximum(1.0, scale * (1.0 + excess))
         if scalar:
             return float(factor)
+        if isinstance(factor, np.ndarray) and factor.shape == np.shape(sms) == np.shape(other_sms):
+            return factor   # already the broadcast shape, and a fresh array
         return np.broadcast_to(factor, np.broadcast_shapes(np.shape(sms),
                                                            np.shape(other_sms))).copy()
 
@@ -592,21 +646,21 @@ class MeasuredCost:
         own, w, has_pre, has_dec = mine
         rival = theirs[0]
         share = 1.0 if other_sms == FULL_GPU else other_sms / self.gpu.num_sms
-        k = self._corun["k"]
-        over = min(rival, max(own + rival - k, 0.0))
+        over = min(rival, max(own + rival - self._corun_k, 0.0))
         scale_p, scale_d = self._corun_scale
+        unscaled = scale_p == 1.0 and scale_d == 1.0
         if has_pre:
-            a, b, c, d, e = self._corun["prefill"]
+            a, b, c, d, e = self._corun_prefill
             pre = a * rival + b * own * rival + c * over + d * share * rival + e * share
             if not has_dec:
-                return 1.0 + pre if scale_p == 1.0 else max(1.0, scale_p * (1.0 + pre))
-        a, b, c, d, e = self._corun["decode"]
+                return 1.0 + pre if unscaled else max(1.0, scale_p * (1.0 + pre))
+        a, b, c, d, e = self._corun_decode
         dec = a * rival + b * own * rival + c * over + d * share * rival + e * share
         if has_pre:
             scale = w * scale_p + (1.0 - w) * scale_d
             factor = 1.0 + (w * pre + (1.0 - w) * dec)
-            return factor if scale == 1.0 else max(1.0, scale * factor)
-        return 1.0 + dec if scale_d == 1.0 else max(1.0, scale_d * (1.0 + dec))
+            return factor if unscaled else max(1.0, scale * factor)
+        return 1.0 + dec if unscaled else max(1.0, scale_d * (1.0 + dec))
 
     def describe(self) -> dict:
         return {
