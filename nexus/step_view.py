@@ -2,8 +2,9 @@
 
 Each engine step is priced as the simulator would price it: the step's shape alone on its
 SMs, stretched by whatever ran beside it on the other stream. What is left between the two
-is cost-model error, apart from any divergence in scheduling; `corun_scale` turns the co-run
-part of it into the correction a calibration carries (nexus.cost.measured).
+is cost-model error, apart from any divergence in scheduling; `decode_scale` and `corun_scale`
+turn the decode steps' and the co-run steps' part of it into the corrections a calibration
+carries (nexus.cost.measured).
 """
 from __future__ import annotations
 
@@ -81,9 +82,23 @@ def _shape(r) -> BatchShape:
     return BatchShape(chunks, int(r.decode_seqs), int(r.decode_kv_tokens))
 
 
-# A phase's co-run steps give a scale only with this many beside a busy rival: fewer, and
-# one odd step (a first launch, a clock change) would set it.
+# A scale is set only from this many steps of its kind: fewer, and one odd step (a first
+# launch, a clock change) would set it.
 MIN_CORUN_STEPS = 20
+
+
+def decode_scale(steps: pd.DataFrame) -> dict:
+    """The median ratio of measured to predicted time over the decode steps that ran alone
+    ("decode" in `steps`, a `step_table`), on the plain stream (SM count 0) and on partitions
+    apart; 1.0 for either with fewer than MIN_CORUN_STEPS of them."""
+    out: dict = {"steps": {}}
+    alone = steps[steps["kind"] == "decode"]
+    for where, mine in (("plain", alone[alone["sms"] == 0]), ("partitions", alone[alone["sms"] > 0])):
+        ratio = (mine["measured_s"] / mine["predicted_s"]).to_numpy()
+        ratio = ratio[np.isfinite(ratio)]
+        out["steps"][where] = int(ratio.size)
+        out[where] = round(float(np.median(ratio)), 4) if ratio.size >= MIN_CORUN_STEPS else 1.0
+    return out
 
 
 def corun_scale(steps: pd.DataFrame) -> dict:

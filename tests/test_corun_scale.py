@@ -1,5 +1,5 @@
-"""The served co-run scale: measured from an engine timeline (nexus.step_view.corun_scale),
-carried by a calibration and applied by the measured model's slowdown on both its paths."""
+"""The served scales: measured from an engine timeline (nexus.step_view.corun_scale and
+decode_scale), carried by a calibration and applied by the measured model on all its paths."""
 import copy
 
 import numpy as np
@@ -12,7 +12,7 @@ from nexus.cost.calibration import read_calibration
 from nexus.cost.measured import MeasuredCost
 from nexus.errors import UserError
 from nexus.specs import GPUS, MODELS
-from nexus.step_view import MIN_CORUN_STEPS, corun_scale, step_table
+from nexus.step_view import MIN_CORUN_STEPS, corun_scale, decode_scale, step_table
 
 MODEL, GPU = MODELS["llama-3.1-8b"], GPUS["h200"]
 DATA = read_calibration(default_calibration(MODEL, GPU))
@@ -21,10 +21,12 @@ DECODE = BatchShape(decode_seqs=16, decode_kv_tokens=16 * 1024)
 MIXED = BatchShape(prefill_chunks=((512, 0),), decode_seqs=32, decode_kv_tokens=32 * 700)
 
 
-def cost_with(scale: dict | None) -> MeasuredCost:
-    engine = {k: v for k, v in copy.deepcopy(DATA["engine"]).items() if k != "corun_scale"}
+def cost_with(scale: dict | None, decode: dict | None = None) -> MeasuredCost:
+    engine = {k: v for k, v in copy.deepcopy(DATA["engine"]).items() if k not in ("corun_scale", "decode_scale")}
     if scale is not None:
         engine["corun_scale"] = scale
+    if decode is not None:
+        engine["decode_scale"] = decode
     cost = MeasuredCost(MODEL, GPU, DATA["fit"])
     cost.use_engine(engine, "test")
     return cost
@@ -125,3 +127,68 @@ def test_a_step_of_several_prompts_is_priced_as_several():
                   for n in (1, 8))
     assert eight == pytest.approx(float(cost.solo_time(BatchShape(prefill_chunks=((256, 0),) * 8), 0)))
     assert eight < one   # eight prompts of 256 tokens attend over fewer pairs than one of 2048
+
+
+# ---- the decode scale ---------------------------------------------------------------------
+
+def test_the_decode_scale_multiplies_decode_steps_on_the_plain_stream_and_partitions_apart():
+    plain, scaled = cost_with(None), cost_with(None, {"plain": 0.95, "partitions": 0.98})
+    assert scaled.solo_time(DECODE, 0) == pytest.approx(0.95 * plain.solo_time(DECODE, 0))
+    for sms in (36, 68, 132):
+        assert scaled.solo_time(DECODE, sms) == pytest.approx(0.98 * plain.solo_time(DECODE, sms))
+    assert scaled.solo_time(PREFILL, 0) == plain.solo_time(PREFILL, 0)
+    assert scaled.solo_time(PREFILL, 68) == plain.solo_time(PREFILL, 68)
+    # A chunked-prefill step's decode rows read the decode curve's attention: a little faster.
+    assert scaled.solo_time(MIXED, 0) <= plain.solo_time(MIXED, 0)
+
+
+def test_a_plain_stream_scaled_up_is_still_no_slower_than_a_partition_of_every_sm():
+    cost = cost_with(None, {"plain": 1.5, "partitions": 1.0})
+    for batch, context in ((1, 512), (64, 1024), (256, 4096)):
+        shape = BatchShape(decode_seqs=batch, decode_kv_tokens=batch * context)
+        assert cost.solo_time(shape, 0) <= cost.solo_time(shape, GPU.num_sms)
+
+
+@pytest.mark.parametrize("shape, other", [(DECODE, PREFILL), (MIXED, DECODE), (PREFILL, DECODE)])
+def test_decode_scaled_scalar_path_is_the_array_paths_to_the_bit(shape, other):
+    cost = cost_with({"prefill": 1.03, "decode": 1.12}, {"plain": 0.96, "partitions": 0.99})
+    for sms, other_sms in ((100, 32), (68, 64), (0, 0)):
+        assert cost.solo_time(shape, sms) == float(cost.solo_time(shape, np.array([sms]))[0])
+        want = float(cost.slowdown(shape, np.array([sms]), other, np.array([other_sms]))[0])
+        assert cost.slowdown(shape, sms, other, other_sms) == want
+
+
+def test_an_engine_without_a_decode_scale_takes_the_grids_times_again():
+    cost = cost_with(None, {"plain": 0.9, "partitions": 0.9})
+    scaled = cost.solo_time(DECODE, 68)
+    cost.use_engine({k: v for k, v in DATA["engine"].items() if k not in ("corun_scale", "decode_scale")}, "test")
+    assert cost.solo_time(DECODE, 68) == pytest.approx(scaled / 0.9)
+
+
+@pytest.mark.parametrize("bad", [{"plain": 1.0}, {"plain": 0.2, "partitions": 1.0}, [0.9, 0.9]])
+def test_a_malformed_decode_scale_is_a_user_error_naming_it(bad):
+    with pytest.raises(UserError, match="decode_scale"):
+        cost_with(None, bad)
+
+
+def decode_timeline(cost: MeasuredCost, ratios: dict[int, float], steps: int) -> pd.DataFrame:
+    """`steps` decode steps alone on each SM count, each `ratios[sms]` times the model's time."""
+    rows, t = [], 0.0
+    for sms, ratio in ratios.items():
+        for _ in range(steps):
+            length = ratio * cost.solo_time(DECODE, sms)
+            rows.append(dict(stream="decode", sms=sms, start_s=t, end_s=t + length, prefill_tokens=0,
+                             prefill_prior_tokens=0, prefill_chunks=0, decode_seqs=DECODE.decode_seqs,
+                             decode_kv_tokens=DECODE.decode_kv_tokens))
+            t += length + 1e-4
+    return pd.DataFrame(rows)
+
+
+def test_decode_scale_recovers_how_much_faster_the_served_decode_steps_ran():
+    cost = cost_with(None)
+    scale = decode_scale(step_table(decode_timeline(cost, {0: 0.95, 68: 0.98}, MIN_CORUN_STEPS), cost))
+    assert scale["plain"] == pytest.approx(0.95, abs=1e-3)
+    assert scale["partitions"] == pytest.approx(0.98, abs=1e-3)
+    assert scale["steps"] == {"plain": MIN_CORUN_STEPS, "partitions": MIN_CORUN_STEPS}
+    few = decode_scale(step_table(decode_timeline(cost, {0: 0.95}, MIN_CORUN_STEPS - 1), cost))
+    assert few["plain"] == 1.0 and few["partitions"] == 1.0

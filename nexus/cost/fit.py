@@ -63,7 +63,7 @@ import numpy as np
 
 from nexus.cost.base import FULL_GPU, BatchShape, CostModel
 from nexus.cost.calibration import read_calibration, spec_from_dict, write_calibration
-from nexus.cost.measured import MeasuredCost
+from nexus.cost.measured import SERVED_SCALES, MeasuredCost
 from nexus.cost.terms import (CORUN_TERMS, FIT_METHOD, FIT_VERSION, PREFILL_ATTENTION,  # noqa: F401
                               corun_features, prefill_attention, sm_share)
 from nexus.errors import UserError
@@ -405,8 +405,8 @@ def fit_calibration(data: dict[str, Any], holdout_fraction: float = 0.25,
     model = spec_from_dict(ModelSpec, data["model"], "calibration model")
     gpu = spec_from_dict(GPUSpec, data["gpu"], "calibration gpu")
     measurements = data["measurements"]
-    # The grid is scored as measured: a served co-run scale (nexus.cost.measured) is not its.
-    engine = {k: v for k, v in data.get("engine", {}).items() if k != "corun_scale"}
+    # The grid is scored as measured: the engine's served scales (nexus.cost.measured) are not its.
+    engine = {k: v for k, v in data.get("engine", {}).items() if k not in SERVED_SCALES}
     fit = fit_params(measurements, model, gpu, engine)
 
     train, held = split_holdout(measurements, holdout_fraction, seed)

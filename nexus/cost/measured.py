@@ -26,6 +26,7 @@ the H200, with the steps graphed, 6.2 ms beside one row and 13.8 ms beside 128.
 """
 from __future__ import annotations
 
+import copy
 import math
 from bisect import bisect_right
 from pathlib import Path
@@ -149,6 +150,16 @@ class _Phase:
         self.knots = [float(v) for v in knots]
         self.k = k
 
+    def scaled(self, plain: float, partitions: float) -> "_Phase":
+        """This curve with the plain stream's row times `plain` and every partition's times
+        `partitions`; the plain stream still no slower than a partition of every SM."""
+        out = copy.copy(self)
+        table = self.table.copy()
+        table[1:] *= partitions
+        table[0] = np.minimum(self.table[0] * plain, table[-1])
+        out.table, out.rows, out.cols = table, table.tolist(), [c.copy() for c in table.T]
+        return out
+
     def locate(self, x: float) -> tuple[int, float, int, float, float]:
         """Where x falls: (i, weight of rise i, j, weight of rise j, beyond the last knot)."""
         kn = self.knots
@@ -195,9 +206,12 @@ class _Columns:
         return col
 
 
-# A served co-run step 2x off the co-run grid's model means the fit or the replay is broken,
-# not that the engine differs: such a scale is refused rather than applied.
-CORUN_SCALE_RANGE = (0.5, 2.0)
+# A served step 2x off the grid's model means the fit or the replay is broken, not that the
+# engine differs: such a scale (corun_scale, decode_scale) is refused rather than applied.
+SERVED_SCALE_RANGE = (0.5, 2.0)
+# The engine's served scales: fitted on an engine replay against the grid's fit, so never
+# part of fitting or scoring the grid itself.
+SERVED_SCALES = ("corun_scale", "decode_scale")
 
 
 class _AtSMs:
@@ -211,6 +225,21 @@ class _AtSMs:
         self.s, self.prefill, self.decode, self.share = s, prefill, decode, share
         self.times: dict[int, tuple[BatchShape, np.ndarray]] = {}
         self.uses: dict[int, tuple[BatchShape, np.ndarray]] = {}
+
+
+def _served_scale(engine: dict, key: str, parts: tuple[str, str], where: str) -> tuple[float, float]:
+    """The pair of factors engine[key] gives for `parts`, (1, 1) where it has none."""
+    scale = engine.get(key)
+    if scale is None:
+        return 1.0, 1.0
+    try:
+        pair = (float(scale[parts[0]]), float(scale[parts[1]]))
+        if not all(SERVED_SCALE_RANGE[0] <= v <= SERVED_SCALE_RANGE[1] for v in pair):
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{where}: engine.{key} must be {{'{parts[0]}': x, '{parts[1]}': y}} with "
+                        f"x, y in {list(SERVED_SCALE_RANGE)}, got {scale!r}") from None
+    return pair
 
 
 class MeasuredCost:
@@ -239,9 +268,11 @@ class MeasuredCost:
         self._graph_decode_rows = 0   # decode rows a prefill graph takes beside its chunks
         self._decode_buckets: list[int] = []  # batch buckets of decode graphs, likewise
         self._corun_scale = (1.0, 1.0)   # (prefill, decode): served co-runs against the grid's
+        self._decode_scale = (1.0, 1.0)  # (plain stream, partitions): served decode steps, likewise
         origin = calibration or "fit"
         try:
-            self._prefill, self._decode, self._corun = self._parse(fit, gpu.num_sms)
+            self._prefill, self._decode_fitted, self._corun = self._parse(fit, gpu.num_sms)
+            self._decode = self._decode_fitted   # the grid's, until the engine says otherwise
             # The co-run terms the simulator reads at every retiming, without the dict.
             self._corun_k = self._corun["k"]
             self._corun_prefill, self._corun_decode = tuple(self._corun["prefill"]), tuple(self._corun["decode"])
@@ -286,8 +317,16 @@ class MeasuredCost:
 
     def use_engine(self, engine: Any, where: str = "calibration") -> None:
         """Take what the calibration says of the engine: its host gap between steps, the graphs
-        that pad its steps, and how much its co-run steps exceed the co-run grid's model
-        (`corun_scale`, measured by the profile's engine replay; see `slowdown`)."""
+        that pad its steps, and how its served steps differ from the grid's model, both
+        measured by the profile's engine replay: its co-run steps (`corun_scale`, see
+        `slowdown`) and its decode steps (`decode_scale`).
+
+        A served decode step can differ from the same shape timed alone in the profile: on
+        the H200, whole-GPU decode steps of every fidelity run were priced 4-6% over their
+        measured time, and those on a 68-SM partition 1-4% over, with the grid's own fit within
+        1% at those shapes. `decode_scale` multiplies the decode curve (the plain stream's and
+        the partitions' apart); the decode rows' attention in a chunked-prefill step reads the
+        same curve."""
         if not isinstance(engine, dict):
             raise UserError(f"{where}: engine must be an object, got {engine!r}")
         for key in ("step_gap_s", "step_gap_per_seq_s"):   # attributes of the same names
@@ -296,16 +335,10 @@ class MeasuredCost:
                 raise UserError(f"{where}: engine.{key} must be a number of seconds in [0, 1), got {gap!r}")
             setattr(self, key, float(gap))
         self.engine = engine
-        scale = engine.get("corun_scale")
-        if scale is not None:
-            try:
-                pair = (float(scale["prefill"]), float(scale["decode"]))
-                if not all(CORUN_SCALE_RANGE[0] <= v <= CORUN_SCALE_RANGE[1] for v in pair):
-                    raise ValueError
-            except (KeyError, TypeError, ValueError):
-                raise UserError(f"{where}: engine.corun_scale must be {{'prefill': x, 'decode': y}} with "
-                                f"x, y in {list(CORUN_SCALE_RANGE)}, got {scale!r}") from None
-            self._corun_scale = pair
+        self._corun_scale = _served_scale(engine, "corun_scale", ("prefill", "decode"), where)
+        self._decode_scale = _served_scale(engine, "decode_scale", ("plain", "partitions"), where)
+        self._decode = (self._decode_fitted if self._decode_scale == (1.0, 1.0)
+                        else self._decode_fitted.scaled(*self._decode_scale))
         graphs = engine.get("prefill_graphs")
         if graphs is not None:
             try:
