@@ -35,9 +35,25 @@ class StepRecord(NamedTuple):
     prefill_prior_tokens: int   # cached tokens the step's chunks continue (their attention reach)
     decode_kv_tokens: int
     prefill_chunks: int         # how many prompts the prefill tokens belong to (attention is per prompt)
+    # Each chunk as "tokens:prior", space-separated ("" without prefill): a step's sums price
+    # prompts of unequal length short (nexus.step_view prices the step from these).
+    prefill_shape: str
 
 
 TIMELINE_COLUMNS = list(StepRecord._fields)
+
+
+def chunks_text(chunks: tuple[tuple[int, int], ...]) -> str:
+    """A step's prompt chunks as StepRecord.prefill_shape writes them."""
+    return " ".join(f"{n}:{prior}" for n, prior in chunks)
+
+
+def chunks_from_text(text: object) -> tuple[tuple[int, int], ...] | None:
+    """`chunks_text` read back; None where a timeline holds no such text (written before the
+    field existed, or read from a CSV cell that was empty)."""
+    if not isinstance(text, str) or not text:
+        return None
+    return tuple((int(n), int(prior)) for n, prior in (c.split(":") for c in text.split()))
 
 
 class Step:
@@ -102,5 +118,6 @@ class Stepper:
             prior_tokens += prior
         record = StepRecord(start_s, end_s, step.stream, step.sms, prefill_tokens, step.decode_seqs,
                             steps if batch.decode else 0, state.kv.usage, prior_tokens,
-                            shape.decode_kv_tokens, len(shape.prefill_chunks))
+                            shape.decode_kv_tokens, len(shape.prefill_chunks),
+                            chunks_text(shape.prefill_chunks) if prefill_tokens else "")
         return record, finished

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from nexus.cost.base import BatchShape, CostModel
+from nexus.step import chunks_from_text
 
 
 def step_table(timeline: pd.DataFrame, cost: CostModel) -> pd.DataFrame:
@@ -24,7 +25,7 @@ def step_table(timeline: pd.DataFrame, cost: CostModel) -> pd.DataFrame:
     whenever its co-runner changes.
     """
     columns = ["stream", "start_s", "end_s", "sms", "prefill_tokens", "prefill_prior_tokens",
-               "decode_seqs", "decode_kv_tokens", "prefill_chunks"]
+               "decode_seqs", "decode_kv_tokens", "prefill_chunks", "prefill_shape"]
     steps = timeline[[c for c in columns if c in timeline.columns]].sort_values("start_s", kind="stable").reset_index(drop=True)
     steps["measured_s"] = steps["end_s"] - steps["start_s"]
     shapes = [_shape(r) for r in steps.itertuples()]
@@ -69,12 +70,16 @@ def step_view(steps: pd.DataFrame) -> dict:
 
 
 def _shape(r) -> BatchShape:
-    """The step's shape from its timeline row, which keeps only sums over its prompts.
+    """The step's shape from its timeline row: its chunks as recorded (`prefill_shape`), or,
+    in a timeline recorded before they were, from its sums over them.
 
-    The prompts share the tokens and the prior evenly: ShareGPT prefill steps of 8-16 short
-    prompts, taken as one long prompt, were priced 17-25% over their measured time on the H200
-    (attention pairs grow with the square of a prompt's length). Timelines recorded before
-    `prefill_chunks` existed read as one prompt a step."""
+    From the sums, the prompts share the tokens and the prior evenly: ShareGPT prefill steps
+    of 8-16 short prompts, taken as one long prompt, were priced 17-25% over their measured
+    time on the H200 (attention pairs grow with the square of a prompt's length). Timelines
+    recorded before `prefill_chunks` existed read as one prompt a step."""
+    chunks = chunks_from_text(getattr(r, "prefill_shape", None))
+    if chunks is not None:
+        return BatchShape(chunks, int(r.decode_seqs), int(r.decode_kv_tokens))
     tokens, prior = int(r.prefill_tokens), int(r.prefill_prior_tokens)
     count = min(max(int(getattr(r, "prefill_chunks", 1)), 1), tokens) if tokens else 0
     chunks = tuple((tokens // count + (i < tokens % count), prior // count + (i < prior % count))
@@ -106,11 +111,13 @@ def corun_scale(steps: pd.DataFrame) -> dict:
     the other stream for most of their length ("decode+corun", "prefill+corun" in `steps`, a
     `step_table`); 1.0 for a phase with fewer than MIN_CORUN_STEPS of them.
 
-    Prefill steps count only if they hold one prompt: the timeline keeps a step's sums, and
-    prompts of unequal length attend over more pairs than equal shares of their tokens, so a
-    step of several is priced short and would inflate the scale."""
+    Prefill steps count only if they hold one prompt or the timeline recorded their chunks
+    (`prefill_shape`): from a step's sums alone, prompts of unequal length are priced as equal
+    shares, which attend over fewer pairs, and would skew the scale."""
     out: dict = {"steps": {}}
     single = steps["prefill_chunks"] <= 1 if "prefill_chunks" in steps else True
+    if "prefill_shape" in steps:
+        single = single | steps["prefill_shape"].map(lambda t: chunks_from_text(t) is not None)
     for phase in ("prefill", "decode"):
         mine = steps[(steps["kind"] == f"{phase}+corun") & (single if phase == "prefill" else True)]
         ratio = (mine["measured_s"] / mine["predicted_s"]).to_numpy()

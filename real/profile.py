@@ -58,6 +58,9 @@ class Grid:
     # ran 27-36% under a slowdown extrapolated from 256-token chunks and up.
     corun_prefill: tuple = ((64, 0), (256, 0), (512, 0), (2048, 0), (2048, 4096), (2048, 12288))
     corun_decode: tuple = ((16, 1024), (64, 1024), (128, 2048))
+    # Steps of several equal prompts (prompts, tokens each), as served ShareGPT steps hold 8-16:
+    # with the one-prompt sizes they identify attention's own pairs (see nexus.cost.fit).
+    prefill_prompts: tuple = ((4, 512), (8, 256), (16, 128))
     # Chunked-prefill steps on the whole GPU: (chunk, prior) x (decode batch, context). With
     # every decode context at 512-1024 tokens, rows and KV tokens moved together and the fit
     # could not tell them apart: on the H200 engine, steps of <= 64-token chunks beside 16-64
@@ -105,9 +108,10 @@ class Profiler:
         self._next_block = (self._next_block + n) % self.runner.num_blocks
         return ids
 
-    def prefill_batch(self, chunk: int, prior: int) -> list[Chunk]:
-        ids = self.rng.integers(0, self.runner.spec.vocab_size, chunk).tolist()
-        return [Chunk(ids, prior, self._table(prior + chunk))]
+    def prefill_batch(self, chunk: int, prior: int, prompts: int = 1) -> list[Chunk]:
+        """`prompts` chunks of `chunk` new tokens, each after `prior` cached ones, in one step."""
+        return [Chunk(self.rng.integers(0, self.runner.spec.vocab_size, chunk).tolist(), prior,
+                      self._table(prior + chunk)) for _ in range(prompts)]
 
     def decode_batch(self, batch: int, context: int) -> list[Chunk]:
         """`batch` sequences whose contexts average `context`, in blocks scattered over the cache."""
@@ -200,7 +204,8 @@ def profile(runner: ModelRunner, parts: Partitions, model: ModelSpec, gpu: GPUSp
         return (kind, tuple(sorted((k, str(v)) for k, v in rec.items()))) not in have
 
     fits = lambda tokens: tokens <= runner.max_model_len  # noqa: E731  (the tiny CPU model is short)
-    prefill_shapes = [(c, p) for c, p in grid.prefill if fits(c + p)]
+    prefill_shapes = [(c, p, 1) for c, p in grid.prefill if fits(c + p)] + \
+        [(c, 0, k) for k, c in grid.prefill_prompts if fits(c)]
     decode_shapes = [(b, c) for b, c in grid.decode if fits(c)]
     corun_prefill = [(c, p) for c, p in grid.corun_prefill if fits(c + p)]
     prof = Profiler(runner, parts, repeats, grid.decode_contexts)
@@ -208,10 +213,12 @@ def profile(runner: ModelRunner, parts: Partitions, model: ModelSpec, gpu: GPUSp
     if "prefill" in which:
         for p in [0, *parts.made()]:
             part = parts.prefill(p)
-            for chunk, prior in prefill_shapes:
-                key = {"sms": part.sm_count if p else 0, "chunk_tokens": chunk, "prior_tokens": prior}
+            for chunk, prior, prompts in prefill_shapes:
+                key = {"sms": part.sm_count if p else 0, "chunk_tokens": chunk, "prior_tokens": prior,
+                       **({"prompts": prompts} if prompts > 1 else {})}
                 if missing("prefill", key):
-                    meas["prefill"].append({**key, "time_s": prof.time_alone(prof.prefill_batch(chunk, prior), part)})
+                    steps = prof.prefill_batch(chunk, prior, prompts)
+                    meas["prefill"].append({**key, "time_s": prof.time_alone(steps, part)})
             write_calibration(data, out)
             log(f"prefill: {part.name} done")
     if "decode" in which:

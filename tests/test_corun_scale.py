@@ -12,6 +12,7 @@ from nexus.cost.calibration import read_calibration
 from nexus.cost.measured import MeasuredCost
 from nexus.errors import UserError
 from nexus.specs import GPUS, MODELS
+from nexus.step import chunks_from_text, chunks_text
 from nexus.step_view import MIN_CORUN_STEPS, corun_scale, decode_scale, step_table
 
 MODEL, GPU = MODELS["llama-3.1-8b"], GPUS["h200"]
@@ -126,7 +127,7 @@ def test_a_step_of_several_prompts_is_priced_as_several():
     one, eight = (step_table(pd.DataFrame([dict(row, prefill_chunks=n)]), cost)["predicted_s"].iloc[0]
                   for n in (1, 8))
     assert eight == pytest.approx(float(cost.solo_time(BatchShape(prefill_chunks=((256, 0),) * 8), 0)))
-    assert eight < one   # eight prompts of 256 tokens attend over fewer pairs than one of 2048
+    assert one == pytest.approx(float(cost.solo_time(BatchShape(prefill_chunks=((2048, 0),)), 0)))
 
 
 # ---- the decode scale ---------------------------------------------------------------------
@@ -192,3 +193,44 @@ def test_decode_scale_recovers_how_much_faster_the_served_decode_steps_ran():
     assert scale["steps"] == {"plain": MIN_CORUN_STEPS, "partitions": MIN_CORUN_STEPS}
     few = decode_scale(step_table(decode_timeline(cost, {0: 0.95}, MIN_CORUN_STEPS - 1), cost))
     assert few["plain"] == 1.0 and few["partitions"] == 1.0
+
+
+# ---- recorded prompt chunks ---------------------------------------------------------------
+
+def test_a_timeline_records_each_steps_chunks_consistent_with_its_sums():
+    import sim
+    from synthetic import make_trace
+    timeline = sim.run(make_trace(200, 40.0, (20, 3000), (1, 200), seed=3), policy="chunked").timeline
+    several = 0
+    for row in timeline.itertuples():
+        chunks = chunks_from_text(row.prefill_shape)
+        if row.prefill_tokens == 0:
+            assert chunks is None
+            continue
+        assert len(chunks) == row.prefill_chunks
+        assert sum(n for n, _ in chunks) == row.prefill_tokens
+        assert sum(p for _, p in chunks) == row.prefill_prior_tokens
+        several += len(chunks) > 1
+    assert several > 0   # the case that sums alone price wrongly occurs
+
+
+def test_a_step_with_recorded_chunks_is_priced_as_recorded_and_counts_for_the_prefill_scale(tmp_path):
+    cost = cost_with(None)
+    chunks = ((1900, 0), (148, 300))
+    row = dict(stream="prefill", sms=0, start_s=0.0, end_s=0.05, prefill_tokens=2048, prefill_prior_tokens=300,
+               prefill_chunks=2, decode_seqs=0, decode_kv_tokens=0, prefill_shape=chunks_text(chunks))
+    path = tmp_path / "steps.csv"
+    pd.DataFrame([row, dict(row, start_s=0.1, end_s=0.15)]).to_csv(path, index=False)   # through a CSV
+    priced = step_table(pd.read_csv(path), cost)["predicted_s"]
+    assert priced.iloc[0] == pytest.approx(float(cost.solo_time(BatchShape(prefill_chunks=chunks), 0)))
+    assert priced.iloc[0] != pytest.approx(float(cost.solo_time(BatchShape(prefill_chunks=((1024, 150),) * 2), 0)))
+
+    decode_step = cost.solo_time(DECODE, 100)
+    rows = []
+    for k in range(MIN_CORUN_STEPS):   # the two-prompt steps above, each beside a decode step
+        start = k * 0.2
+        rows.append(dict(row, sms=32, start_s=start, end_s=start + 0.15))
+        rows.append(dict(row, stream="decode", sms=100, start_s=start, end_s=start + 0.15 + decode_step,
+                         prefill_tokens=0, prefill_prior_tokens=0, prefill_chunks=0, prefill_shape="",
+                         decode_seqs=DECODE.decode_seqs, decode_kv_tokens=DECODE.decode_kv_tokens))
+    assert corun_scale(step_table(pd.DataFrame(rows), cost))["steps"]["prefill"] == MIN_CORUN_STEPS

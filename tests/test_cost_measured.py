@@ -654,3 +654,23 @@ def test_a_version_3_fit_reads_with_no_share_term_and_a_version_4_fit_must_have_
     v4 = {**v3, "version": 4}
     with pytest.raises((KeyError, ValueError, UserError)):
         MeasuredCost(LLAMA8, H100, v4)
+
+
+def test_steps_of_several_prompts_identify_attentions_own_pairs(data, cost, truth):
+    """One-prompt records cannot tell a prompt's own attention pairs from the dense curve (both
+    are functions of its size); records of several equal prompts in one step can."""
+    many = copy.deepcopy(data)
+    rng = np.random.default_rng(11)
+    for s in SMS:
+        for prompts, n in ((4, 512), (8, 256), (16, 128), (4, 2048)):
+            rec = {"sms": s, "chunk_tokens": n, "prior_tokens": 0, "prompts": prompts}
+            t = truth.solo_time(prefill_shape(rec), s) * np.exp(rng.normal(0.0, NOISE))
+            many["measurements"]["prefill"].append({**rec, "time_s": float(t)})
+    with_prompts = MeasuredCost(LLAMA8, H100, fit_calibration(many)["fit"])
+    # Off the grid: other prompt counts and sizes, at SM counts never measured.
+    shapes = [BatchShape(prefill_chunks=((n, 0),) * k) for k, n in ((6, 300), (12, 100), (3, 1500), (10, 400))]
+    sms = [0, 20, 44, 68, 100, 132]
+    err = lambda model: np.array([abs_pct(model.solo_time(sh, s), truth.solo_time(sh, s))  # noqa: E731
+                                  for sh in shapes for s in sms])
+    assert np.median(err(with_prompts)) < 2.0
+    assert np.median(err(with_prompts)) < np.median(err(cost))

@@ -14,7 +14,7 @@ from real.model_runner import ModelRunner  # noqa: E402
 from real.partitions import Partitions  # noqa: E402
 from real.profile import Grid, Profiler, covered_steps, profile  # noqa: E402
 
-TINY_GRID = Grid(prefill=((16, 0), (64, 0), (32, 64)), decode=((1, 32), (4, 64), (8, 32)),
+TINY_GRID = Grid(prefill=((16, 0), (64, 0), (32, 64)), prefill_prompts=((4, 16),), decode=((1, 32), (4, 64), (8, 32)),
                  corun_splits=(64,), corun_prefill=((32, 0),), corun_decode=((4, 32),),
                  mixed_prefill=((16, 0), (32, 16)), mixed_decode=((2, 32), (8, 32)))
 
@@ -26,13 +26,16 @@ def test_profile_writes_a_valid_resumable_calibration(tmp_path):
     out = tmp_path / "cal.json"
     profile(runner, parts, model, gpu, out, ["prefill"], "test", repeats=1, grid=TINY_GRID, log=lambda m: None)
     first = read_calibration(out)
-    assert len(first["measurements"]["prefill"]) == 4 * 3     # FULL + three partitions
+    assert len(first["measurements"]["prefill"]) == 4 * (3 + 1)     # FULL + three partitions; one several-prompt shape
     assert not first["measurements"]["decode"]
     assert "fit" not in first                                  # nothing to fit decode with yet
     profile(runner, parts, model, gpu, out, ["prefill", "decode", "corun", "mixed"], "test", repeats=1,
             grid=TINY_GRID, log=lambda m: None)
     data = read_calibration(out)
     assert data["measurements"]["prefill"] == first["measurements"]["prefill"]   # resumed, not redone
+    several = [r for r in data["measurements"]["prefill"] if r.get("prompts", 1) > 1]
+    assert {(r["prompts"], r["chunk_tokens"]) for r in several} == {(4, 16)}
+    assert {r["sms"] for r in several} == {r["sms"] for r in data["measurements"]["prefill"]} == {0, 32, 64, 96}
     assert len(data["measurements"]["decode"]) == 4 * 3
     assert {r["sms"] for r in data["measurements"]["decode"]} == {0, 100, 68, 36}
     (corun,) = data["measurements"]["corun"]

@@ -16,7 +16,8 @@ A calibration file is one JSON object:
      "fit": {...}, "fit_error": {...}}
 
 A prefill record is one chunk of `chunk_tokens` new tokens after `prior_tokens` already in
-the KV cache; a decode record is one step of `batch` sequences, each at `context` KV
+the KV cache, or, with `prompts` (default 1), that many such chunks of separate prompts in
+one step; a decode record is one step of `batch` sequences, each at `context` KV
 tokens. `sms` is the partition size, 0 (FULL_GPU) for a plain stream on the whole GPU.
 A co-run record holds both phases running at once on their partitions, with each one's
 time alone measured in the same session. Every measurement list may be absent or partial:
@@ -167,6 +168,8 @@ def validate_calibration(data: Any, origin: str) -> None:
             else:
                 keys = {"prefill": PREFILL_KEYS, "decode": DECODE_KEYS, "mixed": MIXED_KEYS}[phase]
                 _check_record(rec, keys, ("time_s",), where, gpu.num_sms)
+                if phase == "prefill" and "prompts" in rec and (_require(rec, "prompts", int, where) < 1):
+                    raise UserError(f"{where}.prompts must be >= 1, got {rec['prompts']}")
 
 
 def check_matches(data: dict[str, Any], model: ModelSpec, gpu: GPUSpec, origin: str) -> None:

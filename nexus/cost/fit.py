@@ -19,6 +19,12 @@ weight-bound for few tokens and compute-bound for many: its time has a knee whos
 depends on the SM count. (Between knots the evaluator places that knee more precisely
 than a chord: see nexus.cost.measured.densify.)
 
+A free curve through every measured size absorbs whatever a single prompt's own pairs cost,
+since they too are a function of its size alone: one-prompt records leave own_pair_s
+unidentified (two H200 profiles fitted it at 5.9e-9 s and at 0 on the whole GPU). Records of
+several equal prompts in one step (`prompts`) share the dense size of a one-prompt record
+but hold a fraction of its own pairs, and pin the coefficient down.
+
 Every coefficient is fitted at every measured SM count at once, constrained to be
 non-negative and non-increasing in SMs (the plain stream, sms=0, ranks above the largest
 partition). With non-negative features this makes "more SMs is never slower" hold for
@@ -219,9 +225,11 @@ def fit_prefill(records: list[dict], num_sms: int) -> dict[str, Any]:
     sms = np.array([r["sms"] for r in records], dtype=int)
     n = np.array([r["chunk_tokens"] for r in records], dtype=float)
     prior = np.array([r["prior_tokens"] for r in records], dtype=float)
+    prompts = np.array([r.get("prompts", 1) for r in records], dtype=float)
     times = np.array([r["time_s"] for r in records], dtype=float)
-    attention = np.stack([n * (n + 1) / 2, n * prior, prior], axis=1)
-    fit = _fit_phase(sms, n, attention, times, num_sms, "prefill", "chunk size")
+    # The dense layers see every prompt's tokens; attention stays within each prompt.
+    attention = prompts[:, None] * np.stack([n * (n + 1) / 2, n * prior, prior], axis=1)
+    fit = _fit_phase(sms, prompts * n, attention, times, num_sms, "prefill", "chunk size")
     att = np.array(fit.pop("attention")).reshape(-1, 3)
     return {"sms": fit["sms"], "token_knots": fit["knots"], "base_s": fit["base_s"],
             **{name: att[:, i].tolist() for i, name in enumerate(PREFILL_ATTENTION)}}
@@ -241,7 +249,7 @@ def fit_decode(records: list[dict], num_sms: int) -> dict[str, Any]:
 # ---- co-run contention -----------------------------------------------------------------
 
 def prefill_shape(rec: dict) -> BatchShape:
-    return BatchShape(prefill_chunks=((rec["chunk_tokens"], rec["prior_tokens"]),))
+    return BatchShape(prefill_chunks=((rec["chunk_tokens"], rec["prior_tokens"]),) * rec.get("prompts", 1))
 
 
 def decode_shape(rec: dict) -> BatchShape:
@@ -344,7 +352,7 @@ def fit_mixed(cost: MeasuredCost, records: list[dict], rounds: int = 20) -> dict
 
 def _point_key(phase: str, rec: dict) -> tuple:
     if phase == "prefill":
-        return rec["sms"], rec["chunk_tokens"], rec["prior_tokens"]
+        return rec["sms"], rec["chunk_tokens"], rec["prior_tokens"], rec.get("prompts", 1)
     if phase == "decode":
         return rec["sms"], rec["batch"], rec["context"]
     if phase == "mixed":
