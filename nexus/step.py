@@ -45,7 +45,10 @@ TIMELINE_COLUMNS = list(StepRecord._fields)
 
 def chunks_text(chunks: tuple[tuple[int, int], ...]) -> str:
     """A step's prompt chunks as StepRecord.prefill_shape writes them."""
-    return " ".join(f"{n}:{prior}" for n, prior in chunks)
+    if len(chunks) == 1:   # most steps: the simulator writes one a step, in its loop
+        n, prior = chunks[0]
+        return f"{n}:{prior}"
+    return " ".join([f"{n}:{prior}" for n, prior in chunks])
 
 
 def chunks_from_text(text: object) -> tuple[tuple[int, int], ...] | None:

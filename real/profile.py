@@ -18,15 +18,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from nexus.cost.calibration import (merge_calibrations, new_calibration, read_calibration, spec_from_dict,
-                                    write_calibration)
+from nexus.cost.calibration import merge_calibrations, new_calibration, read_calibration, write_calibration
 from nexus.cost.fit import fit_calibration
-from nexus.cost.measured import SERVED_SCALE_RANGE, SERVED_SCALES, MeasuredCost
+from nexus.cost.served import read_replay, served_scales, write_replay
 from nexus.errors import UserError
 from nexus.specs import GPUSpec, ModelSpec
-from nexus.step_view import corun_scale, decode_scale, step_table
 from real.batch import Chunk
 from real.gpu_info import gpu_facts
 from real.model_runner import ModelRunner
@@ -272,46 +269,14 @@ def profile(runner: ModelRunner, parts: Partitions, model: ModelSpec, gpu: GPUSp
                                              step_gap_bands=gap["bands"], command=command)
         write_calibration(data, out)
         log(f"engine: host gap {gap['step_gap_s'] * 1e3:.3f} ms + {gap['step_gap_per_seq_s'] * 1e6:.2f} us per decode row")
-    # A served scale is relative to the fit it was measured against: a fit without a fresh
-    # replay drops it rather than keep a stale one.
-    for key in SERVED_SCALES:
-        data.get("engine", {}).pop(key, None)
     try:
         data.update(fit_calibration(data))
     except UserError as e:
         log(f"not fitted yet ({e}); measure the remaining parts and rerun")
     else:
-        if timelines:
-            # The replay's steps go beside the calibration, so that its scales can be re-derived.
-            replay = out.with_name(out.stem + ".replay.csv.gz")
-            pd.concat(timelines, keys=range(len(timelines)), names=["replay", None]).reset_index(level=0) \
-                .to_csv(replay, index=False, float_format="%.7g")
-            log(f"engine: the replays' steps are in {replay}")
-            served_scales(data, timelines, log)
+        if timelines:   # beside the calibration, so that a refit can re-derive its scales
+            log(f"engine: the replays' steps are in {write_replay(timelines, out)}")
+        # Without a fresh replay, the scales of the replay beside `out` (if it is this board's).
+        served_scales(data, timelines or read_replay(out), log)
     write_calibration(data, out)
     return data
-
-
-def served_scales(data: dict, timelines: list, log=print) -> None:
-    """Price the engine replays' steps with the fresh fit (nexus.step_view) and keep, in
-    data["engine"], how its decode steps and then its co-run steps differ from it.
-
-    The decode scale comes first: a co-run step's prediction is its solo time stretched, so
-    the co-run scale is measured against solo times already served-scaled. A scale outside
-    SERVED_SCALE_RANGE is logged and not kept (seen once on CPU: 0.007, from a broken fit).
-    """
-    cost = MeasuredCost(spec_from_dict(ModelSpec, data["model"], "model"),
-                        spec_from_dict(GPUSpec, data["gpu"], "gpu"), data["fit"])
-    source = ("median measured / predicted time of the {} steps of the engine replays that measured "
-              "the host gap (real.host_gap), against this fit")
-    lo, hi = SERVED_SCALE_RANGE
-    for key, of_steps, parts, what in (("decode_scale", decode_scale, ("plain", "partitions"), "decode alone"),
-                                       ("corun_scale", corun_scale, ("prefill", "decode"), "co-run")):
-        cost.use_engine(data["engine"], "profile")
-        scale = of_steps(pd.concat([step_table(tl, cost) for tl in timelines], ignore_index=True))
-        log(f"engine: served {what} steps over the model: " + ", ".join(
-            f"{p} x{scale[p]:.3f} ({scale['steps'][p]} steps)" for p in parts))
-        if all(lo <= scale[p] <= hi for p in parts):
-            data["engine"][key] = {**scale, "source": source.format(what)}
-        else:
-            log(f"engine: {key} not kept: a scale outside [{lo}, {hi}] says the fit or the replay is off")

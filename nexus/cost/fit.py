@@ -63,7 +63,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -433,10 +433,15 @@ def fit_calibration(data: dict[str, Any], holdout_fraction: float = 0.25,
     return {"fit": fit, "fit_error": fit_error}
 
 
-def refit_file(path: str | Path, holdout_fraction: float = 0.25, seed: int = 0) -> dict[str, Any]:
-    """Refit a calibration file in place; returns its new fit_error."""
+def refit_file(path: str | Path, holdout_fraction: float = 0.25, seed: int = 0,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Refit a calibration file in place, with the served scales of the engine replay beside
+    it measured against the new fit (none without one); returns its new fit_error."""
+    from nexus.cost.served import read_replay, served_scales   # pandas, for the replay only
     data = read_calibration(path)
+    replay = read_replay(path)
     data.update(fit_calibration(data, holdout_fraction, seed))
+    served_scales(data, replay, log)
     write_calibration(data, path)
     return data["fit_error"]
 
