@@ -81,6 +81,24 @@ class CostModel(Protocol):
         ...
 
 
+def corun_times(cost: CostModel, shape: BatchShape, sms: int | np.ndarray, other: BatchShape,
+                other_sms: int | np.ndarray) -> tuple[float | np.ndarray, float | np.ndarray]:
+    """The times of two iterations that run side by side, each stretched by the other:
+    solo_time(shape) * slowdown(shape beside other), and the same for `other`.
+
+    A controller asks this for every candidate split at once. A model may answer it in one
+    pass (`corun_times_fast`, returning None where it has no shortcut); its answer must be
+    this one to the last bit.
+    """
+    fast = getattr(cost, "corun_times_fast", None)
+    if fast is not None:
+        found = fast(shape, sms, other, other_sms)
+        if found is not None:
+            return found
+    return (cost.solo_time(shape, sms) * cost.slowdown(shape, sms, other, other_sms),
+            cost.solo_time(other, other_sms) * cost.slowdown(other, other_sms, shape, sms))
+
+
 def sms_array(sms: int | np.ndarray, num_sms: int) -> np.ndarray:
     """`sms` as an integer array, checked to lie in 0..num_sms (0 = the whole GPU)."""
     s = np.asarray(sms)

@@ -33,7 +33,7 @@ import itertools
 
 import numpy as np
 
-from nexus.cost.base import FULL_GPU, BatchShape, CostModel
+from nexus.cost.base import FULL_GPU, BatchShape, CostModel, corun_times
 from nexus.kv import blocks_for
 from nexus.policy.base import Policy, make_decode_room, take_prefill_chunks
 from nexus.policy.split_controller import _bucket
@@ -280,8 +280,8 @@ class NexusSLO(Policy):
         step (host gap included) and prefill chunk."""
         p = np.array(cost.gpu.partition_sizes())
         d = cost.gpu.num_sms - p
-        t_decode = cost.solo_time(decode, d) * cost.slowdown(decode, d, prefill, p) + cost.step_overhead(decode)
-        return p, t_decode, cost.solo_time(prefill, p) * cost.slowdown(prefill, p, decode, d)
+        t_prefill, t_decode = corun_times(cost, prefill, p, decode, d)
+        return p, t_decode + cost.step_overhead(decode), t_prefill
 
     def priority(self, req: Request) -> float:
         if self.gamma is None:
