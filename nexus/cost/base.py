@@ -105,6 +105,19 @@ def corun_times(cost: CostModel, shape: BatchShape, sms: int | np.ndarray, other
             cost.solo_time(other, other_sms) * cost.slowdown(other, other_sms, shape, sms))
 
 
+def slowdowns(cost: CostModel, shape: BatchShape, sms: int | np.ndarray, other: BatchShape,
+              other_sms: int | np.ndarray) -> tuple[float | np.ndarray, float | np.ndarray]:
+    """Both ways of one co-run: (slowdown of `shape` beside `other`, slowdown of `other` beside
+    `shape`). A model may answer both at once (`slowdowns_fast`, returning None where it has
+    no shortcut); its answer must be this one to the last bit."""
+    fast = getattr(cost, "slowdowns_fast", None)
+    if fast is not None:
+        found = fast(shape, sms, other, other_sms)
+        if found is not None:
+            return found
+    return cost.slowdown(shape, sms, other, other_sms), cost.slowdown(other, other_sms, shape, sms)
+
+
 def sms_array(sms: int | np.ndarray, num_sms: int) -> np.ndarray:
     """`sms` as an integer array, checked to lie in 0..num_sms (0 = the whole GPU)."""
     s = np.asarray(sms)

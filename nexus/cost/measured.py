@@ -672,8 +672,24 @@ class MeasuredCost:
         mine, theirs = self._use(shape, sms), self._use(other, other_sms)
         if mine is None or theirs is None:
             return 1.0
+        return self._stretch(mine, theirs[0], other_sms)
+
+    def slowdowns_fast(self, shape: BatchShape, sms: int, other: BatchShape, other_sms: int
+                       ) -> tuple[float, float] | None:
+        """`nexus.cost.base.slowdowns` for one SM count each: both `_scalar_slowdown`s from one
+        look-up of each side's terms (the simulator asks for both whenever a GPU's pair of jobs
+        changes); None (not answered here) unless both SM counts are ints."""
+        if sms.__class__ is not int or other_sms.__class__ is not int:
+            return None
+        mine, theirs = self._use(shape, sms), self._use(other, other_sms)
+        if mine is None or theirs is None:
+            return 1.0, 1.0
+        return self._stretch(mine, theirs[0], other_sms), self._stretch(theirs, mine[0], sms)
+
+    def _stretch(self, mine: tuple[float, float, bool, bool], rival: float, other_sms: int) -> float:
+        """The slowdown of a side whose `_use` terms are `mine` beside a rival drawing `rival`
+        on `other_sms` SMs."""
         own, w, has_pre, has_dec = mine
-        rival = theirs[0]
         share = 1.0 if other_sms == FULL_GPU else other_sms / self.gpu.num_sms
         over = min(rival, max(own + rival - self._corun_k, 0.0))
         scale_p, scale_d = self._corun_scale
