@@ -168,3 +168,28 @@ def test_make_shape_is_the_named_tuples_constructor(prefill_chunks, seqs, kv_tok
     made = make_shape((prefill_chunks, seqs, kv_tokens))
     want = BatchShape(prefill_chunks, seqs, kv_tokens)
     assert type(made) is BatchShape and made == want and made.prefill_tokens == want.prefill_tokens
+
+
+class Slower:
+    """A wrapper that passes everything on to a model but doubles its solo times."""
+
+    def __init__(self, model):
+        self.model_ = model
+
+    def __getattr__(self, name):
+        return getattr(self.model_, name)
+
+    def solo_time(self, shape, sms):
+        return 2.0 * self.model_.solo_time(shape, sms)
+
+
+def test_a_wrapped_model_is_priced_through_its_own_solo_time():
+    """The one-pass answers belong to the model's class: a wrapper that passes attributes on
+    gets its own (doubled) solo times, not the wrapped model's shortcut."""
+    cost = fresh("h100-sxm")
+    wrapped = Slower(cost)
+    shape, other = BatchShape(((700, 0),)), BatchShape((), 40, 40 * 900)
+    p = np.array(GPUS["h100-sxm"].partition_sizes())
+    got = corun_times(wrapped, shape, p, other, 132 - p)
+    want = corun_times(cost, shape, p, other, 132 - p)
+    assert np.array_equal(got[0], 2.0 * want[0]) and np.array_equal(got[1], 2.0 * want[1])

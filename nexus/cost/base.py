@@ -92,13 +92,14 @@ def corun_times(cost: CostModel, shape: BatchShape, sms: int | np.ndarray, other
     """The times of two iterations that run side by side, each stretched by the other:
     solo_time(shape) * slowdown(shape beside other), and the same for `other`.
 
-    A controller asks this for every candidate split at once. A model may answer it in one
-    pass (`corun_times_fast`, returning None where it has no shortcut); its answer must be
-    this one to the last bit.
+    A controller asks this for every candidate split at once. A model's class may answer it in
+    one pass (`corun_times_fast`, returning None where it has no shortcut); its answer must be
+    this one to the last bit. Looked up on the class, so that a wrapper which passes other
+    attributes on to a model (one that changes its solo times, say) is asked each side apart.
     """
-    fast = getattr(cost, "corun_times_fast", None)
+    fast = getattr(type(cost), "corun_times_fast", None)
     if fast is not None:
-        found = fast(shape, sms, other, other_sms)
+        found = fast(cost, shape, sms, other, other_sms)
         if found is not None:
             return found
     return (cost.solo_time(shape, sms) * cost.slowdown(shape, sms, other, other_sms),
@@ -108,11 +109,12 @@ def corun_times(cost: CostModel, shape: BatchShape, sms: int | np.ndarray, other
 def slowdowns(cost: CostModel, shape: BatchShape, sms: int | np.ndarray, other: BatchShape,
               other_sms: int | np.ndarray) -> tuple[float | np.ndarray, float | np.ndarray]:
     """Both ways of one co-run: (slowdown of `shape` beside `other`, slowdown of `other` beside
-    `shape`). A model may answer both at once (`slowdowns_fast`, returning None where it has
-    no shortcut); its answer must be this one to the last bit."""
-    fast = getattr(cost, "slowdowns_fast", None)
+    `shape`). A model's class may answer both at once (`slowdowns_fast`, returning None where
+    it has no shortcut, looked up as corun_times's is); its answer must be this one to the
+    last bit."""
+    fast = getattr(type(cost), "slowdowns_fast", None)
     if fast is not None:
-        found = fast(shape, sms, other, other_sms)
+        found = fast(cost, shape, sms, other, other_sms)
         if found is not None:
             return found
     return cost.slowdown(shape, sms, other, other_sms), cost.slowdown(other, other_sms, shape, sms)
