@@ -14,7 +14,6 @@ from operator import add, sub
 from nexus.kv import BLOCK_SIZE, BlockPool, blocks_for
 from nexus.request import Request
 
-SEQ_BITS = 40   # join counts below 2**40 keep the finish heap's keys in finish-step order
 # _PAD_ROW[m][phase]: the padding of the last block of a member whose KV length is m mod the
 # block size, once the step counter is at `phase` mod the block size.
 _PAD_ROW = [tuple((-(m + phase)) % BLOCK_SIZE for phase in range(BLOCK_SIZE)) for m in range(BLOCK_SIZE)]
@@ -37,10 +36,7 @@ class RunningSet:
         self.batch_size = 0                         # len(members), read several times a step
         self.pending: list[Request] = []            # joined since the last step started
         self.last_step_end_s = 0.0
-        # Members by the step they finish: heap keys finish_step << SEQ_BITS | join order, ints
-        # (a heap of ints pops in half the time of one of tuples), each key's member beside it.
-        self._finish_heap: list[int] = []
-        self._finishing: dict[int, tuple[Request, _Member]] = {}
+        self._finish_heap: list[tuple[int, int, Request, _Member]] = []
         self._seq = 0
         self._kv_offset_sum = 0
         self._residues = [0] * BLOCK_SIZE           # members per kv_offset mod block size
@@ -82,22 +78,17 @@ class RunningSet:
             pad = list(map(add, pad, _PAD_ROW[offset % BLOCK_SIZE]))
             self._held_blocks += req.kv_blocks
             self._seq += 1
-            key = finish_step << SEQ_BITS | self._seq
-            self._finishing[key] = (req, member)
-            heapq.heappush(heap, key)
+            heapq.heappush(heap, (finish_step, self._seq, req, member))
         self._pad_by_phase = pad
         self._growth_by_phase.clear()
         self.batch_size = len(members)
         return joined
 
     def steps_until_finish(self) -> int:
-        heap, finishing, members = self._finish_heap, self._finishing, self.members
-        while heap:
-            req, member = finishing[heap[0]]
-            if members.get(req) is member:
-                return (heap[0] >> SEQ_BITS) - self.steps
-            del finishing[heapq.heappop(heap)]   # left the set (finished or preempted) since it was pushed
-        return 0
+        heap = self._finish_heap
+        while heap and self.members.get(heap[0][2]) is not heap[0][3]:
+            heapq.heappop(heap)   # left the set (finished or preempted) since it was pushed
+        return heap[0][0] - self.steps if heap else 0
 
     def steps_that_fit(self, limit: int) -> int:
         """Most steps (<= limit) whose KV growth fits in the pool's free blocks.
@@ -151,11 +142,10 @@ class RunningSet:
 
     def finished_now(self) -> list[Request]:
         done = []
-        heap, finishing, members = self._finish_heap, self._finishing, self.members
-        after = (self.steps + 1) << SEQ_BITS   # the first key of a later finish step
-        while heap and heap[0] < after:
-            req, member = finishing.pop(heapq.heappop(heap))
-            if members.get(req) is member:
+        heap = self._finish_heap
+        while heap and heap[0][0] <= self.steps:
+            _, _, req, member = heapq.heappop(heap)
+            if self.members.get(req) is member:
                 done.append(req)
         return done
 

@@ -13,32 +13,19 @@ then pays for the answer, not for the queue's length (thousands deep past satura
 from __future__ import annotations
 
 import heapq
-import struct
 from itertools import chain
 from typing import Callable, Iterator
 
 from nexus.request import Request
 
-SEQ_BITS = 40   # arrival ranks below 2**40
-_DOUBLE = struct.Struct(">d")
-_SIGN, _ALL = 1 << 63, (1 << 64) - 1
-
-
-def order_key(priority: float, seq: int) -> int:
-    """An int that sorts as (priority, seq) does: the heaps hold these, not tuples, because
-    a heap of ints pops in half the time (a queue thousands deep past saturation pops one
-    per prompt). A double's bits sort as the double does once a negative's are all flipped
-    and a positive's sign bit is set; adding 0.0 makes -0.0 the 0.0 it compares equal to."""
-    bits = int.from_bytes(_DOUBLE.pack(priority + 0.0), "big")
-    return (bits ^ _ALL if bits & _SIGN else bits | _SIGN) << SEQ_BITS | seq
+_Entry = tuple[float, int, Request]
 
 
 class WaitingQueue:
     def __init__(self, priority: Callable[[Request], float]):
         self.priority = priority
-        self._new: list[int] = []       # order_keys of those with no prefill yet (or preempted back to none)
-        self._started: list[int] = []   # and of those with part of the prompt computed
-        self._requests: dict[int, Request] = {}   # by order_key
+        self._new: list[_Entry] = []       # no prefill yet (or preempted back to none)
+        self._started: list[_Entry] = []   # part of the prompt computed
         self._new_tokens = self._started_tokens = 0
         # Ties go to the request that first arrived: a partly prefilled or preempted request
         # keeps its place rather than queueing behind newcomers of the same priority.
@@ -51,16 +38,15 @@ class WaitingQueue:
         return bool(self._new) or bool(self._started)
 
     def push(self, req: Request) -> None:
-        key = order_key(self.priority(req), self._first_seen.setdefault(req, len(self._first_seen)))
-        self._requests[key] = req
+        seq = self._first_seen.setdefault(req, len(self._first_seen))
         if req.kv_tokens:
-            heapq.heappush(self._started, key)
+            heapq.heappush(self._started, (self.priority(req), seq, req))
             self._started_tokens += req.prefill_remaining
         else:
-            heapq.heappush(self._new, key)
+            heapq.heappush(self._new, (self.priority(req), seq, req))
             self._new_tokens += req.prefill_remaining
 
-    def _front(self) -> list[int] | None:
+    def _front(self) -> list[_Entry] | None:
         """The heap whose head comes first overall, or None if both are empty."""
         if not self._started:
             return self._new or None
@@ -68,7 +54,7 @@ class WaitingQueue:
             return self._started
         return self._started if self._started[0] < self._new[0] else self._new
 
-    def _took(self, heap: list[int], req: Request) -> Request:
+    def _took(self, heap: list[_Entry], req: Request) -> Request:
         if heap is self._started:
             self._started_tokens -= req.prefill_remaining
         else:
@@ -79,7 +65,7 @@ class WaitingQueue:
         heap = self._front()
         if heap is None:
             raise IndexError("pop from an empty waiting queue")
-        return self._took(heap, self._requests.pop(heapq.heappop(heap)))
+        return self._took(heap, heapq.heappop(heap)[2])
 
     def pop_started(self) -> Request | None:
         """Take the first request, in priority order, whose prefill already holds its blocks.
@@ -87,15 +73,14 @@ class WaitingQueue:
         O(n), and used only when KV is short: then a new prompt that cannot get its blocks
         must not keep waiting the requests that hold theirs and could finish.
         """
-        requests = self._requests
-        found = min(((key, heap) for heap in (self._started, self._new) for key in heap if requests[key].kv_blocks),
+        found = min(((e, heap) for heap in (self._started, self._new) for e in heap if e[2].kv_blocks),
                     default=None, key=lambda pair: pair[0])
         if found is None:
             return None
-        key, heap = found
-        heap.remove(key)
+        entry, heap = found
+        heap.remove(entry)
         heapq.heapify(heap)
-        return self._took(heap, requests.pop(key))
+        return self._took(heap, entry[2])
 
     def forget(self, req: Request) -> None:
         """`req` finished: it will never be pushed again."""
@@ -103,23 +88,22 @@ class WaitingQueue:
 
     def peek(self) -> Request | None:
         heap = self._front()
-        return self._requests[heap[0]] if heap is not None else None
+        return heap[0][2] if heap is not None else None
 
     def __iter__(self) -> Iterator[Request]:
         """Every waiting request, in no particular order."""
-        requests = self._requests
-        return (requests[key] for key in chain(self._started, self._new))
+        return (entry[2] for entry in chain(self._started, self._new))
 
     def first_new(self, n: int) -> Iterator[Request]:
         """Up to `n` prompts with no prefill yet, in priority order, walking the heap lazily
         (O(k log k) for the k taken, whatever the queue's length)."""
-        heap, requests = self._new, self._requests
+        heap = self._new
         frontier = [(heap[0], 0)] if heap and n > 0 else []
         for _ in range(n):
             if not frontier:
                 return
-            key, i = heapq.heappop(frontier)
-            yield requests[key]
+            entry, i = heapq.heappop(frontier)
+            yield entry[2]
             for child in (2 * i + 1, 2 * i + 2):
                 if child < len(heap):
                     heapq.heappush(frontier, (heap[child], child))

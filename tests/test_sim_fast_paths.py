@@ -17,7 +17,6 @@ from nexus.kv import BlockPool
 from nexus.policy import make_policy
 from nexus.policy.step_error import StepError
 from nexus.specs import GPUS, MODELS
-from nexus.waiting import order_key
 from sim.engine import SimEngine
 from synthetic import make_trace
 
@@ -124,14 +123,3 @@ def test_mixed_budget_search_prices_candidates_as_mixed_step_time_does(seqs, kv_
     if tokens < policy.chunk_tokens:
         assert policy.mixed_step_time(cost, decode, tokens + 16, prior) > bound
 
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.floats(allow_nan=False) | st.sampled_from([0.0, -0.0, 1.5, -1.5]),
-                          st.integers(0, 2**40 - 1)), min_size=2, max_size=30, unique_by=lambda e: e[1]))
-def test_waiting_queue_keys_sort_as_priority_then_arrival_rank(entries):
-    """The waiting heaps hold ints that sort exactly as the (priority, rank) pairs they stand
-    for, negative priorities and -0.0 (equal to 0.0, so the rank decides) included."""
-    by_key = sorted(entries, key=lambda e: order_key(*e))
-    assert by_key == sorted(entries)
-    for a, b in zip(entries, entries[1:]):
-        assert (order_key(*a) < order_key(*b)) == (a < b)
