@@ -117,7 +117,8 @@ class SimEngine:
             return
         self._poke()
         # No second poke for the step this starts: the one above, at this same instant, has
-        # already cut every run and woken every sleeper (a third of all pokes).
+        # already cut every run and woken every sleeper (a third of all pokes): a run cut at this
+        # instant, read again, shows the progress the cut read (up to rounding), so it is kept.
         self._start(job.stream)
 
     def _after(self, finished: list[Request]) -> None:

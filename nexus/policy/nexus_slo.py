@@ -207,8 +207,8 @@ class NexusSLO(Policy):
         solo_time, step_overhead = cost.solo_time, cost.step_overhead
 
         def t(grains: int) -> float:
-            # mixed_step_time(cost, decode, grains * TOKEN_GRAIN, prior) written out: about five
-            # a search, 106k in a 20k-request run, and its two calls were a tenth of each.
+            # mixed_step_time(cost, decode, grains * TOKEN_GRAIN, prior) with two calls fewer:
+            # about five a search, 106k in a 20k-request ShareGPT run.
             shape = make_shape((((grains * TOKEN_GRAIN, prior),) if grains else (), seqs, kv_tokens))
             return float(solo_time(shape, FULL_GPU)) + step_overhead(shape)
 
