@@ -114,7 +114,7 @@ def both_ways(cost, shape, sms, other, other_sms):
 
 
 # A split search's shapes: mostly one phase each (a prefill batch beside a decode batch).
-one_sided = st.one_of(st.builds(BatchShape, chunks.filter(lambda c: any(n > 0 for n, _ in c))),
+one_sided = st.one_of(st.builds(lambda c: BatchShape(c), chunks.filter(lambda c: any(n > 0 for n, _ in c))),
                       st.builds(lambda seqs, kv: BatchShape((), seqs, kv), st.integers(1, 300),
                                 st.integers(0, 300 * 8192)),
                       shapes)
@@ -193,3 +193,14 @@ def test_a_wrapped_model_is_priced_through_its_own_solo_time():
     got = corun_times(wrapped, shape, p, other, 132 - p)
     want = corun_times(cost, shape, p, other, 132 - p)
     assert np.array_equal(got[0], 2.0 * want[0]) and np.array_equal(got[1], 2.0 * want[1])
+
+
+def test_a_shape_that_computes_nothing_slows_nothing_in_one_pass():
+    """A prompt chunk beside a negative decode count adds up to no tokens: `slowdown` treats it
+    as empty (a factor of 1 both ways), and so does the one-pass answer."""
+    cost = fresh("h100-sxm")
+    shape, nothing = BatchShape((), 1, 0), BatchShape(((1, 0),), -1, 0)
+    p = np.array(GPUS["h100-sxm"].partition_sizes())
+    assert nothing.is_empty and cost.corun_times_fast(shape, 132 - p, nothing, p) is None
+    got = corun_times(cost, shape, 132 - p, nothing, p)
+    assert got[0].tolist() == cost.solo_time(shape, 132 - p).tolist()

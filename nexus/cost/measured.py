@@ -623,7 +623,7 @@ class MeasuredCost:
             return None
         pre, dec = shape.prefill_tokens > 0, shape.decode_seqs > 0
         other_pre, other_dec = other.prefill_tokens > 0, other.decode_seqs > 0
-        if pre == dec or other_pre == other_dec:
+        if pre == dec or other_pre == other_dec or shape.is_empty or other.is_empty:
             return None   # empty, or mixing prefill and decode: `slowdown` weighs two phases
         at, other_at = self._columns_at(sms), self._columns_at(other_sms)
         own = np.array((self._use_at(shape, at), self._use_at(other, other_at)))
