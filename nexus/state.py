@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nexus.cost.base import FULL_GPU, BatchShape, CostModel
+from nexus.cost.base import FULL_GPU, BatchShape, CostModel, make_shape
 from nexus.kv import BlockPool
 from nexus.metrics import TokenGaps
 from nexus.request import Request
@@ -61,10 +61,10 @@ class Batch:
     def shape(self, state: "ServingState", steps_ahead: int = 0) -> BatchShape:
         chunks = tuple([(n, req.kv_tokens) for req, n in self.prefill]) if self.prefill else ()
         if not self.decode:
-            return BatchShape(chunks)
+            return make_shape((chunks, 0, 0))
         running = state.running
         b = running.batch_size
-        return BatchShape(chunks, b, running.kv_tokens() + b * (steps_ahead + 1))
+        return make_shape((chunks, b, running.kv_tokens() + b * (steps_ahead + 1)))
 
 
 class ServingState:

@@ -10,6 +10,7 @@ A stream's loop reads as three lines:
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 from nexus.cost.base import BatchShape
@@ -41,6 +42,8 @@ class StepRecord(NamedTuple):
 
 
 TIMELINE_COLUMNS = list(StepRecord._fields)
+# StepRecord(...) without the named tuple's generated __new__ (a Python frame per step).
+_record = partial(tuple.__new__, StepRecord)
 
 
 def chunks_text(chunks: tuple[tuple[int, int], ...]) -> str:
@@ -119,8 +122,8 @@ class Stepper:
         for n, prior in shape.prefill_chunks:   # one chunk per batch.prefill entry
             prefill_tokens += n
             prior_tokens += prior
-        record = StepRecord(start_s, end_s, step.stream, step.sms, prefill_tokens, step.decode_seqs,
-                            steps if batch.decode else 0, state.kv.usage, prior_tokens,
-                            shape.decode_kv_tokens, len(shape.prefill_chunks),
-                            chunks_text(shape.prefill_chunks) if prefill_tokens else "")
+        record = _record((start_s, end_s, step.stream, step.sms, prefill_tokens, step.decode_seqs,
+                          steps if batch.decode else 0, state.kv.usage, prior_tokens,
+                          shape.decode_kv_tokens, len(shape.prefill_chunks),
+                          chunks_text(shape.prefill_chunks) if prefill_tokens else ""))
         return record, finished

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from nexus.cost.base import BatchShape, CostModel
+from nexus.cost.base import BatchShape, CostModel, slowdowns
 from sim.clock import Clock
 
 _EPS = 1e-12
@@ -108,8 +108,8 @@ class FluidGPU:
             a, b = jobs
             rated = self._rated
             if rated is None or rated[0] is not a or rated[1] is not b:
-                a.rate = 1.0 / float(self.cost.slowdown(a.shape, a.sms, b.shape, b.sms))
-                b.rate = 1.0 / float(self.cost.slowdown(b.shape, b.sms, a.shape, a.sms))
+                slow_a, slow_b = slowdowns(self.cost, a.shape, a.sms, b.shape, b.sms)
+                a.rate, b.rate = 1.0 / float(slow_a), 1.0 / float(slow_b)
                 self._rated = (a, b)
             delay, other = a.remaining / a.rate, b.remaining / b.rate
             if other < delay:

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nexus.cost import load_cost_model
-from nexus.cost.base import FULL_GPU, BatchShape
+from nexus.cost.base import FULL_GPU, BatchShape, corun_times, make_shape, slowdowns
 from nexus.specs import GPUS, MODELS
 
 COSTS = {gpu: load_cost_model(MODELS["llama-3.1-8b"], GPUS[gpu], None) for gpu in ("h100-sxm", "h200")}
@@ -104,3 +104,103 @@ def test_slowdowns_over_candidate_splits_are_the_scalar_paths_to_the_bit(pool, p
             assert got.tolist() == want
             got[:] = -1.0
             assert cost.slowdown(shape, mine.copy(), other, theirs.copy()).tolist() == want
+
+
+def both_ways(cost, shape, sms, other, other_sms):
+    """What corun_times and slowdowns stand for: the two one-sided questions, asked apart."""
+    return (cost.solo_time(shape, sms) * cost.slowdown(shape, sms, other, other_sms),
+            cost.solo_time(other, other_sms) * cost.slowdown(other, other_sms, shape, sms),
+            cost.slowdown(shape, sms, other, other_sms), cost.slowdown(other, other_sms, shape, sms))
+
+
+# A split search's shapes: mostly one phase each (a prefill batch beside a decode batch).
+one_sided = st.one_of(st.builds(lambda c: BatchShape(c), chunks.filter(lambda c: any(n > 0 for n, _ in c))),
+                      st.builds(lambda seqs, kv: BatchShape((), seqs, kv), st.integers(1, 300),
+                                st.integers(0, 300 * 8192)),
+                      shapes)
+
+
+@settings(max_examples=100, deadline=None)
+@given(one_sided, one_sided, st.booleans(), st.sampled_from(sorted(COSTS)), st.booleans())
+def test_both_sides_of_a_corun_in_one_pass_are_each_sides_own_to_the_bit(shape, other, swap, gpu, scaled):
+    """corun_times over candidate splits (one pass over stacked rows where both shapes are one
+    phase each, two slowdowns otherwise) gives each side's solo time times its slowdown, and
+    slowdowns at one SM count each gives both scalar slowdowns, with and without a co-run scale."""
+    cost = fresh(gpu)
+    if scaled:
+        cost.use_engine({**cost.engine, "corun_scale": {"prefill": 1.07, "decode": 0.93}})
+    p = np.array(GPUS[gpu].partition_sizes())
+    d = GPUS[gpu].num_sms - p
+    mine, theirs = (d, p) if swap else (p, d)
+    twin = fresh_like(cost)   # memoises nothing that `cost` is asked
+    t_shape, t_other, _, _ = both_ways(twin, shape, mine, other, theirs)
+    got = corun_times(cost, shape, mine, other, theirs)
+    assert got[0].tolist() == t_shape.tolist() and got[1].tolist() == t_other.tolist()
+    one_phase = all((s.prefill_tokens > 0) != (s.decode_seqs > 0) for s in (shape, other))
+    assert (cost.corun_times_fast(shape, mine, other, theirs) is not None) == one_phase
+    for a, b in zip(mine.tolist(), theirs.tolist()):
+        _, _, s_shape, s_other = both_ways(twin, shape, a, other, b)
+        assert slowdowns(cost, shape, a, other, b) == (s_shape, s_other)
+
+
+def fresh_like(cost):
+    """A model that has memoised nothing, with `cost`'s engine terms."""
+    twin = fresh(cost.gpu.name)
+    twin.use_engine(cost.engine)
+    return twin
+
+
+def test_pricing_both_sides_at_once_is_left_to_a_model_that_can():
+    """A cost model without the one-pass answers (the analytical one) is asked each side apart."""
+    cost = load_cost_model(MODELS["llama-3.1-8b"], GPUS["h100-sxm"], "analytical")
+    assert not hasattr(cost, "corun_times_fast") and not hasattr(cost, "slowdowns_fast")
+    shape, other = BatchShape(((700, 300),)), BatchShape((), 40, 40 * 900)
+    p = np.array(GPUS["h100-sxm"].partition_sizes())
+    t_shape, t_other, s_shape, s_other = both_ways(cost, shape, p, other, 132 - p)
+    got = corun_times(cost, shape, p, other, 132 - p)
+    assert np.array_equal(got[0], t_shape) and np.array_equal(got[1], t_other)
+    assert slowdowns(cost, shape, 64, other, 68) == (cost.slowdown(shape, 64, other, 68),
+                                                     cost.slowdown(other, 68, shape, 64))
+
+
+@given(chunks, st.integers(0, 300), st.integers(0, 300 * 8192))
+def test_make_shape_is_the_named_tuples_constructor(prefill_chunks, seqs, kv_tokens):
+    made = make_shape((prefill_chunks, seqs, kv_tokens))
+    want = BatchShape(prefill_chunks, seqs, kv_tokens)
+    assert type(made) is BatchShape and made == want and made.prefill_tokens == want.prefill_tokens
+
+
+class Slower:
+    """A wrapper that passes everything on to a model but doubles its solo times."""
+
+    def __init__(self, model):
+        self.model_ = model
+
+    def __getattr__(self, name):
+        return getattr(self.model_, name)
+
+    def solo_time(self, shape, sms):
+        return 2.0 * self.model_.solo_time(shape, sms)
+
+
+def test_a_wrapped_model_is_priced_through_its_own_solo_time():
+    """The one-pass answers belong to the model's class: a wrapper that passes attributes on
+    gets its own (doubled) solo times, not the wrapped model's shortcut."""
+    cost = fresh("h100-sxm")
+    wrapped = Slower(cost)
+    shape, other = BatchShape(((700, 0),)), BatchShape((), 40, 40 * 900)
+    p = np.array(GPUS["h100-sxm"].partition_sizes())
+    got = corun_times(wrapped, shape, p, other, 132 - p)
+    want = corun_times(cost, shape, p, other, 132 - p)
+    assert np.array_equal(got[0], 2.0 * want[0]) and np.array_equal(got[1], 2.0 * want[1])
+
+
+def test_a_shape_that_computes_nothing_slows_nothing_in_one_pass():
+    """A prompt chunk beside a negative decode count adds up to no tokens: `slowdown` treats it
+    as empty (a factor of 1 both ways), and so does the one-pass answer."""
+    cost = fresh("h100-sxm")
+    shape, nothing = BatchShape((), 1, 0), BatchShape(((1, 0),), -1, 0)
+    p = np.array(GPUS["h100-sxm"].partition_sizes())
+    assert nothing.is_empty and cost.corun_times_fast(shape, 132 - p, nothing, p) is None
+    got = corun_times(cost, shape, 132 - p, nothing, p)
+    assert got[0].tolist() == cost.solo_time(shape, 132 - p).tolist()

@@ -104,3 +104,22 @@ def test_loop_leaves_the_garbage_collector_as_it_found_it(enabled):
         assert gc.isenabled() == enabled
     finally:
         gc.enable() if was else gc.disable()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 256), st.integers(0, 256 * 4096), st.integers(0, 8192), st.sampled_from([0.02, 0.035, 0.05]))
+def test_mixed_budget_search_prices_candidates_as_mixed_step_time_does(seqs, kv_tokens, prior, tbt):
+    """The chunk search's own pricing of a candidate is mixed_step_time's: the budget it finds
+    meets the bound by that price, and a block more does not (or it is the most allowed)."""
+    policy = make_policy("nexus-slo", tbt_slo_s=tbt)
+    cost = load_cost_model(MODELS["llama-3.1-8b"], H100)
+    decode = BatchShape((), seqs, kv_tokens)
+    bound = policy._bound("mixed")
+    tokens = policy._mixed_tokens(cost, decode, prior, bound)
+    if tokens:
+        assert policy.mixed_step_time(cost, decode, tokens, prior) <= bound
+    else:
+        assert policy.mixed_step_time(cost, decode, 16, prior) > bound
+    if tokens < policy.chunk_tokens:
+        assert policy.mixed_step_time(cost, decode, tokens + 16, prior) > bound
+

@@ -1,6 +1,7 @@
 """The cost-model interface and the shape of one iteration's work."""
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple, Protocol
 
 import numpy as np
@@ -43,6 +44,11 @@ class BatchShape(NamedTuple):
         return self.tokens == 0
 
 
+
+# make_shape((chunks, seqs, kv_tokens)) is BatchShape(chunks, seqs, kv_tokens) without the named
+# tuple's generated __new__, a Python frame per shape (2-3% of a simulator's loop in py-spy).
+make_shape = partial(tuple.__new__, BatchShape)
+
 class CostModel(Protocol):
     """Answers: how long does this iteration take on `sms` SMs while the other phase runs that?
 
@@ -79,6 +85,39 @@ class CostModel(Protocol):
     def describe(self) -> dict:
         """Which model this is and where its parameters came from (for result files)."""
         ...
+
+
+def corun_times(cost: CostModel, shape: BatchShape, sms: int | np.ndarray, other: BatchShape,
+                other_sms: int | np.ndarray) -> tuple[float | np.ndarray, float | np.ndarray]:
+    """The times of two iterations that run side by side, each stretched by the other:
+    solo_time(shape) * slowdown(shape beside other), and the same for `other`.
+
+    A controller asks this for every candidate split at once. A model's class may answer it in
+    one pass (`corun_times_fast`, returning None where it has no shortcut); its answer must be
+    this one to the last bit. Looked up on the class, so that a wrapper which passes other
+    attributes on to a model (one that changes its solo times, say) is asked each side apart.
+    """
+    fast = getattr(type(cost), "corun_times_fast", None)
+    if fast is not None:
+        found = fast(cost, shape, sms, other, other_sms)
+        if found is not None:
+            return found
+    return (cost.solo_time(shape, sms) * cost.slowdown(shape, sms, other, other_sms),
+            cost.solo_time(other, other_sms) * cost.slowdown(other, other_sms, shape, sms))
+
+
+def slowdowns(cost: CostModel, shape: BatchShape, sms: int | np.ndarray, other: BatchShape,
+              other_sms: int | np.ndarray) -> tuple[float | np.ndarray, float | np.ndarray]:
+    """Both ways of one co-run: (slowdown of `shape` beside `other`, slowdown of `other` beside
+    `shape`). A model's class may answer both at once (`slowdowns_fast`, returning None where
+    it has no shortcut, looked up as corun_times's is); its answer must be this one to the
+    last bit."""
+    fast = getattr(type(cost), "slowdowns_fast", None)
+    if fast is not None:
+        found = fast(cost, shape, sms, other, other_sms)
+        if found is not None:
+            return found
+    return cost.slowdown(shape, sms, other, other_sms), cost.slowdown(other, other_sms, shape, sms)
 
 
 def sms_array(sms: int | np.ndarray, num_sms: int) -> np.ndarray:

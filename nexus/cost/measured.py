@@ -178,7 +178,8 @@ class _Phase:
         # Rise 0 is zero: only positive weights on non-increasing coefficients, in a fixed order.
         # A term of weight zero is left out rather than added as 0.0: every term is >= 0, so
         # the sum is the same to the bit (the scalar twin in _scalar_time adds them all), and
-        # on the arrays a split controller prices each term left out is two numpy calls fewer.
+        # on the arrays a split controller prices each term left out is two numpy calls fewer
+        # (a new prompt's chunk has no prior tokens: two of its three attention terms are zero).
         v = c[i] * wi if i else 0.0
         if j:
             v = v + c[j] * wj
@@ -186,7 +187,8 @@ class _Phase:
             v = v + c[k] * beyond
         for a in attention:   # columns k+1, k+2, ...
             k += 1
-            v = v + c[k] * a
+            if a:
+                v = v + c[k] * a
         return v
 
 
@@ -643,6 +645,33 @@ class MeasuredCost:
         return np.broadcast_to(factor, np.broadcast_shapes(np.shape(sms),
                                                            np.shape(other_sms))).copy()
 
+    def corun_times_fast(self, shape: BatchShape, sms: np.ndarray, other: BatchShape, other_sms: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray] | None:
+        """`nexus.cost.base.corun_times` over arrays of candidate splits, both sides in one pass:
+        the two slowdowns' terms stacked as rows, so each numpy call serves both (a split
+        search was bound by the count of numpy calls). Element by element the same operations
+        in the same order as `slowdown`'s array path, so the same bits; None (not answered here)
+        unless both SM arguments are arrays of one shape and each shape is one phase alone."""
+        if sms.__class__ is not np.ndarray or other_sms.__class__ is not np.ndarray or sms.shape != other_sms.shape:
+            return None
+        pre, dec = shape.prefill_tokens > 0, shape.decode_seqs > 0
+        other_pre, other_dec = other.prefill_tokens > 0, other.decode_seqs > 0
+        if pre == dec or other_pre == other_dec or shape.is_empty or other.is_empty:
+            return None   # empty, or mixing prefill and decode: `slowdown` weighs two phases
+        at, other_at = self._columns_at(sms), self._columns_at(other_sms)
+        own = np.array((self._use_at(shape, at), self._use_at(other, other_at)))
+        coef = np.array((self._corun_prefill if pre else self._corun_decode,
+                         self._corun_prefill if other_pre else self._corun_decode)).T[:, :, None]
+        excess = corun_excess(coef, self._corun_k, own, own[::-1], np.array((other_at.share, at.share)))
+        scale_p, scale_d = self._corun_scale
+        if scale_p == 1.0 and scale_d == 1.0:
+            factor = 1.0 + excess
+        else:
+            scale = np.array(((scale_p if pre else scale_d,), (scale_p if other_pre else scale_d,)))
+            factor = np.maximum(1.0, scale * (1.0 + excess))
+        times = np.array((self._solo_at(shape, at), self._solo_at(other, other_at))) * factor
+        return times[0], times[1]
+
     def _use(self, shape: BatchShape, sms: int) -> tuple[float, float, bool, bool] | None:
         """(bandwidth use, prefill's share of the solo time, has prefill, has decode) of `shape`
         alone on `sms` SMs, or None if it is empty; the terms `slowdown` reads, memoised."""
@@ -676,8 +705,24 @@ class MeasuredCost:
         mine, theirs = self._use(shape, sms), self._use(other, other_sms)
         if mine is None or theirs is None:
             return 1.0
+        return self._stretch(mine, theirs[0], other_sms)
+
+    def slowdowns_fast(self, shape: BatchShape, sms: int, other: BatchShape, other_sms: int
+                       ) -> tuple[float, float] | None:
+        """`nexus.cost.base.slowdowns` for one SM count each: both `_scalar_slowdown`s from one
+        look-up of each side's terms (the simulator asks for both whenever a GPU's pair of jobs
+        changes); None (not answered here) unless both SM counts are ints."""
+        if sms.__class__ is not int or other_sms.__class__ is not int:
+            return None
+        mine, theirs = self._use(shape, sms), self._use(other, other_sms)
+        if mine is None or theirs is None:
+            return 1.0, 1.0
+        return self._stretch(mine, theirs[0], other_sms), self._stretch(theirs, mine[0], sms)
+
+    def _stretch(self, mine: tuple[float, float, bool, bool], rival: float, other_sms: int) -> float:
+        """The slowdown of a side whose `_use` terms are `mine` beside a rival drawing `rival`
+        on `other_sms` SMs."""
         own, w, has_pre, has_dec = mine
-        rival = theirs[0]
         share = 1.0 if other_sms == FULL_GPU else other_sms / self.gpu.num_sms
         over = min(rival, max(own + rival - self._corun_k, 0.0))
         scale_p, scale_d = self._corun_scale

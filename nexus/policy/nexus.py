@@ -5,7 +5,7 @@ Prefill priority is `remaining tokens - gamma * seconds waited`. `spf=False` giv
 """
 from __future__ import annotations
 
-from nexus.cost.base import BatchShape
+from nexus.cost.base import make_shape
 from nexus.policy.base import Policy, decode_step, take_prefill_chunks
 from nexus.policy.split_controller import SplitController
 from nexus.request import Request
@@ -70,5 +70,5 @@ class Nexus(Policy):
         seqs = len(running)
         if not seqs:
             return self._split   # prefill runs alone on every SM; nothing to trade off
-        decode = BatchShape((), seqs, running.kv_tokens() + sum(r.kv_tokens for r in running.pending) + seqs)
+        decode = make_shape(((), seqs, running.kv_tokens() + sum(r.kv_tokens for r in running.pending) + seqs))
         return self._controller.choose(batch.shape(state), decode, state.kv.usage)

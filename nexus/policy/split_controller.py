@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from nexus.cost.base import FULL_GPU, BatchShape, CostModel
+from nexus.cost.base import FULL_GPU, BatchShape, CostModel, corun_times
 from nexus.state import Split
 
 
@@ -48,8 +48,7 @@ class SplitController:
 
     def _search(self, prefill: BatchShape, decode: BatchShape, decode_first: bool) -> int:
         cost, p, d = self.cost, self.prefill_sms, self.decode_sms
-        t_prefill = cost.solo_time(prefill, p) * cost.slowdown(prefill, p, decode, d)
-        t_decode = cost.solo_time(decode, d) * cost.slowdown(decode, d, prefill, p)
+        t_prefill, t_decode = corun_times(cost, prefill, p, decode, d)
         prefill_full = cost.solo_time(prefill, FULL_GPU)
         decode_full = cost.solo_time(decode, FULL_GPU)
         if decode_first:
