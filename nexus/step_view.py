@@ -96,14 +96,8 @@ def decode_scale(steps: pd.DataFrame) -> dict:
     """The median ratio of measured to predicted time over the decode steps that ran alone
     ("decode" in `steps`, a `step_table`), on the plain stream (SM count 0) and on partitions
     apart; 1.0 for either with fewer than MIN_CORUN_STEPS of them."""
-    out: dict = {"steps": {}}
     alone = steps[steps["kind"] == "decode"]
-    for where, mine in (("plain", alone[alone["sms"] == 0]), ("partitions", alone[alone["sms"] > 0])):
-        ratio = (mine["measured_s"] / mine["predicted_s"]).to_numpy()
-        ratio = ratio[np.isfinite(ratio)]
-        out["steps"][where] = int(ratio.size)
-        out[where] = round(float(np.median(ratio)), 4) if ratio.size >= MIN_CORUN_STEPS else 1.0
-    return out
+    return _scales({"plain": alone[alone["sms"] == 0], "partitions": alone[alone["sms"] > 0]})
 
 
 def corun_scale(steps: pd.DataFrame) -> dict:
@@ -114,14 +108,20 @@ def corun_scale(steps: pd.DataFrame) -> dict:
     Prefill steps count only if they hold one prompt or the timeline recorded their chunks
     (`prefill_shape`): from a step's sums alone, prompts of unequal length are priced as equal
     shares, which attend over fewer pairs, and would skew the scale."""
-    out: dict = {"steps": {}}
     single = steps["prefill_chunks"] <= 1 if "prefill_chunks" in steps else True
     if "prefill_shape" in steps:
         single = single | steps["prefill_shape"].map(lambda t: chunks_from_text(t) is not None)
-    for phase in ("prefill", "decode"):
-        mine = steps[(steps["kind"] == f"{phase}+corun") & (single if phase == "prefill" else True)]
+    return _scales({"prefill": steps[(steps["kind"] == "prefill+corun") & single],
+                    "decode": steps[steps["kind"] == "decode+corun"]})
+
+
+def _scales(groups: dict[str, pd.DataFrame]) -> dict:
+    """Per group of steps, the median measured / predicted time (1.0 with fewer than
+    MIN_CORUN_STEPS of them), and under "steps" how many each had."""
+    out: dict = {"steps": {}}
+    for name, mine in groups.items():
         ratio = (mine["measured_s"] / mine["predicted_s"]).to_numpy()
         ratio = ratio[np.isfinite(ratio)]
-        out["steps"][phase] = int(ratio.size)
-        out[phase] = round(float(np.median(ratio)), 4) if ratio.size >= MIN_CORUN_STEPS else 1.0
+        out["steps"][name] = int(ratio.size)
+        out[name] = round(float(np.median(ratio)), 4) if ratio.size >= MIN_CORUN_STEPS else 1.0
     return out
