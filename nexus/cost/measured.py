@@ -229,6 +229,17 @@ class _AtSMs:
         self.uses: dict[int, tuple[BatchShape, np.ndarray]] = {}
 
 
+def _hold(memo: dict, shape: BatchShape, value: float | np.ndarray) -> float | np.ndarray:
+    """`value`, kept in one of `_AtSMs`'s memos under the shape object (held there, so that its
+    id stays its own) if it is an array, made read-only first."""
+    if isinstance(value, np.ndarray):
+        value.flags.writeable = False
+        if len(memo) >= 64:
+            memo.clear()
+        memo[id(shape)] = (shape, value)
+    return value
+
+
 def _served_scale(engine: dict, key: str, parts: tuple[str, str], where: str) -> tuple[float, float]:
     """The pair of factors engine[key] gives for `parts`, (1, 1) where it has none."""
     scale = engine.get(key)
@@ -508,13 +519,7 @@ class MeasuredCost:
         plan = self._plan(shape)
         if plan is None:
             return np.zeros(at.s.shape)
-        t = self._time(plan, at.prefill, at.decode)
-        if isinstance(t, np.ndarray):
-            t.flags.writeable = False
-            if len(times) >= 64:
-                times.clear()
-            times[id(shape)] = (shape, t)
-        return t
+        return _hold(times, shape, self._time(plan, at.prefill, at.decode))
 
     def _use_at(self, shape: BatchShape, at: _AtSMs) -> float | np.ndarray:
         """The share of the chip's bandwidth `shape` draws alone at an array of SM counts
@@ -523,13 +528,7 @@ class MeasuredCost:
         entry = uses.get(id(shape))
         if entry is not None and entry[0] is shape:
             return entry[1]
-        use = self._total_bytes(shape) / self._solo_at(shape, at) / self._bandwidth
-        if isinstance(use, np.ndarray):
-            use.flags.writeable = False
-            if len(uses) >= 64:
-                uses.clear()
-            uses[id(shape)] = (shape, use)
-        return use
+        return _hold(uses, shape, self._total_bytes(shape) / self._solo_at(shape, at) / self._bandwidth)
 
     def _columns_at(self, sms: int | np.ndarray) -> _AtSMs:
         """The checked SM array and what is memoised at it (`_AtSMs`), memoised by its contents."""
