@@ -448,8 +448,10 @@ def refit_file(path: str | Path, holdout_fraction: float = 0.25, seed: int = 0,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nexus.cost.fit",
-                                     description="Refit a calibration file in place and print "
-                                                 "its held-out error.")
+                                     description="Refit a calibration file in place, measure its "
+                                                 "served scales again from the engine replay beside it "
+                                                 "(NAME.replay.csv.gz; none without one), and print its "
+                                                 "held-out error.")
     parser.add_argument("calibration", help="calibration JSON file")
     parser.add_argument("--holdout", type=float, default=0.25,
                         help="fraction of grid points held out to measure error (default 0.25)")
