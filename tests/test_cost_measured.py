@@ -278,6 +278,22 @@ def test_extrapolates_sanely_outside_the_measured_sms(truth):
         assert abs_pct(c.solo_time(shape, 8), truth.solo_time(shape, 8)) < 10.0
 
 
+def test_a_measured_plain_stream_is_not_clipped_by_the_partitions_trend(truth):
+    # The two largest partitions fall steeply, as noise makes them do: extrapolating that fall
+    # to every SM once priced the plain stream 8% under its own points (an H200 profile).
+    data = synthetic(sms=[FULL_GPU, 48, 64, 80, 96], corun=False, noise=0.0)
+    for kind in ("prefill", "decode"):
+        for rec in data["measurements"][kind]:
+            if rec["sms"] == 80:
+                rec["time_s"] *= 1.08
+    c = MeasuredCost(LLAMA8, H100, fit_calibration(data)["fit"])
+    for shape in (BatchShape(decode_seqs=8, decode_kv_tokens=8192), BatchShape(decode_seqs=64, decode_kv_tokens=64000),
+                  BatchShape(((1024, 0),))):
+        assert abs_pct(c.solo_time(shape, FULL_GPU), truth.solo_time(shape, FULL_GPU)) < 2.0
+        t = c.solo_time(shape, ALL_SMS)
+        assert np.all(np.diff(t) <= 0.0) and c.solo_time(shape, FULL_GPU) <= t[-1]
+
+
 @pytest.mark.parametrize("sms", [[FULL_GPU], [64], [FULL_GPU, 64]], ids=str)
 def test_a_profile_of_few_sm_counts_still_answers_every_one(sms, truth):
     c = MeasuredCost(LLAMA8, H100, fit_calibration(synthetic(sms=sms, corun=False))["fit"])

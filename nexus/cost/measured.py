@@ -7,7 +7,8 @@ SM count 0..num_sms, so a call is a bisection, a few list look-ups and multiply-
 Between measured SM counts each coefficient is interpolated linearly in 1/s (exact for
 work that scales with SMs, and for work that has stopped scaling). Outside them it is
 extrapolated from the two nearest columns along 1/s, but never past the
-nearest measured value nor beyond perfect scaling from it (s0/s times it). Each
+nearest measured value nor beyond perfect scaling from it (s0/s times it); above the largest
+partition, a measured plain stream stands in for a partition of every SM. Each
 coefficient is then made non-increasing in s, and the plain stream (FULL_GPU) no slower
 than a partition of every SM. Because every term is a non-negative weight times such a
 coefficient, and is evaluated in the same order for every s, more SMs never predict a
@@ -64,9 +65,15 @@ def tabulate(sms: list[int], coef: np.ndarray, num_sms: int) -> np.ndarray:
     else:
         g = np.array(green, dtype=float)
         vals = np.array([by_s[x] for x in green])
-        if len(green) == 1 and full is not None and green[0] < num_sms:
-            # A lone partition: interpolate toward the plain stream standing in for all SMs.
-            g, vals = np.array([g[0], num_sms], dtype=float), np.stack([vals[0], full])
+        if full is not None and green[-1] < num_sms:
+            # Above the largest partition, interpolate toward the measured plain stream standing
+            # in for all SMs, rather than extrapolate the partitions' trend past it: that trend
+            # is a difference of two noisy columns, and the plain stream may be no slower than
+            # it. On an H200 profile whose 108- and 116-SM decode columns happened to fall
+            # steeply, the extrapolated 132 SMs clipped the measured plain stream to 8% under
+            # its own points at batch 1 (5.09 against 5.54 ms), and every chunked decode step
+            # with it.
+            g, vals = np.append(g, float(num_sms)), np.vstack([vals, full])
         inv, x = 1.0 / g, 1.0 / s
         out = np.empty((num_sms, coef.shape[1]))
         for k in range(coef.shape[1]):
