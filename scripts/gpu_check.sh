@@ -2,7 +2,7 @@
 # Run the real engine's GPU tests and benchmarks on a CUDA machine; results go to OUTDIR.
 #
 #   bash scripts/gpu_check.sh [OUTDIR]          GPU tests, roofline and host-overhead benchmarks, and a
-#                                               bench smoke run (~8 min on an H100)
+#                                               bench smoke run (~10 min on an H100)
 #   FULL=1 bash scripts/gpu_check.sh [OUTDIR]   also a fresh profile (all parts) and nexus-real validate
 #                                               on four workloads, all on this GPU (each step <= 10 min)
 #   MAXRATE=1 bash scripts/gpu_check.sh [OUTDIR]  also nexus-real max-rate of nexus-slo against tuned and
@@ -40,6 +40,7 @@ step gpu_tests 900 $PY -m pytest -m gpu --noconftest -p no:cacheprovider -q -rs 
     --junitxml "$OUTDIR/gpu_tests.xml"
 step bench_real_roofline 600 $PY experiments/bench_real_roofline.py --out "$OUTDIR/real_roofline_h200.json"
 step bench_decode_contexts 300 $PY experiments/bench_decode_contexts.py --out "$OUTDIR/decode_contexts_h200.json"
+step bench_decode_drift 300 $PY experiments/bench_decode_drift.py --seconds 120 --out "$OUTDIR/decode_drift_h200.json"
 step bench_corun_window 300 $PY experiments/bench_corun_window.py --out "$OUTDIR/corun_window_h200.json"
 step bench_host_overhead 600 $PY experiments/bench_host_overhead.py --out "$OUTDIR/host_overhead_h100.json"
 step bench_smoke 600 $PY -m real.cli bench --trace traces/sharegpt.jsonl --limit 100 \
