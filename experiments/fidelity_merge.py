@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         text = text.replace("\n\n", f"\n\n{args.note}\n\n", 1)
     lines = ["", "Summaries, median % error abs / signed (the study, then each ablation: the same engine "
              "runs rescored):", "", "| scored with | band | cases | TTFT mean | TTFT p95 | TBT mean | TBT p95 |",
-             "|---|---|---|---|---|---|---|", *summary_line("as run", record["summary"])]
+             "|---|---|---|---|---|---|---|", *summary_line("the study", record["summary"])]
     for name, summary in record["ablations"].items():
         lines += summary_line(name, summary)
     out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
