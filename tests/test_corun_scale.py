@@ -150,6 +150,21 @@ def test_a_plain_stream_scaled_up_is_still_no_slower_than_a_partition_of_every_s
         assert cost.solo_time(shape, 0) <= cost.solo_time(shape, GPU.num_sms)
 
 
+def test_partitions_scaled_below_the_plain_stream_leave_the_plain_streams_own_scale():
+    # An H200 replay read plain x0.993, partitions x0.938; capping the plain stream at the
+    # scaled partitions once priced it at x0.938, and its own replay read 1.059 against that.
+    plain, scaled = cost_with(None), cost_with(None, {"plain": 0.993, "partitions": 0.938})
+    for batch, context in ((1, 512), (64, 1024), (256, 4096)):
+        shape = BatchShape(decode_seqs=batch, decode_kv_tokens=batch * context)
+        assert scaled.solo_time(shape, 0) == pytest.approx(0.993 * plain.solo_time(shape, 0), rel=1e-12)
+        t = scaled.solo_time(shape, np.arange(1, GPU.num_sms + 1))
+        assert np.all(np.diff(t) <= 0.0) and scaled.solo_time(shape, 0) <= t[-1]
+        # Clamped term by term (which keeps every term monotone in SMs): at least the scaled
+        # partition and the plain stream, at most the unscaled partition.
+        t68 = scaled.solo_time(shape, 68)
+        assert max(0.938 * plain.solo_time(shape, 68), scaled.solo_time(shape, 0)) <= t68 <= plain.solo_time(shape, 68)
+
+
 @pytest.mark.parametrize("shape, other", [(DECODE, PREFILL), (MIXED, DECODE), (PREFILL, DECODE)])
 def test_decode_scaled_scalar_path_is_the_array_paths_to_the_bit(shape, other):
     cost = cost_with({"prefill": 1.03, "decode": 1.12}, {"plain": 0.96, "partitions": 0.99})

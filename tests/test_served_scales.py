@@ -50,3 +50,21 @@ def test_a_malformed_replay_is_named_and_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "cal.replay.csv.gz" in err and err.count("\n") == 1
     assert cal.read_text() == before   # nothing written
+
+
+def test_the_shipped_scales_applied_leave_the_replay_unbiased():
+    """What the scales promise: priced by the shipped model, served scales included, the
+    profile's own replay reads a median measured/predicted of 1 for each kind of step. (A
+    plain stream capped at scaled-down partitions once read 1.059 here.)"""
+    import pandas as pd
+
+    from nexus.cost import load_cost_model
+    from nexus.cost.served import read_replay
+    from nexus.specs import GPUS, MODELS
+    from nexus.step_view import corun_scale, decode_scale, step_table
+
+    cost = load_cost_model(MODELS["llama-3.1-8b"], GPUS["h200"], str(SHIPPED))
+    steps = pd.concat([step_table(tl, cost) for tl in read_replay(SHIPPED)], ignore_index=True)
+    decode, corun = decode_scale(steps), corun_scale(steps)
+    for ratio in (decode["plain"], decode["partitions"], corun["prefill"], corun["decode"]):
+        assert ratio == pytest.approx(1.0, abs=0.01)
