@@ -311,6 +311,9 @@ def profile_command(args: argparse.Namespace, console: Console) -> int:
             s = err[kind]
             if s.get("n"):
                 console.print(f"{kind:15s} held-out median {s['median_abs_pct']:.2f}%  P90 {s['p90_abs_pct']:.2f}%")
+        from nexus.cost.fit import bias_warnings
+        for line in bias_warnings(err.get("bias_pct", {})):
+            console.print(f"warning: {line}")
     return 0
 
 

@@ -17,7 +17,7 @@ from nexus.cost.analytical import AnalyticalCost
 from nexus.cost.base import FULL_GPU, BatchShape, CostModel
 from nexus.cost.calibration import (merge_calibrations, new_calibration, read_calibration,
                                     write_calibration)
-from nexus.cost.fit import (decode_shape, fit_calibration, fit_params, main, nnls,
+from nexus.cost.fit import (BIAS_WARN_PCT, bias_warnings, decode_shape, fit_calibration, fit_params, main, nnls,
                             prefill_shape, split_holdout)
 from nexus.cost.measured import MeasuredCost, densify
 from nexus.errors import UserError
@@ -292,6 +292,30 @@ def test_a_measured_plain_stream_is_not_clipped_by_the_partitions_trend(truth):
         assert abs_pct(c.solo_time(shape, FULL_GPU), truth.solo_time(shape, FULL_GPU)) < 2.0
         t = c.solo_time(shape, ALL_SMS)
         assert np.all(np.diff(t) <= 0.0) and c.solo_time(shape, FULL_GPU) <= t[-1]
+
+
+def test_a_clean_fit_reports_no_column_bias(fitted):
+    bias = fitted["fit_error"]["bias_pct"]
+    assert set(bias) == {"prefill", "decode"} and set(bias["decode"]) == {str(s) for s in SMS}
+    assert max(abs(b) for cols in bias.values() for b in cols.values()) < BIAS_WARN_PCT
+    assert bias_warnings(bias) == []
+
+
+def test_a_column_the_fit_cannot_follow_is_reported(tmp_path, capsys):
+    # A plain stream measured 12% slower than 96-SM partitions: more SMs may never be slower,
+    # so the fit holds it at the partitions' time, and that column reads about 11% under.
+    data = synthetic(sms=[FULL_GPU, 48, 64, 80, 96], corun=False, noise=0.0)
+    for rec in data["measurements"]["decode"]:
+        if rec["sms"] == FULL_GPU:
+            rec["time_s"] *= 1.12
+    bias = fit_calibration(data)["fit_error"]["bias_pct"]
+    assert bias["decode"]["0"] < -BIAS_WARN_PCT
+    assert all(abs(b) < BIAS_WARN_PCT for s, b in bias["decode"].items() if s != "0")
+    assert [w.split(":")[0] for w in bias_warnings(bias)] == ["decode on the plain stream"]
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps(data))
+    assert main([str(path)]) == 0
+    assert "warning: decode on the plain stream: the fit is" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("sms", [[FULL_GPU], [64], [FULL_GPU, 64]], ids=str)
