@@ -30,7 +30,7 @@ import copy
 import math
 from bisect import bisect_right
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -302,6 +302,7 @@ class MeasuredCost:
         # slowdowns at every retiming while it runs); decode shapes rarely recur for long.
         self._plans: dict[BatchShape, tuple | None] = {}
         self._chunk_parts: dict[tuple, float] = {}   # see _scalar_time
+        self._mixed_parts: dict[tuple[int, int, int], dict[int, float]] = {}   # see mixed_step_times
         self._uses: dict[tuple[int, int], tuple[BatchShape, tuple | None]] = {}
         self._columns: dict[tuple, _AtSMs] = {}
         self._decode_lines: dict[tuple[int, int], tuple[float, float, float]] = {}
@@ -373,7 +374,8 @@ class MeasuredCost:
                 raise UserError(f"{where}: engine.decode_graphs must be {{'buckets': [positive batch "
                                 f"sizes]}}, got {graphs!r}") from None
         # The graphs pad the steps, so times worked out before no longer hold.
-        for memo in (self._plans, self._chunk_parts, self._uses, self._columns, self._decode_lines):
+        for memo in (self._plans, self._chunk_parts, self._mixed_parts, self._uses, self._columns,
+                     self._decode_lines):
             memo.clear()
 
     def _padded_tokens(self, chunks: tuple[tuple[int, int], ...], tokens: int, decode_rows: int = 0) -> int:
@@ -469,15 +471,10 @@ class MeasuredCost:
         key = (chunks, seqs, s)
         t = self._chunk_parts.get(key)
         if t is None:
-            tokens, own, cross, prior = prefill_attention(chunks) if chunks else (0, 0, 0, 0)
-            if not tokens:
+            t = self._chunk_part(chunks, seqs, s) if chunks else None
+            if t is None:
                 plan = self._make_plan(shape)   # decode only, or nothing
                 return 0.0 if plan is None else self._time(plan, self._prefill.rows[s], self._decode.rows[s])
-            phase = self._prefill
-            i, wi, j, wj, beyond = phase.locate(self._padded_tokens(chunks, tokens, seqs))
-            c, k = phase.rows[s], phase.k
-            v = (c[i] * wi if i else 0.0) + (c[j] * wj if j else 0.0) + c[k] * beyond
-            t = c[0] + (v + c[k + 1] * own + c[k + 2] * cross + c[k + 3] * prior)
             if len(self._chunk_parts) >= _CACHE_LIMIT:
                 self._chunk_parts.clear()
             self._chunk_parts[key] = t
@@ -487,6 +484,54 @@ class MeasuredCost:
                 t = t + self._decode.rows[s][self._decode.k + 1] * decode_kv
             t = max(t, self._mixed[0] + self._mixed[1] * seqs)
         return t
+
+    def _chunk_part(self, chunks: tuple[tuple[int, int], ...], seqs: int, s: int) -> float | None:
+        """The part of `_scalar_time` that the prompt chunks decide: the prefill curve at the
+        padded step, and the chunks' attention; None if they hold no token."""
+        tokens, own, cross, prior = prefill_attention(chunks)
+        if not tokens:
+            return None
+        phase = self._prefill
+        i, wi, j, wj, beyond = phase.locate(self._padded_tokens(chunks, tokens, seqs))
+        c, k = phase.rows[s], phase.k
+        v = (c[i] * wi if i else 0.0) + (c[j] * wj if j else 0.0) + c[k] * beyond
+        return c[0] + (v + c[k + 1] * own + c[k + 2] * cross + c[k + 3] * prior)
+
+    def mixed_step_times(self, prior: int, seqs: int, kv_tokens: int, sms: int) -> Callable[[int], float]:
+        """`n -> float(solo_time(shape, sms)) + step_overhead(shape)`, to the last bit, where
+        `shape` is a chunk of n tokens after `prior` cached ones beside a decode step of `seqs`
+        sequences over `kv_tokens` KV tokens (n = 0: the decode step alone).
+
+        nexus-slo's budget search asks about five of these a step, for chunk sizes it asked
+        before beside the same batch size: here each is a memo look-up by n and a few float
+        operations, where building and pricing a shape was a sixth of that policy's loop."""
+        if not 0 <= sms <= self.gpu.num_sms:
+            self._check_sms(sms)   # raises
+        seqs = seqs if seqs > 0 else 0
+        overhead = self.step_overhead(BatchShape((), seqs, kv_tokens))
+        key = (prior, seqs, sms)
+        parts = self._mixed_parts.get(key)
+        if parts is None:
+            if len(self._mixed_parts) >= _CACHE_LIMIT:
+                self._mixed_parts.clear()
+            parts = self._mixed_parts[key] = {}
+        per_kv_token = self._decode.rows[sms][self._decode.k + 1]
+        floor = self._mixed[0] + self._mixed[1] * seqs
+
+        def step_time(n: int) -> float:
+            if n <= 0:
+                shape = BatchShape((), seqs, kv_tokens)
+                return float(self.solo_time(shape, sms)) + overhead
+            t = parts.get(n)
+            if t is None:
+                t = parts[n] = self._chunk_part(((n, prior),), seqs, sms)
+            if seqs:   # as _scalar_time adds the decode step
+                if kv_tokens:
+                    t = t + per_kv_token * kv_tokens
+                t = max(t, floor)
+            return t + overhead
+
+        return step_time
 
     def _check_sms(self, s: int) -> int:
         if not 0 <= s <= self.gpu.num_sms:
