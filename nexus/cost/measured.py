@@ -607,14 +607,7 @@ class MeasuredCost:
     def _total_bytes(self, shape: BatchShape) -> float:
         seqs = shape.decode_seqs
         if not shape.prefill_chunks and seqs > 0:
-            # Decode: only the attention operator (the last) depends on the KV tokens.
-            head = self._decode_bytes_head.get(seqs)
-            if head is None:
-                ops = self._bytes_of(BatchShape((), seqs, 0)).ops
-                head = self._decode_bytes_head[seqs] = tuple(b for _, b in ops[:-1])
-            work = self._bytes_of
-            return sum((*head, work._kv_bytes_per_token * shape.decode_kv_tokens
-                        + work._q_bytes_per_token * seqs))
+            return self._decode_bytes(seqs, shape.decode_kv_tokens)
         entry = self._bytes.get(id(shape))
         if entry is not None and entry[0] is shape:
             return entry[1]
@@ -623,6 +616,16 @@ class MeasuredCost:
         b = self._bytes_of.total_bytes(shape)
         self._bytes[id(shape)] = (shape, b)
         return b
+
+    def _decode_bytes(self, seqs: int, kv_tokens: int) -> float:
+        """`_total_bytes` of a decode step: only the attention operator (the last) depends on
+        the KV tokens, so the others are memoised by batch size."""
+        head = self._decode_bytes_head.get(seqs)
+        if head is None:
+            ops = self._bytes_of(BatchShape((), seqs, 0)).ops
+            head = self._decode_bytes_head[seqs] = tuple(b for _, b in ops[:-1])
+        work = self._bytes_of
+        return sum((*head, work._kv_bytes_per_token * kv_tokens + work._q_bytes_per_token * seqs))
 
     def memory_demand(self, shape: BatchShape, sms: int | np.ndarray) -> float | np.ndarray:
         """Average HBM bytes/s the iteration draws alone on `sms` SMs (bytes from the model's
@@ -726,8 +729,15 @@ class MeasuredCost:
         entry = self._uses.get(key)
         if entry is not None and entry[0] is shape:
             return entry[1]
-        prefill_tokens, seqs = shape.prefill_tokens, shape.decode_seqs
-        if prefill_tokens + seqs == 0:   # shape.is_empty
+        seqs = shape.decode_seqs
+        if not shape.prefill_chunks and seqs > 0:
+            # A decode step (most jobs): its bytes and its time, as _total_bytes and solo_time
+            # give them, without asking either (a new job's terms are asked once per pairing).
+            fixed, rest, per_kv_token = self._decode_line(seqs, sms)
+            kv_tokens = shape.decode_kv_tokens
+            use = (self._decode_bytes(seqs, kv_tokens) / (fixed + (rest + per_kv_token * kv_tokens))
+                   / self._bandwidth, 1.0, False, True)
+        elif (prefill_tokens := shape.prefill_tokens) + seqs == 0:   # shape.is_empty
             use = None
         else:
             own = self._total_bytes(shape) / self.solo_time(shape, sms) / self._bandwidth
