@@ -46,6 +46,7 @@ def test_scalar_slowdown_is_the_array_paths_to_the_bit(shape, sms, other, other_
     want = float(cost.slowdown(shape, np.array([sms]), other, np.array([other_sms]))[0])
     assert cost.slowdown(shape, sms, other, other_sms) == want
     assert cost.slowdown(shape, sms, other, other_sms) == want      # from the memoised terms
+    assert cost.slowdown(BatchShape(*shape), sms, BatchShape(*other), other_sms) == want   # equal ones
 
 
 def fresh(gpu):

@@ -44,6 +44,7 @@ from nexus.errors import UserError
 from nexus.specs import GPUSpec, ModelSpec
 
 _CACHE_LIMIT = 4096
+_UNKNOWN = object()   # a memo's "not asked yet", where None is an answer
 # Points per interval between measured sizes at which the base curve is tabulated.
 SEGMENT_STEPS = 16
 
@@ -304,6 +305,7 @@ class MeasuredCost:
         self._chunk_parts: dict[tuple, float] = {}   # see _scalar_time
         self._mixed_parts: dict[tuple[int, int, int], dict[int, float]] = {}   # see mixed_step_times
         self._uses: dict[tuple[int, int], tuple[BatchShape, tuple | None]] = {}
+        self._uses_by_shape: dict[tuple[BatchShape, int], tuple | None] = {}   # see _use
         self._columns: dict[tuple, _AtSMs] = {}
         self._decode_lines: dict[tuple[int, int], tuple[float, float, float]] = {}
         self._decode_bytes_head: dict[int, tuple[float, ...]] = {}
@@ -374,8 +376,8 @@ class MeasuredCost:
                 raise UserError(f"{where}: engine.decode_graphs must be {{'buckets': [positive batch "
                                 f"sizes]}}, got {graphs!r}") from None
         # The graphs pad the steps, so times worked out before no longer hold.
-        for memo in (self._plans, self._chunk_parts, self._mixed_parts, self._uses, self._columns,
-                     self._decode_lines):
+        for memo in (self._plans, self._chunk_parts, self._mixed_parts, self._uses, self._uses_by_shape,
+                     self._columns, self._decode_lines):
             memo.clear()
 
     def _padded_tokens(self, chunks: tuple[tuple[int, int], ...], tokens: int, decode_rows: int = 0) -> int:
@@ -724,7 +726,8 @@ class MeasuredCost:
         alone on `sms` SMs, or None if it is empty; the terms `slowdown` reads, memoised."""
         # Keyed by the shape object (held in the entry, so its id stays its own): the
         # simulator asks again for the shapes of the jobs it runs, and hashing a shape's
-        # chunks costs more than the look-up saves. An equal shape elsewhere just recomputes.
+        # chunks costs more than that look-up saves. Only where it misses are the contents
+        # looked up (below), for shapes with chunks.
         key = (id(shape), sms)
         entry = self._uses.get(key)
         if entry is not None and entry[0] is shape:
@@ -737,21 +740,35 @@ class MeasuredCost:
             kv_tokens = shape.decode_kv_tokens
             use = (self._decode_bytes(seqs, kv_tokens) / (fixed + (rest + per_kv_token * kv_tokens))
                    / self._bandwidth, 1.0, False, True)
-        elif (prefill_tokens := shape.prefill_tokens) + seqs == 0:   # shape.is_empty
-            use = None
         else:
-            own = self._total_bytes(shape) / self.solo_time(shape, sms) / self._bandwidth
-            has_pre, has_dec = prefill_tokens > 0, seqs > 0
-            w = 1.0
-            if has_pre and has_dec:
-                tp = self.solo_time(BatchShape(prefill_chunks=shape.prefill_chunks), sms)
-                w = tp / (tp + self.solo_time(BatchShape(decode_seqs=shape.decode_seqs,
-                                                         decode_kv_tokens=shape.decode_kv_tokens), sms))
-            use = (own, w, has_pre, has_dec)
+            # A step with prompt chunks: two in three that a split policy runs have the chunks
+            # of one before it (whole short prompts, or full chunks of long ones), so its terms
+            # are also memoised by the shape's contents.
+            use = self._uses_by_shape.get((shape, sms), _UNKNOWN)
+            if use is _UNKNOWN:
+                use = self._chunked_use(shape, sms)
+                if len(self._uses_by_shape) >= _CACHE_LIMIT:
+                    self._uses_by_shape.clear()
+                self._uses_by_shape[(shape, sms)] = use
         if len(self._uses) >= _CACHE_LIMIT:
             self._uses.clear()
         self._uses[key] = (shape, use)
         return use
+
+    def _chunked_use(self, shape: BatchShape, sms: int) -> tuple[float, float, bool, bool] | None:
+        """`_use` worked out afresh, for a shape that is not a decode step alone."""
+        seqs = shape.decode_seqs
+        prefill_tokens = shape.prefill_tokens
+        if prefill_tokens + seqs == 0:   # shape.is_empty
+            return None
+        own = self._total_bytes(shape) / self.solo_time(shape, sms) / self._bandwidth
+        has_pre, has_dec = prefill_tokens > 0, seqs > 0
+        w = 1.0
+        if has_pre and has_dec:
+            tp = self.solo_time(BatchShape(prefill_chunks=shape.prefill_chunks), sms)
+            w = tp / (tp + self.solo_time(BatchShape(decode_seqs=shape.decode_seqs,
+                                                     decode_kv_tokens=shape.decode_kv_tokens), sms))
+        return own, w, has_pre, has_dec
 
     def _scalar_slowdown(self, shape: BatchShape, sms: int, other: BatchShape, other_sms: int) -> float:
         """`slowdown` for one SM count each: the same arithmetic, in the same order, as the
