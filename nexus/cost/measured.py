@@ -219,25 +219,26 @@ SERVED_SCALES = ("corun_scale", "decode_scale")
 
 class _AtSMs:
     """What the model has worked out at one array of SM counts: the array, both phases'
-    columns at it, its SM shares, and per shape (by object, held so its id stays its own)
-    the solo times and bandwidth uses at it. A controller scores one shape on one array of
-    candidate splits several times (its own time, then inside both slowdowns)."""
+    columns at it, its SM shares, and per shape (by its contents) the solo times and bandwidth
+    uses at it. A controller scores one shape on one array of candidate splits several times
+    (its own time, then inside both slowdowns), and Nexus's controller meets the chunks of an
+    earlier step in two searches in three."""
     __slots__ = ("s", "prefill", "decode", "share", "times", "uses")
 
     def __init__(self, s: np.ndarray, prefill: _Columns, decode: _Columns, share: np.ndarray):
         self.s, self.prefill, self.decode, self.share = s, prefill, decode, share
-        self.times: dict[int, tuple[BatchShape, np.ndarray]] = {}
-        self.uses: dict[int, tuple[BatchShape, np.ndarray]] = {}
+        self.times: dict[BatchShape, np.ndarray] = {}
+        self.uses: dict[BatchShape, np.ndarray] = {}
 
 
 def _hold(memo: dict, shape: BatchShape, value: float | np.ndarray) -> float | np.ndarray:
-    """`value`, kept in one of `_AtSMs`'s memos under the shape object (held there, so that its
-    id stays its own) if it is an array, made read-only first."""
+    """`value`, kept in one of `_AtSMs`'s memos under the shape if it is an array, made
+    read-only first."""
     if isinstance(value, np.ndarray):
         value.flags.writeable = False
         if len(memo) >= 64:
             memo.clear()
-        memo[id(shape)] = (shape, value)
+        memo[shape] = value
     return value
 
 
@@ -557,12 +558,12 @@ class MeasuredCost:
         return self._solo_at(shape, self._columns_at(sms))
 
     def _solo_at(self, shape: BatchShape, at: _AtSMs) -> float | np.ndarray:
-        """solo_time at an array of SM counts, memoised there by the shape object; read-only,
-        so that no caller can change what the next one is given."""
+        """solo_time at an array of SM counts, memoised there by the shape; read-only, so that
+        no caller can change what the next one is given."""
         times = at.times
-        entry = times.get(id(shape))
-        if entry is not None and entry[0] is shape:
-            return entry[1]
+        memoised = times.get(shape)
+        if memoised is not None:
+            return memoised
         plan = self._plan(shape)
         if plan is None:
             return np.zeros(at.s.shape)
@@ -572,9 +573,9 @@ class MeasuredCost:
         """The share of the chip's bandwidth `shape` draws alone at an array of SM counts
         (its bytes over its solo time), memoised there like `_solo_at`."""
         uses = at.uses
-        entry = uses.get(id(shape))
-        if entry is not None and entry[0] is shape:
-            return entry[1]
+        memoised = uses.get(shape)
+        if memoised is not None:
+            return memoised
         return _hold(uses, shape, self._total_bytes(shape) / self._solo_at(shape, at) / self._bandwidth)
 
     def _columns_at(self, sms: int | np.ndarray) -> _AtSMs:
