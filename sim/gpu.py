@@ -58,8 +58,8 @@ class FluidGPU:
         self.one_stream = one_stream
         self.jobs: list[Job] = []
         # With one stream: the job running, if it is a run that shorten_runs may cut (else None),
-        # so that the engine need not ask an idle or single-step GPU (on two GPUs, four asks
-        # in five found nothing to cut).
+        # so that the engine need not ask an idle or single-step GPU (on two GPUs, three asks
+        # in four found nothing to cut: 155k of 204k in a 20k-request run).
         self.run: Job | None = None
         self._synced_at = 0.0
         self._generation = 0
