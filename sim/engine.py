@@ -78,7 +78,8 @@ class SimEngine:
     def _poke(self, started: Job | None = None) -> None:
         """Something changed: repeatable decode runs stop at their next step; idle streams wake."""
         for gpu in self.gpus:
-            gpu.shorten_runs(keep_whole=started)
+            if not gpu.one_stream or (gpu.run is not None and gpu.run is not started):
+                gpu.shorten_runs(keep_whole=started)
         if self.asleep:
             self.asleep = 0
             idle = self.idle

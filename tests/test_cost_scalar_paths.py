@@ -46,6 +46,7 @@ def test_scalar_slowdown_is_the_array_paths_to_the_bit(shape, sms, other, other_
     want = float(cost.slowdown(shape, np.array([sms]), other, np.array([other_sms]))[0])
     assert cost.slowdown(shape, sms, other, other_sms) == want
     assert cost.slowdown(shape, sms, other, other_sms) == want      # from the memoised terms
+    assert cost.slowdown(BatchShape(*shape), sms, BatchShape(*other), other_sms) == want   # equal ones
 
 
 def fresh(gpu):
@@ -69,6 +70,24 @@ def test_memoised_chunk_parts_give_a_fresh_models_times(batches, asks, gpu):
         want = fresh(gpu).solo_time(shape, sms)
         assert cost.solo_time(shape, sms) == want
         assert cost.solo_time(shape, sms) == general(shape, sms, cost)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 16384), st.integers(0, 300)), min_size=1, max_size=3),
+       st.lists(st.tuples(st.integers(0, 2), st.integers(0, 4096), st.integers(0, 300 * 8192),
+                          st.sampled_from(SIZES)), min_size=1, max_size=30),
+       st.sampled_from(sorted(COSTS)))
+def test_mixed_step_times_are_solo_time_and_overhead_to_the_bit(batches, asks, gpu):
+    """nexus-slo's budget search prices a chunk of n tokens beside a decode step through
+    mixed_step_times: asked in any order (its chunk parts memoised by prior tokens, decode rows
+    and SMs), each is solo_time plus the host gap, of a model that never answered anything."""
+    cost = fresh(gpu)
+    for i, n, kv_tokens, sms in asks:
+        prior, seqs = batches[i % len(batches)]
+        shape = BatchShape(((n, prior),) if n else (), seqs, kv_tokens)
+        want = fresh(gpu)
+        assert cost.mixed_step_times(prior, seqs, kv_tokens, sms)(n) == \
+            float(want.solo_time(shape, sms)) + want.step_overhead(shape)
 
 
 def test_new_engine_graphs_reprice_steps_priced_before():

@@ -31,7 +31,7 @@ import copy
 import math
 from bisect import bisect_right
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -45,6 +45,7 @@ from nexus.errors import UserError
 from nexus.specs import GPUSpec, ModelSpec
 
 _CACHE_LIMIT = 4096
+_UNKNOWN = object()   # a memo's "not asked yet", where None is an answer
 # Points per interval between measured sizes at which the base curve is tabulated.
 SEGMENT_STEPS = 16
 
@@ -232,25 +233,26 @@ SERVED_SCALES = ("corun_scale", "decode_scale")
 
 class _AtSMs:
     """What the model has worked out at one array of SM counts: the array, both phases'
-    columns at it, its SM shares, and per shape (by object, held so its id stays its own)
-    the solo times and bandwidth uses at it. A controller scores one shape on one array of
-    candidate splits several times (its own time, then inside both slowdowns)."""
+    columns at it, its SM shares, and per shape (by its contents) the solo times and bandwidth
+    uses at it. A controller scores one shape on one array of candidate splits several times
+    (its own time, then inside both slowdowns), and Nexus's controller meets the chunks of an
+    earlier step in two searches in three."""
     __slots__ = ("s", "prefill", "decode", "share", "times", "uses")
 
     def __init__(self, s: np.ndarray, prefill: _Columns, decode: _Columns, share: np.ndarray):
         self.s, self.prefill, self.decode, self.share = s, prefill, decode, share
-        self.times: dict[int, tuple[BatchShape, np.ndarray]] = {}
-        self.uses: dict[int, tuple[BatchShape, np.ndarray]] = {}
+        self.times: dict[BatchShape, np.ndarray] = {}
+        self.uses: dict[BatchShape, np.ndarray] = {}
 
 
 def _hold(memo: dict, shape: BatchShape, value: float | np.ndarray) -> float | np.ndarray:
-    """`value`, kept in one of `_AtSMs`'s memos under the shape object (held there, so that its
-    id stays its own) if it is an array, made read-only first."""
+    """`value`, kept in one of `_AtSMs`'s memos under the shape if it is an array, made
+    read-only first."""
     if isinstance(value, np.ndarray):
         value.flags.writeable = False
         if len(memo) >= 64:
             memo.clear()
-        memo[id(shape)] = (shape, value)
+        memo[shape] = value
     return value
 
 
@@ -316,7 +318,9 @@ class MeasuredCost:
         # slowdowns at every retiming while it runs); decode shapes rarely recur for long.
         self._plans: dict[BatchShape, tuple | None] = {}
         self._chunk_parts: dict[tuple, float] = {}   # see _scalar_time
+        self._mixed_parts: dict[tuple[int, int, int], dict[int, float]] = {}   # see mixed_step_times
         self._uses: dict[tuple[int, int], tuple[BatchShape, tuple | None]] = {}
+        self._uses_by_shape: dict[tuple[BatchShape, int], tuple | None] = {}   # see _use
         self._columns: dict[tuple, _AtSMs] = {}
         self._decode_lines: dict[tuple[int, int], tuple[float, float, float]] = {}
         self._decode_bytes_head: dict[int, tuple[float, ...]] = {}
@@ -387,7 +391,8 @@ class MeasuredCost:
                 raise UserError(f"{where}: engine.decode_graphs must be {{'buckets': [positive batch "
                                 f"sizes]}}, got {graphs!r}") from None
         # The graphs pad the steps, so times worked out before no longer hold.
-        for memo in (self._plans, self._chunk_parts, self._uses, self._columns, self._decode_lines):
+        for memo in (self._plans, self._chunk_parts, self._mixed_parts, self._uses, self._uses_by_shape,
+                     self._columns, self._decode_lines):
             memo.clear()
 
     def _padded_tokens(self, chunks: tuple[tuple[int, int], ...], tokens: int, decode_rows: int = 0) -> int:
@@ -483,15 +488,10 @@ class MeasuredCost:
         key = (chunks, seqs, s)
         t = self._chunk_parts.get(key)
         if t is None:
-            tokens, own, cross, prior = prefill_attention(chunks) if chunks else (0, 0, 0, 0)
-            if not tokens:
+            t = self._chunk_part(chunks, seqs, s) if chunks else None
+            if t is None:
                 plan = self._make_plan(shape)   # decode only, or nothing
                 return 0.0 if plan is None else self._time(plan, self._prefill.rows[s], self._decode.rows[s])
-            phase = self._prefill
-            i, wi, j, wj, beyond = phase.locate(self._padded_tokens(chunks, tokens, seqs))
-            c, k = phase.rows[s], phase.k
-            v = (c[i] * wi if i else 0.0) + (c[j] * wj if j else 0.0) + c[k] * beyond
-            t = c[0] + (v + c[k + 1] * own + c[k + 2] * cross + c[k + 3] * prior)
             if len(self._chunk_parts) >= _CACHE_LIMIT:
                 self._chunk_parts.clear()
             self._chunk_parts[key] = t
@@ -501,6 +501,54 @@ class MeasuredCost:
                 t = t + self._decode.rows[s][self._decode.k + 1] * decode_kv
             t = max(t, self._mixed[0] + self._mixed[1] * seqs)
         return t
+
+    def _chunk_part(self, chunks: tuple[tuple[int, int], ...], seqs: int, s: int) -> float | None:
+        """The part of `_scalar_time` that the prompt chunks decide: the prefill curve at the
+        padded step, and the chunks' attention; None if they hold no token."""
+        tokens, own, cross, prior = prefill_attention(chunks)
+        if not tokens:
+            return None
+        phase = self._prefill
+        i, wi, j, wj, beyond = phase.locate(self._padded_tokens(chunks, tokens, seqs))
+        c, k = phase.rows[s], phase.k
+        v = (c[i] * wi if i else 0.0) + (c[j] * wj if j else 0.0) + c[k] * beyond
+        return c[0] + (v + c[k + 1] * own + c[k + 2] * cross + c[k + 3] * prior)
+
+    def mixed_step_times(self, prior: int, seqs: int, kv_tokens: int, sms: int) -> Callable[[int], float]:
+        """`n -> float(solo_time(shape, sms)) + step_overhead(shape)`, to the last bit, where
+        `shape` is a chunk of n tokens after `prior` cached ones beside a decode step of `seqs`
+        sequences over `kv_tokens` KV tokens (n = 0: the decode step alone).
+
+        nexus-slo's budget search asks about five of these a step, for chunk sizes it asked
+        before beside the same batch size: here each is a memo look-up by n and a few float
+        operations (the search was a sixth of that policy's loop; this took a tenth off it)."""
+        if not 0 <= sms <= self.gpu.num_sms:
+            self._check_sms(sms)   # raises
+        seqs = seqs if seqs > 0 else 0
+        overhead = self.step_overhead(BatchShape((), seqs, kv_tokens))
+        key = (prior, seqs, sms)
+        parts = self._mixed_parts.get(key)
+        if parts is None:
+            if len(self._mixed_parts) >= _CACHE_LIMIT:
+                self._mixed_parts.clear()
+            parts = self._mixed_parts[key] = {}
+        per_kv_token = self._decode.rows[sms][self._decode.k + 1]
+        floor = self._mixed[0] + self._mixed[1] * seqs
+
+        def step_time(n: int) -> float:
+            if n <= 0:
+                shape = BatchShape((), seqs, kv_tokens)
+                return float(self.solo_time(shape, sms)) + overhead
+            t = parts.get(n)
+            if t is None:
+                t = parts[n] = self._chunk_part(((n, prior),), seqs, sms)
+            if seqs:   # as _scalar_time adds the decode step
+                if kv_tokens:
+                    t = t + per_kv_token * kv_tokens
+                t = max(t, floor)
+            return t + overhead
+
+        return step_time
 
     def _check_sms(self, s: int) -> int:
         if not 0 <= s <= self.gpu.num_sms:
@@ -524,12 +572,12 @@ class MeasuredCost:
         return self._solo_at(shape, self._columns_at(sms))
 
     def _solo_at(self, shape: BatchShape, at: _AtSMs) -> float | np.ndarray:
-        """solo_time at an array of SM counts, memoised there by the shape object; read-only,
-        so that no caller can change what the next one is given."""
+        """solo_time at an array of SM counts, memoised there by the shape; read-only, so that
+        no caller can change what the next one is given."""
         times = at.times
-        entry = times.get(id(shape))
-        if entry is not None and entry[0] is shape:
-            return entry[1]
+        memoised = times.get(shape)
+        if memoised is not None:
+            return memoised
         plan = self._plan(shape)
         if plan is None:
             return np.zeros(at.s.shape)
@@ -539,9 +587,9 @@ class MeasuredCost:
         """The share of the chip's bandwidth `shape` draws alone at an array of SM counts
         (its bytes over its solo time), memoised there like `_solo_at`."""
         uses = at.uses
-        entry = uses.get(id(shape))
-        if entry is not None and entry[0] is shape:
-            return entry[1]
+        memoised = uses.get(shape)
+        if memoised is not None:
+            return memoised
         return _hold(uses, shape, self._total_bytes(shape) / self._solo_at(shape, at) / self._bandwidth)
 
     def _columns_at(self, sms: int | np.ndarray) -> _AtSMs:
@@ -576,14 +624,7 @@ class MeasuredCost:
     def _total_bytes(self, shape: BatchShape) -> float:
         seqs = shape.decode_seqs
         if not shape.prefill_chunks and seqs > 0:
-            # Decode: only the attention operator (the last) depends on the KV tokens.
-            head = self._decode_bytes_head.get(seqs)
-            if head is None:
-                ops = self._bytes_of(BatchShape((), seqs, 0)).ops
-                head = self._decode_bytes_head[seqs] = tuple(b for _, b in ops[:-1])
-            work = self._bytes_of
-            return sum((*head, work._kv_bytes_per_token * shape.decode_kv_tokens
-                        + work._q_bytes_per_token * seqs))
+            return self._decode_bytes(seqs, shape.decode_kv_tokens)
         entry = self._bytes.get(id(shape))
         if entry is not None and entry[0] is shape:
             return entry[1]
@@ -592,6 +633,16 @@ class MeasuredCost:
         b = self._bytes_of.total_bytes(shape)
         self._bytes[id(shape)] = (shape, b)
         return b
+
+    def _decode_bytes(self, seqs: int, kv_tokens: int) -> float:
+        """`_total_bytes` of a decode step: only the attention operator (the last) depends on
+        the KV tokens, so the others are memoised by batch size."""
+        head = self._decode_bytes_head.get(seqs)
+        if head is None:
+            ops = self._bytes_of(BatchShape((), seqs, 0)).ops
+            head = self._decode_bytes_head[seqs] = tuple(b for _, b in ops[:-1])
+        work = self._bytes_of
+        return sum((*head, work._kv_bytes_per_token * kv_tokens + work._q_bytes_per_token * seqs))
 
     def memory_demand(self, shape: BatchShape, sms: int | np.ndarray) -> float | np.ndarray:
         """Average HBM bytes/s the iteration draws alone on `sms` SMs (bytes from the model's
@@ -690,27 +741,49 @@ class MeasuredCost:
         alone on `sms` SMs, or None if it is empty; the terms `slowdown` reads, memoised."""
         # Keyed by the shape object (held in the entry, so its id stays its own): the
         # simulator asks again for the shapes of the jobs it runs, and hashing a shape's
-        # chunks costs more than the look-up saves. An equal shape elsewhere just recomputes.
+        # chunks costs more than that look-up saves. Only where it misses are the contents
+        # looked up (below), for shapes with chunks.
         key = (id(shape), sms)
         entry = self._uses.get(key)
         if entry is not None and entry[0] is shape:
             return entry[1]
-        prefill_tokens, seqs = shape.prefill_tokens, shape.decode_seqs
-        if prefill_tokens + seqs == 0:   # shape.is_empty
-            use = None
+        seqs = shape.decode_seqs
+        if not shape.prefill_chunks and seqs > 0:
+            # A decode step (most jobs): its bytes and its time, as _total_bytes and solo_time
+            # give them, without asking either (a new job's terms are asked once per pairing).
+            fixed, rest, per_kv_token = self._decode_line(seqs, sms)
+            kv_tokens = shape.decode_kv_tokens
+            use = (self._decode_bytes(seqs, kv_tokens) / (fixed + (rest + per_kv_token * kv_tokens))
+                   / self._bandwidth, 1.0, False, True)
         else:
-            own = self._total_bytes(shape) / self.solo_time(shape, sms) / self._bandwidth
-            has_pre, has_dec = prefill_tokens > 0, seqs > 0
-            w = 1.0
-            if has_pre and has_dec:
-                tp = self.solo_time(BatchShape(prefill_chunks=shape.prefill_chunks), sms)
-                w = tp / (tp + self.solo_time(BatchShape(decode_seqs=shape.decode_seqs,
-                                                         decode_kv_tokens=shape.decode_kv_tokens), sms))
-            use = (own, w, has_pre, has_dec)
+            # A step with prompt chunks: two in three that a split policy runs have the chunks
+            # of one before it (whole short prompts, or full chunks of long ones), so its terms
+            # are also memoised by the shape's contents.
+            use = self._uses_by_shape.get((shape, sms), _UNKNOWN)
+            if use is _UNKNOWN:
+                use = self._chunked_use(shape, sms)
+                if len(self._uses_by_shape) >= _CACHE_LIMIT:
+                    self._uses_by_shape.clear()
+                self._uses_by_shape[(shape, sms)] = use
         if len(self._uses) >= _CACHE_LIMIT:
             self._uses.clear()
         self._uses[key] = (shape, use)
         return use
+
+    def _chunked_use(self, shape: BatchShape, sms: int) -> tuple[float, float, bool, bool] | None:
+        """`_use` worked out afresh, for a shape that is not a decode step alone."""
+        seqs = shape.decode_seqs
+        prefill_tokens = shape.prefill_tokens
+        if prefill_tokens + seqs == 0:   # shape.is_empty
+            return None
+        own = self._total_bytes(shape) / self.solo_time(shape, sms) / self._bandwidth
+        has_pre, has_dec = prefill_tokens > 0, seqs > 0
+        w = 1.0
+        if has_pre and has_dec:
+            tp = self.solo_time(BatchShape(prefill_chunks=shape.prefill_chunks), sms)
+            w = tp / (tp + self.solo_time(BatchShape(decode_seqs=shape.decode_seqs,
+                                                     decode_kv_tokens=shape.decode_kv_tokens), sms))
+        return own, w, has_pre, has_dec
 
     def _scalar_slowdown(self, shape: BatchShape, sms: int, other: BatchShape, other_sms: int) -> float:
         """`slowdown` for one SM count each: the same arithmetic, in the same order, as the
