@@ -307,13 +307,9 @@ def profile_command(args: argparse.Namespace, console: Console) -> int:
                    log=lambda m: console.print(m))
     err = data.get("fit_error")
     if err:
-        for kind in ("prefill", "decode", "corun_slowdown", "mixed"):
-            s = err[kind]
-            if s.get("n"):
-                console.print(f"{kind:15s} held-out median {s['median_abs_pct']:.2f}%  P90 {s['p90_abs_pct']:.2f}%")
-        from nexus.cost.fit import bias_warnings
-        for line in bias_warnings(err.get("bias_pct", {})):
-            console.print(f"warning: {line}")
+        from nexus.cost.fit import fit_report
+        for line in fit_report(err):
+            console.print(line)
     return 0
 
 

@@ -44,10 +44,10 @@ class BatchShape(NamedTuple):
         return self.tokens == 0
 
 
-
 # make_shape((chunks, seqs, kv_tokens)) is BatchShape(chunks, seqs, kv_tokens) without the named
 # tuple's generated __new__, a Python frame per shape (2-3% of a simulator's loop in py-spy).
 make_shape = partial(tuple.__new__, BatchShape)
+
 
 class CostModel(Protocol):
     """Answers: how long does this iteration take on `sms` SMs while the other phase runs that?

@@ -437,6 +437,17 @@ def bias_warnings(bias: dict[str, dict[str, float]]) -> list[str]:
     return lines
 
 
+def fit_report(fit_error: dict[str, Any]) -> list[str]:
+    """What a refit or a profile prints of its fit: the held-out error of each kind, then a
+    warning for each column off its own points (bias_warnings)."""
+    lines = []
+    for kind in ("prefill", "decode", "corun_slowdown", "mixed"):
+        s = fit_error.get(kind, {})
+        lines.append(f"{kind:15s} held-out median {s['median_abs_pct']:6.2f}%  P90 {s['p90_abs_pct']:6.2f}%  "
+                     f"n={s['n']}" if s.get("n") else f"{kind:15s} no held-out points")
+    return lines + [f"warning: {line}" for line in bias_warnings(fit_error.get("bias_pct", {}))]
+
+
 def fit_calibration(data: dict[str, Any], holdout_fraction: float = 0.25,
                     seed: int = 0) -> dict[str, Any]:
     """{"fit": parameters fitted on all measurements, "fit_error": held-out error}.
@@ -501,15 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for kind in ("prefill", "decode", "corun_slowdown", "mixed"):
-        s = err[kind]
-        if s["n"]:
-            print(f"{kind:15s} median {s['median_abs_pct']:6.2f}%  P90 {s['p90_abs_pct']:6.2f}%  "
-                  f"n={s['n']}")
-        else:
-            print(f"{kind:15s} no held-out points")
-    for line in bias_warnings(err.get("bias_pct", {})):
-        print(f"warning: {line}")
+    for line in fit_report(err):
+        print(line)
     return 0
 
 
