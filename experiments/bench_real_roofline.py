@@ -12,8 +12,14 @@ them). Per shape:
 - time_ms: GPU time of the step, CUDA events around its work queued behind a sleep kernel, so
   host work does not show; median of --reps steps.
 - wall_ms: host clock around `runner.step` (packing, launches, wait), median over --reps
-  consecutive steps; host_fraction = (wall_ms - time_ms) / time_ms is the host time the GPU
-  waits for; `stability` gives how far those consecutive steps stray from their median.
+  consecutive steps; `stability` gives how far those steps stray from their median.
+- time_ms_consecutive: the GPU time of those same back-to-back steps (events around each CUDA
+  graph step's own work, `ModelRunner.timing_steps`); host_ms = wall less that, step by step:
+  the time the GPU waits for the host. host_fraction = median host_ms / time_ms_consecutive.
+  Back to back, compute-bound steps run at the power limit with lower clocks, so
+  time_ms_consecutive can exceed time_ms; subtracting time_ms from the wall instead would
+  charge that slowdown to the host. Eager steps (no graph) have no such events: their
+  host_fraction is (wall_ms - time_ms) / time_ms, an upper bound (`host_measured`).
 - decode: fraction = (weight bytes + KV bytes read) / copy bandwidth / time. Weight bytes count
   every matrix a step reads (all layers, final norm, LM head) and of the embedding only the
   rows looked up. `floor_ms` is the sum of each kernel group's own bound (dense layers:
@@ -116,20 +122,30 @@ def time_step(runner: ModelRunner, batch: list[Chunk], part: Partition, reps: in
         runner.step(batch, part)
     torch.cuda.synchronize()
     wall = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        runner.step(batch, part)
-        wall.append((time.perf_counter() - t) * 1e3)
+    with runner.timing_steps() as busy:
+        for _ in range(reps):
+            t = time.perf_counter()
+            runner.step(batch, part)
+            wall.append((time.perf_counter() - t) * 1e3)
     med_wall = statistics.median(wall)
     rested = statistics.median(_gpu_times(runner, batch, part, 5, 2 * max(wall) + 2, cycles_per_ms))
-    host_ms = max(med_wall - rested, 0.0)
-    gpu = _gpu_times(runner, batch, part, reps, 1.5 * host_ms + 1, cycles_per_ms)
+    gap_ms = max(med_wall - rested, 0.0)
+    gpu = _gpu_times(runner, batch, part, reps, 1.5 * gap_ms + 1, cycles_per_ms)
     med_gpu = statistics.median(gpu)
     dev = [abs(w - med_wall) / med_wall for w in wall]
-    return {"time_ms": med_gpu, "wall_ms": med_wall, "host_fraction": (med_wall - med_gpu) / med_gpu,
-            "time_ms_rested": rested,
-            "stability": {"max_dev": max(dev), "within_5pct": sum(d <= 0.05 for d in dev) / len(dev)},
-            "times_ms": [round(t, 4) for t in gpu], "wall_times_ms": [round(t, 4) for t in wall]}
+    timing = {"time_ms": med_gpu, "wall_ms": med_wall, "time_ms_rested": rested,
+              "stability": {"max_dev": max(dev), "within_5pct": sum(d <= 0.05 for d in dev) / len(dev)},
+              "times_ms": [round(t, 4) for t in gpu], "wall_times_ms": [round(t, 4) for t in wall]}
+    if len(busy) == reps:
+        host = [w - b for w, b in zip(wall, busy)]
+        consecutive = statistics.median(busy)
+        timing.update(time_ms_consecutive=consecutive, host_ms=statistics.median(host),
+                      host_fraction=statistics.median(host) / consecutive, host_measured="events",
+                      consecutive_times_ms=[round(b, 4) for b in busy])
+    else:
+        timing.update(host_ms=med_wall - med_gpu, host_fraction=(med_wall - med_gpu) / med_gpu,
+                      host_measured="wall less time_ms")
+    return timing
 
 
 # ---------------------------------------------------------------- ceilings

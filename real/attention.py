@@ -17,6 +17,7 @@ gathering each sequence's blocks, and is the reference the kernels are tested ag
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -287,13 +288,18 @@ if HAVE_TRITON:
 
 
 LOG2E = 1.4426950408889634
-# Tile sizes and launch settings (bf16, head_dim <= 128), chosen by measurement on an H100;
-# decode's by a sweep on an H200 (experiments/bench_step_breakdown.py, results in
+# Tile sizes and launch settings (bf16, head_dim <= 128), chosen by measurement. Prefill's on an
+# H200: 128-key tiles over three stages run a 2k chunk after an 8k prefix at 375 TFLOP/s
+# against 340 with 64-key tiles over two (8k and 2k prompts alone: +2%, +3%). They need about
+# 224 KB of shared memory a block, which only Hopper-class GPUs have; others keep the smaller
+# tiles. Decode's by a sweep on an H200 (experiments/bench_step_breakdown.py, results in
 # experiments/results/decode_attention_sweep_h200.json): a third stage streams 5-9% faster at
 # 64x1k, 256x1k and 64x4k, and batches of up to 32 rows, which hold few programs to keep
 # bytes in flight, stream long contexts 20% faster with 128-key tiles on 8 warps
 # (16x16k: 1.00 of copy bandwidth against 0.83).
-PREFILL_CONFIG = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
+PREFILL_CONFIG = dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3)
+PREFILL_CONFIG_LESS_SMEM = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
+PREFILL_CONFIG_SMEM = 224 * 1024
 DECODE_CONFIG = dict(BLOCK_N=DECODE_BLOCK_N, num_warps=4, num_stages=3)
 DECODE_CONFIG_FEW_ROWS = dict(BLOCK_N=128, num_warps=8, num_stages=3)
 FEW_ROWS = 32
@@ -304,10 +310,20 @@ def _precision(q: torch.Tensor) -> str:
     return "ieee" if q.dtype == torch.float32 else "tf32"
 
 
+@functools.cache
+def _shared_memory(device: torch.device) -> int:
+    """Shared memory one block may opt in to on `device` (0 where unknown, as on CPU)."""
+    if device.type != "cuda":
+        return 0
+    props = torch.cuda.get_device_properties(device)
+    # Hopper and datacenter Blackwell (compute capability 9.x, 10.x) offer 227 KB.
+    return getattr(props, "shared_memory_per_block_optin", 227 * 1024 if props.major in (9, 10) else 0)
+
+
 def _prefill_triton(q, k_cache, v_cache, meta, scale, out):
     _, h, d = q.shape
     kv = k_cache.shape[2]
-    cfg = dict(PREFILL_CONFIG)
+    cfg = dict(PREFILL_CONFIG if _shared_memory(q.device) >= PREFILL_CONFIG_SMEM else PREFILL_CONFIG_LESS_SMEM)
     if q.dtype == torch.float32 or d > 128:
         # Twice the bytes a tile: keep shared memory in bounds.
         cfg.update(BLOCK_M=64, BLOCK_N=32, num_warps=4)

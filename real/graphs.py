@@ -34,6 +34,9 @@ class StepGraphs:
         self.host = torch.zeros_like(self.static, device="cpu").pin_memory()
         self.pool = torch.cuda.graph_pool_handle()
         self._last_replay: torch.cuda.Event | None = None
+        # (start, end) events of each replay's own work while a benchmark times steps; see
+        # ModelRunner.timing_steps.
+        self.step_events: list[tuple[torch.cuda.Event, torch.cuda.Event]] | None = None
         self._empty = torch.zeros(0, dtype=torch.int32, device=device)
         self.tables = BlockTables()
 
@@ -64,12 +67,18 @@ class StepGraphs:
         stream = torch.cuda.current_stream()
         if self._last_replay is not None:
             stream.wait_event(self._last_replay)  # shared pool and inputs: one replay at a time
+        timed = self.step_events is not None
+        if timed:
+            start = torch.cuda.Event(enable_timing=True)
+            start.record(stream)
         upload()
         graph.replay()
         logits = self.model.compute_logits(hidden[:rows])
         tokens = logits.argmax(-1)
-        self._last_replay = torch.cuda.Event()
+        self._last_replay = torch.cuda.Event(enable_timing=timed)
         self._last_replay.record(stream)   # after the LM head has read the graph's output
+        if timed:
+            self.step_events.append((start, self._last_replay))
         return logits, tokens
 
 

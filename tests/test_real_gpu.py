@@ -189,6 +189,26 @@ def test_mixed_graphs_replay_like_eager_on_the_plain_stream(parts) -> None:
         _assert_graph_replays_like_eager(runner, batch, full)
 
 
+def test_timing_steps_times_each_graph_step_within_its_wall_time(parts) -> None:
+    import time
+    runner, prompts, tables = _prefilled_runner(8, 100)
+    full = parts.decode(FULL_GPU)
+    runner.capture_graphs([full], buckets=[8])
+    batch = [Chunk([5 + i], len(prompts[i]), tables[i]) for i in range(8)]
+    wall = []
+    with runner.timing_steps() as busy:
+        for _ in range(3):
+            t = time.perf_counter()
+            runner.step(batch, full)
+            wall.append((time.perf_counter() - t) * 1e3)
+        runner.step(batch, full, graphs=False)   # eager: not timed
+    assert len(busy) == 3
+    assert all(0 < b < w for b, w in zip(busy, wall)), (busy, wall)
+    with runner.timing_steps() as after:
+        pass
+    assert after == [] and runner._graphs.step_events is None   # off again after the block
+
+
 def test_prefill_and_decode_run_concurrently_on_a_split(parts) -> None:
     runner, prompts, tables = _prefilled_runner(8, 60)
     decode = parts.decode(64)

@@ -133,3 +133,14 @@ def test_bad_batches_are_rejected() -> None:
         runner.step([Chunk([1], 0, [0]), Chunk([1, 2], 0, [1]), Chunk([3], 16, [3, 7])])
     with pytest.raises(ValueError, match="beyond max_model_len"):
         runner.step([Chunk([1, 2], 63, [0, 1, 2, 3])])
+
+
+def test_timing_steps_leaves_eager_steps_untimed_and_their_tokens_unchanged() -> None:
+    spec = ModelSpec("tiny", 1, 64, 4, 2, 16, 128, 256, max_position_embeddings=64)
+    runner = ModelRunner(spec, device="cpu", num_blocks=4)
+    batch = [Chunk([1, 2, 3], 0, [0])]
+    plain = runner.step(batch)
+    with runner.timing_steps() as busy:
+        timed = runner.step(batch)
+    assert timed == plain
+    assert busy == []   # CUDA graph steps only: an eager step has no events around its own work
