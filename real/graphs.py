@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from nexus.graph_buckets import DECODE_GRAPH_BUCKETS, bucket_for
-from real.attention import MAX_PIECES, AttentionMetadata, decode_items_for, decode_schedule
+from real.attention import ITEM_FIELDS, MAX_PIECES, AttentionMetadata, decode_items_for, decode_schedule
 from real.batch import BlockTables, Chunk
 from real.kv_cache import KVCache
 from real.model import Transformer
@@ -91,7 +91,7 @@ class DecodeGraphs(StepGraphs):
         # | first items | tables, each part 16-byte aligned.
         self.max_items = b + MAX_PIECES
         self._items_at = 4 * b
-        self._first_at = self._items_at + 4 * self.max_items
+        self._first_at = self._items_at + -(-ITEM_FIELDS * self.max_items // 4) * 4
         self._tables_at = self._first_at + -(-(b + 1) // 4) * 4
         super().__init__(model, kv, device, self._tables_at + b * w)
         self._rows = torch.arange(b, dtype=torch.int32, device=device)   # token row of each sequence
@@ -102,7 +102,7 @@ class DecodeGraphs(StepGraphs):
     def _views(self, n: int, items: int) -> tuple[torch.Tensor, ...]:
         b, s = self.max_batch, self.static
         tables = s[self._tables_at:].view(b, self.width)
-        work = s[self._items_at:self._items_at + 4 * items].view(items, 4)
+        work = s[self._items_at:self._items_at + ITEM_FIELDS * items].view(items, ITEM_FIELDS)
         first = s[self._first_at:self._first_at + n + 1]
         return s[:n], s[b:b + n], s[2 * b:2 * b + n], s[3 * b:3 * b + n], work, first, tables[:n]
 
@@ -110,7 +110,7 @@ class DecodeGraphs(StepGraphs):
         """The work list of the first n rows (as `host` holds them) into `host`."""
         h, b = self.host.numpy(), self.max_batch
         work, first = decode_schedule(h[3 * b:3 * b + n], items)
-        h[self._items_at:self._items_at + 4 * items] = work.ravel()
+        h[self._items_at:self._items_at + ITEM_FIELDS * items] = work.ravel()
         h[self._first_at:self._first_at + n + 1] = first
 
     def _pad_rows(self, first: int) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from nexus.graph_buckets import GREEN_MAX_TOKENS, PREFILL_GRAPH_BUCKETS, PREFILL_GRAPH_MAX_SEQS
-from real.attention import MAX_PIECES, AttentionMetadata, decode_items_for, decode_schedule
+from real.attention import ITEM_FIELDS, MAX_PIECES, AttentionMetadata, decode_items_for, decode_schedule
 from real.batch import Chunk, token_layout
 from real.graphs import StepGraphs
 from real.kv_cache import KVCache
@@ -49,7 +49,7 @@ class PrefillGraphs(StepGraphs):
         # decode rows | first items | work items | prefill tables | decode tables. Each part
         # starts on a 16-byte boundary (Triton specialises on it); the decode tables come
         # last, so an upload stops after the rows a step uses.
-        sizes = [t, t, t, p + 1, p, p + r, r, r, r + 1, 4 * (r + MAX_PIECES), p * w, r * w]
+        sizes = [t, t, t, p + 1, p, p + r, r, r, r + 1, ITEM_FIELDS * (r + MAX_PIECES), p * w, r * w]
         self._sizes = [_align4(n) for n in sizes]
         self._offsets = np.concatenate([[0], np.cumsum(self._sizes)])
         super().__init__(model, kv, device, int(self._offsets[-1]))
@@ -67,7 +67,7 @@ class PrefillGraphs(StepGraphs):
         ids, pos, slots = (self._part(buf, i)[:bucket] for i in range(3))
         cu, starts, select = self._part(buf, 3)[:p + 1], self._part(buf, 4)[:p], self._part(buf, 5)[:p + rows]
         ctx, dec_rows, first = self._part(buf, 6)[:rows], self._part(buf, 7)[:rows], self._part(buf, 8)[:rows + 1]
-        work = self._part(buf, 9)[:4 * items].reshape(items, 4)
+        work = self._part(buf, 9)[:ITEM_FIELDS * items].reshape(items, ITEM_FIELDS)
         pre_tables = self._part(buf, 10)[:p * w].reshape(p, w)
         dec_tables = self._part(buf, 11)[:rows * w].reshape(rows, w)
         return ids, pos, slots, cu, starts, select, ctx, dec_rows, first, work, pre_tables, dec_tables

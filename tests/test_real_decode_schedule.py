@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from real.attention import DECODE_BLOCK_N, MAX_PIECES, decode_items_for, decode_schedule
+from real.attention import DECODE_BLOCK_N, ITEM_FIELDS, MAX_PIECES, decode_items_for, decode_schedule
 
 
 @settings(max_examples=200, deadline=None)
@@ -14,9 +14,13 @@ from real.attention import DECODE_BLOCK_N, MAX_PIECES, decode_items_for, decode_
 def test_pieces_cover_each_context_once_and_fit_the_list(ctx, spare):
     ctx = np.array(ctx)
     items, first = decode_schedule(ctx, len(ctx) + spare)
-    assert items.shape == (len(ctx) + spare, 4) and first[0] == 0
-    used = items[:first[-1]]
+    assert items.shape == (len(ctx) + spare, ITEM_FIELDS) and first[0] == 0
     assert np.all(items[first[-1]:, 0] == -1)
+    launched = items[:first[-1]]
+    lengths = launched[:, 2] - launched[:, 1]
+    assert np.all(np.diff(lengths) <= 0)          # longest pieces first
+    assert sorted(launched[:, 4]) == list(range(first[-1]))   # one slot each
+    used = launched[np.argsort(launched[:, 4])]   # in slot order: each sequence's pieces in turn
     for s, c in enumerate(ctx):
         mine = used[first[s]:first[s + 1]]
         assert np.all(mine[:, 0] == s) and np.all(mine[:, 3] == len(mine))
@@ -63,3 +67,19 @@ def test_one_long_context_in_a_large_batch_is_cut_to_twice_the_mean():
     assert np.all(pieces[1:] == 1) and pieces[0] > 3     # the share of the spare items alone gives 3
     longest = (items[:first[-1], 2] - items[:first[-1], 1]).max()
     assert longest <= 2 * ctx.mean()
+
+
+def test_long_contexts_are_cut_as_short_as_the_list_has_room_for():
+    # A conversation-like batch of 256: too many contexts exceed twice the mean for the spare
+    # items to cut them all to that length, so they are cut to the shortest length that fits.
+    rng = np.random.default_rng(0)
+    ctx = np.clip(rng.lognormal(np.log(600), 1.0, 256), 32, 8192).astype(int)
+    ctx[np.argmax(ctx)] = 8192
+    num_items = decode_items_for(len(ctx), 8, 132)
+    assert (-(-ctx // int(2 * ctx.mean()))).sum() > num_items
+    items, first = decode_schedule(ctx, num_items)
+    pieces = np.diff(first)
+    assert first[-1] <= num_items
+    assert pieces[np.argmax(ctx)] >= 2
+    longest = (items[:first[-1], 2] - items[:first[-1], 1]).max()
+    assert longest < 8192 / 2 + DECODE_BLOCK_N
