@@ -90,8 +90,8 @@ def decode_schedule(ctx_lens: np.ndarray, num_items: int) -> tuple[np.ndarray, n
     batch's average stays whole, so large batches of similar contexts need no merge (cutting
     every context of 64 x 1k in two ran attention at 0.80 of copy bandwidth against 0.95 on
     an H200: the merge is a launch a layer). A context longer than LONG_CONTEXT times the
-    batch's mean is also cut into pieces of at most that length, or of the shortest length
-    the list has room for: one long context among short ones would otherwise stream on a few
+    batch's mean is also cut into pieces of at most that length, or of a length the list has
+    room for: one long context among short ones would otherwise stream on a few
     programs after the rest have finished. The kernel launches programs in list order (items
     fastest; heads fastest cost uniform batches 20%), so the longest pieces start first and
     the short ones fill in behind them. On conversation-like batches on an H200 (fractions of
@@ -134,20 +134,30 @@ def decode_schedule(ctx_lens: np.ndarray, num_items: int) -> tuple[np.ndarray, n
 def _cut_long_contexts(ctx: np.ndarray, pieces: np.ndarray, most: np.ndarray, num_items: int,
                        cap: int) -> np.ndarray:
     """Pieces after cutting every context longer than `cap` keys to pieces of at most `cap`,
-    or, where the list has no room for that, of the shortest length it has room for."""
-    def cut(length: int) -> np.ndarray:
-        return np.clip(np.maximum(pieces, -(-ctx // length)), 1, most)
-    balanced = cut(cap)
+    or, where the list has no room for that, of a length it has room for."""
+    balanced = np.clip(np.maximum(pieces, -(-ctx // cap)), 1, most)
     if balanced.sum() <= num_items:
         return balanced
-    lo, hi = cap, int(ctx.max())          # cut(hi) == pieces, which always fits
-    while hi - lo > DECODE_BLOCK_N:
-        mid = (lo + hi) // 2
-        if cut(mid).sum() <= num_items:
-            hi = mid
-        else:
-            lo = mid
-    return cut(hi)
+    # No room at `cap`: the long contexts share the items the others leave. Start from the
+    # length that would share them exactly and lengthen it by the overshoot until the pieces
+    # fit (two or three rounds; a bisection took seven, 0.1 ms of host time a step).
+    long = ctx > cap
+    c, p, m = ctx[long], pieces[long], most[long]
+    room = num_items - int(pieces[~long].sum())
+    if room < len(c):
+        return pieces
+    length = max(-(-int(c.sum()) // room), cap)
+    for _ in range(4):
+        used = int(np.clip(np.maximum(p, -(-c // length)), 1, m).sum())
+        if used <= room:
+            break
+        length = -(-length * used // room)
+    else:
+        # Each long context takes at most keys / length + 1 pieces: this length always fits.
+        length = max(-(-int(c.sum()) // max(room - len(c), 1)), cap) if room > len(c) else int(c.max())
+    out = pieces.copy()
+    out[long] = np.clip(np.maximum(p, -(-c // length)), 1, m)
+    return out if out.sum() <= num_items else pieces
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -73,11 +73,12 @@ class PrefillGraphs(StepGraphs):
         return ids, pos, slots, cu, starts, select, ctx, dec_rows, first, work, pre_tables, dec_tables
 
     def bucket_for(self, partition: Partition, batch: Sequence[Chunk]) -> int | None:
-        prompts = sum(len(c.token_ids) > 1 for c in batch)
+        lens = [len(c.token_ids) for c in batch]
+        tokens = sum(lens)
+        decodes = lens.count(1)
+        prompts = len(batch) - decodes
         if prompts == 0 or prompts > MAX_SEQS:
             return None
-        decodes = len(batch) - prompts
-        tokens = sum(len(c.token_ids) for c in batch)
         for bucket, rows in self._sizes_on.get(partition.name, ()):
             if bucket >= tokens and rows >= decodes:
                 return bucket
