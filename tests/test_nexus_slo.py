@@ -268,7 +268,9 @@ class Optimistic:
 
 @pytest.mark.parametrize("prompts, rate, tbt_slo_s, kind, tolerance", [
     ((300, 3000), 12.0, 0.03, "mixed", 0.01),    # a 30 ms target leaves room for mixed steps
-    ((2000, 8000), 6.0, 0.02, "split", 0.05),    # at 20 ms long prompts are split off
+    # At 16 ms long prompts are split off (at 20 ms the H200 profile of 2026-12-02 fits most
+    # of them in mixed steps, and too few splits ran for the learnt ratio to be judged).
+    ((2000, 8000), 6.0, 0.016, "split", 0.05),
 ])
 def test_learnt_step_error_keeps_the_tbt_target_when_the_model_is_optimistic(
         monkeypatch, prompts, rate, tbt_slo_s, kind, tolerance):
