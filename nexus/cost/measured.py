@@ -323,6 +323,8 @@ class MeasuredCost:
         self._uses_by_shape: dict[tuple[BatchShape, int], tuple | None] = {}   # see _use
         self._columns: dict[tuple, _AtSMs] = {}
         self._decode_lines: dict[tuple[int, int], tuple[float, float, float]] = {}
+        self._decode_lines_each: dict[tuple, list[tuple[float, float, float]]] = {}   # see _solo_each
+        self._solo_lists: dict[tuple, list[float]] = {}   # likewise
         self._decode_bytes_head: dict[int, tuple[float, ...]] = {}
         self._bandwidth = gpu.hbm_bandwidth
 
@@ -392,7 +394,7 @@ class MeasuredCost:
                                 f"sizes]}}, got {graphs!r}") from None
         # The graphs pad the steps, so times worked out before no longer hold.
         for memo in (self._plans, self._chunk_parts, self._mixed_parts, self._uses, self._uses_by_shape,
-                     self._columns, self._decode_lines):
+                     self._columns, self._decode_lines, self._decode_lines_each, self._solo_lists):
             memo.clear()
 
     def _padded_tokens(self, chunks: tuple[tuple[int, int], ...], tokens: int, decode_rows: int = 0) -> int:
@@ -711,30 +713,79 @@ class MeasuredCost:
 
     def corun_times_fast(self, shape: BatchShape, sms: np.ndarray, other: BatchShape, other_sms: np.ndarray
                          ) -> tuple[np.ndarray, np.ndarray] | None:
-        """`nexus.cost.base.corun_times` over arrays of candidate splits, both sides in one pass:
-        the two slowdowns' terms stacked as rows, so each numpy call serves both (a split
-        search was bound by the count of numpy calls). Element by element the same operations
-        in the same order as `slowdown`'s array path, so the same bits; None (not answered here)
-        unless both SM arguments are arrays of one shape and each shape is one phase alone."""
-        if sms.__class__ is not np.ndarray or other_sms.__class__ is not np.ndarray or sms.shape != other_sms.shape:
+        """`nexus.cost.base.corun_times` over arrays of candidate splits: `corun_times_each_fast`'s
+        answer as arrays. None (not answered here) unless both SM arguments are arrays of one
+        dimension and one length and each shape is one phase alone."""
+        if sms.__class__ is not np.ndarray or other_sms.__class__ is not np.ndarray \
+                or sms.ndim != 1 or sms.shape != other_sms.shape:
             return None
+        sms, other_sms = self._sms_array(sms), self._sms_array(other_sms)   # checked as the general path checks
+        found = self.corun_times_each_fast(shape, tuple(sms.tolist()), other, tuple(other_sms.tolist()))
+        return None if found is None else (np.array(found[0]), np.array(found[1]))
+
+    def corun_times_each_fast(self, shape: BatchShape, sms: tuple[int, ...], other: BatchShape,
+                              other_sms: tuple[int, ...]) -> tuple[list[float], list[float]] | None:
+        """`nexus.cost.base.corun_times_each` in plain floats. A split controller scores a dozen
+        candidate splits at a time, and on arrays that small each numpy call costs about as
+        much as a dozen float operations: over stacked arrays, one pass cost 320k instructions
+        (callgrind), here about 80k. Each side's solo times at its SM counts, then per pair the
+        terms of `slowdown`'s array path (corun_excess, with numpy's maximum and minimum written
+        as comparisons that pick the same operand) in the same order, so the same bits. None
+        (not answered here) unless each shape is one phase alone (a mixed batch weighs two)."""
         pre, dec = shape.prefill_tokens > 0, shape.decode_seqs > 0
         other_pre, other_dec = other.prefill_tokens > 0, other.decode_seqs > 0
-        if pre == dec or other_pre == other_dec or shape.is_empty or other.is_empty:
-            return None   # empty, or mixing prefill and decode: `slowdown` weighs two phases
-        at, other_at = self._columns_at(sms), self._columns_at(other_sms)
-        own = np.array((self._use_at(shape, at), self._use_at(other, other_at)))
-        coef = np.array((self._corun_prefill if pre else self._corun_decode,
-                         self._corun_prefill if other_pre else self._corun_decode)).T[:, :, None]
-        excess = corun_excess(coef, self._corun_k, own, own[::-1], np.array((other_at.share, at.share)))
+        if pre == dec or other_pre == other_dec or shape.is_empty or other.is_empty or len(sms) != len(other_sms):
+            return None
+        num_sms = self.gpu.num_sms
+        for s in (*sms, *other_sms):
+            if not 0 <= s <= num_sms:
+                self._check_sms(s)   # raises
+        times, other_times = self._solo_each(shape, sms), self._solo_each(other, other_sms)
+        bw, k = self._bandwidth, self._corun_k
+        bytes_, other_bytes = self._total_bytes(shape), self._total_bytes(other)
+        a, b, c, d, e = self._corun_prefill if pre else self._corun_decode
+        oa, ob, oc, od, oe = self._corun_prefill if other_pre else self._corun_decode
         scale_p, scale_d = self._corun_scale
-        if scale_p == 1.0 and scale_d == 1.0:
-            factor = 1.0 + excess
-        else:
-            scale = np.array(((scale_p if pre else scale_d,), (scale_p if other_pre else scale_d,)))
-            factor = np.maximum(1.0, scale * (1.0 + excess))
-        times = np.array((self._solo_at(shape, at), self._solo_at(other, other_at))) * factor
-        return times[0], times[1]
+        unscaled = scale_p == 1.0 and scale_d == 1.0
+        scale, other_scale = (scale_p if pre else scale_d), (scale_p if other_pre else scale_d)
+        out, other_out = [], []
+        for t, ot, s, os_ in zip(times, other_times, sms, other_sms):
+            own, rival = bytes_ / t / bw, other_bytes / ot / bw
+            share, other_share = (1.0 if os_ == FULL_GPU else os_ / num_sms), (1.0 if s == FULL_GPU else s / num_sms)
+            both = own + rival - k   # the same sum from either side: addition commutes
+            both = 0.0 if both < 0.0 else both
+            over, other_over = (both if both < rival else rival), (both if both < own else own)
+            x = a * rival + b * own * rival + c * over + d * share * rival + e * share
+            ox = oa * own + ob * rival * own + oc * other_over + od * other_share * own + oe * other_share
+            if unscaled:
+                out.append(t * (1.0 + x))
+                other_out.append(ot * (1.0 + ox))
+            else:
+                f, of = scale * (1.0 + x), other_scale * (1.0 + ox)
+                out.append(t * (f if f > 1.0 else 1.0))
+                other_out.append(ot * (of if of > 1.0 else 1.0))
+        return out, other_out
+
+    def _solo_each(self, shape: BatchShape, sms: tuple[int, ...]) -> list[float]:
+        """`solo_time` at each of (checked) SM counts. A shape with prompt chunks is memoised by
+        its contents (Nexus's controller meets the chunks of an earlier step in two searches in
+        three); a decode step by its lines at its batch size, as `solo_time` does."""
+        if not shape.prefill_chunks:
+            key = (shape.decode_seqs, sms)
+            lines = self._decode_lines_each.get(key)
+            if lines is None:
+                if len(self._decode_lines_each) >= _CACHE_LIMIT:
+                    self._decode_lines_each.clear()
+                lines = self._decode_lines_each[key] = [self._decode_line(shape.decode_seqs, s) for s in sms]
+            kv_tokens = shape.decode_kv_tokens
+            return [fixed + (rest + per_kv_token * kv_tokens) for fixed, rest, per_kv_token in lines]
+        key = (shape, sms)
+        times = self._solo_lists.get(key)
+        if times is None:
+            if len(self._solo_lists) >= _CACHE_LIMIT:
+                self._solo_lists.clear()
+            times = self._solo_lists[key] = [self._scalar_time(shape, s) for s in sms]
+        return times
 
     def _use(self, shape: BatchShape, sms: int) -> tuple[float, float, bool, bool] | None:
         """(bandwidth use, prefill's share of the solo time, has prefill, has decode) of `shape`
