@@ -507,14 +507,26 @@ class MeasuredCost:
     def _chunk_part(self, chunks: tuple[tuple[int, int], ...], seqs: int, s: int) -> float | None:
         """The part of `_scalar_time` that the prompt chunks decide: the prefill curve at the
         padded step, and the chunks' attention; None if they hold no token."""
+        parts = self._chunk_parts_each(chunks, seqs, (s,))
+        return None if parts is None else parts[0]
+
+    def _chunk_parts_each(self, chunks: tuple[tuple[int, int], ...], seqs: int, sms: tuple[int, ...]
+                          ) -> list[float] | None:
+        """`_chunk_part` at each of (checked) SM counts, the chunks' features and where they fall
+        on the curve worked out once: a split search asks at a dozen, and working them out per
+        count was four fifths of its solo times (callgrind)."""
         tokens, own, cross, prior = prefill_attention(chunks)
         if not tokens:
             return None
         phase = self._prefill
         i, wi, j, wj, beyond = phase.locate(self._padded_tokens(chunks, tokens, seqs))
-        c, k = phase.rows[s], phase.k
-        v = (c[i] * wi if i else 0.0) + (c[j] * wj if j else 0.0) + c[k] * beyond
-        return c[0] + (v + c[k + 1] * own + c[k + 2] * cross + c[k + 3] * prior)
+        rows, k = phase.rows, phase.k
+        parts = []
+        for s in sms:
+            c = rows[s]
+            v = (c[i] * wi if i else 0.0) + (c[j] * wj if j else 0.0) + c[k] * beyond
+            parts.append(c[0] + (v + c[k + 1] * own + c[k + 2] * cross + c[k + 3] * prior))
+        return parts
 
     def mixed_step_times(self, prior: int, seqs: int, kv_tokens: int, sms: int) -> Callable[[int], float]:
         """`n -> float(solo_time(shape, sms)) + step_overhead(shape)`, to the last bit, where
@@ -616,10 +628,14 @@ class MeasuredCost:
         key = (seqs, sms)
         line = self._decode_lines.get(key)
         if line is None:
-            row, phase = self._decode.rows[self._check_sms(sms)], self._decode
-            where = phase.locate(bucket_for(self._decode_buckets, seqs) or seqs)
-            line = self._decode_lines[key] = (row[0], phase.variable(row, where, ()), row[phase.k + 1])
+            line = self._decode_lines[key] = self._decode_lines_at(seqs, (self._check_sms(sms),))[0]
         return line
+
+    def _decode_lines_at(self, seqs: int, sms: tuple[int, ...]) -> list[tuple[float, float, float]]:
+        """`_decode_line` at each of (checked) SM counts, located on the curve once."""
+        phase = self._decode
+        where, k = phase.locate(bucket_for(self._decode_buckets, seqs) or seqs), phase.k
+        return [(row[0], phase.variable(row, where, ()), row[k + 1]) for row in map(phase.rows.__getitem__, sms)]
 
     # ---- contention ----------------------------------------------------------------------
 
@@ -767,24 +783,26 @@ class MeasuredCost:
         return out, other_out
 
     def _solo_each(self, shape: BatchShape, sms: tuple[int, ...]) -> list[float]:
-        """`solo_time` at each of (checked) SM counts. A shape with prompt chunks is memoised by
-        its contents (Nexus's controller meets the chunks of an earlier step in two searches in
-        three); a decode step by its lines at its batch size, as `solo_time` does."""
-        if not shape.prefill_chunks:
+        """`solo_time` at each of (checked) SM counts of a shape that is one phase alone. A
+        prompt step is memoised by its contents (Nexus's controller meets the chunks of an
+        earlier step in two searches in three); a decode step by its lines at its batch size,
+        as `solo_time` does."""
+        if shape.prefill_tokens <= 0:
             key = (shape.decode_seqs, sms)
             lines = self._decode_lines_each.get(key)
             if lines is None:
                 if len(self._decode_lines_each) >= _CACHE_LIMIT:
                     self._decode_lines_each.clear()
-                lines = self._decode_lines_each[key] = [self._decode_line(shape.decode_seqs, s) for s in sms]
+                lines = self._decode_lines_each[key] = self._decode_lines_at(shape.decode_seqs, sms)
             kv_tokens = shape.decode_kv_tokens
             return [fixed + (rest + per_kv_token * kv_tokens) for fixed, rest, per_kv_token in lines]
         key = (shape, sms)
         times = self._solo_lists.get(key)
         if times is None:
+            # With no decode rows, a prompt step's time is its chunks' part (see _scalar_time).
             if len(self._solo_lists) >= _CACHE_LIMIT:
                 self._solo_lists.clear()
-            times = self._solo_lists[key] = [self._scalar_time(shape, s) for s in sms]
+            times = self._solo_lists[key] = self._chunk_parts_each(shape.prefill_chunks, 0, sms)
         return times
 
     def _use(self, shape: BatchShape, sms: int) -> tuple[float, float, bool, bool] | None:
