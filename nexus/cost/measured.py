@@ -297,6 +297,7 @@ class MeasuredCost:
         self._graph_decode_rows = 0   # decode rows a prefill graph takes beside its chunks
         self._decode_buckets: list[int] = []  # batch buckets of decode graphs, likewise
         self._corun_scale = (1.0, 1.0)   # (prefill, decode): served co-runs against the grid's
+        self._corun_unscaled = True      # whether both are 1 (then a co-run's factor is left unscaled)
         self._decode_scale = (1.0, 1.0)  # (plain stream, partitions): served decode steps, likewise
         origin = calibration or "fit"
         try:
@@ -327,6 +328,8 @@ class MeasuredCost:
         self._solo_lists: dict[tuple, list[float]] = {}   # likewise
         self._decode_bytes_head: dict[int, tuple[float, ...]] = {}
         self._bandwidth = gpu.hbm_bandwidth
+        # Each SM count's share of the GPU (sm_share), looked up at every co-run retiming.
+        self._shares = [sm_share(s, gpu.num_sms) for s in range(gpu.num_sms + 1)]
 
     @classmethod
     def load(cls, path: str | Path, model: ModelSpec, gpu: GPUSpec) -> "MeasuredCost":
@@ -369,6 +372,7 @@ class MeasuredCost:
             setattr(self, key, float(gap))
         self.engine = engine
         self._corun_scale = _served_scale(engine, "corun_scale", ("prefill", "decode"), where)
+        self._corun_unscaled = self._corun_scale == (1.0, 1.0)
         self._decode_scale = _served_scale(engine, "decode_scale", ("plain", "partitions"), where)
         self._decode = (self._decode_fitted if self._decode_scale == (1.0, 1.0)
                         else self._decode_fitted.scaled(*self._decode_scale))
@@ -762,12 +766,12 @@ class MeasuredCost:
         a, b, c, d, e = self._corun_prefill if pre else self._corun_decode
         oa, ob, oc, od, oe = self._corun_prefill if other_pre else self._corun_decode
         scale_p, scale_d = self._corun_scale
-        unscaled = scale_p == 1.0 and scale_d == 1.0
+        unscaled, shares = self._corun_unscaled, self._shares
         scale, other_scale = (scale_p if pre else scale_d), (scale_p if other_pre else scale_d)
         out, other_out = [], []
         for t, ot, s, os_ in zip(times, other_times, sms, other_sms):
             own, rival = bytes_ / t / bw, other_bytes / ot / bw
-            share, other_share = (1.0 if os_ == FULL_GPU else os_ / num_sms), (1.0 if s == FULL_GPU else s / num_sms)
+            share, other_share = shares[os_], shares[s]
             both = own + rival - k   # the same sum from either side: addition commutes
             both = 0.0 if both < 0.0 else both
             over, other_over = (both if both < rival else rival), (both if both < own else own)
@@ -878,17 +882,23 @@ class MeasuredCost:
         """The slowdown of a side whose `_use` terms are `mine` beside a rival drawing `rival`
         on `other_sms` SMs."""
         own, w, has_pre, has_dec = mine
-        share = 1.0 if other_sms == FULL_GPU else other_sms / self.gpu.num_sms
-        over = min(rival, max(own + rival - self._corun_k, 0.0))
-        scale_p, scale_d = self._corun_scale
-        unscaled = scale_p == 1.0 and scale_d == 1.0
+        share = self._shares[other_sms]
+        # min(rival, max(..., 0.0)) as comparisons that keep the operand the builtins keep: the
+        # two builtin calls were a sixth of this function (callgrind).
+        over = own + rival - self._corun_k
+        if over < 0.0:
+            over = 0.0
+        if not over < rival:
+            over = rival
+        unscaled = self._corun_unscaled
         if has_pre:
             a, b, c, d, e = self._corun_prefill
             pre = a * rival + b * own * rival + c * over + d * share * rival + e * share
             if not has_dec:
-                return 1.0 + pre if unscaled else max(1.0, scale_p * (1.0 + pre))
+                return 1.0 + pre if unscaled else max(1.0, self._corun_scale[0] * (1.0 + pre))
         a, b, c, d, e = self._corun_decode
         dec = a * rival + b * own * rival + c * over + d * share * rival + e * share
+        scale_p, scale_d = self._corun_scale
         if has_pre:
             scale = w * scale_p + (1.0 - w) * scale_d
             factor = 1.0 + (w * pre + (1.0 - w) * dec)
