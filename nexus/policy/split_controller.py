@@ -37,8 +37,9 @@ class SplitController:
 
     def choose(self, prefill: BatchShape, decode: BatchShape, kv_usage: float) -> Split:
         decode_first = kv_usage >= self.kv_threshold
-        key = (decode_first, _bucket(prefill.prefill_tokens),
-               _bucket(sum(n * p for n, p in prefill.prefill_chunks)),
+        chunks = prefill.prefill_chunks   # one, in most steps: no generator
+        cross_pairs = chunks[0][0] * chunks[0][1] if len(chunks) == 1 else sum([n * p for n, p in chunks])
+        key = (decode_first, _bucket(prefill.prefill_tokens), _bucket(cross_pairs),
                _bucket(decode.decode_seqs), _bucket(decode.decode_kv_tokens),
                None if self.current is None else self.current.prefill_sms)
         index = self._memo.get(key)
