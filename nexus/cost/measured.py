@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from nexus.cost.base import FULL_GPU, BatchShape, sms_array
+from nexus.cost.base import FULL_GPU, BatchShape, make_shape, sms_array
 from nexus.cost.calibration import check_matches, content_digest, read_calibration
 from nexus.cost.terms import (CORUN_TERMS, FIT_METHOD, FIT_VERSION, PREFILL_ATTENTION, READABLE_FIT_VERSIONS,
                               corun_excess, prefill_attention, sm_share)
@@ -543,7 +543,9 @@ class MeasuredCost:
         if not 0 <= sms <= self.gpu.num_sms:
             self._check_sms(sms)   # raises
         seqs = seqs if seqs > 0 else 0
-        overhead = self.step_overhead(BatchShape((), seqs, kv_tokens))
+        decode = make_shape(((), seqs, kv_tokens))
+        overhead = self.step_overhead(decode)
+        alone = float(self.solo_time(decode, sms)) + overhead   # n = 0: every search asks it
         key = (prior, seqs, sms)
         parts = self._mixed_parts.get(key)
         if parts is None:
@@ -555,15 +557,15 @@ class MeasuredCost:
 
         def step_time(n: int) -> float:
             if n <= 0:
-                shape = BatchShape((), seqs, kv_tokens)
-                return float(self.solo_time(shape, sms)) + overhead
+                return alone
             t = parts.get(n)
             if t is None:
                 t = parts[n] = self._chunk_part(((n, prior),), seqs, sms)
             if seqs:   # as _scalar_time adds the decode step
                 if kv_tokens:
                     t = t + per_kv_token * kv_tokens
-                t = max(t, floor)
+                if floor > t:   # max(t, floor) without the builtin's call: the operand it keeps
+                    t = floor
             return t + overhead
 
         return step_time
