@@ -307,7 +307,7 @@ def test_learnt_step_error_keeps_the_tbt_target_when_the_model_is_optimistic(
     def run(learn: bool):
         policy = make_policy("nexus-slo", tbt_slo_s=tbt_slo_s)
         if not learn:
-            monkeypatch.setattr(step_error.StepError, "factor", property(lambda self: 1.0))
+            monkeypatch.setattr(step_error.StepError, "_factor", lambda self: 1.0)
         r = sim.run(trace, policy=policy, gpu="h200", policy_calibration=Optimistic(truth, 0.88))
         monkeypatch.undo()
         return r, policy._error[kind]
