@@ -750,7 +750,7 @@ class MeasuredCost:
         """`nexus.cost.base.corun_times_each` in plain floats. A split controller scores a dozen
         candidate splits at a time, and on arrays that small each numpy call costs about as
         much as a dozen float operations: over stacked arrays, one pass cost 320k instructions
-        (callgrind), here about 80k. Each side's solo times at its SM counts, then per pair the
+        (callgrind, fresh prompt shapes on the H100), here 185k. Each side's solo times at its SM counts, then per pair the
         terms of `slowdown`'s array path (corun_excess, with numpy's maximum and minimum written
         as comparisons that pick the same operand) in the same order, so the same bits. None
         (not answered here) unless each shape is one phase alone (a mixed batch weighs two)."""
@@ -791,8 +791,8 @@ class MeasuredCost:
     def _solo_each(self, shape: BatchShape, sms: tuple[int, ...]) -> list[float]:
         """`solo_time` at each of (checked) SM counts of a shape that is one phase alone. A
         prompt step is memoised by its contents (Nexus's controller meets the chunks of an
-        earlier step in two searches in three); a decode step by its lines at its batch size,
-        as `solo_time` does."""
+        earlier search in about half its searches); a decode step by its lines at its batch
+        size, as `solo_time` does."""
         if shape.prefill_tokens <= 0:
             key = (shape.decode_seqs, sms)
             lines = self._decode_lines_each.get(key)
