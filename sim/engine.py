@@ -98,7 +98,8 @@ class SimEngine:
         """Start the stream's next step on its GPU; None (the stream sleeps) if it has none."""
         step = self.stepper.next(stream, self.clock.now, MAX_RUN_STEPS)
         if step is None:
-            self._check_stalled(stream)
+            if self.arrived == len(self.requests):   # nothing stalls while requests still arrive
+                self._check_stalled(stream)
             self.idle[stream] = True
             self.asleep += 1
             return None

@@ -139,7 +139,8 @@ class FluidGPU:
         jobs = self.jobs
         finished = []   # a loop, not a list comprehension: on Python 3.11 that is a call per timer
         for job in jobs:
-            if job.remaining <= _EPS * max(1.0, job.work) + 1e-12:
+            work = job.work   # max(1.0, work) without the builtin's call, keeping the operand it keeps
+            if job.remaining <= _EPS * (work if work > 1.0 else 1.0) + 1e-12:
                 finished.append(job)
         if not finished:   # rounding left a sliver: finish the nearest job
             finished = [min(jobs, key=lambda j: j.remaining / j.rate)]

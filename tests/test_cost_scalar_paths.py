@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nexus.cost import load_cost_model
-from nexus.cost.base import FULL_GPU, BatchShape, corun_times, make_shape, slowdowns
+from nexus.cost.base import FULL_GPU, BatchShape, corun_times, corun_times_each, make_shape, slowdowns
 from nexus.specs import GPUS, MODELS
 
 COSTS = {gpu: load_cost_model(MODELS["llama-3.1-8b"], GPUS[gpu], None) for gpu in ("h100-sxm", "h200")}
@@ -223,3 +223,56 @@ def test_a_shape_that_computes_nothing_slows_nothing_in_one_pass():
     assert nothing.is_empty and cost.corun_times_fast(shape, 132 - p, nothing, p) is None
     got = corun_times(cost, shape, 132 - p, nothing, p)
     assert got[0].tolist() == cost.solo_time(shape, 132 - p).tolist()
+
+
+sm_lists = st.lists(st.sampled_from(SIZES), min_size=1, max_size=14).map(tuple)
+
+
+@settings(max_examples=100, deadline=None)
+@given(one_sided, one_sided, sm_lists, st.data(), st.sampled_from(sorted(COSTS)), st.booleans())
+def test_candidate_splits_priced_in_plain_floats_are_the_array_paths_to_the_bit(shape, other, mine, data,
+                                                                                 gpu, scaled):
+    """corun_times_each (a split search's question, answered without numpy where each shape is
+    one phase) gives corun_times's numbers at each pair of SM counts, asked of a model that has
+    memoised nothing, with and without a co-run scale; asked again, the same."""
+    theirs = tuple(data.draw(st.lists(st.sampled_from(SIZES), min_size=len(mine), max_size=len(mine))))
+    cost = fresh(gpu)
+    if scaled:
+        cost.use_engine({**cost.engine, "corun_scale": {"prefill": 1.07, "decode": 0.93}})
+    want = corun_times(fresh_like(cost), shape, np.array(mine), other, np.array(theirs))
+    for _ in range(2):
+        got = corun_times_each(cost, shape, mine, other, theirs)
+        assert got == (want[0].tolist(), want[1].tolist())
+        assert all(type(t) is float for side in got for t in side)
+
+
+def test_candidate_pricing_follows_new_engine_terms():
+    """The per-shape terms a split search memoises are dropped when the engine's terms change
+    (graphs pad the steps, a served scale moves the decode curve)."""
+    cost = fresh("h100-sxm")
+    prefill, decode = BatchShape(((700, 300),)), BatchShape((), 40, 40 * 900)
+    p = tuple(GPUS["h100-sxm"].partition_sizes())
+    d = tuple(132 - s for s in p)
+    before = corun_times_each(cost, prefill, p, decode, d)
+    engine = {**cost.engine, "decode_scale": {"plain": 1.0, "partitions": 1.2},
+              "prefill_graphs": {"buckets": [512, 1024], "max_seqs": 4}}
+    cost.use_engine(engine)
+    twin = fresh("h100-sxm")
+    twin.use_engine(engine)
+    after = corun_times_each(cost, prefill, p, decode, d)
+    assert after == corun_times_each(twin, prefill, p, decode, d) and after != before
+    assert after[0] == corun_times(fresh_like(cost), prefill, np.array(p), decode, np.array(d))[0].tolist()
+
+
+def test_candidate_pricing_without_a_shortcut_asks_corun_times():
+    """A model without the plain-float pass (the analytical one), and a mixed batch on the
+    measured one, are priced through corun_times, as lists of floats."""
+    p = tuple(GPUS["h100-sxm"].partition_sizes())
+    d = tuple(132 - s for s in p)
+    analytical = load_cost_model(MODELS["llama-3.1-8b"], GPUS["h100-sxm"], "analytical")
+    mixed, decode = BatchShape(((700, 300),), 8, 8 * 500), BatchShape((), 40, 40 * 900)
+    for cost, shape in ((analytical, BatchShape(((700, 300),))), (fresh("h100-sxm"), mixed)):
+        got = corun_times_each(cost, shape, p, decode, d)
+        want = corun_times(cost, shape, np.array(p), decode, np.array(d))
+        assert got == (want[0].tolist(), want[1].tolist())
+    assert fresh("h100-sxm").corun_times_each_fast(mixed, p, decode, d) is None

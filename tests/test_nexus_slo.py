@@ -158,6 +158,31 @@ def test_full_seats_leave_decode_every_sm():
     assert policy.plan(state, "prefill") is None
 
 
+class CountingCost(ToyCost):
+    """ToyCost, counting the solo times it is asked for."""
+    asked = 0
+
+    def solo_time(self, shape, sms):
+        self.asked += 1
+        return super().solo_time(shape, sms)
+
+
+def test_a_prefill_plan_no_prompt_can_start_prices_nothing():
+    """Every seat taken and no prompt begun, or none waiting: the prefill stream's plan is None
+    before any step is priced. With a seat free the same prompt is priced and split off."""
+    cost = CountingCost(H100, decode_s=0.010, contention=1.0)
+    policy = make_policy("nexus-slo", tbt_slo_s=0.020, headroom=1.0)
+    state = _decoding_state(cost, 4000, policy)
+    state.max_num_seqs = 1
+    cost.asked = 0
+    assert policy.plan(state, "prefill") is None and cost.asked == 0
+    state.max_num_seqs = 2
+    batch = policy.plan(state, "prefill")
+    assert batch is not None and batch.sms == 112 and cost.asked > 0   # split off, as planned with a seat
+    asked = cost.asked
+    assert not state.waiting and policy.plan(state, "prefill") is None and cost.asked == asked
+
+
 def test_mixed_steps_on_the_measured_model_meet_the_tbt_target():
     """On the H200 calibration, ShareGPT-like prompts beside a large decode batch: splitting slows
     decode, so the planned steps are mixed, and each is predicted within the target."""
@@ -284,7 +309,7 @@ def test_learnt_step_error_keeps_the_tbt_target_when_the_model_is_optimistic(
     def run(learn: bool):
         policy = make_policy("nexus-slo", tbt_slo_s=tbt_slo_s)
         if not learn:
-            monkeypatch.setattr(step_error.StepError, "factor", property(lambda self: 1.0))
+            monkeypatch.setattr(step_error.StepError, "_factor", lambda self: 1.0)
         r = sim.run(trace, policy=policy, gpu="h200", policy_calibration=Optimistic(truth, 0.88))
         monkeypatch.undo()
         return r, policy._error[kind]

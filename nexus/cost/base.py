@@ -106,6 +106,21 @@ def corun_times(cost: CostModel, shape: BatchShape, sms: int | np.ndarray, other
             cost.solo_time(other, other_sms) * cost.slowdown(other, other_sms, shape, sms))
 
 
+def corun_times_each(cost: CostModel, shape: BatchShape, sms: tuple[int, ...], other: BatchShape,
+                     other_sms: tuple[int, ...]) -> tuple[list[float], list[float]]:
+    """`corun_times` at each pair (sms[i], other_sms[i]) of SM counts, as lists of floats: what a
+    split controller scores its candidate splits by. A model's class may answer it without
+    numpy (`corun_times_each_fast`, returning None where it has no shortcut, looked up as
+    corun_times's is); its answer must be corun_times's to the last bit."""
+    fast = getattr(type(cost), "corun_times_each_fast", None)
+    if fast is not None:
+        found = fast(cost, shape, sms, other, other_sms)
+        if found is not None:
+            return found
+    times, other_times = corun_times(cost, shape, np.array(sms), other, np.array(other_sms))
+    return np.asarray(times, dtype=float).tolist(), np.asarray(other_times, dtype=float).tolist()
+
+
 def slowdowns(cost: CostModel, shape: BatchShape, sms: int | np.ndarray, other: BatchShape,
               other_sms: int | np.ndarray) -> tuple[float | np.ndarray, float | np.ndarray]:
     """Both ways of one co-run: (slowdown of `shape` beside `other`, slowdown of `other` beside

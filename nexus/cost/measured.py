@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from nexus.cost.base import FULL_GPU, BatchShape, sms_array
+from nexus.cost.base import FULL_GPU, BatchShape, make_shape, sms_array
 from nexus.cost.calibration import check_matches, content_digest, read_calibration
 from nexus.cost.terms import (CORUN_TERMS, FIT_METHOD, FIT_VERSION, PREFILL_ATTENTION, READABLE_FIT_VERSIONS,
                               corun_excess, prefill_attention, sm_share)
@@ -297,6 +297,7 @@ class MeasuredCost:
         self._graph_decode_rows = 0   # decode rows a prefill graph takes beside its chunks
         self._decode_buckets: list[int] = []  # batch buckets of decode graphs, likewise
         self._corun_scale = (1.0, 1.0)   # (prefill, decode): served co-runs against the grid's
+        self._corun_unscaled = True      # whether both are 1 (then a co-run's factor is left unscaled)
         self._decode_scale = (1.0, 1.0)  # (plain stream, partitions): served decode steps, likewise
         origin = calibration or "fit"
         try:
@@ -323,8 +324,12 @@ class MeasuredCost:
         self._uses_by_shape: dict[tuple[BatchShape, int], tuple | None] = {}   # see _use
         self._columns: dict[tuple, _AtSMs] = {}
         self._decode_lines: dict[tuple[int, int], tuple[float, float, float]] = {}
+        self._decode_lines_each: dict[tuple, list[tuple[float, float, float]]] = {}   # see _solo_each
+        self._solo_lists: dict[tuple, list[float]] = {}   # likewise
         self._decode_bytes_head: dict[int, tuple[float, ...]] = {}
         self._bandwidth = gpu.hbm_bandwidth
+        # Each SM count's share of the GPU (sm_share), looked up at every co-run retiming.
+        self._shares = [sm_share(s, gpu.num_sms) for s in range(gpu.num_sms + 1)]
 
     @classmethod
     def load(cls, path: str | Path, model: ModelSpec, gpu: GPUSpec) -> "MeasuredCost":
@@ -367,6 +372,7 @@ class MeasuredCost:
             setattr(self, key, float(gap))
         self.engine = engine
         self._corun_scale = _served_scale(engine, "corun_scale", ("prefill", "decode"), where)
+        self._corun_unscaled = self._corun_scale == (1.0, 1.0)
         self._decode_scale = _served_scale(engine, "decode_scale", ("plain", "partitions"), where)
         self._decode = (self._decode_fitted if self._decode_scale == (1.0, 1.0)
                         else self._decode_fitted.scaled(*self._decode_scale))
@@ -392,7 +398,7 @@ class MeasuredCost:
                                 f"sizes]}}, got {graphs!r}") from None
         # The graphs pad the steps, so times worked out before no longer hold.
         for memo in (self._plans, self._chunk_parts, self._mixed_parts, self._uses, self._uses_by_shape,
-                     self._columns, self._decode_lines):
+                     self._columns, self._decode_lines, self._decode_lines_each, self._solo_lists):
             memo.clear()
 
     def _padded_tokens(self, chunks: tuple[tuple[int, int], ...], tokens: int, decode_rows: int = 0) -> int:
@@ -505,14 +511,26 @@ class MeasuredCost:
     def _chunk_part(self, chunks: tuple[tuple[int, int], ...], seqs: int, s: int) -> float | None:
         """The part of `_scalar_time` that the prompt chunks decide: the prefill curve at the
         padded step, and the chunks' attention; None if they hold no token."""
+        parts = self._chunk_parts_each(chunks, seqs, (s,))
+        return None if parts is None else parts[0]
+
+    def _chunk_parts_each(self, chunks: tuple[tuple[int, int], ...], seqs: int, sms: tuple[int, ...]
+                          ) -> list[float] | None:
+        """`_chunk_part` at each of (checked) SM counts, the chunks' features and where they fall
+        on the curve worked out once: a split search asks at a dozen, and working them out per
+        count was four fifths of its solo times (callgrind)."""
         tokens, own, cross, prior = prefill_attention(chunks)
         if not tokens:
             return None
         phase = self._prefill
         i, wi, j, wj, beyond = phase.locate(self._padded_tokens(chunks, tokens, seqs))
-        c, k = phase.rows[s], phase.k
-        v = (c[i] * wi if i else 0.0) + (c[j] * wj if j else 0.0) + c[k] * beyond
-        return c[0] + (v + c[k + 1] * own + c[k + 2] * cross + c[k + 3] * prior)
+        rows, k = phase.rows, phase.k
+        parts = []
+        for s in sms:
+            c = rows[s]
+            v = (c[i] * wi if i else 0.0) + (c[j] * wj if j else 0.0) + c[k] * beyond
+            parts.append(c[0] + (v + c[k + 1] * own + c[k + 2] * cross + c[k + 3] * prior))
+        return parts
 
     def mixed_step_times(self, prior: int, seqs: int, kv_tokens: int, sms: int) -> Callable[[int], float]:
         """`n -> float(solo_time(shape, sms)) + step_overhead(shape)`, to the last bit, where
@@ -525,7 +543,9 @@ class MeasuredCost:
         if not 0 <= sms <= self.gpu.num_sms:
             self._check_sms(sms)   # raises
         seqs = seqs if seqs > 0 else 0
-        overhead = self.step_overhead(BatchShape((), seqs, kv_tokens))
+        decode = make_shape(((), seqs, kv_tokens))
+        overhead = self.step_overhead(decode)
+        alone = float(self.solo_time(decode, sms)) + overhead   # n = 0: every search asks it
         key = (prior, seqs, sms)
         parts = self._mixed_parts.get(key)
         if parts is None:
@@ -537,15 +557,15 @@ class MeasuredCost:
 
         def step_time(n: int) -> float:
             if n <= 0:
-                shape = BatchShape((), seqs, kv_tokens)
-                return float(self.solo_time(shape, sms)) + overhead
+                return alone
             t = parts.get(n)
             if t is None:
                 t = parts[n] = self._chunk_part(((n, prior),), seqs, sms)
             if seqs:   # as _scalar_time adds the decode step
                 if kv_tokens:
                     t = t + per_kv_token * kv_tokens
-                t = max(t, floor)
+                if floor > t:   # max(t, floor) without the builtin's call: the operand it keeps
+                    t = floor
             return t + overhead
 
         return step_time
@@ -614,10 +634,14 @@ class MeasuredCost:
         key = (seqs, sms)
         line = self._decode_lines.get(key)
         if line is None:
-            row, phase = self._decode.rows[self._check_sms(sms)], self._decode
-            where = phase.locate(bucket_for(self._decode_buckets, seqs) or seqs)
-            line = self._decode_lines[key] = (row[0], phase.variable(row, where, ()), row[phase.k + 1])
+            line = self._decode_lines[key] = self._decode_lines_at(seqs, (self._check_sms(sms),))[0]
         return line
+
+    def _decode_lines_at(self, seqs: int, sms: tuple[int, ...]) -> list[tuple[float, float, float]]:
+        """`_decode_line` at each of (checked) SM counts, located on the curve once."""
+        phase = self._decode
+        where, k = phase.locate(bucket_for(self._decode_buckets, seqs) or seqs), phase.k
+        return [(row[0], phase.variable(row, where, ()), row[k + 1]) for row in map(phase.rows.__getitem__, sms)]
 
     # ---- contention ----------------------------------------------------------------------
 
@@ -711,30 +735,81 @@ class MeasuredCost:
 
     def corun_times_fast(self, shape: BatchShape, sms: np.ndarray, other: BatchShape, other_sms: np.ndarray
                          ) -> tuple[np.ndarray, np.ndarray] | None:
-        """`nexus.cost.base.corun_times` over arrays of candidate splits, both sides in one pass:
-        the two slowdowns' terms stacked as rows, so each numpy call serves both (a split
-        search was bound by the count of numpy calls). Element by element the same operations
-        in the same order as `slowdown`'s array path, so the same bits; None (not answered here)
-        unless both SM arguments are arrays of one shape and each shape is one phase alone."""
-        if sms.__class__ is not np.ndarray or other_sms.__class__ is not np.ndarray or sms.shape != other_sms.shape:
+        """`nexus.cost.base.corun_times` over arrays of candidate splits: `corun_times_each_fast`'s
+        answer as arrays. None (not answered here) unless both SM arguments are arrays of one
+        dimension and one length and each shape is one phase alone."""
+        if sms.__class__ is not np.ndarray or other_sms.__class__ is not np.ndarray \
+                or sms.ndim != 1 or sms.shape != other_sms.shape:
             return None
+        sms, other_sms = self._sms_array(sms), self._sms_array(other_sms)   # checked as the general path checks
+        found = self.corun_times_each_fast(shape, tuple(sms.tolist()), other, tuple(other_sms.tolist()))
+        return None if found is None else (np.array(found[0]), np.array(found[1]))
+
+    def corun_times_each_fast(self, shape: BatchShape, sms: tuple[int, ...], other: BatchShape,
+                              other_sms: tuple[int, ...]) -> tuple[list[float], list[float]] | None:
+        """`nexus.cost.base.corun_times_each` in plain floats. A split controller scores a dozen
+        candidate splits at a time, and on arrays that small each numpy call costs about as
+        much as a dozen float operations: over stacked arrays, one pass cost 320k instructions
+        (callgrind, fresh prompt shapes on the H100), here 185k. Each side's solo times at its SM counts, then per pair the
+        terms of `slowdown`'s array path (corun_excess, with numpy's maximum and minimum written
+        as comparisons that pick the same operand) in the same order, so the same bits. None
+        (not answered here) unless each shape is one phase alone (a mixed batch weighs two)."""
         pre, dec = shape.prefill_tokens > 0, shape.decode_seqs > 0
         other_pre, other_dec = other.prefill_tokens > 0, other.decode_seqs > 0
-        if pre == dec or other_pre == other_dec or shape.is_empty or other.is_empty:
-            return None   # empty, or mixing prefill and decode: `slowdown` weighs two phases
-        at, other_at = self._columns_at(sms), self._columns_at(other_sms)
-        own = np.array((self._use_at(shape, at), self._use_at(other, other_at)))
-        coef = np.array((self._corun_prefill if pre else self._corun_decode,
-                         self._corun_prefill if other_pre else self._corun_decode)).T[:, :, None]
-        excess = corun_excess(coef, self._corun_k, own, own[::-1], np.array((other_at.share, at.share)))
+        if pre == dec or other_pre == other_dec or shape.is_empty or other.is_empty or len(sms) != len(other_sms):
+            return None
+        num_sms = self.gpu.num_sms
+        for s in (*sms, *other_sms):
+            if not 0 <= s <= num_sms:
+                self._check_sms(s)   # raises
+        times, other_times = self._solo_each(shape, sms), self._solo_each(other, other_sms)
+        bw, k = self._bandwidth, self._corun_k
+        bytes_, other_bytes = self._total_bytes(shape), self._total_bytes(other)
+        a, b, c, d, e = self._corun_prefill if pre else self._corun_decode
+        oa, ob, oc, od, oe = self._corun_prefill if other_pre else self._corun_decode
         scale_p, scale_d = self._corun_scale
-        if scale_p == 1.0 and scale_d == 1.0:
-            factor = 1.0 + excess
-        else:
-            scale = np.array(((scale_p if pre else scale_d,), (scale_p if other_pre else scale_d,)))
-            factor = np.maximum(1.0, scale * (1.0 + excess))
-        times = np.array((self._solo_at(shape, at), self._solo_at(other, other_at))) * factor
-        return times[0], times[1]
+        unscaled, shares = self._corun_unscaled, self._shares
+        scale, other_scale = (scale_p if pre else scale_d), (scale_p if other_pre else scale_d)
+        out, other_out = [], []
+        for t, ot, s, os_ in zip(times, other_times, sms, other_sms):
+            own, rival = bytes_ / t / bw, other_bytes / ot / bw
+            share, other_share = shares[os_], shares[s]
+            both = own + rival - k   # the same sum from either side: addition commutes
+            both = 0.0 if both < 0.0 else both
+            over, other_over = (both if both < rival else rival), (both if both < own else own)
+            x = a * rival + b * own * rival + c * over + d * share * rival + e * share
+            ox = oa * own + ob * rival * own + oc * other_over + od * other_share * own + oe * other_share
+            if unscaled:
+                out.append(t * (1.0 + x))
+                other_out.append(ot * (1.0 + ox))
+            else:
+                f, of = scale * (1.0 + x), other_scale * (1.0 + ox)
+                out.append(t * (f if f > 1.0 else 1.0))
+                other_out.append(ot * (of if of > 1.0 else 1.0))
+        return out, other_out
+
+    def _solo_each(self, shape: BatchShape, sms: tuple[int, ...]) -> list[float]:
+        """`solo_time` at each of (checked) SM counts of a shape that is one phase alone. A
+        prompt step is memoised by its contents (Nexus's controller meets the chunks of an
+        earlier search in about half its searches); a decode step by its lines at its batch
+        size, as `solo_time` does."""
+        if shape.prefill_tokens <= 0:
+            key = (shape.decode_seqs, sms)
+            lines = self._decode_lines_each.get(key)
+            if lines is None:
+                if len(self._decode_lines_each) >= _CACHE_LIMIT:
+                    self._decode_lines_each.clear()
+                lines = self._decode_lines_each[key] = self._decode_lines_at(shape.decode_seqs, sms)
+            kv_tokens = shape.decode_kv_tokens
+            return [fixed + (rest + per_kv_token * kv_tokens) for fixed, rest, per_kv_token in lines]
+        key = (shape, sms)
+        times = self._solo_lists.get(key)
+        if times is None:
+            # With no decode rows, a prompt step's time is its chunks' part (see _scalar_time).
+            if len(self._solo_lists) >= _CACHE_LIMIT:
+                self._solo_lists.clear()
+            times = self._solo_lists[key] = self._chunk_parts_each(shape.prefill_chunks, 0, sms)
+        return times
 
     def _use(self, shape: BatchShape, sms: int) -> tuple[float, float, bool, bool] | None:
         """(bandwidth use, prefill's share of the solo time, has prefill, has decode) of `shape`
@@ -809,17 +884,23 @@ class MeasuredCost:
         """The slowdown of a side whose `_use` terms are `mine` beside a rival drawing `rival`
         on `other_sms` SMs."""
         own, w, has_pre, has_dec = mine
-        share = 1.0 if other_sms == FULL_GPU else other_sms / self.gpu.num_sms
-        over = min(rival, max(own + rival - self._corun_k, 0.0))
-        scale_p, scale_d = self._corun_scale
-        unscaled = scale_p == 1.0 and scale_d == 1.0
+        share = self._shares[other_sms]
+        # min(rival, max(..., 0.0)) as comparisons that keep the operand the builtins keep: the
+        # two builtin calls were a sixth of this function (callgrind).
+        over = own + rival - self._corun_k
+        if over < 0.0:
+            over = 0.0
+        if not over < rival:
+            over = rival
+        unscaled = self._corun_unscaled
         if has_pre:
             a, b, c, d, e = self._corun_prefill
             pre = a * rival + b * own * rival + c * over + d * share * rival + e * share
             if not has_dec:
-                return 1.0 + pre if unscaled else max(1.0, scale_p * (1.0 + pre))
+                return 1.0 + pre if unscaled else max(1.0, self._corun_scale[0] * (1.0 + pre))
         a, b, c, d, e = self._corun_decode
         dec = a * rival + b * own * rival + c * over + d * share * rival + e * share
+        scale_p, scale_d = self._corun_scale
         if has_pre:
             scale = w * scale_p + (1.0 - w) * scale_d
             factor = 1.0 + (w * pre + (1.0 - w) * dec)

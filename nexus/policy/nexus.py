@@ -70,5 +70,7 @@ class Nexus(Policy):
         seqs = len(running)
         if not seqs:
             return self._split   # prefill runs alone on every SM; nothing to trade off
-        decode = make_shape(((), seqs, running.kv_tokens() + sum(r.kv_tokens for r in running.pending) + seqs))
+        pending = running.pending   # mostly empty: no generator for nothing
+        joining = sum([r.kv_tokens for r in pending]) if pending else 0
+        decode = make_shape(((), seqs, running.kv_tokens() + joining + seqs))
         return self._controller.choose(batch.shape(state), decode, state.kv.usage)

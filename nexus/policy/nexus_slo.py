@@ -33,7 +33,7 @@ import itertools
 
 import numpy as np
 
-from nexus.cost.base import FULL_GPU, BatchShape, CostModel, corun_times, make_shape
+from nexus.cost.base import FULL_GPU, BatchShape, CostModel, corun_times_each, make_shape
 from nexus.kv import blocks_for
 from nexus.policy.base import Policy, make_decode_room, take_prefill_chunks
 from nexus.policy.split_controller import _bucket
@@ -135,6 +135,12 @@ class NexusSLO(Policy):
         return self.headroom * self.tbt_slo_s / self._error[kind].factor
 
     def _plan_prefill(self, state: ServingState) -> Batch | None:
+        waiting = state.waiting
+        if not waiting or (state.seats_free <= 0 and not waiting.started_tokens()):
+            # No prompt can start (none waits, or every seat is taken and none has begun): what
+            # follows would come to None too, after pricing a mixed step for nothing. Past
+            # saturation most plans of this stream end here (1.8 a request on ShareGPT).
+            return None
         decoding = state.inflight.get("decode")
         if decoding is not None and decoding.prefill:
             return None   # a mixed step holds the whole GPU
@@ -276,25 +282,32 @@ class NexusSLO(Policy):
         """The index of the prefill partition to use, whether its co-running decode step meets
         the TBT target (else the TTFT target chose it), and the chunk's and the decode step's
         predicted times there."""
-        _, t_decode, t_prefill = self.split_times(state.cost, prefill, decode)
-        in_time = np.flatnonzero(t_decode <= self._bound("split"))
-        if in_time.size:
-            index = int(in_time[-1])
-            return index, True, float(t_prefill[index]), float(t_decode[index])
+        t_decode, t_prefill = self._split_times(state.cost, prefill, decode)
+        bound = self._bound("split")
+        for index in range(len(t_decode) - 1, -1, -1):   # the last in time
+            if t_decode[index] <= bound:
+                return index, True, t_prefill[index], t_decode[index]
         queue = state.waiting.pending_tokens() + prefill.prefill_tokens
-        drains = np.flatnonzero(queue / prefill.prefill_tokens * t_prefill <= self.headroom * self.ttft_slo_s)
-        index = int(drains[0]) if drains.size else len(t_prefill) - 1
-        return index, False, float(t_prefill[index]), float(t_decode[index])
+        per_token, limit = queue / prefill.prefill_tokens, self.headroom * self.ttft_slo_s
+        index = next((i for i, t in enumerate(t_prefill) if per_token * t <= limit), len(t_prefill) - 1)
+        return index, False, t_prefill[index], t_decode[index]
 
     @staticmethod
-    def split_times(cost: CostModel, prefill: BatchShape, decode: BatchShape
+    def _split_times(cost: CostModel, prefill: BatchShape, decode: BatchShape) -> tuple[list[float], list[float]]:
+        """`split_times`'s decode and prefill times as lists of floats (numpy's per-call cost
+        outweighs a dozen candidates: see nexus.policy.split_controller)."""
+        p = tuple(cost.gpu.partition_sizes())
+        t_prefill, t_decode = corun_times_each(cost, prefill, p, decode, tuple(cost.gpu.num_sms - s for s in p))
+        overhead = cost.step_overhead(decode)
+        return [t + overhead for t in t_decode], t_prefill
+
+    @classmethod
+    def split_times(cls, cost: CostModel, prefill: BatchShape, decode: BatchShape
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every prefill partition the GPU can give, and on each the predicted co-running decode
         step (host gap included) and prefill chunk."""
-        p = np.array(cost.gpu.partition_sizes())
-        d = cost.gpu.num_sms - p
-        t_prefill, t_decode = corun_times(cost, prefill, p, decode, d)
-        return p, t_decode + cost.step_overhead(decode), t_prefill
+        t_decode, t_prefill = cls._split_times(cost, prefill, decode)
+        return np.array(cost.gpu.partition_sizes()), np.array(t_decode), np.array(t_prefill)
 
     def priority(self, req: Request) -> float:
         if self.gamma is None:

@@ -30,7 +30,7 @@ class Static(Policy):
 
     def plan(self, state: ServingState, stream: str) -> Batch | None:
         split = self._split
-        if split is None or (split.prefill_sms, split.decode_sms) != (self.prefill_sms, self.decode_sms):
+        if split is None or split.prefill_sms != self.prefill_sms or split.decode_sms != self.decode_sms:
             split = self._split = Split(self.prefill_sms, self.decode_sms)
         if stream == "prefill":
             return prefill_step(state, stream, self.chunk_tokens, split)

@@ -22,10 +22,13 @@ LOW, HIGH = 0.5, 2.0
 
 class StepError:
     """A running mean and mean absolute deviation of measured / predicted seconds."""
-    __slots__ = ("mean", "deviation", "count")
+    __slots__ = ("mean", "deviation", "count", "factor")
 
     def __init__(self) -> None:
         self.mean, self.deviation, self.count = 1.0, 0.0, 0
+        # What to multiply a predicted step time by before holding it to a target. Kept, not
+        # a property: nexus-slo reads it a few times a plan, and it changes only here.
+        self.factor = self._factor()
 
     def observe(self, measured_s: float, predicted_s: float) -> None:
         ratio = min(max(measured_s / predicted_s, LOW), HIGH)
@@ -33,10 +36,9 @@ class StepError:
         self.mean += WEIGHT * miss
         self.deviation += WEIGHT * (abs(miss) - self.deviation)
         self.count += 1
+        self.factor = self._factor()
 
-    @property
-    def factor(self) -> float:
-        """What to multiply a predicted step time by before holding it to a target."""
+    def _factor(self) -> float:
         return min(max(self.mean + SPREAD * self.deviation, LOW), HIGH)
 
     def describe(self) -> dict:
