@@ -750,10 +750,10 @@ class MeasuredCost:
         """`nexus.cost.base.corun_times_each` in plain floats. A split controller scores a dozen
         candidate splits at a time, and on arrays that small each numpy call costs about as
         much as a dozen float operations: over stacked arrays, one pass cost 320k instructions
-        (callgrind, fresh prompt shapes on the H100), here 185k. Each side's solo times at its SM counts, then per pair the
-        terms of `slowdown`'s array path (corun_excess, with numpy's maximum and minimum written
-        as comparisons that pick the same operand) in the same order, so the same bits. None
-        (not answered here) unless each shape is one phase alone (a mixed batch weighs two)."""
+        (callgrind, fresh prompt shapes on the H100), in plain floats under 200k. Each side's solo
+        times at its SM counts, then per pair each side's `_stretch`, whose terms are those of
+        `slowdown`'s array path (corun_excess) in the same order, so the same bits. None (not
+        answered here) unless each shape is one phase alone (a mixed batch weighs two)."""
         pre, dec = shape.prefill_tokens > 0, shape.decode_seqs > 0
         other_pre, other_dec = other.prefill_tokens > 0, other.decode_seqs > 0
         if pre == dec or other_pre == other_dec or shape.is_empty or other.is_empty or len(sms) != len(other_sms):
@@ -763,29 +763,14 @@ class MeasuredCost:
             if not 0 <= s <= num_sms:
                 self._check_sms(s)   # raises
         times, other_times = self._solo_each(shape, sms), self._solo_each(other, other_sms)
-        bw, k = self._bandwidth, self._corun_k
+        bw, stretch = self._bandwidth, self._stretch
         bytes_, other_bytes = self._total_bytes(shape), self._total_bytes(other)
-        a, b, c, d, e = self._corun_prefill if pre else self._corun_decode
-        oa, ob, oc, od, oe = self._corun_prefill if other_pre else self._corun_decode
-        scale_p, scale_d = self._corun_scale
-        unscaled, shares = self._corun_unscaled, self._shares
-        scale, other_scale = (scale_p if pre else scale_d), (scale_p if other_pre else scale_d)
         out, other_out = [], []
         for t, ot, s, os_ in zip(times, other_times, sms, other_sms):
             own, rival = bytes_ / t / bw, other_bytes / ot / bw
-            share, other_share = shares[os_], shares[s]
-            both = own + rival - k   # the same sum from either side: addition commutes
-            both = 0.0 if both < 0.0 else both
-            over, other_over = (both if both < rival else rival), (both if both < own else own)
-            x = a * rival + b * own * rival + c * over + d * share * rival + e * share
-            ox = oa * own + ob * rival * own + oc * other_over + od * other_share * own + oe * other_share
-            if unscaled:
-                out.append(t * (1.0 + x))
-                other_out.append(ot * (1.0 + ox))
-            else:
-                f, of = scale * (1.0 + x), other_scale * (1.0 + ox)
-                out.append(t * (f if f > 1.0 else 1.0))
-                other_out.append(ot * (of if of > 1.0 else 1.0))
+            # One phase a side, so _stretch's prefill weight is never read.
+            out.append(t * stretch((own, 1.0, pre, dec), rival, os_))
+            other_out.append(ot * stretch((rival, 1.0, other_pre, other_dec), own, s))
         return out, other_out
 
     def _solo_each(self, shape: BatchShape, sms: tuple[int, ...]) -> list[float]:
