@@ -164,8 +164,9 @@ class SimEngine:
         return Job(step.stream, step.shape, sms, steps, first, growth, step.batch.repeatable, step)
 
     def _check_stalled(self, stream: str) -> None:
+        """Raise if nothing can ever run again; called once every request has arrived."""
         state = self.state
-        if self.transfers or self.arrived < len(self.requests) or not state.waiting:
+        if self.transfers or not state.waiting:
             return
         for gpu in self.gpus:
             if gpu.jobs:
