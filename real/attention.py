@@ -154,7 +154,8 @@ def _cut_long_contexts(ctx: np.ndarray, pieces: np.ndarray, most: np.ndarray, nu
             break
         length = -(-length * used // room)
     else:
-        # Each long context takes at most keys / length + 1 pieces: this length always fits.
+        # Each long context takes at most keys / length + 1 pieces at this length, so it fits
+        # unless a context's share of the spare items alone asks for more (checked below).
         length = max(-(-int(c.sum()) // max(room - len(c), 1)), cap) if room > len(c) else int(c.max())
     out = pieces.copy()
     out[long] = np.clip(np.maximum(p, -(-c // length)), 1, m)
