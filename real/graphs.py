@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-import numpy as np
 import torch
 
 from nexus.graph_buckets import DECODE_GRAPH_BUCKETS, bucket_for
 from real.attention import ITEM_FIELDS, MAX_PIECES, AttentionMetadata, decode_items_for, decode_schedule
-from real.batch import BlockTables, Chunk
+from real.batch import BlockTables, Chunk, decode_part, token_layout
 from real.kv_cache import KVCache
 from real.model import Transformer
 from real.partitions import Partition
@@ -151,13 +150,10 @@ class DecodeGraphs(StepGraphs):
         n, b, bs, h = len(batch), self.max_batch, self.kv.block_size, self.host.numpy()
         self._host_free()
         self._pad_rows(n)  # rows past this batch may still hold a longer previous batch
-        ctx = np.fromiter((c.end for c in batch), dtype=np.int32, count=n)
-        h[:n] = [c.token_ids[0] for c in batch]
-        h[b:b + n] = ctx - 1
-        tables = self.tables.rows(batch, bs, self.kv.num_blocks, out=h[self._tables_at:].reshape(b, self.width))
-        last_blocks = tables[np.arange(n), (ctx - 1) // bs]
-        h[2 * b:2 * b + n] = last_blocks * bs + (ctx - 1) % bs
-        h[3 * b:3 * b + n] = ctx
+        rows = decode_part(batch)
+        tables = self.tables.rows(rows, bs, self.kv.num_blocks, out=h[self._tables_at:].reshape(b, self.width))
+        h[:n], h[b:b + n], h[2 * b:2 * b + n] = token_layout(rows, tables, bs)
+        h[3 * b:3 * b + n] = h[b:b + n] + 1
         graph, hidden, items = self.graphs[(partition.name, bucket)]
         self._schedule(bucket, items)
         t = self._tables_at

@@ -27,7 +27,7 @@ import torch
 
 from nexus.graph_buckets import GREEN_MAX_TOKENS, PREFILL_GRAPH_BUCKETS, PREFILL_GRAPH_MAX_SEQS
 from real.attention import ITEM_FIELDS, MAX_PIECES, AttentionMetadata, decode_items_for, decode_schedule
-from real.batch import Chunk, token_layout
+from real.batch import Chunk, split, token_layout
 from real.graphs import StepGraphs
 from real.kv_cache import KVCache
 from real.model import Transformer
@@ -89,26 +89,23 @@ class PrefillGraphs(StepGraphs):
         h, bs, sink = self.host.numpy(), self.kv.block_size, self.kv.pad_block
         ids, pos, slots, cu, starts, select, ctx, dec_rows, first, work, pre_tables, dec_tables = \
             self._views(h, bucket, rows, items)
-        prompt = [i for i, c in enumerate(batch) if len(c.token_ids) > 1]
-        decode = [i for i, c in enumerate(batch) if len(c.token_ids) == 1]
-        pre, dec = [batch[i] for i in prompt], [batch[i] for i in decode]
-        self.tables.rows(pre, bs, self.kv.num_blocks, out=pre_tables, batch_index=prompt, part="prompt")
-        self.tables.rows(dec, bs, self.kv.num_blocks, out=dec_tables, batch_index=decode)
+        pre, dec = split(batch)
+        self.tables.rows(pre, bs, self.kv.num_blocks, out=pre_tables)
+        self.tables.rows(dec, bs, self.kv.num_blocks, out=dec_tables)
         pre_ids, pre_pos, pre_slots = token_layout(pre, pre_tables, bs)
         dec_ids, dec_pos, dec_slots = token_layout(dec, dec_tables, bs)
         tp, nd = len(pre_ids), len(dec)
         ids[:], pos[:], slots[:] = 0, 0, sink * bs
         ids[:tp], pos[:tp], slots[:tp] = pre_ids, pre_pos, pre_slots
         ids[tp:tp + nd], pos[tp:tp + nd], slots[tp:tp + nd] = dec_ids, dec_pos, dec_slots
-        lens = np.fromiter((len(c.token_ids) for c in pre), dtype=np.int64, count=len(pre))
         cu[0] = 0
-        cu[1:len(pre) + 1] = np.cumsum(lens)
+        cu[1:len(pre) + 1] = np.cumsum(pre.lens)
         cu[len(pre) + 1:] = tp              # spare sequences are empty
         starts[:] = 0
-        starts[:len(pre)] = [c.start for c in pre]
+        starts[:len(pre)] = pre.starts
         select[:] = 0                      # each sequence's last token, in the caller's order
-        select[prompt] = cu[1:len(pre) + 1] - 1
-        select[decode] = tp + np.arange(nd)
+        select[pre.index] = cu[1:len(pre) + 1] - 1
+        select[dec.index] = tp + np.arange(nd)
         ctx[:] = 1
         ctx[:nd] = dec_pos + 1
         dec_rows[:] = 0
