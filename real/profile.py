@@ -14,8 +14,10 @@ import gc
 import statistics
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -25,7 +27,7 @@ from nexus.cost.served import read_replay, served_scales, write_replay
 from nexus.errors import UserError
 from nexus.specs import GPUSpec, ModelSpec
 from real.batch import Chunk
-from real.gpu_info import gpu_facts
+from real.gpu_info import ClockPowerSampler, gpu_facts
 from real.model_runner import ModelRunner
 from real.partitions import Partitions
 
@@ -181,6 +183,18 @@ def covered_steps(steps: list[tuple[float, float]], other: list[tuple[float, flo
     return [end - begin for begin, end in steps if begin >= first and end <= last]
 
 
+@contextmanager
+def clocks_while(data: dict, kind: str) -> Iterator[None]:
+    """Record in data["clocks"][kind] the SM clock and power while `kind` was measured (if it
+    measured anything): run back to back at the 700 W limit, an H200's steps slow by 9-13%,
+    and a grid measured late in a profile may run hotter than one measured early."""
+    before = len(data["measurements"].get(kind, []))
+    with ClockPowerSampler() as sampler:
+        yield
+    if len(data["measurements"].get(kind, [])) > before:
+        data.setdefault("clocks", {})[kind] = sampler.summary()
+
+
 def profile(runner: ModelRunner, parts: Partitions, model: ModelSpec, gpu: GPUSpec, out: Path,
             which: list[str], command: str, repeats: int = 5, grid: Grid = Grid(), log=print,
             gap_requests: int = 240) -> dict:
@@ -208,55 +222,59 @@ def profile(runner: ModelRunner, parts: Partitions, model: ModelSpec, gpu: GPUSp
     prof = Profiler(runner, parts, repeats, grid.decode_contexts)
     meas = data["measurements"]
     if "prefill" in which:
-        for p in [0, *parts.made()]:
-            part = parts.prefill(p)
-            for chunk, prior, prompts in prefill_shapes:
-                key = {"sms": part.sm_count if p else 0, "chunk_tokens": chunk, "prior_tokens": prior,
-                       **({"prompts": prompts} if prompts > 1 else {})}
-                if missing("prefill", key):
-                    steps = prof.prefill_batch(chunk, prior, prompts)
-                    meas["prefill"].append({**key, "time_s": prof.time_alone(steps, part)})
-            write_calibration(data, out)
-            log(f"prefill: {part.name} done")
+        with clocks_while(data, "prefill"):
+            for p in [0, *parts.made()]:
+                part = parts.prefill(p)
+                for chunk, prior, prompts in prefill_shapes:
+                    key = {"sms": part.sm_count if p else 0, "chunk_tokens": chunk, "prior_tokens": prior,
+                           **({"prompts": prompts} if prompts > 1 else {})}
+                    if missing("prefill", key):
+                        steps = prof.prefill_batch(chunk, prior, prompts)
+                        meas["prefill"].append({**key, "time_s": prof.time_alone(steps, part)})
+                write_calibration(data, out)
+                log(f"prefill: {part.name} done")
     if "decode" in which:
-        for p in [0, *parts.made()]:
-            part = parts.decode(p)
-            for batch, context in decode_shapes:
-                key = {"sms": part.sm_count if p else 0, "batch": batch, "context": context}
-                if missing("decode", key):
-                    meas["decode"].append({**key, "time_s": prof.time_alone(prof.decode_batch(batch, context), part)})
-            write_calibration(data, out)
-            log(f"decode: {part.name} done")
+        with clocks_while(data, "decode"):
+            for p in [0, *parts.made()]:
+                part = parts.decode(p)
+                for batch, context in decode_shapes:
+                    key = {"sms": part.sm_count if p else 0, "batch": batch, "context": context}
+                    if missing("decode", key):
+                        meas["decode"].append({**key, "time_s": prof.time_alone(prof.decode_batch(batch, context), part)})
+                write_calibration(data, out)
+                log(f"decode: {part.name} done")
     if "corun" in which:
-        for p in grid.corun_splits:
-            if p not in parts.made():
-                continue
-            pp, dp = parts.prefill(p), parts.decode(p)
-            for chunk, prior in corun_prefill:
-                for batch, context in grid.corun_decode:
-                    rec = {"prefill": {"sms": pp.sm_count, "chunk_tokens": chunk, "prior_tokens": prior},
-                           "decode": {"sms": dp.sm_count, "batch": batch, "context": context}}
-                    if not missing("corun", rec):
-                        continue
-                    dec = prof.decode_batch(batch, context)
-                    pre = prof.prefill_batch(chunk, prior)
-                    solo_p, solo_d = prof.time_alone(pre, pp), prof.time_alone(dec, dp)
-                    together_p, together_d = prof.time_together((pre, pp), (dec, dp))
-                    meas["corun"].append({**rec, "prefill_time_s": together_p, "decode_time_s": together_d,
-                                          "prefill_solo_s": solo_p, "decode_solo_s": solo_d})
-            write_calibration(data, out)
-            log(f"corun: split {p} done")
+        with clocks_while(data, "corun"):
+            for p in grid.corun_splits:
+                if p not in parts.made():
+                    continue
+                pp, dp = parts.prefill(p), parts.decode(p)
+                for chunk, prior in corun_prefill:
+                    for batch, context in grid.corun_decode:
+                        rec = {"prefill": {"sms": pp.sm_count, "chunk_tokens": chunk, "prior_tokens": prior},
+                               "decode": {"sms": dp.sm_count, "batch": batch, "context": context}}
+                        if not missing("corun", rec):
+                            continue
+                        dec = prof.decode_batch(batch, context)
+                        pre = prof.prefill_batch(chunk, prior)
+                        solo_p, solo_d = prof.time_alone(pre, pp), prof.time_alone(dec, dp)
+                        together_p, together_d = prof.time_together((pre, pp), (dec, dp))
+                        meas["corun"].append({**rec, "prefill_time_s": together_p, "decode_time_s": together_d,
+                                              "prefill_solo_s": solo_p, "decode_solo_s": solo_d})
+                write_calibration(data, out)
+                log(f"corun: split {p} done")
     if "mixed" in which:
-        part = parts.decode(0)   # where a single-stream engine runs
-        for chunk, prior in [(c, p) for c, p in grid.mixed_prefill if fits(c + p)]:
-            for batch, context in [(b, c) for b, c in grid.mixed_decode if fits(c)]:
-                key = {"sms": 0, "chunk_tokens": chunk, "prior_tokens": prior, "batch": batch,
-                       "context": context}
-                if missing("mixed", key):
-                    steps = prof.decode_batch(batch, context) + prof.prefill_batch(chunk, prior)
-                    meas.setdefault("mixed", []).append({**key, "time_s": prof.time_alone(steps, part)})
-        write_calibration(data, out)
-        log("mixed: done")
+        with clocks_while(data, "mixed"):
+            part = parts.decode(0)   # where a single-stream engine runs
+            for chunk, prior in [(c, p) for c, p in grid.mixed_prefill if fits(c + p)]:
+                for batch, context in [(b, c) for b, c in grid.mixed_decode if fits(c)]:
+                    key = {"sms": 0, "chunk_tokens": chunk, "prior_tokens": prior, "batch": batch,
+                           "context": context}
+                    if missing("mixed", key):
+                        steps = prof.decode_batch(batch, context) + prof.prefill_batch(chunk, prior)
+                        meas.setdefault("mixed", []).append({**key, "time_s": prof.time_alone(steps, part)})
+            write_calibration(data, out)
+            log("mixed: done")
     timelines = []
     if "engine" in which:
         from nexus.policy import build_policies

@@ -19,7 +19,16 @@ TINY_GRID = Grid(prefill=((16, 0), (64, 0), (32, 64)), prefill_prompts=((4, 16),
                  mixed_prefill=((16, 0), (32, 16)), mixed_decode=((2, 32), (8, 32)))
 
 
-def test_profile_writes_a_valid_resumable_calibration(tmp_path):
+def test_profile_writes_a_valid_resumable_calibration(tmp_path, monkeypatch):
+    import itertools
+
+    import real.profile
+    runs = itertools.count(1)
+
+    class NumberedSampler(real.profile.ClockPowerSampler):   # no NVML on CPU: number the records
+        def summary(self) -> dict:
+            return {"samples": next(runs)}
+    monkeypatch.setattr(real.profile, "ClockPowerSampler", NumberedSampler)
     model, gpu = MODELS["tiny-llama"], GPUS["h100-sxm"]
     runner = ModelRunner(model, device="cpu", num_blocks=64)
     parts = Partitions([32, 64, 96], device="cpu", cpu_gpu=gpu)
@@ -29,10 +38,14 @@ def test_profile_writes_a_valid_resumable_calibration(tmp_path):
     assert len(first["measurements"]["prefill"]) == 4 * (3 + 1)     # FULL + three partitions; one several-prompt shape
     assert not first["measurements"]["decode"]
     assert "fit" not in first                                  # nothing to fit decode with yet
+    assert first["clocks"] == {"prefill": {"samples": 1}}     # clocks while each part measured
     profile(runner, parts, model, gpu, out, ["prefill", "decode", "corun", "mixed"], "test", repeats=1,
             grid=TINY_GRID, log=lambda m: None)
     data = read_calibration(out)
     assert data["measurements"]["prefill"] == first["measurements"]["prefill"]   # resumed, not redone
+    # A part that measured nothing new keeps the record of the run that measured it.
+    assert data["clocks"] == {"prefill": {"samples": 1}, "decode": {"samples": 2}, "corun": {"samples": 3},
+                              "mixed": {"samples": 4}}
     several = [r for r in data["measurements"]["prefill"] if r.get("prompts", 1) > 1]
     assert {(r["prompts"], r["chunk_tokens"]) for r in several} == {(4, 16)}
     assert {r["sms"] for r in several} == {r["sms"] for r in data["measurements"]["prefill"]} == {0, 32, 64, 96}
