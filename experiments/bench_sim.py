@@ -8,7 +8,8 @@ repeats, of the whole process (target <= 5 s) and of the event loop alone (targe
 per request, 2 s for 20k), in wall time and in the process's own CPU time. The machine's
 load average is recorded before and after each policy: on a shared machine wall times are
 only as good as that, and CPU time, which leaves out the time other jobs held the core,
-is the steadier of the two (it still pays for their share of caches).
+is the steadier of the two (it still pays for their share of caches). Where
+scripts/compile_sim.py has built its modules, the runs use them; each policy lists those it ran.
 """
 from __future__ import annotations
 
@@ -34,9 +35,12 @@ from traces import TraceEntry, read_trace, write_trace  # noqa: E402
 POLICIES = ["chunked", "prefill-first", "static", "nexus", "nexus-slo", "disagg"]
 # What one timed process runs: the simulator's Python API, as nexus-sim does, printing the
 # summary and the event loop's own wall time.
+# Which of the modules scripts/compile_sim.py compiles ran compiled is reported too.
 RUN = ("import json, sys; import sim; r = sim.run(sys.argv[1], policy=sys.argv[2]); "
+       "compiled = sorted(m for m, mod in sys.modules.items() if m.split('.')[0] in ('sim', 'nexus') "
+       "and getattr(mod, '__file__', None) and not mod.__file__.endswith('.py')); "
        "print(json.dumps({'summary': r.summary, 'loop_s': r.config['sim_wall_s'], "
-       "'loop_cpu_s': r.config['sim_cpu_s']}, default=str))")
+       "'loop_cpu_s': r.config['sim_cpu_s'], 'compiled': compiled}, default=str))")
 
 
 def build_trace(n: int, rate: float, seed: int, path: Path) -> None:
@@ -67,7 +71,7 @@ def main() -> int:
     pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
     results = {}
     for policy in args.policies.split(","):
-        walls, loops, cpus, summary = [], [], [], None
+        walls, loops, cpus, summary, out = [], [], [], None, {}
         load_before = os.getloadavg()
         for _ in range(args.repeats):
             t0 = time.perf_counter()
@@ -91,6 +95,7 @@ def main() -> int:
             "simulated_s": summary["duration_s"], "throughput_rps": summary["throughput_rps"],
             "ttft_p95_s": summary["ttft_s"]["p95"], "tbt_p95_s": summary["tbt_s"]["p95"],
             "cost_model": summary["cost_model"]["name"],
+            "compiled_modules": out["compiled"],
         }
         print(f"{policy:14s} median {results[policy]['wall_s_median']:.2f} s, loop "
               f"{results[policy]['loop_s_median']:.2f} s ({results[policy]['loop_ms_per_request']:.3f} ms/request, "

@@ -26,6 +26,11 @@ class Split:
     def sms(self, stream: str) -> int:
         return self.decode_sms if stream == "decode" else self.prefill_sms
 
+    def __reduce__(self) -> tuple:
+        # Pickled by its constructor: compiled (scripts/compile_sim.py), a frozen dataclass
+        # cannot be restored field by field, and a sweep sends policies holding one to workers.
+        return Split, (self.prefill_sms, self.decode_sms)
+
 
 WHOLE_GPU = Split()   # a plain stream for each phase
 
@@ -141,7 +146,7 @@ class ServingState:
         if continuing:
             self.gaps.add(first_step_end - running.last_step_end_s, continuing)
         for req in joined:
-            self.gaps.add(first_step_end - req.last_token_s, 1)
+            self.gaps.add(first_step_end - req.last_token_s, 1)   # type: ignore[operator]  # joined: it has a token
         if steps > 1:
             self.gaps.add(dt, running.batch_size * (steps - 1))
         running.advance(steps)
@@ -157,7 +162,7 @@ class ServingState:
         if req.first_token_s is None:
             req.first_token_s = t
         else:
-            self.gaps.add(t - req.last_token_s, 1)
+            self.gaps.add(t - req.last_token_s, 1)   # type: ignore[operator]  # set with first_token_s
         req.generated += 1
         req.last_token_s = t
 

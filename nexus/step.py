@@ -17,7 +17,7 @@ from nexus.cost.base import BatchShape
 from nexus.policy import check_split
 from nexus.policy.base import Policy
 from nexus.request import Request
-from nexus.state import Batch, ServingState
+from nexus.state import Batch, ServingState, Split
 from nexus.topology import OneGPU, Topology
 
 
@@ -77,7 +77,7 @@ class Stepper:
         self.state, self.policy = state, policy
         self.topology = topology or OneGPU(state.kv)
         self._splits_seen: set = set()
-        self._last_split = None   # most plans reuse one Split object: skip hashing it
+        self._last_split: Split | None = None   # most plans reuse one Split object: skip hashing it
         # A policy that learns nothing from its steps keeps Policy's observe, which does nothing:
         # not calling it saves a call a step.
         self._observes = type(policy).observe is not Policy.observe

@@ -19,12 +19,14 @@ class Clock:
     __slots__ = ("now", "_queue", "_scheduled", "_stopped")
 
     def __init__(self) -> None:
-        self.now: float = 0   # an int until the first entry is due, as simpy's is
-        self._queue: list[tuple[float, int, int, Callable[[Any], None], Any]] = []
+        # An int until the first entry is due, as simpy's is. Times are typed `float | int`, not
+        # `float`: compiled (scripts/compile_sim.py), a `float` would turn that 0 into 0.0.
+        self.now: float | int = 0
+        self._queue: list[tuple[float | int, int, int, Callable[[Any], None], Any]] = []
         self._scheduled = 0
         self._stopped = False
 
-    def call_in(self, delay: float, fn: Callable[[Any], None], arg: Any = None, priority: int = NORMAL) -> None:
+    def call_in(self, delay: float | int, fn: Callable[[Any], None], arg: Any = None, priority: int = NORMAL) -> None:
         """Call fn(arg) `delay` seconds from now."""
         if delay < 0:
             raise ValueError(f"negative delay {delay}")

@@ -102,6 +102,8 @@ def _bursty_trace() -> list[TraceEntry]:
                        e.prompt_tokens, e.output_tokens) for i, e in enumerate(base)]
 
 
+@pytest.mark.skipif(not importlib.import_module("sim.gpu").__file__.endswith(".py"),
+                    reason="sim.gpu is compiled (scripts/compile_sim.py): its GPU takes only a sim.clock.Clock")
 @pytest.mark.parametrize("policy", ["chunked", "prefill-first", "static", "nexus", "nexus-slo", "disagg"])
 @pytest.mark.parametrize("tight_kv", [False, True])
 def test_the_engine_gives_the_same_run_on_simpys_queue(policy, tight_kv, monkeypatch):

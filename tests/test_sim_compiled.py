@@ -1,0 +1,55 @@
+"""Compiled with mypyc (scripts/compile_sim.py), the simulator gives every run to the last bit.
+
+A copy of the sources runs every policy, is compiled, and runs them again; the summary, every
+request's record and every step of the timeline must hash the same, and the second runs must
+really have used the compiled modules.
+"""
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("mypyc") is None or shutil.which("cc") is None,
+                                reason="needs mypyc (pip install -e '.[compiled]') and a C compiler")
+
+# Each policy on the shipped conversation trace at three times its rate (seats and KV run out,
+# so requests queue and are preempted), and Nexus-SLO and disagg with settings of their own.
+RUNS = """
+import hashlib, json, pickle, sys
+import sim, sim.gpu
+runs = [(p, {}) for p in ("chunked", "prefill-first", "static", "nexus", "nexus-slo", "disagg")]
+runs += [("nexus-slo", {"ttft_slo_s": 0.5, "tbt_slo_s": 0.03}), ("disagg", {"link": "pcie4"})]
+out = {}
+for policy, params in runs:
+    r = sim.run("traces/sharegpt.jsonl", policy=policy, rate_scale=3.0, policy_params=params)
+    blob = pickle.dumps((json.dumps(r.summary, sort_keys=True, default=str), r.requests.to_dict("list"),
+                         r.timeline.to_dict("list")))
+    out[policy + json.dumps(params)] = hashlib.sha256(blob).hexdigest()
+print(json.dumps({"compiled": not sim.gpu.__file__.endswith(".py"), "runs": out}))
+"""
+
+
+def _runs(src: Path) -> dict:
+    proc = subprocess.run([sys.executable, "-c", RUNS], cwd=src, capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout)
+
+
+def test_compiled_simulator_gives_the_same_runs_to_the_bit(tmp_path):
+    src = tmp_path / "src"
+    for part in ("sim", "nexus", "traces", "scripts"):
+        shutil.copytree(ROOT / part, src / part, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    before = _runs(src)
+    build = subprocess.run([sys.executable, "scripts/compile_sim.py"], cwd=src, capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    after = _runs(src)
+    assert not before["compiled"] and after["compiled"]
+    assert after["runs"] == before["runs"]
+    assert len(set(before["runs"].values())) == len(before["runs"])   # the runs differ from each other
+    subprocess.run([sys.executable, "scripts/compile_sim.py", "--clean"], cwd=src, check=True)
+    assert not [*src.glob("*.so"), *(src / "sim").rglob("*.so"), *(src / "nexus").rglob("*.so")]
