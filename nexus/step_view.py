@@ -25,7 +25,7 @@ def step_table(timeline: pd.DataFrame, cost: CostModel) -> pd.DataFrame:
     whenever its co-runner changes.
     """
     columns = ["stream", "start_s", "end_s", "sms", "prefill_tokens", "prefill_prior_tokens",
-               "decode_seqs", "decode_kv_tokens", "prefill_chunks", "prefill_shape"]
+               "decode_seqs", "decode_kv_tokens", "prefill_chunks", "prefill_shape", "sm_clock_mhz"]
     steps = timeline[[c for c in columns if c in timeline.columns]].sort_values("start_s", kind="stable").reset_index(drop=True)
     steps["measured_s"] = steps["end_s"] - steps["start_s"]
     shapes = [_shape(r) for r in steps.itertuples()]
@@ -63,10 +63,32 @@ def step_table(timeline: pd.DataFrame, cost: CostModel) -> pd.DataFrame:
 
 
 def step_view(steps: pd.DataFrame) -> dict:
-    """Per step kind: how many, and the median signed and absolute % error of the model."""
-    return {kind: {"n": int(len(g)), "median_signed_pct": float(g["error_pct"].median()),
-                   "median_abs_pct": float(g["error_pct"].abs().median())}
-            for kind, g in sorted(steps.groupby("kind"), key=lambda kv: kv[0])}
+    """Per step kind: how many, and the median signed and absolute % error of the model; with
+    the engine's SM clock beside each step (`sm_clock_mhz`), also its median, and the signed
+    error apart for the steps at the run's top clock and those below it."""
+    clock = steps["sm_clock_mhz"] if "sm_clock_mhz" in steps else None
+    top_mhz = float(clock.max()) if clock is not None and clock.notna().any() else None
+    view = {}
+    for kind, g in sorted(steps.groupby("kind"), key=lambda kv: kv[0]):
+        view[kind] = _errors(g["error_pct"])
+        if top_mhz is not None and g["sm_clock_mhz"].notna().any():
+            mhz = g["sm_clock_mhz"]
+            top = mhz >= top_mhz - CLOCK_BAND_MHZ
+            view[kind]["sm_clock_mhz"] = float(mhz.median())
+            for name, mine in (("at_top_clock", top), ("below_top_clock", ~top & mhz.notna())):
+                if mine.any():
+                    view[kind][name] = _errors(g["error_pct"][mine])
+    return view
+
+
+def _errors(error_pct: pd.Series) -> dict:
+    return {"n": int(len(error_pct)), "median_signed_pct": float(error_pct.median()),
+            "median_abs_pct": float(error_pct.abs().median())}
+
+
+# Steps within this of the run's highest sampled SM clock count as unthrottled (NVML reports
+# it in steps of 15 MHz; an H200 rests at 1980).
+CLOCK_BAND_MHZ = 30.0
 
 
 def _shape(r) -> BatchShape:

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 
 def _nvml():
     try:
@@ -75,7 +77,7 @@ class ClockPowerSampler:
     """
     index: int = 0
     interval_s: float = 0.05
-    samples: list[tuple[float, int, float]] = field(default_factory=list)  # (t, MHz, W)
+    samples: list[tuple[float, int, float]] = field(default_factory=list)  # (perf_counter s, MHz, W)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
 
@@ -87,14 +89,13 @@ class ClockPowerSampler:
         self._stop.clear()
 
         def loop() -> None:
-            t0 = time.perf_counter()
             while not self._stop.is_set():
                 try:
                     mhz = nv.nvmlDeviceGetClockInfo(handle, nv.NVML_CLOCK_SM)
                     watts = nv.nvmlDeviceGetPowerUsage(handle) / 1000
                 except Exception:
                     return
-                self.samples.append((time.perf_counter() - t0, mhz, watts))
+                self.samples.append((time.perf_counter(), mhz, watts))
                 self._stop.wait(self.interval_s)
 
         self._thread = threading.Thread(target=loop, daemon=True)
@@ -112,6 +113,19 @@ class ClockPowerSampler:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def clock_at(self, times: np.ndarray) -> np.ndarray:
+        """The SM clock (MHz) of the sample nearest each perf_counter time; NaN where none lies
+        within two intervals (the sampler was off, or NVML missing)."""
+        times = np.asarray(times, dtype=float)
+        if not self.samples:
+            return np.full(times.shape, np.nan)
+        at = np.array([s[0] for s in self.samples])
+        mhz = np.array([s[1] for s in self.samples], dtype=float)
+        right = np.clip(np.searchsorted(at, times), 1, len(at) - 1) if len(at) > 1 else np.zeros(times.shape, int)
+        left = np.maximum(right - 1, 0)
+        nearest = np.where(np.abs(at[left] - times) <= np.abs(at[right] - times), left, right)
+        return np.where(np.abs(at[nearest] - times) <= 2 * self.interval_s, mhz[nearest], np.nan)
 
     def summary(self) -> dict[str, Any]:
         if not self.samples:

@@ -126,11 +126,15 @@ def markdown(record: dict) -> str:
             lines.append(f"| {band} | {s['cases']} | {kind} | "
                          + " | ".join("-" if v is None else f"{v:.1f}" for v in vals) + " |")
     lines += ["", "Step-level view (model against each measured step, % of the measured time):", "",
-              "| trace | policy | load | step kind | n | median signed | median abs |", "|---|---|---|---|---|---|---|"]
+              "| trace | policy | load | step kind | n | median signed | median abs | SM clock (MHz) "
+              "| signed at top clock / below |", "|---|---|---|---|---|---|---|---|---|"]
     for c in record["cases"]:
         for kind, s in c["steps"].items():
+            by_clock = " / ".join("-" if part not in s else f"{s[part]['median_signed_pct']:+.1f} ({s[part]['n']})"
+                                  for part in ("at_top_clock", "below_top_clock"))
+            clock = f"{s['sm_clock_mhz']:.0f} | {by_clock}" if "sm_clock_mhz" in s else "- | -"
             lines.append(f"| {c['trace']} | {c['policy']} | {c['load']:.2f} | {kind} | {s['n']} | "
-                         f"{s['median_signed_pct']:+.1f} | {s['median_abs_pct']:.1f} |")
+                         f"{s['median_signed_pct']:+.1f} | {s['median_abs_pct']:.1f} | {clock} |")
     return "\n".join(lines) + "\n"
 
 

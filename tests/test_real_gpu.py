@@ -254,3 +254,35 @@ def test_bf16_gpu_model_matches_transformers_fp32(tmp_path) -> None:
         got.append(runner.logits([Chunk(ids[pos:pos + 1], pos, table)])[0])
     got = torch.stack(got).cpu()
     assert rel_err(got, ref[199:203]) < 3e-2
+
+
+def test_step_times_share_the_host_clock_the_sampler_reads() -> None:
+    """Engine step times are CUDA events from the run's origin; the clock sampler stamps
+    perf_counter. A step's SM clock is looked up by the one in the other's terms
+    (real.bench.add_sm_clock), so the two must agree to well under a sampling interval."""
+    import time
+
+    import pandas as pd
+
+    from real.bench import add_sm_clock
+    from real.clock import Clock
+    from real.gpu_info import ClockPowerSampler
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    stream = torch.cuda.current_stream()
+    with ClockPowerSampler(interval_s=0.01) as sampler:
+        clock = Clock(cuda=True)
+        marks = []
+        for _ in range(40):
+            begin = clock.mark(stream)
+            for _ in range(20):
+                a = (a @ a).clamp_(-1, 1)
+            marks.append((begin, clock.mark(stream)))
+        torch.cuda.synchronize()
+        host_end = clock.host_now()
+        time.sleep(0.03)
+    steps = pd.DataFrame([(clock.seconds(b), clock.seconds(e)) for b, e in marks], columns=["start_s", "end_s"])
+    assert abs(steps["end_s"].iloc[-1] - host_end) < 0.002   # the last event ended just before the host saw it
+    add_sm_clock(steps, sampler, clock.host_origin)
+    sampled = [s[1] for s in sampler.samples]
+    mhz = steps["sm_clock_mhz"]
+    assert mhz.notna().mean() > 0.9 and mhz.between(min(sampled), max(sampled)).sum() == mhz.notna().sum()

@@ -1,6 +1,7 @@
 """KV cache sizing, partitions on CPU (same API, null streams), and GPU facts without a GPU."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,3 +68,25 @@ def test_gpu_facts_and_sampler_degrade_without_a_gpu() -> None:
         pass
     summary = s.summary()
     assert summary["samples"] == len(s.samples)
+
+
+def sampler_with(samples: list[tuple[float, int]], interval_s: float = 0.05) -> ClockPowerSampler:
+    return ClockPowerSampler(interval_s=interval_s, samples=[(t, mhz, 500.0) for t, mhz in samples])
+
+
+def test_clock_at_reads_the_nearest_sample_and_nothing_far_from_one() -> None:
+    s = sampler_with([(10.00, 1980), (10.05, 1710), (10.10, 1500)])
+    got = s.clock_at(np.array([9.95, 10.02, 10.03, 10.074, 10.076, 10.19, 10.21, 9.89]))
+    assert got[:6].tolist() == [1980, 1980, 1710, 1710, 1500, 1500]
+    assert np.isnan(got[6:]).all()            # more than two intervals from any sample
+    assert np.isnan(ClockPowerSampler().clock_at(np.array([1.0]))).all()
+    one = sampler_with([(5.0, 1845)]).clock_at(np.array([4.95, 5.2]))
+    assert one[0] == 1845 and np.isnan(one[1])
+
+
+def test_engine_steps_take_the_clock_sampled_at_their_middle() -> None:
+    import pandas as pd
+    from real.bench import add_sm_clock
+    timeline = pd.DataFrame({"start_s": [0.00, 0.20, 0.50], "end_s": [0.02, 0.30, 0.51]})
+    add_sm_clock(timeline, sampler_with([(100.0, 1980), (100.25, 1600), (100.5, 1410)], 0.1), 100.0)
+    assert timeline["sm_clock_mhz"].tolist() == [1980, 1600, 1410]
