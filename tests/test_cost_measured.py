@@ -714,3 +714,40 @@ def test_steps_of_several_prompts_identify_attentions_own_pairs(data, cost, trut
                                   for sh in shapes for s in sms])
     assert np.median(err(with_prompts)) < 2.0
     assert np.median(err(with_prompts)) < np.median(err(cost))
+
+
+# The H200 engine's prefill graph buckets: every step it runs is padded to one of them.
+GRAPH_BUCKETS = [16, 32, 64, 128, 192, 256, 320, 384, 448, 512] + list(range(640, 2305, 128))
+
+
+def staircase_calibration() -> dict:
+    """Prefill on a GPU whose dense layers run in waves of 384 tokens (a step's time climbs in
+    stairs, as matmul tiles fill the SMs wave by wave), measured at every graph bucket."""
+    data = synthetic(sms=[FULL_GPU, 32, 64, 96], corun=False)
+    prefill = []
+    for s in (FULL_GPU, 32, 64, 96):
+        share = 1.0 if s == FULL_GPU else H100.num_sms / s
+        for n in sorted({*GRAPH_BUCKETS, 8192}):
+            prefill.append({"sms": s, "chunk_tokens": n, "prior_tokens": 0,
+                            "time_s": share * (0.005 + 0.012 * -(-n // 384))})
+    data["measurements"]["prefill"] = prefill
+    return data
+
+
+def bucket_errors(data: dict, fitted: dict) -> np.ndarray:
+    c = MeasuredCost(LLAMA8, H100, fitted["fit"])
+    return np.array([abs_pct(c.solo_time(BatchShape(((r["chunk_tokens"], 0),)), r["sms"]), r["time_s"])
+                     for r in data["measurements"]["prefill"] if r["chunk_tokens"] in GRAPH_BUCKETS])
+
+
+def test_a_knot_at_every_graph_bucket_keeps_the_stairs_between_grid_sizes(monkeypatch):
+    import nexus.cost.fit as fit_module
+    data = staircase_calibration()
+    fitted = fit_calibration(copy.deepcopy(data))
+    assert len(fitted["fit"]["prefill"]["token_knots"]) == len(GRAPH_BUCKETS) + 1
+    errors = bucket_errors(data, fitted)
+    assert np.median(errors) < 0.5 and errors.max() < 1.0
+    # Twelve knots, as before the profile measured every bucket: between knots a chord (or a
+    # knee below it) misses a stair by a tenth of the step.
+    monkeypatch.setattr(fit_module, "MAX_KNOTS", 12)
+    assert bucket_errors(data, fit_calibration(copy.deepcopy(data))).max() > 8.0

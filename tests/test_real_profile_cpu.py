@@ -162,3 +162,29 @@ def test_unknown_context_shape_is_a_user_error():
     from real.profile import decode_contexts
     with pytest.raises(UserError, match="unknown decode context shape 'zipf'"):
         decode_contexts("zipf", 4, 10)
+
+
+def test_prefill_is_measured_at_every_graph_bucket_too(tmp_path, monkeypatch):
+    """A graphed step runs at its bucket, so the profile measures the prefill curve there as
+    well as at the grid's sizes (each size once), and the fit puts a knot at each."""
+    from dataclasses import replace
+    model, gpu = MODELS["tiny-llama"], GPUS["h100-sxm"]
+    runner = ModelRunner(model, device="cpu", num_blocks=64)
+    spec = {"buckets": [16, 48, 64, 80], "max_seqs": 4, "decode_rows": 8}
+    monkeypatch.setattr(runner, "prefill_graph_spec", lambda: spec)
+    parts = Partitions([32, 64, 96], device="cpu", cpu_gpu=gpu)
+    out = tmp_path / "cal.json"
+    profile(runner, parts, model, gpu, out, ["prefill", "decode"], "test", repeats=1, grid=TINY_GRID,
+            log=lambda m: None)
+    data = read_calibration(out)
+    one_prompt = [(r["sms"], r["chunk_tokens"], r["prior_tokens"]) for r in data["measurements"]["prefill"]
+                  if r.get("prompts", 1) == 1]
+    assert len(one_prompt) == len(set(one_prompt))
+    assert {(n, p) for _, n, p in one_prompt} == {(16, 0), (64, 0), (32, 64), (48, 0), (80, 0)}
+    assert {s for s, n, _ in one_prompt if n == 48} == {0, 32, 64, 96}
+    assert {48, 80} <= set(data["fit"]["prefill"]["token_knots"])
+    assert data["engine"]["prefill_graphs"] == spec
+    plain = tmp_path / "plain.json"
+    profile(runner, parts, model, gpu, plain, ["prefill"], "test", repeats=1,
+            grid=replace(TINY_GRID, prefill_graph_buckets=False), log=lambda m: None)
+    assert {r["chunk_tokens"] for r in read_calibration(plain)["measurements"]["prefill"]} == {16, 64, 32}

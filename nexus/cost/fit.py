@@ -75,7 +75,10 @@ from nexus.cost.terms import (CORUN_TERMS, FIT_METHOD, FIT_VERSION, PREFILL_ATTE
 from nexus.errors import UserError
 from nexus.specs import GPUSpec, ModelSpec
 
-MAX_KNOTS = 12
+# Enough for a knot at every token bucket of an engine's prefill graphs (24 on the H200
+# engine) besides the grid's own sizes: a graphed step runs at its bucket, and between
+# buckets the curve has steps that no chord follows (real.profile.Grid).
+MAX_KNOTS = 40
 # A column of the fit further than this off its own points, in median, is reported (column_bias).
 BIAS_WARN_PCT = 3.0
 # Weight of the penalty on each coefficient's bend in 1/s between neighbouring SM columns,
