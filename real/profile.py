@@ -72,9 +72,8 @@ class Grid:
                            (256, 512))
     # Prefill also at every token count the engine's prefill graphs run (a graphed step takes
     # its bucket's time), no prior. Between two of the sizes above the curve is no line: on
-    # the H200 engine, served steps padded to 512, 1024 and 2048 tokens ran within 2% of the
-    # model, those padded to 640 9-11% over it, 448 25-41% over it and 1152-1536 up to 8%
-    # under it (nexus-slo's max-rate steps and chunked's validate steps on two boards).
+    # the H200 engine, nexus-slo's steps padded to 384-2048 tokens where the grid measures ran
+    # within 2% of the model, those padded to 640 11% over it (878 steps) and to 448 26% over.
     prefill_graph_buckets: bool = True
 
 
