@@ -751,3 +751,20 @@ def test_a_knot_at_every_graph_bucket_keeps_the_stairs_between_grid_sizes(monkey
     # knee below it) misses a stair by a tenth of the step.
     monkeypatch.setattr(fit_module, "MAX_KNOTS", 12)
     assert bucket_errors(data, fit_calibration(copy.deepcopy(data))).max() > 8.0
+
+
+def test_a_prefill_size_slower_than_the_next_larger_one_is_reported():
+    from nexus.cost.fit import fit_report, prefill_inversions
+    data = staircase_calibration()
+    assert fit_calibration(copy.deepcopy(data))["fit_error"]["prefill_inversions"] == []
+    for r in data["measurements"]["prefill"]:
+        if r["chunk_tokens"] == 448 and r["sms"] == FULL_GPU:
+            r["time_s"] *= 1.3        # 448 now costs more than 512 on the plain stream only
+    fitted = fit_calibration(data)
+    (inversion,) = fitted["fit_error"]["prefill_inversions"]
+    assert inversion[:3] == [FULL_GPU, 448, 512] and inversion[3] > 2.0
+    assert any("prefill of 448 tokens on the plain stream" in line for line in fit_report(fitted["fit_error"]))
+    # Steps of several prompts, or over a prior, are other shapes and never compared.
+    assert prefill_inversions([{"sms": 0, "chunk_tokens": 64, "prior_tokens": 4096, "time_s": 9.0},
+                               {"sms": 0, "chunk_tokens": 128, "prior_tokens": 0, "time_s": 1.0},
+                               {"sms": 0, "chunk_tokens": 96, "prior_tokens": 0, "prompts": 4, "time_s": 9.0}]) == []

@@ -81,6 +81,9 @@ from nexus.specs import GPUSpec, ModelSpec
 MAX_KNOTS = 40
 # A column of the fit further than this off its own points, in median, is reported (column_bias).
 BIAS_WARN_PCT = 3.0
+# A prefill size measured this much slower than the next larger one is reported
+# (prefill_inversions): more than the profile's repeat-to-repeat spread.
+INVERSION_WARN_PCT = 2.0
 # Weight of the penalty on each coefficient's bend in 1/s between neighbouring SM columns,
 # relative to a measurement's relative error. It fills in a shape a column lacks from the
 # columns beside it; the held-out error is flat for weights between 0.3 and 3.
@@ -440,6 +443,25 @@ def bias_warnings(bias: dict[str, dict[str, float]]) -> list[str]:
     return lines
 
 
+def prefill_inversions(records: list[dict]) -> list[list[int | float]]:
+    """[SMs, tokens, next larger tokens, % slower] for each one-prompt prefill size without a
+    prior whose median time on an SM column exceeds the next larger size's there by more than
+    INVERSION_WARN_PCT. The fit is non-decreasing in tokens and cannot follow one; an engine
+    would do better to pad such a step past it (a graph bucket that costs more than the next)."""
+    times: dict[tuple[int, int], list[float]] = {}
+    for r in records:
+        if r.get("prompts", 1) == 1 and r["prior_tokens"] == 0:
+            times.setdefault((r["sms"], r["chunk_tokens"]), []).append(r["time_s"])
+    out: list[list[int | float]] = []
+    for sms in sorted({s for s, _ in times}):
+        sizes = sorted(n for s, n in times if s == sms)
+        for small, large in zip(sizes, sizes[1:]):
+            slower = 100.0 * (np.median(times[sms, small]) / np.median(times[sms, large]) - 1.0)
+            if slower > INVERSION_WARN_PCT:
+                out.append([sms, small, large, round(float(slower), 1)])
+    return out
+
+
 def fit_report(fit_error: dict[str, Any]) -> list[str]:
     """What a refit or a profile prints of its fit: the held-out error of each kind, then a
     warning for each column off its own points (bias_warnings)."""
@@ -448,7 +470,12 @@ def fit_report(fit_error: dict[str, Any]) -> list[str]:
         s = fit_error.get(kind, {})
         lines.append(f"{kind:15s} held-out median {s['median_abs_pct']:6.2f}%  P90 {s['p90_abs_pct']:6.2f}%  "
                      f"n={s['n']}" if s.get("n") else f"{kind:15s} no held-out points")
-    return lines + [f"warning: {line}" for line in bias_warnings(fit_error.get("bias_pct", {}))]
+    lines += [f"warning: {line}" for line in bias_warnings(fit_error.get("bias_pct", {}))]
+    for sms, small, large, slower in fit_error.get("prefill_inversions", []):
+        where = "the plain stream" if sms == FULL_GPU else f"{sms} SMs"
+        lines.append(f"warning: prefill of {small} tokens on {where} took {slower:.1f}% longer than of {large}: "
+                     f"the fit prices it at most as {large}; pad such steps past it")
+    return lines
 
 
 def fit_calibration(data: dict[str, Any], holdout_fraction: float = 0.25,
@@ -483,6 +510,7 @@ def fit_calibration(data: dict[str, Any], holdout_fraction: float = 0.25,
     cost = MeasuredCost(model, gpu, fit)
     cost.use_engine(engine)
     fit_error["bias_pct"] = column_bias(cost, measurements)
+    fit_error["prefill_inversions"] = prefill_inversions(measurements.get("prefill", []))
     return {"fit": fit, "fit_error": fit_error}
 
 
