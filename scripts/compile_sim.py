@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # every policy subclasses Policy), sim.engine (a test subclasses it), and modules that do not
 # yet type-check as strictly as mypyc needs.
 MODULES = ["sim/clock.py", "sim/gpu.py", "nexus/running.py", "nexus/waiting.py", "nexus/kv.py",
-           "nexus/topology.py", "nexus/policy/split_controller.py", "nexus/step.py", "nexus/state.py"]
+           "nexus/topology.py", "nexus/policy/split_controller.py", "nexus/step.py", "nexus/state.py",
+           "nexus/cost/measured.py", "nexus/cost/terms.py", "nexus/graph_buckets.py", "nexus/cost/roofline.py",
+           "nexus/cost/base.py"]
 
 
 def built() -> list[Path]:
