@@ -20,7 +20,8 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("mypyc") is None or shu
 
 # Each policy on the shipped conversation trace at three times its rate (seats and KV run out,
 # so requests queue and are preempted), and Nexus-SLO and disagg with settings of their own;
-# then a cost model sent through pickle, as a sweep sends one to its workers.
+# then a cost model sent through pickle, as a sweep sends one to its workers, and asked at
+# numpy SM counts.
 RUNS = """
 import hashlib, json, pickle, sys
 import sim, sim.gpu
@@ -38,6 +39,9 @@ from nexus.specs import GPUS, MODELS
 cost = pickle.loads(pickle.dumps(load_cost_model(MODELS["llama-3.1-8b"], GPUS["h200"], None)))   # as sent to a worker
 shape, decode = BatchShape(((513, 1024),), 7, 9000), BatchShape((), 40, 50_000)
 out["pickled cost model"] = repr([cost.solo_time(shape, s) * cost.slowdown(shape, s, decode, 132 - s) for s in (24, 68)])
+import numpy as np   # a numpy integer is no int to compiled code: the cost model takes one all the same
+out["numpy SM count"] = repr([cost.solo_time(x, np.int64(24)) * cost.slowdown(x, np.int64(24), decode, np.int64(108))
+                              for x in (shape, decode)])
 import nexus.cost.measured
 compiled = [not m.__file__.endswith(".py") for m in (sim.gpu, nexus.cost.measured)]
 print(json.dumps({"compiled": all(compiled), "interpreted": not any(compiled), "runs": out}))

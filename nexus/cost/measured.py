@@ -587,16 +587,18 @@ class MeasuredCost:
 
     def solo_time(self, shape: BatchShape, sms: int | np.ndarray) -> float | np.ndarray:
         """Seconds for the iteration with the GPU otherwise idle."""
-        if sms.__class__ is int or isinstance(sms, np.integer):
-            if not shape.prefill_chunks and shape.decode_seqs > 0:
-                # A decode step is affine in its KV tokens at a batch size; the simulator asks
-                # for a new KV length every step, so memoise the line, not the shape.
-                fixed, rest, per_kv_token = self._decode_line(shape.decode_seqs, sms)
-                return fixed + (rest + per_kv_token * shape.decode_kv_tokens)
-            if not 0 <= sms <= self.gpu.num_sms:
-                self._check_sms(sms)   # raises
-            return self._scalar_time(shape, sms)
-        return self._solo_at(shape, self._columns_at(sms))
+        if sms.__class__ is not int:
+            if not isinstance(sms, np.integer):
+                return self._solo_at(shape, self._columns_at(sms))
+            sms = int(sms)   # compiled (scripts/compile_sim.py), the paths below take only an int
+        if not shape.prefill_chunks and shape.decode_seqs > 0:
+            # A decode step is affine in its KV tokens at a batch size; the simulator asks
+            # for a new KV length every step, so memoise the line, not the shape.
+            fixed, rest, per_kv_token = self._decode_line(shape.decode_seqs, sms)
+            return fixed + (rest + per_kv_token * shape.decode_kv_tokens)
+        if not 0 <= sms <= self.gpu.num_sms:
+            self._check_sms(sms)   # raises
+        return self._scalar_time(shape, sms)
 
     def _solo_at(self, shape: BatchShape, at: _AtSMs) -> float | np.ndarray:
         """solo_time at an array of SM counts, memoised there by the shape; read-only, so that
