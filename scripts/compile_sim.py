@@ -7,9 +7,12 @@
 Python imports a built extension in preference to the .py beside it, so after a build every
 run from this tree uses it. The event loop's cost is interpretation spread over every step
 (no function's own share is large), so it is the interpreter's work per step that compiling
-removes. Compiling the modules below takes 24-35% of the loop's instructions away (callgrind,
-first 5,000 ShareGPT requests, a request: chunked 165k -> 109k, static 292.6k -> 203.6k, nexus
-359.6k -> 256.5k, nexus-slo 301.8k -> 228.0k, disagg 341k -> 225.9k). The compiled code does
+removes. Compiling the modules below takes 36-42% of the loop's instructions away (callgrind,
+first 5,000 ShareGPT requests, a request: chunked 165k -> 96.9k, prefill-first 205k -> 119.4k,
+static 292.6k -> 174.2k, nexus 359.6k -> 209.5k, nexus-slo 301.8k -> 193.0k, disagg 341k ->
+208.7k). The cost model and the helpers it calls (nexus.cost.*, nexus.graph_buckets) were the
+last large share left to the interpreter: with them compiled, nexus went from 256.6k to 209.5k
+and static from 202.2k to 174.2k. The compiled code does
 the same float operations in the same order, so every result is the same to the last bit
 (tests/test_sim_compiled.py checks every policy against the sources).
 """
@@ -24,9 +27,13 @@ ROOT = Path(__file__).resolve().parent.parent
 # Modules that mypyc compiles as they are, chosen by the loop's instructions they hold. Left
 # out: nexus.policy.base (a compiled class cannot be subclassed by an interpreted one, and
 # every policy subclasses Policy), sim.engine (a test subclasses it), and modules that do not
-# yet type-check as strictly as mypyc needs.
+# yet type-check as strictly as mypyc needs. A compiled module's typed arguments must be of
+# their exact types (a numpy integer is not an int), which is why the cost model's public calls
+# keep accepting `int | np.ndarray` SM counts.
 MODULES = ["sim/clock.py", "sim/gpu.py", "nexus/running.py", "nexus/waiting.py", "nexus/kv.py",
-           "nexus/topology.py", "nexus/policy/split_controller.py", "nexus/step.py", "nexus/state.py"]
+           "nexus/topology.py", "nexus/policy/split_controller.py", "nexus/step.py", "nexus/state.py",
+           "nexus/cost/measured.py", "nexus/cost/terms.py", "nexus/graph_buckets.py", "nexus/cost/roofline.py",
+           "nexus/cost/base.py"]
 
 
 def built() -> list[Path]:

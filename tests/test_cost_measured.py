@@ -394,6 +394,31 @@ def test_load_cost_model_returns_a_measured_model(data, fitted, tmp_path):
     json.dumps(d)
 
 
+def test_a_pickled_model_answers_as_the_original():
+    """Sweeps may send a model to worker processes; the shipped H200 calibration carries an
+    engine section (graphs, served scales, host gaps) that must come through too."""
+    import pickle
+    original = load_cost_model(LLAMA8, GPUS["h200"], None)
+    original.step_gap_s = 0.0021
+    copy_ = pickle.loads(pickle.dumps(original))
+    assert copy_.describe() == original.describe() and copy_.step_gap_s == 0.0021
+    shapes = [BatchShape(((300, 0),)), BatchShape(((513, 1024),), 7, 9000), BatchShape((), 40, 50_000)]
+    for shape, s in itertools.product(shapes, (FULL_GPU, 24, 68, 132)):
+        assert copy_.solo_time(shape, s) == original.solo_time(shape, s)
+        assert copy_.step_overhead(shape) == original.step_overhead(shape)
+        assert copy_.slowdown(shape, s, shapes[2], 132 - s) == original.slowdown(shape, s, shapes[2], 132 - s)
+
+
+def test_a_numpy_integer_sm_count_answers_as_the_int(cost):
+    rival = BatchShape((), 8, 4000)
+    for shape in (BatchShape(((300, 0),)), BatchShape(((513, 1024),), 7, 9000), BatchShape((), 40, 50_000)):
+        assert cost.solo_time(shape, np.int64(48)) == cost.solo_time(shape, 48)
+        assert cost.memory_demand(shape, np.int32(48)) == cost.memory_demand(shape, 48)
+        assert cost.slowdown(shape, np.int64(48), rival, np.int64(80)) == cost.slowdown(shape, 48, rival, 80)
+    with pytest.raises(ValueError, match="outside"):
+        cost.solo_time(BatchShape((), 8, 4000), np.int64(H100.num_sms + 1))
+
+
 def test_empty_and_array_shapes(cost):
     assert cost.solo_time(BatchShape(), 64) == 0.0
     assert np.all(cost.solo_time(BatchShape(((0, 100),)), np.array([8, 16])) == 0.0)

@@ -27,7 +27,6 @@ the H200, with the steps graphed, 6.2 ms beside one row and 13.8 ms beside 128.
 """
 from __future__ import annotations
 
-import copy
 import math
 from bisect import bisect_right
 from pathlib import Path
@@ -62,7 +61,7 @@ def tabulate(sms: list[int], coef: np.ndarray, num_sms: int) -> np.ndarray:
     s = np.arange(1, num_sms + 1, dtype=float)[:, None]
     table = np.empty((num_sms + 1, coef.shape[1]))
     if not green:
-        table[1:] = full * (num_sms / s)
+        table[1:] = by_s[FULL_GPU] * (num_sms / s)
     else:
         g = np.array(green, dtype=float)
         vals = np.array([by_s[x] for x in green])
@@ -144,19 +143,22 @@ class _Phase:
     K+1.. the attention coefficients.
     """
 
-    def __init__(self, sms: list[int], knots: list[int], base: np.ndarray, attention: np.ndarray,
-                 num_sms: int):
+    def __init__(self, table: np.ndarray, knots: list[float]):
+        self.table = table
+        self.rows: list[list[float]] = table.tolist()
+        self.cols: list[np.ndarray] = [c.copy() for c in table.T]
+        self.knots = knots
+        self.k = len(knots)
+
+    @staticmethod
+    def fitted(sms: list[int], knots: list[int], base: np.ndarray, attention: np.ndarray,
+               num_sms: int) -> "_Phase":
         base = np.asarray(base, dtype=float)
         tail = (base[:, -1] - base[:, -2]) / (knots[-1] - knots[-2])
-        knots, base = densify(knots, base)
-        k = len(knots)
+        fine_knots, base = densify(knots, base)
         coef = np.concatenate([base[:, :1], base[:, 1:] - base[:, :1], tail[:, None],
                                np.asarray(attention, dtype=float).reshape(len(sms), -1)], axis=1)
-        self.table = tabulate(sms, coef, num_sms)
-        self.rows: list[list[float]] = self.table.tolist()
-        self.cols: list[np.ndarray] = [c.copy() for c in self.table.T]
-        self.knots = [float(v) for v in knots]
-        self.k = k
+        return _Phase(tabulate(sms, coef, num_sms), [float(v) for v in fine_knots])
 
     def scaled(self, plain: float, partitions: float) -> "_Phase":
         """This curve with the plain stream's row times `plain` and every partition's times
@@ -168,12 +170,10 @@ class _Phase:
         plain decode step at the partitions' x0.938 rather than its own x0.993 (an H200
         profile), 6% under what the profile's own replay measured.
         """
-        out = copy.copy(self)
         table = self.table.copy()
         table[0] *= plain
         table[1:] = np.maximum(table[1:] * partitions, table[0])
-        out.table, out.rows, out.cols = table, table.tolist(), [c.copy() for c in table.T]
-        return out
+        return _Phase(table, self.knots)
 
     def locate(self, x: float) -> tuple[int, float, int, float, float]:
         """Where x falls: (i, weight of rise i, j, weight of rise j, beyond the last knot)."""
@@ -304,7 +304,7 @@ class MeasuredCost:
             self._prefill, self._decode_fitted, self._corun = self._parse(fit, gpu.num_sms)
             self._decode = self._decode_fitted   # the grid's, until the engine says otherwise
             # The co-run terms the simulator reads at every retiming, without the dict.
-            self._corun_k = self._corun["k"]
+            self._corun_k: float = self._corun["k"]
             self._corun_prefill, self._corun_decode = tuple(self._corun["prefill"]), tuple(self._corun["decode"])
             mixed = fit.get("mixed", {"host_s": 0.0, "per_seq_s": 0.0})
             self._mixed = (float(mixed["host_s"]), float(mixed["per_seq_s"]))
@@ -329,7 +329,14 @@ class MeasuredCost:
         self._decode_bytes_head: dict[int, tuple[float, ...]] = {}
         self._bandwidth = gpu.hbm_bandwidth
         # Each SM count's share of the GPU (sm_share), looked up at every co-run retiming.
-        self._shares = [sm_share(s, gpu.num_sms) for s in range(gpu.num_sms + 1)]
+        self._shares: list[float] = [sm_share(s, gpu.num_sms) for s in range(gpu.num_sms + 1)]
+
+    def __reduce__(self) -> tuple:
+        # Pickled by its constructor (a sweep may send a model to its workers): compiled
+        # (scripts/compile_sim.py), the class has no __dict__ for pickle to restore. The memos
+        # start empty, which changes no answer.
+        return _restore, (self.model, self.gpu, self.fit, self.calibration, self.fit_error, self.created,
+                          self.digest, self.engine, self.step_gap_s, self.step_gap_per_seq_s)
 
     @classmethod
     def load(cls, path: str | Path, model: ModelSpec, gpu: GPUSpec) -> "MeasuredCost":
@@ -429,8 +436,8 @@ class MeasuredCost:
             if not (np.all(np.isfinite(base)) and np.all(base >= 0)
                     and np.all(np.isfinite(attention)) and np.all(attention >= 0)):
                 raise ValueError("coefficients must be finite and non-negative")
-            phases.append(_Phase(sms, kn, base, attention, num_sms))
-        corun = {"k": float(c["bandwidth_fraction"])}
+            phases.append(_Phase.fitted(sms, kn, base, attention, num_sms))
+        corun: dict[str, Any] = {"k": float(c["bandwidth_fraction"])}
         for phase in ("prefill", "decode"):
             terms = [0.0 if t == "other_share" and fit["version"] == 3 else float(c[phase][t])
                      for t in CORUN_TERMS]
@@ -512,20 +519,20 @@ class MeasuredCost:
         """The part of `_scalar_time` that the prompt chunks decide: the prefill curve at the
         padded step, and the chunks' attention; None if they hold no token."""
         parts = self._chunk_parts_each(chunks, seqs, (s,))
-        return None if parts is None else parts[0]
+        return parts[0] if parts else None
 
     def _chunk_parts_each(self, chunks: tuple[tuple[int, int], ...], seqs: int, sms: tuple[int, ...]
-                          ) -> list[float] | None:
+                          ) -> list[float]:
         """`_chunk_part` at each of (checked) SM counts, the chunks' features and where they fall
         on the curve worked out once: a split search asks at a dozen, and working them out per
-        count was four fifths of its solo times (callgrind)."""
+        count was four fifths of its solo times (callgrind). Empty if the chunks hold no token."""
         tokens, own, cross, prior = prefill_attention(chunks)
         if not tokens:
-            return None
+            return []
         phase = self._prefill
         i, wi, j, wj, beyond = phase.locate(self._padded_tokens(chunks, tokens, seqs))
         rows, k = phase.rows, phase.k
-        parts = []
+        parts: list[float] = []
         for s in sms:
             c = rows[s]
             v = (c[i] * wi if i else 0.0) + (c[j] * wj if j else 0.0) + c[k] * beyond
@@ -560,7 +567,7 @@ class MeasuredCost:
                 return alone
             t = parts.get(n)
             if t is None:
-                t = parts[n] = self._chunk_part(((n, prior),), seqs, sms)
+                t = parts[n] = self._chunk_parts_each(((n, prior),), seqs, (sms,))[0]
             if seqs:   # as _scalar_time adds the decode step
                 if kv_tokens:
                     t = t + per_kv_token * kv_tokens
@@ -580,16 +587,18 @@ class MeasuredCost:
 
     def solo_time(self, shape: BatchShape, sms: int | np.ndarray) -> float | np.ndarray:
         """Seconds for the iteration with the GPU otherwise idle."""
-        if sms.__class__ is int or isinstance(sms, np.integer):
-            if not shape.prefill_chunks and shape.decode_seqs > 0:
-                # A decode step is affine in its KV tokens at a batch size; the simulator asks
-                # for a new KV length every step, so memoise the line, not the shape.
-                fixed, rest, per_kv_token = self._decode_line(shape.decode_seqs, sms)
-                return fixed + (rest + per_kv_token * shape.decode_kv_tokens)
-            if not 0 <= sms <= self.gpu.num_sms:
-                self._check_sms(sms)   # raises
-            return self._scalar_time(shape, sms)
-        return self._solo_at(shape, self._columns_at(sms))
+        if sms.__class__ is not int:
+            if not isinstance(sms, np.integer):
+                return self._solo_at(shape, self._columns_at(sms))
+            sms = int(sms)   # compiled (scripts/compile_sim.py), the paths below take only an int
+        if not shape.prefill_chunks and shape.decode_seqs > 0:
+            # A decode step is affine in its KV tokens at a batch size; the simulator asks
+            # for a new KV length every step, so memoise the line, not the shape.
+            fixed, rest, per_kv_token = self._decode_line(shape.decode_seqs, sms)
+            return fixed + (rest + per_kv_token * shape.decode_kv_tokens)
+        if not 0 <= sms <= self.gpu.num_sms:
+            self._check_sms(sms)   # raises
+        return self._scalar_time(shape, sms)
 
     def _solo_at(self, shape: BatchShape, at: _AtSMs) -> float | np.ndarray:
         """solo_time at an array of SM counts, memoised there by the shape; read-only, so that
@@ -787,13 +796,12 @@ class MeasuredCost:
                 lines = self._decode_lines_each[key] = self._decode_lines_at(shape.decode_seqs, sms)
             kv_tokens = shape.decode_kv_tokens
             return [fixed + (rest + per_kv_token * kv_tokens) for fixed, rest, per_kv_token in lines]
-        key = (shape, sms)
-        times = self._solo_lists.get(key)
+        times = self._solo_lists.get((shape, sms))
         if times is None:
             # With no decode rows, a prompt step's time is its chunks' part (see _scalar_time).
             if len(self._solo_lists) >= _CACHE_LIMIT:
                 self._solo_lists.clear()
-            times = self._solo_lists[key] = self._chunk_parts_each(shape.prefill_chunks, 0, sms)
+            times = self._solo_lists[(shape, sms)] = self._chunk_parts_each(shape.prefill_chunks, 0, sms)
         return times
 
     def _use(self, shape: BatchShape, sms: int) -> tuple[float, float, bool, bool] | None:
@@ -808,6 +816,7 @@ class MeasuredCost:
         if entry is not None and entry[0] is shape:
             return entry[1]
         seqs = shape.decode_seqs
+        use: tuple[float, float, bool, bool] | None
         if not shape.prefill_chunks and seqs > 0:
             # A decode step (most jobs): its bytes and its time, as _total_bytes and solo_time
             # give them, without asking either (a new job's terms are asked once per pairing).
@@ -819,12 +828,14 @@ class MeasuredCost:
             # A step with prompt chunks: two in three that a split policy runs have the chunks
             # of one before it (whole short prompts, or full chunks of long ones), so its terms
             # are also memoised by the shape's contents.
-            use = self._uses_by_shape.get((shape, sms), _UNKNOWN)
-            if use is _UNKNOWN:
+            found: Any = self._uses_by_shape.get((shape, sms), _UNKNOWN)
+            if found is _UNKNOWN:
                 use = self._chunked_use(shape, sms)
                 if len(self._uses_by_shape) >= _CACHE_LIMIT:
                     self._uses_by_shape.clear()
                 self._uses_by_shape[(shape, sms)] = use
+            else:
+                use = found
         if len(self._uses) >= _CACHE_LIMIT:
             self._uses.clear()
         self._uses[key] = (shape, use)
@@ -836,13 +847,13 @@ class MeasuredCost:
         prefill_tokens = shape.prefill_tokens
         if prefill_tokens + seqs == 0:   # shape.is_empty
             return None
-        own = self._total_bytes(shape) / self.solo_time(shape, sms) / self._bandwidth
+        own = self._total_bytes(shape) / float(self.solo_time(shape, sms)) / self._bandwidth
         has_pre, has_dec = prefill_tokens > 0, seqs > 0
         w = 1.0
         if has_pre and has_dec:
-            tp = self.solo_time(BatchShape(prefill_chunks=shape.prefill_chunks), sms)
-            w = tp / (tp + self.solo_time(BatchShape(decode_seqs=shape.decode_seqs,
-                                                     decode_kv_tokens=shape.decode_kv_tokens), sms))
+            tp = float(self.solo_time(BatchShape(prefill_chunks=shape.prefill_chunks), sms))
+            w = tp / (tp + float(self.solo_time(BatchShape(decode_seqs=shape.decode_seqs,
+                                                           decode_kv_tokens=shape.decode_kv_tokens), sms)))
         return own, w, has_pre, has_dec
 
     def _scalar_slowdown(self, shape: BatchShape, sms: int, other: BatchShape, other_sms: int) -> float:
@@ -905,3 +916,14 @@ class MeasuredCost:
             "step_gap_per_seq_s": self.step_gap_per_seq_s,
             "engine": self.engine,
         }
+
+
+def _restore(model: ModelSpec, gpu: GPUSpec, fit: dict[str, Any], calibration: str | None, fit_error: dict | None,
+             created: str | None, digest: str | None, engine: dict, step_gap_s: float,
+             step_gap_per_seq_s: float) -> MeasuredCost:
+    """A pickled MeasuredCost (see its __reduce__)."""
+    cost = MeasuredCost(model, gpu, fit, calibration=calibration, fit_error=fit_error, created=created)
+    cost.digest = digest
+    cost.use_engine(engine)
+    cost.step_gap_s, cost.step_gap_per_seq_s = step_gap_s, step_gap_per_seq_s
+    return cost
