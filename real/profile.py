@@ -73,7 +73,7 @@ class Grid:
     # Prefill also at every token count the engine's prefill graphs run (a graphed step takes
     # its bucket's time), no prior. Between two of the sizes above the curve is no line: on
     # the H200 engine, nexus-slo's steps padded to 384-2048 tokens where the grid measures ran
-    # within 2% of the model, those padded to 640 9% over it (895 steps) and to 448 25% over.
+    # within 2% of the model, those padded to 640 9% over it (890 steps) and to 448 25% over.
     prefill_graph_buckets: bool = True
 
 
