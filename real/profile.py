@@ -65,11 +65,13 @@ class Grid:
     # could not tell them apart: on the H200 engine, steps of <= 64-token chunks beside 16-64
     # rows of about 200-token contexts took 6.5 ms where the model said 8.5, while 256-1024
     # token chunks ran 9-14% (and nexus-slo's ~1k-token mixed steps 8-15%) over it. Hence
-    # short and long contexts at the same row counts, and a 1k-token chunk.
+    # short and long contexts at the same row counts, and a 1k-token chunk. And 16 and 64 rows
+    # at three context lengths each: beside a 16-token chunk, the H200 grid's error followed
+    # the rows' context (256 tokens +2..+5%, 1k -5..-6%, 4k -9%) more than their KV bytes.
     mixed_prefill: tuple = ((16, 0), (64, 4096), (128, 0), (512, 0), (1024, 0), (2048, 0), (512, 2048),
                             (2048, 8192))
-    mixed_decode: tuple = ((1, 1024), (16, 1024), (32, 256), (64, 1024), (64, 4096), (128, 256), (128, 1024),
-                           (256, 512))
+    mixed_decode: tuple = ((1, 1024), (16, 256), (16, 1024), (16, 4096), (32, 256), (64, 256), (64, 1024),
+                           (64, 4096), (128, 256), (128, 1024), (256, 512))
     # Prefill also at every token count the engine's prefill graphs run (a graphed step takes
     # its bucket's time), no prior. Between two of the sizes above the curve is no line: on
     # the H200 engine, nexus-slo's steps padded to 384-2048 tokens where the grid measures ran
