@@ -211,8 +211,8 @@ def profile(runner: ModelRunner, parts: Partitions, model: ModelSpec, gpu: GPUSp
     if out.exists():
         data = merge_calibrations(read_calibration(out), data, str(out))
     # The simulator pads steps to graph buckets as the engine does.
-    for key, spec in (("prefill_graphs", runner.prefill_graph_spec()),
-                      ("decode_graphs", runner.decode_graph_spec())):
+    prefill_graphs = runner.prefill_graph_spec()
+    for key, spec in (("prefill_graphs", prefill_graphs), ("decode_graphs", runner.decode_graph_spec())):
         if spec is not None:
             data.setdefault("engine", {})[key] = spec
     have = {(k, tuple(sorted((kk, str(vv)) for kk, vv in r.items() if not kk.endswith("_s"))))
@@ -223,9 +223,8 @@ def profile(runner: ModelRunner, parts: Partitions, model: ModelSpec, gpu: GPUSp
 
     fits = lambda tokens: tokens <= runner.max_model_len  # noqa: E731  (the tiny CPU model is short)
     prefill_sizes = list(grid.prefill)
-    graphs = runner.prefill_graph_spec()
-    if grid.prefill_graph_buckets and graphs is not None:
-        prefill_sizes += [(b, 0) for b in graphs["buckets"] if (b, 0) not in prefill_sizes]
+    if grid.prefill_graph_buckets and prefill_graphs is not None:
+        prefill_sizes += [(b, 0) for b in prefill_graphs["buckets"] if (b, 0) not in prefill_sizes]
     prefill_shapes = [(c, p, 1) for c, p in prefill_sizes if fits(c + p)] + \
         [(c, 0, k) for k, c in grid.prefill_prompts if fits(c)]
     decode_shapes = [(b, c) for b, c in grid.decode if fits(c)]
