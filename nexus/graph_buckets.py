@@ -16,7 +16,10 @@ DECODE_GRAPH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 
 # 512 a step of 128 tokens keeps the padding under 13% (6% at 2k). Buckets past 512 exist on
 # the plain stream only, where they also hold chunked-prefill steps (prompt chunks with decode
 # rows); green partitions replay prefill-only graphs of up to GREEN_MAX_TOKENS tokens.
-PREFILL_GRAPH_BUCKETS = (16, 32, 64, 128, 192, 256, 320, 384, 448, 512, 640, 768, 896, 1024, 1152, 1280,
+# No 448: on the H200 its graph ran slower than 512's, 16.8 against 15.0 ms on the whole GPU
+# and 30.9 against 21.5 on 64 SMs (experiments/bench_prefill_buckets.py,
+# experiments/results/prefill_buckets_h200.json), so steps of 385-512 tokens pad to 512.
+PREFILL_GRAPH_BUCKETS = (16, 32, 64, 128, 192, 256, 320, 384, 512, 640, 768, 896, 1024, 1152, 1280,
                          1408, 1536, 1664, 1792, 1920, 2048, 2176, 2304)
 GREEN_MAX_TOKENS = 512
 PREFILL_GRAPH_MAX_SEQS = 16
