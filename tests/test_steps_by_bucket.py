@@ -8,6 +8,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
 import steps_by_bucket  # noqa: E402
 
 GRAPHS = {"buckets": [64, 128, 512, 640], "max_seqs": 2}
+# The H200 calibration shipped before the profile measured every graph bucket: it has no
+# prefill point at 640 tokens, which the what-if below adds.
+BEFORE_BUCKET_GRID = Path(__file__).resolve().parent.parent / \
+    "experiments/results/fidelity_h200_run_previous/calibration_at_run.json"
 
 
 def test_steps_group_by_the_bucket_their_chunks_and_rows_pad_to():
@@ -35,10 +39,10 @@ def test_the_what_if_raises_the_curve_only_where_the_grid_did_not_measure(tmp_pa
     from nexus.specs import GPUS, MODELS
     table = pd.DataFrame({"median": [1.0, 1.2, 1.3], "steps": [200, 40, 3]}, index=[512, 640, 768])
     out = tmp_path / "what_if.json"
-    raised = steps_by_bucket.write_what_if(steps_by_bucket.SHIPPED, table, {512}, out)
+    raised = steps_by_bucket.write_what_if(BEFORE_BUCKET_GRID, table, {512}, out)
     assert raised == [640]        # 512 was measured; 768 has too few steps
     model, gpu = MODELS["llama-3.1-8b"], GPUS["h200"]
-    before = MeasuredCost.load(steps_by_bucket.SHIPPED, model, gpu)
+    before = MeasuredCost.load(BEFORE_BUCKET_GRID, model, gpu)
     after = MeasuredCost.load(out, model, gpu)
     at = lambda cost, n: float(cost.solo_time(BatchShape(((n, 0),)), 0))  # noqa: E731
     assert abs(at(after, 640) / at(before, 640) - 1.2) < 0.03
