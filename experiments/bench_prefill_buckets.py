@@ -3,9 +3,11 @@ random bf16), on the whole GPU and on one green-context partition.
 
     python3 experiments/bench_prefill_buckets.py --out experiments/results/prefill_buckets_h200.json
 
-A bucket is worth keeping only if its graph is faster than the next larger one's: a step padded
+A bucket is worth keeping only if its graph is faster than every larger one's: a step padded
 up to the larger bucket would otherwise be both cheaper and one graph fewer. `dominated` lists
-the buckets measured slower than some larger bucket (by more than --margin), per partition.
+the buckets measured slower than some larger bucket (by more than --margin), per partition;
+`nexus-real profile` drops the whole GPU's from the engine by the same rule
+(nexus.graph_buckets.dominated).
 Steps are timed as the profile times them (`real.profile.Profiler.time_alone`: host clock
 around the runner's step, median of --repeats), one prompt of the bucket's size, no prior.
 """
@@ -17,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from nexus.graph_buckets import GREEN_MAX_TOKENS, PREFILL_GRAPH_BUCKETS
+from nexus.graph_buckets import DOMINANCE_MARGIN, GREEN_MAX_TOKENS, PREFILL_GRAPH_BUCKETS, dominated
 from nexus.specs import MODELS
 from real.gpu_info import gpu_facts
 from real.model_runner import ModelRunner
@@ -25,19 +27,12 @@ from real.partitions import Partitions
 from real.profile import Profiler
 
 
-def dominated(times: dict[int, float], margin: float) -> list[int]:
-    """Buckets slower than some larger bucket by more than `margin` (a fraction)."""
-    sizes = sorted(times)
-    return [b for i, b in enumerate(sizes)
-            if any(times[b] > times[larger] * (1 + margin) for larger in sizes[i + 1:])]
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--repeats", type=int, default=11)
     ap.add_argument("--partition-sms", type=int, default=64)
-    ap.add_argument("--margin", type=float, default=0.01)
+    ap.add_argument("--margin", type=float, default=DOMINANCE_MARGIN)
     args = ap.parse_args(argv)
 
     runner = ModelRunner(MODELS["llama-3.1-8b"], device="cuda", max_decode_batch=256)

@@ -9,18 +9,24 @@ step's decode rows count as one token each. Anything else runs eagerly.
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Sequence
+from typing import Iterable, Mapping, Sequence
 
 DECODE_GRAPH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256)
 # Finer where padding is dear: above 128 tokens the matmuls start to be compute-bound; above
 # 512 a step of 128 tokens keeps the padding under 13% (6% at 2k). Buckets past 512 exist on
 # the plain stream only, where they also hold chunked-prefill steps (prompt chunks with decode
 # rows); green partitions replay prefill-only graphs of up to GREEN_MAX_TOKENS tokens.
-# No 448: on the H200 its graph ran slower than 512's, 16.8 against 15.0 ms on the whole GPU
-# and 30.9 against 21.5 on 64 SMs (experiments/bench_prefill_buckets.py,
-# experiments/results/prefill_buckets_h200.json), so steps of 385-512 tokens pad to 512.
-PREFILL_GRAPH_BUCKETS = (16, 32, 64, 128, 192, 256, 320, 384, 512, 640, 768, 896, 1024, 1152, 1280,
+# These are candidates: a bucket whose graph a GPU runs slower than a larger bucket's only
+# costs time (pad past it instead), and which ones do is the GPU's and its BLAS heuristics'
+# business, not this list's. On the H200, 448 ran 16.8 ms against 512's 15.0 on the whole
+# GPU and 30.9 against 21.5 on 64 SMs (experiments/bench_prefill_buckets.py). So the profile
+# times every bucket, records those slower than a larger one in the calibration
+# (engine.prefill_graphs.dropped), and the engine and the simulator both leave them out.
+PREFILL_GRAPH_BUCKETS = (16, 32, 64, 128, 192, 256, 320, 384, 448, 512, 640, 768, 896, 1024, 1152, 1280,
                          1408, 1536, 1664, 1792, 1920, 2048, 2176, 2304)
+# Slower than a larger bucket by more than this fraction: the profile's median of five steps
+# strays about 1% between runs.
+DOMINANCE_MARGIN = 0.01
 GREEN_MAX_TOKENS = 512
 PREFILL_GRAPH_MAX_SEQS = 16
 
@@ -38,3 +44,17 @@ def prefill_bucket(buckets: Sequence[int], max_seqs: int, chunk_tokens: Sequence
     if not buckets or len(chunk_tokens) > max_seqs or any(n < 2 for n in chunk_tokens):
         return None
     return bucket_for(buckets, sum(chunk_tokens) + decode_rows)
+
+
+def dominated(times: Mapping[int, float], margin: float = DOMINANCE_MARGIN) -> list[int]:
+    """The buckets (keys of `times`, a step time each) slower than some larger bucket by more
+    than `margin`, a fraction: padding such a step up to the larger bucket is faster."""
+    sizes = sorted(times)
+    return [b for i, b in enumerate(sizes)
+            if any(times[b] > times[larger] * (1 + margin) for larger in sizes[i + 1:])]
+
+
+def prefill_buckets_without(dropped: Iterable[int]) -> tuple[int, ...]:
+    """The prefill graph buckets the engine captures, less those a profile dropped."""
+    gone = set(dropped)
+    return tuple(b for b in PREFILL_GRAPH_BUCKETS if b not in gone)

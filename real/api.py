@@ -29,5 +29,5 @@ def run(trace: str | Path | Sequence[TraceEntry], policy: str | Policy = "nexus"
     model_spec, gpu_spec = resolve_model(model), detect_gpu(gpu, device)
     pol = policy if isinstance(policy, Policy) else make_policy(policy, **(policy_params or {}))
     entries = load_entries(trace, rate_scale, rate, config.seed)
-    bench = Bench(model_spec, gpu_spec, [pol], config, device, weights, num_blocks)
+    bench = Bench(model_spec, gpu_spec, [pol], config, device, weights, num_blocks, calibration=calibration)
     return bench.run(entries, pol, calibration, slo_ttft_s, slo_tbt_s)

@@ -8,12 +8,14 @@ policies on one `Bench`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
 from nexus.config import EngineConfig
-from nexus.cost import load_cost_model
+from nexus.cost import dropped_prefill_buckets, load_cost_model
 from nexus.errors import UserError
+from nexus.graph_buckets import PREFILL_GRAPH_BUCKETS, prefill_buckets_without
 from nexus.kv import BlockPool
 from nexus.policy import Policy, check_policy as check_policy_splits
 from nexus.request import Request, check_fits
@@ -34,9 +36,10 @@ class Bench:
     def __init__(self, model: ModelSpec, gpu: GPUSpec, policies: list[Policy],
                  config: EngineConfig = EngineConfig(), device: str = "cuda",
                  weights: str | Path | None = None, num_blocks: int | None = None,
-                 ready: tuple[ModelRunner, Partitions] | None = None):
+                 ready: tuple[ModelRunner, Partitions] | None = None, calibration: str | None = None):
         """Build the model, cache, partitions and graphs; `ready` reuses a runner and
-        partitions whose graphs are captured (the profiler's)."""
+        partitions whose graphs are captured (the profiler's). `calibration` (default: the
+        shipped one) names the prefill buckets its profile dropped, which are not captured."""
         for pol in policies:
             check_policy(pol, gpu)
         self.model, self.gpu, self.config, self.device = model, gpu, config, device
@@ -47,7 +50,8 @@ class Bench:
                                   num_blocks=num_blocks, memory_utilization=config.gpu_memory_utilization,
                                   max_decode_batch=config.max_num_seqs)
         self.partitions = build_partitions(policies, gpu, device)
-        capture_all_graphs(self.runner, self.partitions)
+        capture_all_graphs(self.runner, self.partitions,
+                           prefill_buckets_without(dropped_prefill_buckets(model, gpu, calibration)))
         warm_up(self.runner, self.partitions)
 
     def machine(self) -> dict:
@@ -102,11 +106,13 @@ def build_partitions(policies: list[Policy], gpu: GPUSpec, device: str) -> Parti
     return parts
 
 
-def capture_all_graphs(runner: ModelRunner, parts: Partitions) -> None:
+def capture_all_graphs(runner: ModelRunner, parts: Partitions,
+                       prefill_buckets: Sequence[int] = PREFILL_GRAPH_BUCKETS) -> None:
     """Decode graphs where decode steps run; prefill graphs where prefill-only steps run
     (the prefill sides, and the single stream of one-stream policies)."""
     runner.capture_graphs([parts.decode(0), *(parts.decode(p) for p in parts.made())])
-    runner.capture_prefill_graphs([parts.decode(0), parts.prefill(0), *(parts.prefill(p) for p in parts.made())])
+    runner.capture_prefill_graphs([parts.decode(0), parts.prefill(0), *(parts.prefill(p) for p in parts.made())],
+                                  prefill_buckets)
 
 
 def warm_up(runner: ModelRunner, parts: Partitions) -> None:

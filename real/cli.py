@@ -158,7 +158,8 @@ def bench(args: argparse.Namespace, console: Console) -> int:
     split = parse_split(args.split) if args.split else None
     from real.bench import Bench, write_outputs
     policies = build_policies(names, parse_params(args.param), split)
-    bench = Bench(model, gpu, policies, config, args.device, args.weights, args.num_blocks)
+    bench = Bench(model, gpu, policies, config, args.device, args.weights, args.num_blocks,
+                  calibration=args.calibration)
     console.print(f"partitions: {bench.partitions.describe()}")
     results = []
     for policy in policies:
@@ -196,7 +197,8 @@ def validate_command(args: argparse.Namespace, console: Console) -> int:
             fractions = tuple(parse_loads(args.loads.removeprefix("auto").lstrip("=:"), "--loads"))
     else:
         loads = parse_loads(args.loads, "--loads")
-    bench = Bench(model, gpu, policies, config, args.device, args.weights, args.num_blocks)
+    bench = Bench(model, gpu, policies, config, args.device, args.weights, args.num_blocks,
+                  calibration=args.calibration)
     record = validate(bench, traces, cases, loads, args.calibration, args.command_line, Path(args.out),
                       fractions, log=lambda m: console.print(m))
     _print_bands(record, console)
@@ -253,7 +255,7 @@ def max_rate_command(args: argparse.Namespace, console: Console) -> int:
     slo_params = {"ttft_slo_s": args.slo_ttft, "tbt_slo_s": args.slo_tbt}
     makers = {c.label: (lambda c=c: c.make(slo_params)) for c in cases}
     bench = Bench(model, gpu, [make() for make in makers.values()], EngineConfig(), args.device,
-                  num_blocks=args.num_blocks)
+                  num_blocks=args.num_blocks, calibration=args.calibration)
     record = {"what": "highest load within the SLO, per policy: the simulator's prediction, confirmed on the engine",
               "command": args.command_line, "unit": "scale", "slo": slo.describe(), "machine": bench.machine(),
               "model": model.name, "gpu": gpu.name, "calibration": args.calibration,

@@ -114,6 +114,12 @@ class ModelRunner:
                 else:
                     self._prefill_graphs.capture(part, [b for b in buckets if b <= GREEN_MAX_TOKENS])
 
+    def drop_prefill_buckets(self, buckets: Iterable[int]) -> None:
+        """Stop replaying these prefill buckets' graphs (a profile found them slower than a
+        larger bucket's); their steps pad to the next bucket."""
+        if self._prefill_graphs is not None:
+            self._prefill_graphs.drop(buckets)
+
     def prefill_graph_spec(self) -> dict | None:
         """How prefill and chunked-prefill steps are padded ({'buckets', 'max_seqs',
         'decode_rows'}), or None without prefill graphs."""

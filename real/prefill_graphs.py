@@ -137,6 +137,13 @@ class PrefillGraphs(StepGraphs):
         self._sizes_on[partition.name] = sorted((b, g[2]) for (name, b), g in self.graphs.items()
                                                 if name == partition.name)
 
+    def drop(self, buckets: Iterable[int]) -> None:
+        """Forget the graphs of these buckets on every partition: their steps pad to the next."""
+        gone = set(buckets)
+        self.graphs = {key: g for key, g in self.graphs.items() if key[1] not in gone}
+        self._sizes_on = {name: [(b, rows) for b, rows in sizes if b not in gone]
+                          for name, sizes in self._sizes_on.items()}
+
     def decode_rows(self) -> int:
         """The most decode rows any captured graph takes beside its prompt chunks."""
         return max((g[2] for g in self.graphs.values()), default=0)

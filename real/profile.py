@@ -25,6 +25,7 @@ from nexus.cost.calibration import merge_calibrations, new_calibration, read_cal
 from nexus.cost.fit import fit_calibration
 from nexus.cost.served import read_replay, served_scales, write_replay
 from nexus.errors import UserError
+from nexus.graph_buckets import dominated
 from nexus.specs import GPUSpec, ModelSpec
 from real.batch import Chunk
 from real.gpu_info import ClockPowerSampler, gpu_facts
@@ -202,6 +203,32 @@ def clocks_while(data: dict, kind: str) -> Iterator[None]:
         data.setdefault("clocks", {})[kind] = sampler.summary()
 
 
+def drop_dominated_buckets(runner: ModelRunner, data: dict, log=print) -> None:
+    """Stop the runner replaying prefill buckets whose graphs ran slower on the whole GPU than
+    a larger bucket's, once the prefill grid holds every bucket, and record them in
+    data["engine"]["prefill_graphs"]["dropped"]: later engines leave them out and the
+    simulator pads past them (nexus.graph_buckets)."""
+    spec = runner.prefill_graph_spec()
+    if spec is None:
+        return
+    times: dict[int, list[float]] = {}
+    for r in data["measurements"].get("prefill", []):
+        if r["sms"] == 0 and r["prior_tokens"] == 0 and "prompts" not in r and r["chunk_tokens"] in spec["buckets"]:
+            times.setdefault(r["chunk_tokens"], []).append(r["time_s"])
+    if not {b for b in spec["buckets"] if b <= runner.max_model_len} <= set(times):
+        return   # the prefill grid has not measured every bucket (yet)
+    median = {b: statistics.median(t) for b, t in times.items()}
+    dropped = dominated(median)
+    for b in dropped:
+        log(f"prefill: the {b}-token graph ran slower than a larger bucket's on the whole GPU "
+            f"({median[b] * 1e3:.2f} ms, against {min(t for n, t in median.items() if n > b) * 1e3:.2f}); "
+            f"the engine pads past it")
+    runner.drop_prefill_buckets(dropped)
+    after = runner.prefill_graph_spec()
+    data.setdefault("engine", {})["prefill_graphs"] = {
+        **after, "buckets": [b for b in after["buckets"] if b not in dropped], "dropped": dropped}
+
+
 def profile(runner: ModelRunner, parts: Partitions, model: ModelSpec, gpu: GPUSpec, out: Path,
             which: list[str], command: str, repeats: int = 5, grid: Grid = Grid(), log=print,
             gap_requests: int = 240) -> dict:
@@ -243,6 +270,7 @@ def profile(runner: ModelRunner, parts: Partitions, model: ModelSpec, gpu: GPUSp
                         meas["prefill"].append({**key, "time_s": prof.time_alone(steps, part)})
                 write_calibration(data, out)
                 log(f"prefill: {part.name} done")
+    drop_dominated_buckets(runner, data, log)   # before the grids and the replay that step as the engine will
     if "decode" in which:
         with clocks_while(data, "decode"):
             for p in [0, *parts.made()]:

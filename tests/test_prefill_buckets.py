@@ -1,34 +1,119 @@
-"""experiments/bench_prefill_buckets.py: which prefill graph buckets a larger one beats, and
-that the engine's bucket list keeps none of those the committed H200 run found."""
+"""Prefill graph buckets a GPU runs slower than a larger one: found by the profile, recorded
+in the calibration, and left out by the engine and the simulator alike."""
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("torch")
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "experiments"))
-import bench_prefill_buckets  # noqa: E402
 
-from nexus.graph_buckets import PREFILL_GRAPH_BUCKETS  # noqa: E402
+from nexus.cost import dropped_prefill_buckets  # noqa: E402
+from nexus.cost.calibration import read_calibration  # noqa: E402
+from nexus.errors import UserError  # noqa: E402
+from nexus.graph_buckets import PREFILL_GRAPH_BUCKETS, dominated, prefill_buckets_without  # noqa: E402
+from nexus.policy import build_policies  # noqa: E402
+from nexus.specs import GPUS, MODELS  # noqa: E402
+from real.prefill_graphs import PrefillGraphs  # noqa: E402
+from real.profile import drop_dominated_buckets  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+H200_CALIBRATION = ROOT / "nexus/cost/calibrations/h200__llama-3.1-8b.json"
+LLAMA, H200 = MODELS["llama-3.1-8b"], GPUS["h200"]
 
 
 def test_a_bucket_slower_than_a_larger_one_is_dominated():
     times = {128: 6.0, 256: 9.0, 384: 11.0, 448: 16.8, 512: 15.0, 640: 17.7}
-    assert bench_prefill_buckets.dominated(times, 0.01) == [448]
+    assert dominated(times, 0.01) == [448]
 
 
 def test_dominance_looks_past_the_next_bucket_and_respects_the_margin():
     times = {256: 10.0, 384: 9.95, 512: 9.9}
-    assert bench_prefill_buckets.dominated(times, 0.01) == [256]       # over 1% slower than 512 only
-    assert bench_prefill_buckets.dominated(times, 0.0) == [256, 384]
-    assert bench_prefill_buckets.dominated({16: 5.5, 32: 5.6}, 0.01) == []
+    assert dominated(times, 0.01) == [256]        # over 1% slower than 512 only
+    assert dominated(times, 0.0) == [256, 384]
+    assert dominated({16: 5.5, 32: 5.6}, 0.01) == []
 
 
-def test_the_engine_runs_no_bucket_the_h200_run_found_dominated():
+def test_the_h200_engine_and_simulator_leave_out_what_the_h200_run_found_dominated():
     run = json.loads((ROOT / "experiments/results/prefill_buckets_h200.json").read_text())
     full = run["partitions"]["full"]
-    found = bench_prefill_buckets.dominated({int(b): t for b, t in full["ms"].items()}, run["margin"])
+    found = dominated({int(b): t for b, t in full["ms"].items()}, run["margin"])
     assert found == full["dominated"] and found
-    assert not set(found) & set(PREFILL_GRAPH_BUCKETS)
+    dropped = dropped_prefill_buckets(LLAMA, H200)
+    assert set(found) <= set(dropped) and set(found) <= set(PREFILL_GRAPH_BUCKETS)
+    engine = prefill_buckets_without(dropped)
+    assert not set(found) & set(engine)
+    # The simulator pads to the buckets the calibration records: the engine's, exactly.
+    assert read_calibration(H200_CALIBRATION)["engine"]["prefill_graphs"]["buckets"] == list(engine)
+
+
+def test_no_calibration_drops_nothing_and_a_malformed_list_is_named(tmp_path):
+    assert dropped_prefill_buckets(LLAMA, H200, "analytical") == []
+    assert dropped_prefill_buckets(LLAMA, GPUS["h100-sxm"]) == []          # made before the rule
+    bad = json.loads(H200_CALIBRATION.read_text())
+    bad["engine"]["prefill_graphs"]["dropped"] = ["448"]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(UserError, match="engine.prefill_graphs.dropped must be a list"):
+        dropped_prefill_buckets(LLAMA, H200, path)
+
+
+class StubRunner:
+    """The runner's prefill-graph bookkeeping, without a GPU."""
+    max_model_len = 4096
+
+    def __init__(self, buckets):
+        self.buckets = list(buckets)
+
+    def prefill_graph_spec(self):
+        return {"buckets": list(self.buckets), "max_seqs": 16, "decode_rows": 256}
+
+    def drop_prefill_buckets(self, buckets):
+        self.buckets = [b for b in self.buckets if b not in set(buckets)]
+
+
+def prefill_record(tokens, ms, **extra):
+    return {"sms": 0, "chunk_tokens": tokens, "prior_tokens": 0, "time_s": ms / 1e3, **extra}
+
+
+def test_the_profile_drops_a_dominated_bucket_once_every_bucket_is_measured():
+    runner = StubRunner([256, 448, 512, 640])
+    measured = [prefill_record(256, 9.0), prefill_record(448, 16.8), prefill_record(448, 16.6),
+                prefill_record(512, 15.0), prefill_record(640, 17.7),
+                prefill_record(448, 1.0, prompts=4),                  # several prompts: not the bucket's time
+                {**prefill_record(512, 99.0), "sms": 64},              # a partition: not the whole GPU
+                {**prefill_record(256, 99.0), "prior_tokens": 4096}]   # after a prefix
+    data = {"measurements": {"prefill": measured[:3]}}
+    lines = []
+    drop_dominated_buckets(runner, data, lines.append)
+    assert runner.buckets == [256, 448, 512, 640] and "engine" not in data   # 512 and 640 not measured yet
+    data["measurements"]["prefill"] = measured
+    drop_dominated_buckets(runner, data, lines.append)
+    assert runner.buckets == [256, 512, 640]
+    assert data["engine"]["prefill_graphs"] == {"buckets": [256, 512, 640], "max_seqs": 16, "decode_rows": 256,
+                                                "dropped": [448]}
+    assert len(lines) == 1 and "448-token graph" in lines[0] and "16.70 ms, against 15.00" in lines[0]
+
+
+def test_dropping_a_bucket_sends_its_steps_to_the_next_one_on_every_partition():
+    graphs = PrefillGraphs.__new__(PrefillGraphs)   # the bookkeeping only: no CUDA graphs on CPU
+    graphs.graphs = {(name, b): (None, None, rows, 0) for name, rows in (("decode:0", 256), ("prefill:64", 0))
+                     for b in (384, 448, 512)}
+    graphs._sizes_on = {name: [(b, rows) for b in (384, 448, 512)] for name, rows in (("decode:0", 256),
+                                                                                       ("prefill:64", 0))}
+    graphs.drop([448])
+    assert sorted(graphs.graphs) == [("decode:0", 384), ("decode:0", 512), ("prefill:64", 384), ("prefill:64", 512)]
+    assert graphs._sizes_on == {"decode:0": [(384, 256), (512, 256)], "prefill:64": [(384, 0), (512, 0)]}
+
+
+def test_the_engine_captures_the_calibrations_buckets(tmp_path, monkeypatch):
+    import real.bench
+    captured = []
+    monkeypatch.setattr(real.bench, "capture_all_graphs",
+                        lambda runner, parts, buckets=PREFILL_GRAPH_BUCKETS: captured.append(tuple(buckets)))
+    policies = build_policies(["chunked"], {})
+    real.bench.Bench(MODELS["tiny-llama"], GPUS["h100-sxm"], policies, device="cpu", num_blocks=64,
+                     calibration=str(H200_CALIBRATION))
+    real.bench.Bench(MODELS["tiny-llama"], GPUS["h100-sxm"], policies, device="cpu", num_blocks=64,
+                     calibration="analytical")
+    assert 448 not in captured[0] and 512 in captured[0]
+    assert captured[1] == PREFILL_GRAPH_BUCKETS

@@ -162,6 +162,20 @@ def test_prefill_graphs_replay_like_eager_and_pad_into_the_sink(parts) -> None:
     assert runner._prefill_graphs.bucket_for(targets[0], too_long) is None
 
 
+def test_a_dropped_prefill_bucket_pads_to_the_next_and_replays_like_eager(parts) -> None:
+    runner, prompts, tables = _prefilled_runner(1, 100)
+    targets = [parts.prefill(32), parts.decode(FULL_GPU)]
+    runner.capture_prefill_graphs(targets, buckets=[64, 128, 256])
+    runner.drop_prefill_buckets([128])      # as a profile does with a bucket slower than a larger one
+    assert runner.prefill_graph_spec()["buckets"] == [64, 256]
+    gen = torch.Generator().manual_seed(5)
+    for k, part in enumerate(targets):
+        batch = [Chunk(torch.randint(0, SMALL.vocab_size, (100,), generator=gen).tolist(), 0,
+                       list(range(300 + 8 * k, 308 + 8 * k)))]
+        assert runner._prefill_graphs.bucket_for(part, batch) == 256
+        _assert_graph_replays_like_eager(runner, batch, part)
+
+
 def test_mixed_graphs_replay_like_eager_on_the_plain_stream(parts) -> None:
     runner, prompts, tables = _prefilled_runner(6, 100)
     full, green = parts.decode(FULL_GPU), parts.prefill(32)

@@ -183,7 +183,11 @@ def test_prefill_is_measured_at_every_graph_bucket_too(tmp_path, monkeypatch):
     assert {(n, p) for _, n, p in one_prompt} == {(16, 0), (64, 0), (32, 64), (48, 0), (80, 0)}
     assert {s for s, n, _ in one_prompt if n == 48} == {0, 32, 64, 96}
     assert {48, 80} <= set(data["fit"]["prefill"]["token_knots"])
-    assert data["engine"]["prefill_graphs"] == spec
+    # On CPU the tiny model's times are noise: whichever buckets that drops, the record is whole.
+    recorded = data["engine"]["prefill_graphs"]
+    assert set(recorded["dropped"]) <= set(spec["buckets"])
+    assert recorded == {**spec, "buckets": [b for b in spec["buckets"] if b not in recorded["dropped"]],
+                        "dropped": recorded["dropped"]}
     plain = tmp_path / "plain.json"
     profile(runner, parts, model, gpu, plain, ["prefill"], "test", repeats=1,
             grid=replace(TINY_GRID, prefill_graph_buckets=False), log=lambda m: None)

@@ -38,3 +38,23 @@ def load_cost_model(model: ModelSpec, gpu: GPUSpec, calibration: str | Path | No
     except ImportError:
         raise UserError(f"{path}: measured cost models are not available in this build") from None
     return MeasuredCost.load(path, model, gpu)
+
+
+def dropped_prefill_buckets(model: ModelSpec, gpu: GPUSpec, calibration: str | Path | None = None) -> list[int]:
+    """Prefill graph buckets that the calibration's profile found slower than a larger one
+    (engine.prefill_graphs.dropped); none for the analytical model or an older calibration.
+    The engine leaves them out, as the simulator does when it pads steps to the buckets."""
+    from nexus.cost.calibration import read_calibration
+
+    if calibration == "analytical":
+        return []
+    path = Path(calibration) if calibration is not None else default_calibration(model, gpu)
+    if path is None:
+        return []
+    graphs = read_calibration(path).get("engine", {}).get("prefill_graphs") or {}
+    dropped = graphs.get("dropped", [])
+    if not isinstance(dropped, list) or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0
+                                                for b in dropped):
+        raise UserError(f"{path}: engine.prefill_graphs.dropped must be a list of positive token counts, "
+                        f"got {dropped!r}")
+    return sorted(dropped)
