@@ -48,9 +48,12 @@ class Grid:
     # exponential one at 64-256 rows (experiments/results/decode_contexts_h200.json), and
     # served decode steps were 5-13% slower than a profile of such spread batches predicted.
     decode_contexts: str = "exponential"
-    decode: tuple = ((1, 512), (1, 4096), (8, 1024), (16, 512), (16, 2048), (32, 1024), (32, 4096),
-                     (64, 512), (64, 2048), (96, 1024), (128, 512), (128, 2048), (192, 1024),
-                     (256, 512), (256, 1024))
+    # Contexts of 256 too: ShareGPT's decode rows average about 300 tokens, below the grid's
+    # 512, and on the H200 (GPU-e41ea686) the fit priced such steps 5-7% slow where rows of
+    # 1-3k tokens were within 3%: the fit extrapolated there.
+    decode: tuple = ((1, 512), (1, 4096), (8, 1024), (16, 256), (16, 512), (16, 2048), (32, 1024), (32, 4096),
+                     (64, 256), (64, 512), (64, 2048), (96, 1024), (128, 256), (128, 512), (128, 2048),
+                     (192, 1024), (256, 512), (256, 1024))
     # Small prefill sides too: Nexus gives prefill 16-56 SMs on long-prompt traces, and the
     # co-run slowdown there was 25% above what the model extrapolated from 32 SMs and up.
     corun_splits: tuple = (16, 24, 32, 64, 96)
