@@ -50,7 +50,7 @@ class Grid:
     decode_contexts: str = "exponential"
     # Contexts of 256 too: ShareGPT's decode rows average about 300 tokens, below the grid's
     # 512, and on the H200 (GPU-e41ea686) the fit priced such steps 5-7% slow where rows of
-    # 1-3k tokens were within 3%: the fit extrapolated there.
+    # 1-3k tokens were within 3%: below its grid the fit only extrapolates.
     decode: tuple = ((1, 512), (1, 4096), (8, 1024), (16, 256), (16, 512), (16, 2048), (32, 1024), (32, 4096),
                      (64, 256), (64, 512), (64, 2048), (96, 1024), (128, 256), (128, 512), (128, 2048),
                      (192, 1024), (256, 512), (256, 1024))
