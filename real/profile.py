@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from nexus.cost.calibration import merge_calibrations, new_calibration, read_calibration, write_calibration
-from nexus.cost.fit import fit_calibration
+from nexus.cost.fit import fit_calibration, one_prompt_prefill_medians
 from nexus.cost.served import read_replay, served_scales, write_replay
 from nexus.errors import UserError
 from nexus.graph_buckets import dominated
@@ -214,13 +214,10 @@ def drop_dominated_buckets(runner: ModelRunner, data: dict, log=print) -> None:
     spec = runner.prefill_graph_spec()
     if spec is None:
         return
-    times: dict[int, list[float]] = {}
-    for r in data["measurements"].get("prefill", []):
-        if r["sms"] == 0 and r["prior_tokens"] == 0 and "prompts" not in r and r["chunk_tokens"] in spec["buckets"]:
-            times.setdefault(r["chunk_tokens"], []).append(r["time_s"])
-    if not {b for b in spec["buckets"] if b <= runner.max_model_len} <= set(times):
+    median = {n: t for (sms, n), t in one_prompt_prefill_medians(data["measurements"].get("prefill", [])).items()
+              if sms == 0 and n in spec["buckets"]}
+    if not {b for b in spec["buckets"] if b <= runner.max_model_len} <= set(median):
         return   # the prefill grid has not measured every bucket (yet)
-    median = {b: statistics.median(t) for b, t in times.items()}
     dropped = dominated(median)
     for b in dropped:
         log(f"prefill: the {b}-token graph ran slower than a larger bucket's on the whole GPU "

@@ -21,6 +21,13 @@ def default_calibration(model: ModelSpec, gpu: GPUSpec) -> Path | None:
     return path if path.exists() else None
 
 
+def _calibration_path(model: ModelSpec, gpu: GPUSpec, calibration: str | Path | None) -> Path | None:
+    """The file `calibration` names (default: the shipped one); None for the analytical model."""
+    if calibration == "analytical":
+        return None
+    return Path(calibration) if calibration is not None else default_calibration(model, gpu)
+
+
 def load_cost_model(model: ModelSpec, gpu: GPUSpec, calibration: str | Path | None = None) -> CostModel:
     """The measured model from `calibration` (or the shipped one), else the analytical model.
 
@@ -28,9 +35,7 @@ def load_cost_model(model: ModelSpec, gpu: GPUSpec, calibration: str | Path | No
     """
     from nexus.cost.analytical import AnalyticalCost
 
-    if calibration == "analytical":
-        return AnalyticalCost(model, gpu)
-    path = Path(calibration) if calibration is not None else default_calibration(model, gpu)
+    path = _calibration_path(model, gpu, calibration)
     if path is None:
         return AnalyticalCost(model, gpu)
     try:
@@ -46,9 +51,7 @@ def dropped_prefill_buckets(model: ModelSpec, gpu: GPUSpec, calibration: str | P
     The engine leaves them out, as the simulator does when it pads steps to the buckets."""
     from nexus.cost.calibration import read_calibration
 
-    if calibration == "analytical":
-        return []
-    path = Path(calibration) if calibration is not None else default_calibration(model, gpu)
+    path = _calibration_path(model, gpu, calibration)
     if path is None:
         return []
     graphs = read_calibration(path).get("engine", {}).get("prefill_graphs") or {}

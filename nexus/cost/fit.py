@@ -443,20 +443,27 @@ def bias_warnings(bias: dict[str, dict[str, float]]) -> list[str]:
     return lines
 
 
+def one_prompt_prefill_medians(records: list[dict]) -> dict[tuple[int, int], float]:
+    """Median time of each one-prompt prefill size without a prior, by (SMs, tokens): what a
+    graph bucket's step costs on each SM column."""
+    times: dict[tuple[int, int], list[float]] = {}
+    for r in records:
+        if r.get("prompts", 1) == 1 and r["prior_tokens"] == 0:
+            times.setdefault((r["sms"], r["chunk_tokens"]), []).append(r["time_s"])
+    return {key: float(np.median(t)) for key, t in times.items()}
+
+
 def prefill_inversions(records: list[dict]) -> list[list[int | float]]:
     """[SMs, tokens, next larger tokens, % slower] for each one-prompt prefill size without a
     prior whose median time on an SM column exceeds the next larger size's there by more than
     INVERSION_WARN_PCT. The fit is non-decreasing in tokens and cannot follow one; an engine
     would do better to pad such a step past it (a graph bucket that costs more than the next)."""
-    times: dict[tuple[int, int], list[float]] = {}
-    for r in records:
-        if r.get("prompts", 1) == 1 and r["prior_tokens"] == 0:
-            times.setdefault((r["sms"], r["chunk_tokens"]), []).append(r["time_s"])
+    median = one_prompt_prefill_medians(records)
     out: list[list[int | float]] = []
-    for sms in sorted({s for s, _ in times}):
-        sizes = sorted(n for s, n in times if s == sms)
+    for sms in sorted({s for s, _ in median}):
+        sizes = sorted(n for s, n in median if s == sms)
         for small, large in zip(sizes, sizes[1:]):
-            slower = 100.0 * (np.median(times[sms, small]) / np.median(times[sms, large]) - 1.0)
+            slower = 100.0 * (median[sms, small] / median[sms, large] - 1.0)
             if slower > INVERSION_WARN_PCT:
                 out.append([sms, small, large, round(float(slower), 1)])
     return out
