@@ -134,7 +134,7 @@ def section_b():
                                (64, 128, 4, 3), (128, 64, 4, 3), (128, 32, 4, 4), (128, 128, 4, 2)]:
             attention.PREFILL_CONFIG = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=nw, num_stages=st)
             try:
-                f = lambda: attention._prefill_triton(q, kc, vc, p.meta, 0.088, o)
+                f = lambda: attention._prefill_triton(q, kc, vc, p.meta, 0.088, o, range(1), chunk)
                 t = graph_ms(lambda: [f() for _ in range(8)]) / 8
                 r = {"chunk": chunk, "prior": prior, "cfg": [bm, bn, nw, st], "ms": t, "tflops": flops / t / 1e9}
             except Exception as e:

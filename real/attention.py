@@ -6,6 +6,9 @@ sequence. Each new token's K and V are written to the cache before attention run
 kernels read every key and value, old and new, through the sequence's block table.
 
 - prefill: causal attention of a chunk's queries over its cached prefix and itself;
+  in an eager step whose longest chunk has DENSE_MIN_TOKENS tokens or more, each chunk's
+  keys are gathered out of the cache and cuDNN's fused attention runs on them (a chunk after
+  a prefix as two calls, the prefix unmasked and the chunk causal, merged by log-sum-exp);
 - decode: one query per sequence over its whole context, cut along the context into
   pieces (flash-decoding) by a work list the host balances over the batch's total context,
   so that small batches still fill the GPU and one long context among short ones does not
@@ -18,6 +21,7 @@ gathering each sequence's blocks, and is the reference the kernels are tested ag
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -44,6 +48,9 @@ class AttentionMetadata:
       decode_rows [D]: the packed row of each decode token; None means the D rows right after
       the prefill tokens. A CUDA graph of mixed steps sets it, because its split between
       prefill and decode rows changes from replay to replay.
+    prefill_chunks: (first row, tokens, tokens already cached) of each prefill sequence, on the
+      host. Eager steps set it, which lets long chunks take the dense path without reading
+      the device; CUDA graphs leave it None, because their split changes between replays.
     """
     slots: torch.Tensor
     num_prefill_tokens: int
@@ -58,6 +65,7 @@ class AttentionMetadata:
     decode_merge: bool = True   # False when no context was cut: the merge launch is skipped
     block_size: int = 16
     decode_rows: torch.Tensor | None = None
+    prefill_chunks: tuple[tuple[int, int, int], ...] | None = None
 
     @property
     def num_prefill_seqs(self) -> int:
@@ -174,12 +182,93 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         # Both kernels index the whole packed batch: prefill rows through prefill_cu_q,
         # decode rows through decode_rows.
         if meta.num_prefill_seqs:
-            _prefill_triton(q, k_cache, v_cache, meta, scale, out)
+            _prefill(q, k_cache, v_cache, meta, scale, out)
         if meta.num_decode_seqs:
             _decode_triton(q, k_cache, v_cache, meta, scale, out)
     else:
         _torch_attention(q, k_cache, v_cache, meta, scale, out)
     return out.view(t, h * d)
+
+
+# ---------------------------------------------------------------- dense path (long chunks, eager steps)
+# Chunks of DENSE_MIN_TOKENS or more in eager steps take it. On an H200 (one layer's call,
+# experiments/results/prefill_attention_h200.json) cuDNN's fused attention ran an 8k prompt
+# 1.48x as fast as our paged Triton kernel (541 TFLOP/s against 366, gather included), 4k
+# 1.26x, 16k 1.60x, but a 2k prompt 0.93x: gathering the keys and values, one copy of them,
+# costs what cuDNN saves at 2k. A chunk after a prefix runs as two calls, because cuDNN's
+# lower-right causal mask ran at 255 TFLOP/s (experiments/results/engine_probes_h200.json).
+# CUDA graphs keep the Triton kernel: one graph serves any split of its tokens, and these
+# calls are shaped per chunk.
+DENSE_MIN_TOKENS = 3072
+
+
+def takes_dense_path(q: torch.Tensor, meta: AttentionMetadata) -> bool:
+    """Whether some prefill chunk of this step runs on the dense path (prefill_dense)."""
+    chunks = meta.prefill_chunks
+    return (chunks is not None and max(n for _, n, _ in chunks) >= DENSE_MIN_TOKENS
+            and _dense_attention_works(q.device, q.dtype, q.shape[2]))
+
+
+@functools.cache
+def _dense_attention_works(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
+    """cuDNN's fused attention is there for these inputs (Ampere or later, 16-bit, head_dim <= 128)."""
+    if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16) or head_dim > 128:
+        return False
+    if not (torch.backends.cudnn.is_available() and torch.cuda.get_device_capability(device)[0] >= 8):
+        return False
+    q = torch.zeros(1, 2, 16, head_dim, dtype=dtype, device=device)
+    k = torch.zeros(1, 1, 16, head_dim, dtype=dtype, device=device)
+    try:
+        attend(q, k, k, causal=True, scale=1.0)
+    except RuntimeError:
+        return False
+    return True
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of q [1, H, n, D] over k, v [1, KV, S, D] (H a multiple of KV); returns the
+    output [1, H, n, D] and each query's log-sum-exp of scores (natural log) [1, H, n, 1].
+
+    causal masks key j from query i when j > i (the chunk's own keys, n == S)."""
+    if q.is_cuda:
+        out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(
+            q, k, v, None, True, 0.0, causal, False, scale=scale)[:2]
+    else:
+        # The CPU kernel takes as many KV heads as query heads.
+        group = q.shape[1] // k.shape[1]
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), 0.0, causal, scale=scale)
+    return out, lse.reshape(*out.shape[:3], 1).float()
+
+
+def merge_attention(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention over the union of two disjoint key sets, from each set's output and log-sum-exp
+    (into `out` if given)."""
+    # a's share of the union's softmax mass is sigmoid(lse_a - lse_b): one interpolation
+    # kernel over the outputs, where weighting each in float32 took seven.
+    share = torch.sigmoid(lse_a - lse_b).to(out_a.dtype)
+    return torch.lerp(out_b, out_a, share, out=out)
+
+
+def prefill_dense(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
+                  scale: float, out: torch.Tensor, i: int) -> None:
+    """Prefill attention of chunk i on its keys and values gathered from the cache (see above)."""
+    row, n, prior = meta.prefill_chunks[i]
+    total = prior + n
+    blocks = meta.prefill_block_tables[i, :-(-total // meta.block_size)]
+    # [1, KV, S, D] views of a gathered [S, KV, D] copy: cuDNN reads the strides as given.
+    k = k_cache.index_select(0, blocks).flatten(0, 1)[:total].transpose(0, 1).unsqueeze(0)
+    v = v_cache.index_select(0, blocks).flatten(0, 1)[:total].transpose(0, 1).unsqueeze(0)
+    qs = q[row:row + n].transpose(0, 1).unsqueeze(0)
+    into = out[row:row + n].transpose(0, 1).unsqueeze(0)
+    o, lse = attend(qs, k[:, :, prior:], v[:, :, prior:], causal=True, scale=scale)
+    if prior:
+        o_prefix, lse_prefix = attend(qs, k[:, :, :prior], v[:, :, :prior], causal=False, scale=scale)
+        merge_attention(o_prefix, lse_prefix, o, lse, out=into)
+    else:
+        into.copy_(o)
 
 
 # ---------------------------------------------------------------- PyTorch path (CPU, reference)
@@ -366,18 +455,36 @@ def _shared_memory(device: torch.device) -> int:
     return getattr(props, "shared_memory_per_block_optin", 227 * 1024 if props.major in (9, 10) else 0)
 
 
-def _prefill_triton(q, k_cache, v_cache, meta, scale, out):
+def _prefill(q, k_cache, v_cache, meta, scale, out):
+    if not takes_dense_path(q, meta):
+        _prefill_triton(q, k_cache, v_cache, meta, scale, out, range(meta.num_prefill_seqs), meta.prefill_max_q)
+        return
+    chunks = meta.prefill_chunks
+    # Each long chunk on its own; each run of shorter chunks between them in one Triton launch.
+    for dense, run in itertools.groupby(range(len(chunks)), key=lambda i: chunks[i][1] >= DENSE_MIN_TOKENS):
+        run = list(run)
+        if dense:
+            for i in run:
+                prefill_dense(q, k_cache, v_cache, meta, scale, out, i)
+        else:
+            _prefill_triton(q, k_cache, v_cache, meta, scale, out, run, max(chunks[i][1] for i in run))
+
+
+def _prefill_triton(q, k_cache, v_cache, meta, scale, out, seqs: range | list[int], max_q: int):
+    """The kernel over the consecutive prefill sequences `seqs`, whose longest chunk is max_q."""
     _, h, d = q.shape
     kv = k_cache.shape[2]
     cfg = dict(PREFILL_CONFIG if _shared_memory(q.device) >= PREFILL_CONFIG_SMEM else PREFILL_CONFIG_LESS_SMEM)
     if q.dtype == torch.float32 or d > 128:
         # Twice the bytes a tile: keep shared memory in bounds.
         cfg.update(BLOCK_M=64, BLOCK_N=32, num_warps=4)
-    p = meta.num_prefill_seqs
-    grid = (triton.cdiv(meta.prefill_max_q, cfg["BLOCK_M"]), p, h)
-    _prefill_kernel[grid](q, k_cache, v_cache, meta.prefill_block_tables, meta.prefill_cu_q,
-                          meta.prefill_start, out, q.stride(0), q.stride(1),
-                          meta.prefill_block_tables.stride(0), out.stride(0), out.stride(1),
+    lo, hi = seqs[0], seqs[-1] + 1
+    # cu_q holds absolute rows, so a slice of it still places each chunk in the packed batch.
+    tables = meta.prefill_block_tables[lo:hi]
+    grid = (triton.cdiv(max_q, cfg["BLOCK_M"]), hi - lo, h)
+    _prefill_kernel[grid](q, k_cache, v_cache, tables, meta.prefill_cu_q[lo:hi + 1],
+                          meta.prefill_start[lo:hi], out, q.stride(0), q.stride(1),
+                          tables.stride(0), out.stride(0), out.stride(1),
                           scale * LOG2E, KV=kv, GROUP=h // kv, D=d, PAGE=meta.block_size,
                           PRECISION=_precision(q), **cfg)
 

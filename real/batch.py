@@ -272,5 +272,6 @@ def pack(batch: Sequence[Chunk], device: torch.device, block_size: int, kv_heads
         slots=slots_t, num_prefill_tokens=int(cu[-1]), prefill_cu_q=cu_t, prefill_start=starts_t,
         prefill_block_tables=pre_t, prefill_max_q=int(lens.max(initial=0)), decode_ctx_lens=ctx_t,
         decode_block_tables=dec_t, decode_items=items_t, decode_first=first_t,
-        decode_merge=bool(first[-1] > len(dec)), block_size=block_size, decode_rows=rows_t)
+        decode_merge=bool(first[-1] > len(dec)), block_size=block_size, decode_rows=rows_t,
+        prefill_chunks=tuple(zip(cu[:-1].tolist(), lens.tolist(), starts.tolist())))
     return PackedBatch(ids_t, pos_t, meta, select_t.long(), inverse_t.long())

@@ -77,7 +77,8 @@ class PagedCase:
             prefill_block_tables=table_tensor(pre), prefill_max_q=max(lens, default=0),
             decode_ctx_lens=torch.tensor(ctx, dtype=torch.int32), decode_block_tables=table_tensor(dec),
             decode_items=torch.from_numpy(items), decode_first=torch.from_numpy(first),
-            decode_merge=bool(first[-1] > len(dec)), block_size=block_size)
+            decode_merge=bool(first[-1] > len(dec)), block_size=block_size,
+            prefill_chunks=tuple(zip(cu[:-1].tolist(), lens, [chunks[i][0] for i in pre])))
         self.to(device)
 
     def to(self, device: str) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from real.attention import paged_attention
+from real.attention import (DENSE_MIN_TOKENS, attend, merge_attention, paged_attention, prefill_dense,
+                            takes_dense_path)
 from real_helpers import PagedCase, rel_err, triton_device
 
 # (prior tokens already cached, new tokens): prefill from scratch, continuing chunks that
@@ -64,3 +65,56 @@ def test_triton_decode_one_long_context_among_short_ones(dtype: torch.dtype, tol
 def test_triton_long_prefill_with_prefix(dtype: torch.dtype, tol: float) -> None:
     _check(triton_device(dtype), dtype, [(100, 300), (0, 129)], heads=32, kv_heads=8,
            head_dim=128, seed=6, tol=tol)
+
+
+# ---------------------------------------------------------------- dense path (long chunks of eager steps)
+PROMPTS = [(0, 37), (21, 50), (64, 16), (130, 70), (0, 2)]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dense_path_matches_float64_on_cpu(seed: int) -> None:
+    # Gathers each chunk's keys, runs a chunk after a prefix as an unmasked and a causal call,
+    # merges them by log-sum-exp: the same steps as on CUDA, with PyTorch's CPU kernel.
+    case = PagedCase(PROMPTS, 8, 2, 16, torch.float32, "cpu", seed)
+    scale = 16 ** -0.5
+    out = torch.full_like(case.q, float("nan"))
+    for i in range(len(PROMPTS)):
+        prefill_dense(case.q, case.k_cache, case.v_cache, case.meta, scale, out, i)
+    assert rel_err(out.flatten(1), case.reference(scale)) < 1e-5
+
+
+def test_merging_two_key_sets_is_attention_over_their_union() -> None:
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 4, 9, 8, generator=gen) for _ in range(3))
+    whole, lse_whole = attend(q, k, v, causal=False, scale=0.3)
+    for cut in (1, 4, 8):
+        a, lse_a = attend(q, k[:, :, :cut], v[:, :, :cut], causal=False, scale=0.3)
+        b, lse_b = attend(q, k[:, :, cut:], v[:, :, cut:], causal=False, scale=0.3)
+        torch.testing.assert_close(merge_attention(a, lse_a, b, lse_b), whole)
+        torch.testing.assert_close(torch.logaddexp(lse_a, lse_b), lse_whole)
+
+
+def test_only_eager_steps_with_a_long_chunk_take_the_dense_path() -> None:
+    case = PagedCase([(0, 20), (5, 1)], 8, 2, 16, torch.bfloat16, "cpu", 0)
+    assert case.meta.prefill_chunks == ((0, 20, 0),)
+    long = PagedCase([(0, DENSE_MIN_TOKENS)], 8, 2, 16, torch.bfloat16, "cpu", 0)
+    assert not takes_dense_path(long.q, long.meta)   # no cuDNN on the CPU
+    if torch.cuda.is_available():
+        long.to("cuda")
+        assert takes_dense_path(long.q, long.meta)
+        long.meta.prefill_chunks = None                   # as in a CUDA graph
+        assert not takes_dense_path(long.q, long.meta)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("chunks", [
+    [(0, DENSE_MIN_TOKENS + 5)],
+    # a long chunk after a prefix between runs of short chunks, which the Triton kernel takes
+    [(0, 40), (17, 300), (3000, DENSE_MIN_TOKENS), (5, 33), (0, DENSE_MIN_TOKENS)]])
+def test_dense_path_on_cuda_matches_float64(chunks) -> None:
+    # 8 query heads on 2 KV heads keeps the float64 reference's score matrices near 1 GB.
+    case = PagedCase(chunks, 8, 2, 128, torch.bfloat16, triton_device(torch.bfloat16), 8)
+    assert takes_dense_path(case.q, case.meta)
+    scale = 128 ** -0.5
+    out = paged_attention(case.q, case.k_cache, case.v_cache, case.meta, scale)
+    assert rel_err(out, case.reference(scale)) < 1e-2
