@@ -117,3 +117,25 @@ def test_the_engine_captures_the_calibrations_buckets(tmp_path, monkeypatch):
                      calibration="analytical")
     assert 448 not in captured[0] and 512 in captured[0]
     assert captured[1] == PREFILL_GRAPH_BUCKETS
+
+
+def test_the_fit_leaves_out_the_graph_steps_of_dropped_buckets_and_nothing_else():
+    from nexus.cost.fit import fit_calibration, without_dropped_graphs
+
+    data = read_calibration(H200_CALIBRATION)
+    data["engine"]["prefill_graphs"]["dropped"] = [448, 1408]
+    rec = lambda sms, n, prior=0, prompts=1: {"sms": sms, "chunk_tokens": n, "prior_tokens": prior,  # noqa: E731
+                                              **({"prompts": prompts} if prompts > 1 else {}), "time_s": 9.0}
+    stale = [rec(0, 448), rec(64, 448), rec(0, 1408)]
+    kept = [rec(64, 1408),            # partitions replay graphs up to 512 tokens: this step ran eagerly
+            rec(0, 448, prior=512), rec(0, 448, prompts=4)]
+    measurements = {**data["measurements"], "prefill": data["measurements"]["prefill"] + stale + kept}
+    left = without_dropped_graphs(measurements, data["engine"])["prefill"]
+    assert not any(r in left for r in stale) and all(r in left for r in kept)
+    # Absurd times at the dropped graphs change neither the fit nor its inversion report.
+    data["measurements"] = measurements
+    with_stale = fit_calibration(data)
+    data["measurements"] = {**measurements, "prefill": [r for r in measurements["prefill"] if r not in stale]}
+    without = fit_calibration(data)
+    assert with_stale["fit"] == without["fit"]
+    assert with_stale["fit_error"]["prefill_inversions"] == without["fit_error"]["prefill_inversions"]
