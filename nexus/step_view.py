@@ -14,6 +14,12 @@ import pandas as pd
 from nexus.cost.base import BatchShape, CostModel
 from nexus.step import chunks_from_text
 
+# How steps CSVs write floats. A step's time is read back as end_s - start_s, so the clock's
+# resolution must hold a step's length: with 7 digits, 20 s into a run the clock reads to
+# 10 us, 1% of a 1 ms step, and a rescore (nexus-real validate --rescore) drifted from its
+# run. With 12, a 1 ms step 1000 s in keeps six digits.
+STEPS_FLOAT_FORMAT = "%.12g"
+
 
 def step_table(timeline: pd.DataFrame, cost: CostModel) -> pd.DataFrame:
     """Each measured step beside the model's time for its shape and SMs, stretched by the

@@ -6,9 +6,9 @@ sequence. Each new token's K and V are written to the cache before attention run
 kernels read every key and value, old and new, through the sequence's block table.
 
 - prefill: causal attention of a chunk's queries over its cached prefix and itself;
-  in an eager step whose longest chunk has DENSE_MIN_TOKENS tokens or more, each chunk's
-  keys are gathered out of the cache and cuDNN's fused attention runs on them (a chunk after
-  a prefix as two calls, the prefix unmasked and the chunk causal, merged by log-sum-exp);
+  in eager steps, a chunk of DENSE_MIN_TOKENS tokens or more has its keys gathered out of
+  the cache and cuDNN's fused attention run on them (after a prefix as two calls, the prefix
+  unmasked and the chunk causal, merged by log-sum-exp);
 - decode: one query per sequence over its whole context, cut along the context into
   pieces (flash-decoding) by a work list the host balances over the batch's total context,
   so that small batches still fill the GPU and one long context among short ones does not
@@ -193,12 +193,13 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
 # ---------------------------------------------------------------- dense path (long chunks, eager steps)
 # Chunks of DENSE_MIN_TOKENS or more in eager steps take it. On an H200 (one layer's call,
 # experiments/results/prefill_attention_h200.json) cuDNN's fused attention ran an 8k prompt
-# 1.48x as fast as our paged Triton kernel (541 TFLOP/s against 366, gather included), 4k
-# 1.26x, 16k 1.60x, but a 2k prompt 0.93x: gathering the keys and values, one copy of them,
-# costs what cuDNN saves at 2k. A chunk after a prefix runs as two calls, because cuDNN's
-# lower-right causal mask ran at 255 TFLOP/s (experiments/results/engine_probes_h200.json).
-# CUDA graphs keep the Triton kernel: one graph serves any split of its tokens, and these
-# calls are shaped per chunk.
+# 1.28x as fast as our paged Triton kernel (432 TFLOP/s against 338, gather included), 16k
+# 1.46x, 4k 1.08x, but a 2k prompt 0.60x: the gather (one copy of the keys and values) and
+# cuDNN's host work per call cost more than it saves there (another board: 1.48x, 1.60x,
+# 1.26x and 0.93x, prefill_attention_h200_board1.json). A chunk after a prefix runs as two
+# calls, because cuDNN's lower-right causal mask ran at 255 TFLOP/s
+# (experiments/results/engine_probes_h200.json). CUDA graphs keep the Triton kernel: one
+# graph serves any split of its tokens, and these calls are shaped per chunk.
 DENSE_MIN_TOKENS = 3072
 
 
@@ -480,6 +481,8 @@ def _prefill_triton(q, k_cache, v_cache, meta, scale, out, seqs: range | list[in
         cfg.update(BLOCK_M=64, BLOCK_N=32, num_warps=4)
     lo, hi = seqs[0], seqs[-1] + 1
     # cu_q holds absolute rows, so a slice of it still places each chunk in the packed batch.
+    # (A slice off a 16-byte boundary compiles one more kernel variant, once: Triton
+    # specialises on pointer alignment.)
     tables = meta.prefill_block_tables[lo:hi]
     grid = (triton.cdiv(max_q, cfg["BLOCK_M"]), hi - lo, h)
     _prefill_kernel[grid](q, k_cache, v_cache, tables, meta.prefill_cu_q[lo:hi + 1],

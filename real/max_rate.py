@@ -18,7 +18,7 @@ import pandas as pd
 from nexus.cost import CostModel, load_cost_model
 from nexus.policy import Policy
 from nexus.rate_search import RateSearch
-from nexus.step_view import step_table, step_view
+from nexus.step_view import STEPS_FLOAT_FORMAT, step_table, step_view
 from sim import max_rate as sim_max_rate
 from sim.probe import SLO, Load, Setup, point_of
 from traces import TraceEntry
@@ -88,5 +88,5 @@ def write_steps(frames: list[pd.DataFrame], path: Path) -> None:
     """Every probe's measured steps beside the model's time for them, replaced atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    pd.concat(frames, ignore_index=True).to_csv(tmp, index=False, float_format="%.7g", compression="gzip")
+    pd.concat(frames, ignore_index=True).to_csv(tmp, index=False, float_format=STEPS_FLOAT_FORMAT, compression="gzip")
     tmp.replace(path)

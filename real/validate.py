@@ -26,7 +26,7 @@ from nexus.errors import UserError
 from nexus.policy import Policy, build_policies
 from nexus.result import Result
 from nexus.specs import GPUS, MODELS, GPUSpec, ModelSpec
-from nexus.step_view import step_table, step_view
+from nexus.step_view import STEPS_FLOAT_FORMAT, step_table, step_view
 from traces import TraceEntry
 from traces.retime import load_entries
 from traces.stats import summarize as trace_summary
@@ -256,6 +256,6 @@ def _write(record: dict, step_frames: list[pd.DataFrame], out: Path) -> None:
     record["summary"] = summarize_cases(record["cases"])
     out.mkdir(parents=True, exist_ok=True)
     # Every measured step with the model's time for it: the data behind the step-level view.
-    pd.concat(step_frames, ignore_index=True).to_csv(out / "steps.csv", index=False, float_format="%.7g")
+    pd.concat(step_frames, ignore_index=True).to_csv(out / "steps.csv", index=False, float_format=STEPS_FLOAT_FORMAT)
     (out / "validate.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
     (out / "validate.md").write_text(markdown(record))

@@ -3,7 +3,7 @@ the engine sampled beside each step."""
 import numpy as np
 import pandas as pd
 
-from nexus.step_view import CLOCK_BAND_MHZ, step_view
+from nexus.step_view import CLOCK_BAND_MHZ, STEPS_FLOAT_FORMAT, step_view
 
 
 def steps(kinds: list[str], errors: list[float], mhz: list[float] | None = None) -> pd.DataFrame:
@@ -38,3 +38,11 @@ def test_throttled_steps_are_told_apart_from_those_at_the_top_clock() -> None:
 def test_a_run_without_any_sample_reports_no_clock() -> None:
     view = step_view(steps(["decode"], [1.0], [np.nan]))
     assert "sm_clock_mhz" not in view["decode"]
+
+
+def test_a_steps_csv_keeps_each_steps_length_late_in_a_long_run(tmp_path):
+    start = 1000.0 + np.arange(50) * 1.0e-3 + 1.234567e-4
+    steps = pd.DataFrame({"start_s": start, "end_s": start + 0.9e-3 + np.arange(50) * 1e-7})
+    steps.to_csv(tmp_path / "steps.csv", index=False, float_format=STEPS_FLOAT_FORMAT)
+    back = pd.read_csv(tmp_path / "steps.csv")
+    np.testing.assert_allclose(back.end_s - back.start_s, steps.end_s - steps.start_s, rtol=1e-5, atol=0)
