@@ -286,6 +286,7 @@ class Shapes:
         flops = linear_flops(self.spec, chunk + rows, rows + 1) + attention_flops(self.spec, chunk, 0) \
             + 4 * self.spec.num_layers * self.spec.num_heads * self.spec.head_dim * sum(ctx)
         row = {"kind": "mixed", "chunk": chunk, "decode_rows": rows, "decode_context_mean": MIXED_CONTEXT,
+               "kv_tokens": sum(ctx),
                "bytes": weight_bytes(self.runner, chunk + rows) + kv, "flops": flops}
         self._record(row, part, time_step(self.runner, batch, part, self.reps, self.cycles_per_ms))
 

@@ -39,6 +39,8 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run one step, log it, remember a fai
 step gpu_tests 900 $PY -m pytest -m gpu --noconftest -p no:cacheprovider -q -rs tests/test_real_*.py \
     --junitxml "$OUTDIR/gpu_tests.xml"
 step bench_real_roofline 600 $PY experiments/bench_real_roofline.py --out "$OUTDIR/real_roofline_h200.json"
+step roofline_vs_profile 120 $PY experiments/roofline_vs_profile.py "$OUTDIR/real_roofline_h200.json" \
+    --out "$OUTDIR/roofline_vs_profile_h200.json"
 step bench_prefill_attention 300 $PY experiments/bench_prefill_attention.py --out "$OUTDIR/prefill_attention_h200.json"
 step bench_prefill_buckets 300 $PY experiments/bench_prefill_buckets.py --out "$OUTDIR/prefill_buckets_h200.json"
 step bench_decode_process 300 $PY experiments/bench_decode_process.py --small-cache --out "$OUTDIR/decode_process_h200.json"
