@@ -14,7 +14,7 @@ the engine pays them. On GPUs each rank has its own device and payloads go over 
 The fit is a line through the median one-way time against payload bytes, least squares on
 residuals relative to each time (so the small sizes that fix the latency weigh as much as the
 large ones that fix the bandwidth): latency_s is the intercept, bandwidth the inverse slope.
-The output's `link` section is what `sim.link.LinkSpec.load` reads.
+The output's `link` section is what `nexus.topology.LinkSpec.load` reads (`--policy disagg:link=FILE.json`).
 """
 from __future__ import annotations
 

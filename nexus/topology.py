@@ -7,6 +7,12 @@ GPU's pool, which the engine carries out (`reserve` before the transfer, `delive
 """
 from __future__ import annotations
 
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from nexus.errors import UserError
 from nexus.kv import BlockPool
 from nexus.request import Request
 from nexus.running import RunningSet
@@ -14,6 +20,58 @@ from nexus.running import RunningSet
 # Nominal one-direction link bandwidths: NVLink 4 on H100 SXM 450 GB/s; PCIe 5.0 x16 64 GB/s;
 # PCIe 4.0 x16 32 GB/s.
 LINKS = {"nvlink": 450e9, "pcie5": 64e9, "pcie4": 32e9}
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """One direction of a link: a transfer of b bytes alone takes latency_s + b / bandwidth.
+
+    A link file (JSON), as `experiments/bench_kv_transfer.py` writes it from a measured sweep,
+    holds one in its `link` section; only that is read:
+
+        {"link": {"latency_s": 2.0e-05, "bandwidth_bytes_per_s": 3.9e+11}, ...}
+
+    They are the intercept and the inverse slope of a line fitted to one-way transfer times
+    against bytes; `latency_s` >= 0 and `bandwidth_bytes_per_s` > 0, both finite.
+    """
+    latency_s: float
+    bandwidth_bytes_per_s: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.latency_s) and self.latency_s >= 0):
+            raise UserError(f"link latency_s must be a finite number >= 0, got {self.latency_s!r}")
+        if not (math.isfinite(self.bandwidth_bytes_per_s) and self.bandwidth_bytes_per_s > 0):
+            raise UserError(f"link bandwidth_bytes_per_s must be a finite number > 0, "
+                            f"got {self.bandwidth_bytes_per_s!r}")
+
+    def alone_s(self, nbytes: float) -> float:
+        """Seconds one transfer takes with the link to itself."""
+        return self.latency_s + nbytes / self.bandwidth_bytes_per_s
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LinkSpec":
+        """Read the `link` section of a link file; a bad file is a UserError naming it."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise UserError(f"{path}: no such link file") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"{path}: cannot read ({e})") from None
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+        link = data.get("link") if isinstance(data, dict) else None
+        if not isinstance(link, dict):
+            raise UserError(f"{path}: no 'link' object")
+        values = {}
+        for key in ("latency_s", "bandwidth_bytes_per_s"):
+            value = link.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UserError(f"{path}: link.{key} must be a number, got {value!r}")
+            values[key] = float(value)
+        try:
+            return cls(**values)
+        except UserError as e:
+            raise UserError(f"{path}: {e}") from None
 
 
 class OneGPU:
@@ -35,10 +93,10 @@ class TwoGPUs:
     """Engine-level PD disaggregation: a whole GPU and KV pool per phase, joined by a link."""
     gpus = 2
 
-    def __init__(self, kv: BlockPool, link_bandwidth: float, link_latency_s: float):
+    def __init__(self, kv: BlockPool, link: LinkSpec):
         self.decode_kv = kv
         self.prefill_kv = BlockPool(kv.num_blocks, kv.block_size, kv.track_ids)
-        self.link_bandwidth, self.link_latency_s = link_bandwidth, link_latency_s
+        self.link = link
         self.outbound: list[Request] = []     # prefilled, waiting to cross the link
 
     def gpu_of(self, stream: str) -> int:
@@ -46,9 +104,6 @@ class TwoGPUs:
 
     def prefilled(self, req: Request, running: RunningSet) -> None:
         self.outbound.append(req)
-
-    def transfer_s(self, req: Request, kv_bytes_per_token: int) -> float:
-        return self.link_latency_s + req.kv_tokens * kv_bytes_per_token / self.link_bandwidth
 
     def reserve(self, req: Request) -> bool:
         """Take the decode GPU's blocks for `req`; False if they are not free yet."""

@@ -19,6 +19,7 @@ from nexus.step import Step, Stepper, StepRecord
 from nexus.topology import TwoGPUs
 from sim.clock import URGENT, Clock
 from sim.gpu import FluidGPU, Job
+from sim.link import Link
 
 MAX_RUN_STEPS = 1 << 20
 
@@ -36,8 +37,9 @@ class SimEngine:
                               one_stream=sum(self.topology.gpu_of(s) == gpu for s in streams) == 1)
                      for gpu in range(self.topology.gpus)]
         self.gpu_of = {stream: self.gpus[self.topology.gpu_of(stream)] for stream in streams}
-        self.transfers = 0
-        self.kv_freed: list[Request] = []     # transfers waiting for decode blocks
+        topology = self.topology
+        self.link = (Link(clock, topology.link, stepper.state.model.kv_bytes_per_token, topology.reserve,
+                          self._delivered) if isinstance(topology, TwoGPUs) else None)
         self.idle: dict[str, bool] = {s: False for s in streams}   # asleep until something happens
         self.asleep = 0   # how many are
         self.all_done = False
@@ -126,27 +128,18 @@ class SimEngine:
     def _after(self, finished: list[Request]) -> None:
         if finished and self.on_finish:
             self.on_finish(len(finished))
-        if isinstance(self.topology, TwoGPUs):
-            # Blocks come free when requests finish and when decode preempts: waking transfers
-            # only on finishes left them waiting forever once every decode had been preempted.
-            waiters, self.kv_freed = self.kv_freed, []
-            for req in waiters:
-                self.clock.call_in(0, self._transfer, req)
-            while self.topology.outbound:
-                self.transfers += 1
-                self.clock.call_in(0, self._transfer, self.topology.outbound.pop(0), URGENT)
-
-    def _transfer(self, req: Request) -> None:
-        """A prefilled request's KV crosses the link once the decode GPU has room for it."""
-        topology = self.topology
-        if not topology.reserve(req):
-            self.kv_freed.append(req)
-            return
-        self.clock.call_in(topology.transfer_s(req, self.state.model.kv_bytes_per_token), self._delivered, req)
+        link = self.link
+        if link is not None:
+            outbound = self.topology.outbound
+            for req in outbound:
+                link.send(req)
+            outbound.clear()
+            # Blocks come free when requests finish and when decode preempts: trying the head
+            # only on finishes left it waiting forever once every decode had been preempted.
+            link.try_next()
 
     def _delivered(self, req: Request) -> None:
         self.topology.deliver(req, self.state.running)
-        self.transfers -= 1
         self._poke()
 
     def _job(self, step: Step) -> Job:
@@ -166,7 +159,7 @@ class SimEngine:
     def _check_stalled(self, stream: str) -> None:
         """Raise if nothing can ever run again; called once every request has arrived."""
         state = self.state
-        if self.transfers or not state.waiting:
+        if (self.link is not None and self.link.busy()) or not state.waiting:
             return
         for gpu in self.gpus:
             if gpu.jobs:

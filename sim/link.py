@@ -1,135 +1,55 @@
-"""A link between two GPUs as a shared resource: concurrent transfers share its bandwidth.
+"""The link between the prefill GPU and the decode GPU, as the engine drives it.
 
-A transfer first waits the link's latency (setup and propagation, not shared), then its
-bytes flow. Flows share the bandwidth fairly: with n flows active each moves at
-bandwidth / n. When a flow starts or ends, every flow's progress is brought up to date and
-one timer is set for the next finish, as `sim.gpu.FluidGPU` does for iterations. Two
-transfers of b bytes that start together therefore end together, at
-latency + 2b / bandwidth, and the link never idles while a flow has bytes left.
-
-Link file (JSON), as `experiments/bench_kv_transfer.py` writes it; only `link` is read:
-
-    {"link": {"latency_s": 2.0e-05, "bandwidth_bytes_per_s": 3.9e+11}, ...}
-
-`latency_s` >= 0 and `bandwidth_bytes_per_s` > 0, both finite; they are the intercept and
-the inverse slope of a line fitted to measured one-way transfer times against bytes.
+The engine (real/disagg.py) sends one request's KV at a time, in the order prompts finish:
+the decode side first finds blocks for the request at the head of the queue, waiting for
+room if it must, and only then takes its bytes, so the requests behind it wait as well. A
+transfer then holds the link for latency + bytes / bandwidth (nexus.topology.LinkSpec, which
+a measured sweep calibrates). The queue's story, told in callbacks on the simulator's clock:
+a request joins the back; when the link is free and the head has its blocks, the head
+crosses; on arrival it decodes, and the next head tries.
 """
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import dataclass
-from pathlib import Path
+from collections import deque
+from typing import Callable
 
-import simpy
-
-from nexus.errors import UserError
-
-_EPS = 1e-9   # of a flow's size: what float rounding can leave over
-
-
-@dataclass(frozen=True)
-class LinkSpec:
-    latency_s: float
-    bandwidth_bytes_per_s: float
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.latency_s) and self.latency_s >= 0):
-            raise UserError(f"link latency_s must be a finite number >= 0, got {self.latency_s!r}")
-        if not (math.isfinite(self.bandwidth_bytes_per_s) and self.bandwidth_bytes_per_s > 0):
-            raise UserError(f"link bandwidth_bytes_per_s must be a finite number > 0, "
-                            f"got {self.bandwidth_bytes_per_s!r}")
-
-    def alone_s(self, nbytes: float) -> float:
-        """Seconds one transfer takes with the link to itself."""
-        return self.latency_s + nbytes / self.bandwidth_bytes_per_s
-
-    @classmethod
-    def load(cls, path: str | Path) -> "LinkSpec":
-        """Read the `link` section of a link file; a bad file is a UserError naming it."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise UserError(f"{path}: no such link file") from None
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
-        link = data.get("link") if isinstance(data, dict) else None
-        if not isinstance(link, dict):
-            raise UserError(f"{path}: no 'link' object")
-        values = {}
-        for key in ("latency_s", "bandwidth_bytes_per_s"):
-            value = link.get(key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise UserError(f"{path}: link.{key} must be a number, got {value!r}")
-            values[key] = float(value)
-        try:
-            return cls(**values)
-        except UserError as e:
-            raise UserError(f"{path}: {e}") from None
-
-
-@dataclass(eq=False)
-class _Flow:
-    size: float
-    remaining: float
-    done: simpy.Event
+from nexus.request import Request
+from nexus.topology import LinkSpec
+from sim.clock import Clock
 
 
 class Link:
-    """One direction of a link; `transfer(nbytes)` is a simpy process that ends on arrival."""
-
-    def __init__(self, env: simpy.Environment, spec: LinkSpec):
-        self.env, self.spec = env, spec
-        self.flows: list[_Flow] = []
+    def __init__(self, clock: Clock, spec: LinkSpec, kv_bytes_per_token: int,
+                 reserve: Callable[[Request], bool], arrived: Callable[[Request], None]):
+        """`reserve(req)` takes the decode GPU's blocks for a request (False while it has no room
+        yet); `arrived(req)` is called when its KV is across."""
+        self.clock, self.spec, self.kv_bytes_per_token = clock, spec, kv_bytes_per_token
+        self.reserve, self.arrived = reserve, arrived
+        self.queue: deque[Request] = deque()
+        self.crossing: Request | None = None
         self.transfers = 0
-        self.bytes_moved = 0.0
-        self._synced_at = 0.0
-        self._generation = 0
+        self.bytes_moved = 0
 
-    def transfer(self, nbytes: float) -> simpy.Process:
-        if nbytes < 0:
-            raise ValueError(f"a transfer cannot move {nbytes} bytes")
-        return self.env.process(self._transfer(nbytes))
+    def send(self, req: Request) -> None:
+        """Queue a prefilled request's KV behind those already waiting."""
+        self.queue.append(req)
+        self.try_next()
 
-    def _transfer(self, nbytes: float):
-        self.transfers += 1
-        if self.spec.latency_s:
-            yield self.env.timeout(self.spec.latency_s)
-        if nbytes > 0:
-            flow = _Flow(float(nbytes), float(nbytes), self.env.event())
-            self._sync()
-            self.flows.append(flow)
-            self._retime()
-            yield flow.done
-        self.bytes_moved += nbytes
-
-    def _rate(self) -> float:
-        return self.spec.bandwidth_bytes_per_s / len(self.flows)
-
-    def _sync(self) -> None:
-        elapsed = self.env.now - self._synced_at
-        if elapsed > 0 and self.flows:
-            moved = elapsed * self._rate()
-            for flow in self.flows:
-                flow.remaining -= moved
-        self._synced_at = self.env.now
-
-    def _retime(self) -> None:
-        self._generation += 1
-        if self.flows:
-            delay = max(0.0, min(f.remaining for f in self.flows) / self._rate())
-            generation = self._generation
-            self.env.timeout(delay).callbacks.append(lambda _ev: self._on_timer(generation))
-
-    def _on_timer(self, generation: int) -> None:
-        if generation != self._generation:
+    def try_next(self) -> None:
+        """Start the head's transfer if the link is free and the decode GPU has room for it;
+        call again whenever decode blocks come free."""
+        if self.crossing is not None or not self.queue or not self.reserve(self.queue[0]):
             return
-        self._sync()
-        nearest = min(f.remaining for f in self.flows)
-        # Flows within rounding of the nearest finish together (equal transfers started together).
-        finished = [f for f in self.flows if f.remaining <= max(nearest, 0.0) + _EPS * f.size]
-        for flow in finished:
-            self.flows.remove(flow)
-        self._retime()
-        for flow in finished:
-            flow.done.succeed()
+        req = self.crossing = self.queue.popleft()
+        self.clock.call_in(self.spec.alone_s(req.kv_tokens * self.kv_bytes_per_token), self._across, req)
+
+    def busy(self) -> bool:
+        """Whether a transfer is under way or waiting for its turn."""
+        return self.crossing is not None or bool(self.queue)
+
+    def _across(self, req: Request) -> None:
+        self.crossing = None
+        self.transfers += 1
+        self.bytes_moved += req.kv_tokens * self.kv_bytes_per_token
+        self.arrived(req)
+        self.try_next()

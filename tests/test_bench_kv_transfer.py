@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sim.link import LinkSpec
+from nexus.topology import LinkSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "experiments"))
