@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from real.attention import _prefill_triton, attend, merge_attention, prefill_dense, takes_dense_path
+from real.attention import _prefill_triton, prefill_dense, takes_dense_path
+from real.dense_attention import attend, merge_attention
 from real.batch import Chunk, pack
 from real.gpu_info import gpu_facts
 

@@ -5,10 +5,9 @@ continue a prompt whose earlier KV is already cached), then the decode tokens, o
 sequence. Each new token's K and V are written to the cache before attention runs, so both
 kernels read every key and value, old and new, through the sequence's block table.
 
-- prefill: causal attention of a chunk's queries over its cached prefix and itself;
-  in eager steps, a chunk of DENSE_MIN_TOKENS tokens or more has its keys gathered out of
-  the cache and cuDNN's fused attention run on them (after a prefix as two calls, the prefix
-  unmasked and the chunk causal, merged by log-sum-exp);
+- prefill: causal attention of a chunk's queries over its cached prefix and itself; in
+  eager steps, a chunk of DENSE_MIN_TOKENS tokens or more takes the dense path instead
+  (real.dense_attention: its keys gathered out of the cache, cuDNN's fused kernel);
 - decode: one query per sequence over its whole context, cut along the context into
   pieces (flash-decoding) by a work list the host balances over the batch's total context,
   so that small batches still fill the GPU and one long context among short ones does not
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from real.dense_attention import chunk_attention, dense_attention_works
 from real.triton_support import HAVE_TRITON, next_pow2, tl, triton, use_triton
 
 
@@ -190,16 +190,14 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     return out.view(t, h * d)
 
 
-# ---------------------------------------------------------------- dense path (long chunks, eager steps)
-# Chunks of DENSE_MIN_TOKENS or more in eager steps take it. On an H200 (one layer's call,
-# experiments/results/prefill_attention_h200.json) cuDNN's fused attention ran an 8k prompt
-# 1.28x as fast as our paged Triton kernel (432 TFLOP/s against 338, gather included), 16k
-# 1.46x, 4k 1.08x, but a 2k prompt 0.60x: the gather (one copy of the keys and values) and
+# ---------------------------------------------------------------- which path a prefill chunk takes
+# Chunks of DENSE_MIN_TOKENS or more in eager steps take the dense path (real.dense_attention).
+# On an H200 (one layer's call, experiments/results/prefill_attention_h200.json) it ran an 8k
+# prompt 1.28x as fast as our paged Triton kernel (432 TFLOP/s against 338, gather included),
+# 16k 1.46x, 4k 1.08x, but a 2k prompt 0.60x: the gather (one copy of the keys and values) and
 # cuDNN's host work per call cost more than it saves there (another board: 1.48x, 1.60x,
-# 1.26x and 0.93x, prefill_attention_h200_board1.json). A chunk after a prefix runs as two
-# calls, because cuDNN's lower-right causal mask ran at 255 TFLOP/s
-# (experiments/results/engine_probes_h200.json). CUDA graphs keep the Triton kernel: one
-# graph serves any split of its tokens, and these calls are shaped per chunk.
+# 1.26x and 0.93x, prefill_attention_h200_board1.json). CUDA graphs keep the Triton kernel:
+# one graph serves any split of its tokens, and the dense calls are shaped per chunk.
 DENSE_MIN_TOKENS = 3072
 
 
@@ -207,69 +205,15 @@ def takes_dense_path(q: torch.Tensor, meta: AttentionMetadata) -> bool:
     """Whether some prefill chunk of this step runs on the dense path (prefill_dense)."""
     chunks = meta.prefill_chunks
     return (chunks is not None and max(n for _, n, _ in chunks) >= DENSE_MIN_TOKENS
-            and _dense_attention_works(q.device, q.dtype, q.shape[2]))
-
-
-@functools.cache
-def _dense_attention_works(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
-    """cuDNN's fused attention is there for these inputs (Ampere or later, 16-bit, head_dim <= 128)."""
-    if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16) or head_dim > 128:
-        return False
-    if not (torch.backends.cudnn.is_available() and torch.cuda.get_device_capability(device)[0] >= 8):
-        return False
-    q = torch.zeros(1, 2, 16, head_dim, dtype=dtype, device=device)
-    k = torch.zeros(1, 1, 16, head_dim, dtype=dtype, device=device)
-    try:
-        attend(q, k, k, causal=True, scale=1.0)
-    except RuntimeError:
-        return False
-    return True
-
-
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention of q [1, H, n, D] over k, v [1, KV, S, D] (H a multiple of KV); returns the
-    output [1, H, n, D] and each query's log-sum-exp of scores (natural log) [1, H, n, 1].
-
-    causal masks key j from query i when j > i (the chunk's own keys, n == S)."""
-    if q.is_cuda:
-        out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(
-            q, k, v, None, True, 0.0, causal, False, scale=scale)[:2]
-    else:
-        # The CPU kernel takes as many KV heads as query heads.
-        group = q.shape[1] // k.shape[1]
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), 0.0, causal, scale=scale)
-    return out, lse.reshape(*out.shape[:3], 1).float()
-
-
-def merge_attention(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor,
-                    out: torch.Tensor | None = None) -> torch.Tensor:
-    """Attention over the union of two disjoint key sets, from each set's output and log-sum-exp
-    (into `out` if given)."""
-    # a's share of the union's softmax mass is sigmoid(lse_a - lse_b): one interpolation
-    # kernel over the outputs, where weighting each in float32 took seven.
-    share = torch.sigmoid(lse_a - lse_b).to(out_a.dtype)
-    return torch.lerp(out_b, out_a, share, out=out)
+            and dense_attention_works(q.device, q.dtype, q.shape[2]))
 
 
 def prefill_dense(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
                   scale: float, out: torch.Tensor, i: int) -> None:
-    """Prefill attention of chunk i on its keys and values gathered from the cache (see above)."""
+    """Prefill attention of chunk i on the dense path (real.dense_attention.chunk_attention)."""
     row, n, prior = meta.prefill_chunks[i]
-    total = prior + n
-    blocks = meta.prefill_block_tables[i, :-(-total // meta.block_size)]
-    # [1, KV, S, D] views of a gathered [S, KV, D] copy: cuDNN reads the strides as given.
-    k = k_cache.index_select(0, blocks).flatten(0, 1)[:total].transpose(0, 1).unsqueeze(0)
-    v = v_cache.index_select(0, blocks).flatten(0, 1)[:total].transpose(0, 1).unsqueeze(0)
-    qs = q[row:row + n].transpose(0, 1).unsqueeze(0)
-    into = out[row:row + n].transpose(0, 1).unsqueeze(0)
-    o, lse = attend(qs, k[:, :, prior:], v[:, :, prior:], causal=True, scale=scale)
-    if prior:
-        o_prefix, lse_prefix = attend(qs, k[:, :, :prior], v[:, :, :prior], causal=False, scale=scale)
-        merge_attention(o_prefix, lse_prefix, o, lse, out=into)
-    else:
-        into.copy_(o)
+    blocks = meta.prefill_block_tables[i, :-(-(prior + n) // meta.block_size)]
+    chunk_attention(q[row:row + n], k_cache, v_cache, blocks, prior, scale, out[row:row + n])
 
 
 # ---------------------------------------------------------------- PyTorch path (CPU, reference)
