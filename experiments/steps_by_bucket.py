@@ -40,8 +40,8 @@ def by_bucket(steps: pd.DataFrame, graphs: dict) -> pd.DataFrame:
     """Median measured / predicted time and step count per bucket, over the plain stream's
     graphed steps that hold prompt tokens (alone or beside decode rows: the graph pads both)."""
     mine = steps[(steps["sms"] == 0) & (steps["prefill_tokens"] > 0)]
-    padded = [prefill_bucket(graphs["buckets"], graphs["max_seqs"], [n for n, _ in chunks_from_text(shape)],
-                             int(rows)) for shape, rows in zip(mine["prefill_shape"], mine["decode_seqs"])]
+    padded = [prefill_bucket(graphs["buckets"], graphs["max_seqs"], chunks_from_text(shape), int(rows))
+              for shape, rows in zip(mine["prefill_shape"], mine["decode_seqs"])]
     return (pd.DataFrame({"bucket": padded, "ratio": mine["measured_s"] / mine["predicted_s"]})
             .dropna().astype({"bucket": int}).groupby("bucket")["ratio"].agg(median="median", steps="count"))
 

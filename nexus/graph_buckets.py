@@ -3,8 +3,9 @@ engine (real/graphs.py, real/prefill_graphs.py) and the cost model that predicts
 
 A decode step of n sequences runs the graph of the smallest bucket holding n. A prefill step
 runs the graph of the smallest token bucket holding its tokens if it has at most
-PREFILL_GRAPH_MAX_SEQS chunks, each of at least 2 tokens; on the plain stream a chunked-prefill
-step's decode rows count as one token each. Anything else runs eagerly.
+PREFILL_GRAPH_MAX_SEQS chunks, each of at least 2 tokens and none that runs dense
+(`runs_dense`); on the plain stream a chunked-prefill step's decode rows count as one token
+each. Anything else runs eagerly.
 """
 from __future__ import annotations
 
@@ -29,6 +30,15 @@ PREFILL_GRAPH_BUCKETS = (16, 32, 64, 128, 192, 256, 320, 384, 448, 512, 640, 768
 DOMINANCE_MARGIN = 0.01
 GREEN_MAX_TOKENS = 512
 PREFILL_GRAPH_MAX_SEQS = 16
+# Prompt chunks whose attention runs on cuDNN in eager steps (real.dense_attention) rather
+# than on the paged Triton kernel the graphs hold. One layer's attention on an H200
+# (experiments/results/prefill_attention_h200.json), cuDNN against Triton: 4k 1.08x, 8k 1.28x,
+# 16k 1.46x, but 2k 0.60x (the gather and cuDNN's host work outweigh its speed). Chunks this
+# long never fit a graph bucket, so today the rule sends no step eager that was not already.
+# After a prefix cuDNN also wins (2k after 8k 1.19x, 2k after 2k 1.10x, 1k after 8k 1.03x, 512
+# after 4k 0.49x); taking 2k chunks after long prefixes out of their graphs is a measured lead
+# (experiments/notes_h200_perf.md, item 8), to be checked on a GPU before `runs_dense` says so.
+DENSE_MIN_TOKENS = 3072
 
 
 def bucket_for(buckets: Sequence[int], n: int) -> int | None:
@@ -37,13 +47,20 @@ def bucket_for(buckets: Sequence[int], n: int) -> int | None:
     return buckets[i] if i < len(buckets) else None
 
 
-def prefill_bucket(buckets: Sequence[int], max_seqs: int, chunk_tokens: Sequence[int],
+def runs_dense(tokens: int, prior: int) -> bool:
+    """Whether a prompt chunk of `tokens` after `prior` cached tokens takes the dense attention
+    path, which only eager steps run (the prefix does not decide it yet: see above)."""
+    return tokens >= DENSE_MIN_TOKENS
+
+
+def prefill_bucket(buckets: Sequence[int], max_seqs: int, chunks: Sequence[tuple[int, int]],
                    decode_rows: int = 0) -> int | None:
-    """The token bucket a step of prompt chunks of these sizes (and `decode_rows` decode rows)
-    replays, or None (eager)."""
-    if not buckets or len(chunk_tokens) > max_seqs or any(n < 2 for n in chunk_tokens):
+    """The token bucket a step of prompt chunks, (tokens, prior) each, and `decode_rows` decode
+    rows replays, or None (eager)."""
+    if (not buckets or len(chunks) > max_seqs or any(n < 2 for n, _ in chunks)
+            or any(runs_dense(n, prior) for n, prior in chunks)):
         return None
-    return bucket_for(buckets, sum(chunk_tokens) + decode_rows)
+    return bucket_for(buckets, sum(n for n, _ in chunks) + decode_rows)
 
 
 def dominated(times: Mapping[int, float], margin: float = DOMINANCE_MARGIN) -> list[int]:

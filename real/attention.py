@@ -6,7 +6,7 @@ sequence. Each new token's K and V are written to the cache before attention run
 kernels read every key and value, old and new, through the sequence's block table.
 
 - prefill: causal attention of a chunk's queries over its cached prefix and itself; in
-  eager steps, a chunk of DENSE_MIN_TOKENS tokens or more takes the dense path instead
+  eager steps, a long chunk (nexus.graph_buckets.runs_dense) takes the dense path instead
   (real.dense_attention: its keys gathered out of the cache, cuDNN's fused kernel);
 - decode: one query per sequence over its whole context, cut along the context into
   pieces (flash-decoding) by a work list the host balances over the batch's total context,
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from nexus.graph_buckets import runs_dense
 from real.dense_attention import chunk_attention, dense_attention_works
 from real.triton_support import HAVE_TRITON, next_pow2, tl, triton, use_triton
 
@@ -191,20 +192,15 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
 
 
 # ---------------------------------------------------------------- which path a prefill chunk takes
-# Chunks of DENSE_MIN_TOKENS or more in eager steps take the dense path (real.dense_attention).
-# On an H200 (one layer's call, experiments/results/prefill_attention_h200.json) it ran an 8k
-# prompt 1.28x as fast as our paged Triton kernel (432 TFLOP/s against 338, gather included),
-# 16k 1.46x, 4k 1.08x, but a 2k prompt 0.60x: the gather (one copy of the keys and values) and
-# cuDNN's host work per call cost more than it saves there (another board: 1.48x, 1.60x,
-# 1.26x and 0.93x, prefill_attention_h200_board1.json). CUDA graphs keep the Triton kernel:
-# one graph serves any split of its tokens, and the dense calls are shaped per chunk.
-DENSE_MIN_TOKENS = 3072
-
-
+# In eager steps, chunks that nexus.graph_buckets.runs_dense picks (its measurements are
+# there) take the dense path (real.dense_attention). CUDA graphs keep the Triton kernel: one
+# graph serves any split of its tokens and the dense calls are shaped per chunk, which is why
+# the graph rule sends such steps eager. (Another board's per-layer run, with an older merge:
+# experiments/results/prefill_attention_h200_board1.json.)
 def takes_dense_path(q: torch.Tensor, meta: AttentionMetadata) -> bool:
     """Whether some prefill chunk of this step runs on the dense path (prefill_dense)."""
     chunks = meta.prefill_chunks
-    return (chunks is not None and max(n for _, n, _ in chunks) >= DENSE_MIN_TOKENS
+    return (chunks is not None and any(runs_dense(n, prior) for _, n, prior in chunks)
             and dense_attention_works(q.device, q.dtype, q.shape[2]))
 
 
@@ -406,7 +402,7 @@ def _prefill(q, k_cache, v_cache, meta, scale, out):
         return
     chunks = meta.prefill_chunks
     # Each long chunk on its own; each run of shorter chunks between them in one Triton launch.
-    for dense, run in itertools.groupby(range(len(chunks)), key=lambda i: chunks[i][1] >= DENSE_MIN_TOKENS):
+    for dense, run in itertools.groupby(range(len(chunks)), key=lambda i: runs_dense(*chunks[i][1:])):
         run = list(run)
         if dense:
             for i in run:

@@ -46,12 +46,16 @@ def test_engine_graphs_use_the_shared_buckets():
 def test_cost_model_pads_as_the_bucket_rule_says():
     cost = load_cost_model(LLAMA8, H100)
     pre, dec = cost.engine["prefill_graphs"], cost.engine["decode_graphs"]
-    for chunks in ([100], [3, 40, 57], [1, 60], [600], [2] * 17, [300, 200]):
-        shape = tuple((n, 0) for n in chunks)
-        bucket = prefill_bucket(sorted(pre["buckets"]), pre["max_seqs"], chunks)
-        assert cost._padded_tokens(shape, sum(chunks)) == (bucket or sum(chunks))
-    assert prefill_bucket(sorted(pre["buckets"]), pre["max_seqs"], [100]) == 128
-    assert prefill_bucket(sorted(pre["buckets"]), pre["max_seqs"], [1, 60]) is None     # a 1-token chunk: eager
+    for shape in ([(100, 0)], [(3, 0), (40, 0), (57, 0)], [(1, 0), (60, 0)], [(600, 0)], [(2, 0)] * 17,
+                  [(300, 0), (200, 0)], [(2048, 0)], [(2048, 8192)], [(1024, 8192), (64, 0)], [(4096, 0)]):
+        tokens = sum(n for n, _ in shape)
+        bucket = prefill_bucket(sorted(pre["buckets"]), pre["max_seqs"], shape)
+        assert cost._padded_tokens(tuple(shape), tokens) == (bucket or tokens)
+    buckets = sorted(pre["buckets"])
+    assert prefill_bucket(buckets, pre["max_seqs"], [(100, 0)]) == 128
+    assert prefill_bucket(buckets, pre["max_seqs"], [(1, 0), (60, 0)]) is None     # a 1-token chunk: eager
+    assert prefill_bucket(buckets + [2048], pre["max_seqs"], [(2048, 8192)]) == 2048
+    assert prefill_bucket(buckets + [4096], pre["max_seqs"], [(4096, 0)]) is None      # runs dense: eager
     for seqs, bucket in ((72, 96), (3, 4), (200, 224)):
         assert bucket_for(sorted(dec["buckets"]), seqs) == bucket
         # Padded rows run the bucket's matmuls and read no KV: the same time as the full bucket.

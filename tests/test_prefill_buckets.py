@@ -10,7 +10,7 @@ pytest.importorskip("torch")
 from nexus.cost import dropped_prefill_buckets  # noqa: E402
 from nexus.cost.calibration import read_calibration  # noqa: E402
 from nexus.errors import UserError  # noqa: E402
-from nexus.graph_buckets import PREFILL_GRAPH_BUCKETS, dominated, prefill_buckets_without  # noqa: E402
+from nexus.graph_buckets import PREFILL_GRAPH_BUCKETS, PREFILL_GRAPH_MAX_SEQS, dominated, prefill_buckets_without  # noqa: E402
 from nexus.policy import build_policies  # noqa: E402
 from nexus.specs import GPUS, MODELS  # noqa: E402
 from real.prefill_graphs import PrefillGraphs  # noqa: E402
@@ -139,3 +139,23 @@ def test_the_fit_leaves_out_the_graph_steps_of_dropped_buckets_and_nothing_else(
     without = fit_calibration(data)
     assert with_stale["fit"] == without["fit"]
     assert with_stale["fit_error"]["prefill_inversions"] == without["fit_error"]["prefill_inversions"]
+
+
+def test_a_chunk_that_runs_dense_sends_its_step_eager_in_the_engine_and_the_model(monkeypatch):
+    import nexus.graph_buckets
+    from nexus.graph_buckets import prefill_bucket, runs_dense
+    from real.batch import Chunk
+
+    assert runs_dense(nexus.graph_buckets.DENSE_MIN_TOKENS, 0)
+    assert not runs_dense(nexus.graph_buckets.DENSE_MIN_TOKENS - 1, 10**6)
+    # Today no chunk that runs dense fits a bucket; lower the rule's bound to see the plumbing.
+    monkeypatch.setattr(nexus.graph_buckets, "DENSE_MIN_TOKENS", 1024)
+    graphs = PrefillGraphs.__new__(PrefillGraphs)
+    graphs._sizes_on = {"decode:0": [(1024, 256), (2304, 256)]}
+    part = type("Part", (), {"name": "decode:0"})()
+    chunk = lambda tokens, start: Chunk(list(range(tokens)), start, list(range(-(-(start + tokens) // 16))))  # noqa: E731
+    decode_row = chunk(1, 300)
+    for chunks, bucket in (([(512, 0)], 1024), ([(1023, 8192)], 1024), ([(700, 0), (700, 9000)], 2304),
+                           ([(1024, 0)], None), ([(2048, 8192)], None), ([(64, 0), (1024, 0)], None)):
+        assert graphs.bucket_for(part, [chunk(n, prior) for n, prior in chunks] + [decode_row]) == bucket
+        assert prefill_bucket([1024, 2304], PREFILL_GRAPH_MAX_SEQS, chunks, 1) == bucket

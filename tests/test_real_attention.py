@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from real.attention import DENSE_MIN_TOKENS, paged_attention, prefill_dense, takes_dense_path
+from nexus.graph_buckets import DENSE_MIN_TOKENS
+from real.attention import paged_attention, prefill_dense, takes_dense_path
 from real.dense_attention import attend, merge_attention
 from real_helpers import PagedCase, rel_err, triton_device
 

@@ -415,7 +415,7 @@ class MeasuredCost:
         18-25% longer than the unpadded prediction, and 10-11% with the padding."""
         if decode_rows > self._graph_decode_rows:
             return tokens + decode_rows   # eager
-        bucket = prefill_bucket(self._graph_buckets, self._graph_max_seqs, [n for n, _ in chunks], decode_rows)
+        bucket = prefill_bucket(self._graph_buckets, self._graph_max_seqs, chunks, decode_rows)
         return tokens + decode_rows if bucket is None else bucket
 
     @staticmethod
