@@ -14,13 +14,14 @@ the engine pays them. On GPUs each rank has its own device and payloads go over 
 The fit is a line through the median one-way time against payload bytes, least squares on
 residuals relative to each time (so the small sizes that fix the latency weigh as much as the
 large ones that fix the bandwidth): latency_s is the intercept, bandwidth the inverse slope.
-The output's `link` section is what `nexus.topology.LinkSpec.load` reads (`--policy disagg:link=FILE.json`).
+The output's `link` section is what `nexus.topology.LinkSpec.load` reads (`nexus-sim --policy disagg --param link=FILE.json`).
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import platform
 import statistics
@@ -98,6 +99,15 @@ def fit_link(points: list[dict]) -> dict:
     }
 
 
+def link_of(fit: dict) -> dict | None:
+    """The link section a fit gives (latency clamped at 0), or None where the one-way times did
+    not grow with bytes: a slope of zero or less has no bandwidth to report."""
+    bandwidth = fit["bandwidth_bytes_per_s"]
+    if not (math.isfinite(bandwidth) and bandwidth > 0):
+        return None
+    return {"latency_s": max(0.0, fit["latency_s"]), "bandwidth_bytes_per_s": bandwidth}
+
+
 def machine(device: str) -> dict:
     if device == "cuda":
         from real.gpu_info import gpu_facts
@@ -156,7 +166,11 @@ def main() -> int:
     }
     fit = fit_link(points)
     record["fit"] = {**fit, "method": "least squares of one-way time on bytes, residuals relative to each time"}
-    record["link"] = {"latency_s": max(0.0, fit["latency_s"]), "bandwidth_bytes_per_s": fit["bandwidth_bytes_per_s"]}
+    record["link"] = link_of(fit)
+    if record["link"] is None:
+        print(f"bench_kv_transfer: one-way times do not grow with bytes (fitted slope {1 / fit['bandwidth_bytes_per_s']:.3g} "
+              f"s/B): no bandwidth to report and no link file written; sweep larger --tokens", file=sys.stderr)
+        return 2
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
     print(f"latency {fit['latency_s'] * 1e6:.1f} us, bandwidth {fit['bandwidth_bytes_per_s'] / 1e9:.2f} GB/s "

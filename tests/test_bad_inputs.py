@@ -86,6 +86,9 @@ def model_with(**fields) -> dict:
     (["--compare", "chunked,prefill-first", "--param", "chunk_tokens=4096"],
      "chunked and prefill-first take no parameter 'chunk_tokens'"),
     (["--limit", "0"], "argument --limit: expected a positive integer"),
+    (["--policy", "disagg", "--param", "link=infiniband"],
+     "unknown link 'infiniband'; known: nvlink, pcie5, pcie4, or a link file (.json)"),
+    (["--policy", "disagg", "--param", "link=/nonexistent/link.json"], "/nonexistent/link.json: no such link file"),
 ])
 def test_sim_flag_errors(trace_file, capsys, args, message):
     assert sim_main(["--trace", str(trace_file), "--quiet", *args]) == 2
