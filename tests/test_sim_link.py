@@ -121,3 +121,13 @@ def test_bad_link_file_is_one_user_error_naming_it(tmp_path, content, message):
 def test_missing_link_file():
     with pytest.raises(UserError, match="no such link file"):
         LinkSpec.load("/nonexistent/link.json")
+
+
+def test_disagg_records_its_link_as_given_and_as_json(tmp_path):
+    from nexus.policy import make_policy
+
+    path = tmp_path / "link.json"
+    path.write_text(json.dumps({"link": {"latency_s": 0.0, "bandwidth_bytes_per_s": 32e9}}))
+    for link in ("nvlink", str(path)):
+        described = json.loads(json.dumps(make_policy("disagg", link=link).describe()))
+        assert described["link"] == link and set(described) == {"policy", "link", "link_latency_s", "prefill_tokens"}

@@ -23,15 +23,15 @@ class Disagg(Policy):
 
     def __init__(self, link: str = "nvlink", link_latency_s: float = 20e-6, prefill_tokens: int = 8192):
         if link in LINKS:
-            self.link_spec = LinkSpec(link_latency_s, LINKS[link])
+            self._link_spec = LinkSpec(link_latency_s, LINKS[link])
         elif link.endswith(".json"):
-            self.link_spec = LinkSpec.load(link)
+            self._link_spec = LinkSpec.load(link)
         else:
             raise UserError(f"unknown link {link!r}; known: {', '.join(LINKS)}, or a link file (.json)")
         self.link, self.link_latency_s, self.prefill_tokens = link, link_latency_s, prefill_tokens
 
     def topology(self, kv: BlockPool) -> TwoGPUs:
-        return TwoGPUs(kv, self.link_spec)
+        return TwoGPUs(kv, self._link_spec)
 
     def plan(self, state: ServingState, stream: str) -> Batch | None:
         if stream == "prefill":
