@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from bench_real_roofline import event_times_ms
 from real.attention import _prefill_triton, prefill_dense, takes_dense_path
 from real.dense_attention import attend, merge_attention
 from real.batch import Chunk, pack
@@ -32,17 +33,7 @@ HEADS, KV_HEADS, HEAD_DIM, BLOCK = 32, 8, 128, 16
 
 
 def timed(fn, repeats: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return statistics.median(event_times_ms(fn, repeats, warmup=1))
 
 
 def shape_result(chunk: int, prior: int, repeats: int) -> dict:

@@ -13,9 +13,9 @@ from typing import Sequence
 import pandas as pd
 
 from nexus.config import EngineConfig
-from nexus.cost import dropped_prefill_buckets, load_cost_model
+from nexus.cost import engine_prefill_buckets, load_cost_model
 from nexus.errors import UserError
-from nexus.graph_buckets import PREFILL_GRAPH_BUCKETS, prefill_buckets_without
+from nexus.graph_buckets import PREFILL_GRAPH_BUCKETS
 from nexus.kv import BlockPool
 from nexus.policy import Policy, check_policy as check_policy_splits
 from nexus.request import Request, check_fits
@@ -51,7 +51,7 @@ class Bench:
                                   max_decode_batch=config.max_num_seqs)
         self.partitions = build_partitions(policies, gpu, device)
         capture_all_graphs(self.runner, self.partitions,
-                           prefill_buckets_without(dropped_prefill_buckets(model, gpu, calibration)))
+                           engine_prefill_buckets(model, gpu, calibration))
         warm_up(self.runner, self.partitions)
 
     def machine(self) -> dict:

@@ -27,10 +27,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from nexus.cost import dropped_prefill_buckets, load_cost_model
+from nexus.cost import engine_prefill_buckets, load_cost_model
 from nexus.cost.base import FULL_GPU
 from nexus.errors import UserError
-from nexus.graph_buckets import prefill_buckets_without
 from nexus.kv import BlockPool, blocks_for
 from nexus.metrics import TokenGaps, weighted_stats
 from nexus.policy import Disagg, Policy
@@ -312,8 +311,8 @@ def _worker(rank: int, port: int, config: DisaggConfig, conn) -> None:
             to_decode.recv(lambda meta, n: [0])
         if rank == PREFILL:
             side = _PrefillSide(runner, "prefill", config, to_decode, to_prefill)
-            runner.capture_prefill_graphs([side.partitions.prefill(FULL_GPU)], prefill_buckets_without(
-                dropped_prefill_buckets(config.model, config.gpu, config.calibration)))
+            runner.capture_prefill_graphs([side.partitions.prefill(FULL_GPU)],
+                                          engine_prefill_buckets(config.model, config.gpu, config.calibration))
         else:
             side = _DecodeSide(runner, "decode", config, to_prefill, to_decode)
             runner.capture_graphs([side.partitions.decode(FULL_GPU)])

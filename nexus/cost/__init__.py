@@ -61,3 +61,11 @@ def dropped_prefill_buckets(model: ModelSpec, gpu: GPUSpec, calibration: str | P
         raise UserError(f"{path}: engine.prefill_graphs.dropped must be a list of positive token counts, "
                         f"got {dropped!r}")
     return sorted(dropped)
+
+
+def engine_prefill_buckets(model: ModelSpec, gpu: GPUSpec, calibration: str | Path | None = None
+                           ) -> tuple[int, ...]:
+    """The prefill graph buckets an engine built with `calibration` captures."""
+    from nexus.graph_buckets import prefill_buckets_without
+
+    return prefill_buckets_without(dropped_prefill_buckets(model, gpu, calibration))

@@ -444,12 +444,17 @@ def bias_warnings(bias: dict[str, dict[str, float]]) -> list[str]:
     return lines
 
 
+def _one_prompt_no_prior(r: dict) -> bool:
+    """A prefill record of one prompt without a prior: a graph bucket's step where it fits one."""
+    return r.get("prompts", 1) == 1 and r["prior_tokens"] == 0
+
+
 def one_prompt_prefill_medians(records: list[dict]) -> dict[tuple[int, int], float]:
     """Median time of each one-prompt prefill size without a prior, by (SMs, tokens): what a
     graph bucket's step costs on each SM column."""
     times: dict[tuple[int, int], list[float]] = {}
     for r in records:
-        if r.get("prompts", 1) == 1 and r["prior_tokens"] == 0:
+        if _one_prompt_no_prior(r):
             times.setdefault((r["sms"], r["chunk_tokens"]), []).append(r["time_s"])
     return {key: float(np.median(t)) for key, t in times.items()}
 
@@ -499,7 +504,7 @@ def without_dropped_graphs(measurements: dict[str, list], engine: dict[str, Any]
         return measurements
 
     def stale(r: dict) -> bool:
-        return (r.get("prompts", 1) == 1 and r["prior_tokens"] == 0 and r["chunk_tokens"] in dropped
+        return (_one_prompt_no_prior(r) and r["chunk_tokens"] in dropped
                 and (r["sms"] == FULL_GPU or r["chunk_tokens"] <= GREEN_MAX_TOKENS))
 
     return {**measurements, "prefill": [r for r in measurements.get("prefill", []) if not stale(r)]}
