@@ -34,11 +34,13 @@ PREFILL_GRAPH_MAX_SEQS = 16
 # than on the paged Triton kernel the graphs hold. One layer's attention on an H200
 # (experiments/results/prefill_attention_h200.json), cuDNN against Triton: 4k 1.08x, 8k 1.28x,
 # 16k 1.46x, but 2k 0.60x (the gather and cuDNN's host work outweigh its speed). Chunks this
-# long never fit a graph bucket, so today the rule sends no step eager that was not already.
-# After a prefix cuDNN also wins (2k after 8k 1.19x, 2k after 2k 1.10x, 1k after 8k 1.03x, 512
-# after 4k 0.49x); taking 2k chunks after long prefixes out of their graphs is a measured lead
-# (experiments/notes_h200_perf.md, item 8), to be checked on a GPU before `runs_dense` says so.
+# long never fit a graph bucket. After a long prefix cuDNN wins at 2k too (2k after 8k 1.19x,
+# 2k after 2k 1.10x, 1k after 8k 1.03x, 512 after 4k 0.49x): such a chunk leaves its graph
+# bucket and runs eager, where the step is long enough (65 ms at 2k after 8k) to hide the
+# eager launches (experiments/notes_h200_perf.md, item 8).
 DENSE_MIN_TOKENS = 3072
+DENSE_MIN_TOKENS_AFTER_PREFIX = 2048
+DENSE_MIN_PREFIX = 4096
 
 
 def bucket_for(buckets: Sequence[int], n: int) -> int | None:
@@ -49,8 +51,8 @@ def bucket_for(buckets: Sequence[int], n: int) -> int | None:
 
 def runs_dense(tokens: int, prior: int) -> bool:
     """Whether a prompt chunk of `tokens` after `prior` cached tokens takes the dense attention
-    path, which only eager steps run (the prefix does not decide it yet: see above)."""
-    return tokens >= DENSE_MIN_TOKENS
+    path, which only eager steps run: long chunks, and 2k chunks after long prefixes."""
+    return tokens >= DENSE_MIN_TOKENS or (tokens >= DENSE_MIN_TOKENS_AFTER_PREFIX and prior >= DENSE_MIN_PREFIX)
 
 
 def prefill_bucket(buckets: Sequence[int], max_seqs: int, chunks: Sequence[tuple[int, int]],
