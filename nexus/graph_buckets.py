@@ -31,13 +31,14 @@ DOMINANCE_MARGIN = 0.01
 GREEN_MAX_TOKENS = 512
 PREFILL_GRAPH_MAX_SEQS = 16
 # Prompt chunks whose attention runs on cuDNN in eager steps (real.dense_attention) rather
-# than on the paged Triton kernel the graphs hold. One layer's attention on an H200
-# (experiments/results/prefill_attention_h200.json), cuDNN against Triton: 4k 1.08x, 8k 1.28x,
-# 16k 1.46x, but 2k 0.60x (the gather and cuDNN's host work outweigh its speed). Chunks this
-# long never fit a graph bucket. After a long prefix cuDNN wins at 2k too (2k after 8k 1.19x,
-# 2k after 2k 1.10x, 1k after 8k 1.03x, 512 after 4k 0.49x): such a chunk leaves its graph
-# bucket and runs eager, where the step is long enough (65 ms at 2k after 8k) to hide the
-# eager launches (experiments/notes_h200_perf.md, item 8).
+# than on the paged Triton kernel the graphs hold. One layer's attention on two H200 boards,
+# cuDNN against Triton (experiments/results/prefill_attention_h200{_board1,}.json): 8k
+# 1.28-1.42x, 16k 1.46-1.58x, 4k 1.08x and 0.96x, 2k 0.60x and 1.08x (one layer timed alone
+# shows cuDNN's host work, which a whole step hides behind the other layers). Chunks of 3072
+# or more never fit a graph bucket. After a long prefix cuDNN wins at 2k too (2k after 8k
+# 1.19-1.42x; 2k after 2k 1.10-1.19x, 1k after 8k 1.03-1.22x and 512 after 4k 0.49-0.69x
+# stay below the rule): such a chunk leaves its graph bucket and runs eager, in a step long
+# enough to hide the launches (2k after 8k: 68.9 -> 59.9 ms; notes_h200_perf.md, item 11).
 DENSE_MIN_TOKENS = 3072
 DENSE_MIN_TOKENS_AFTER_PREFIX = 2048
 DENSE_MIN_PREFIX = 4096
