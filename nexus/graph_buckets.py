@@ -31,17 +31,19 @@ DOMINANCE_MARGIN = 0.01
 GREEN_MAX_TOKENS = 512
 PREFILL_GRAPH_MAX_SEQS = 16
 # Prompt chunks whose attention runs on cuDNN in eager steps (real.dense_attention) rather
-# than on the paged Triton kernel the graphs hold. One layer's attention on two H200 boards,
-# cuDNN against Triton (experiments/results/prefill_attention_h200{_board1,}.json): 8k
-# 1.28-1.42x, 16k 1.46-1.58x, 4k 1.08x and 0.96x, 2k 0.60x and 1.08x (one layer timed alone
-# shows cuDNN's host work, which a whole step hides behind the other layers). Chunks of 3072
-# or more never fit a graph bucket. After a long prefix cuDNN wins at 2k too (2k after 8k
-# 1.19-1.42x; 2k after 2k 1.10-1.19x, 1k after 8k 1.03-1.22x and 512 after 4k 0.49-0.69x
-# stay below the rule): such a chunk leaves its graph bucket and runs eager, in a step long
-# enough to hide the launches (2k after 8k: 68.9 -> 59.9 ms; notes_h200_perf.md, item 11).
+# than on the paged Triton kernel the graphs hold. One layer's attention on three H200 boards,
+# cuDNN against Triton (experiments/results/prefill_attention_h200{,_board1,_board2}.json):
+# 8k 1.28-1.42x, 16k 1.46-1.58x, 4k 0.96-1.08x, 2k 0.60-1.08x (one layer timed alone shows
+# cuDNN's host work, which a whole step hides behind its other layers). Chunks this long never
+# fit a graph bucket, so the rule sends no step eager that was not already. After a prefix
+# cuDNN wins too (2k after 8k 1.19-1.42x, 2k after 2k 1.10-1.19x, 512 after 4k 0.49-0.69x),
+# and sending 2k chunks after 4k+ prefixes eager took the roofline's 2k after 8k from 68.9 to
+# 59.9 ms; but in served runs the first such step of each pair of lengths ran 2-5x slower
+# than in its graph (2048 after 4096: 145-310 ms against 57; notes_h200_perf.md, item 11).
+# The likely cause is cuDNN building an execution graph for each new pair of lengths, which
+# a bench that repeats one shape pays once and a server pays all the time. So the prefix does not decide the path; chunks of 3072+ tokens, never
+# served at the default 2048-token budget, meet the same cost at larger budgets.
 DENSE_MIN_TOKENS = 3072
-DENSE_MIN_TOKENS_AFTER_PREFIX = 2048
-DENSE_MIN_PREFIX = 4096
 
 
 def bucket_for(buckets: Sequence[int], n: int) -> int | None:
@@ -52,8 +54,8 @@ def bucket_for(buckets: Sequence[int], n: int) -> int | None:
 
 def runs_dense(tokens: int, prior: int) -> bool:
     """Whether a prompt chunk of `tokens` after `prior` cached tokens takes the dense attention
-    path, which only eager steps run: long chunks, and 2k chunks after long prefixes."""
-    return tokens >= DENSE_MIN_TOKENS or (tokens >= DENSE_MIN_TOKENS_AFTER_PREFIX and prior >= DENSE_MIN_PREFIX)
+    path, which only eager steps run (the prefix does not decide it yet: see above)."""
+    return tokens >= DENSE_MIN_TOKENS
 
 
 def prefill_bucket(buckets: Sequence[int], max_seqs: int, chunks: Sequence[tuple[int, int]],

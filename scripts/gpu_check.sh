@@ -42,6 +42,7 @@ step bench_real_roofline 600 $PY experiments/bench_real_roofline.py --out "$OUTD
 step roofline_vs_profile 120 $PY experiments/roofline_vs_profile.py "$OUTDIR/real_roofline_h200.json" \
     --out "$OUTDIR/roofline_vs_profile_h200.json"
 step bench_prefill_attention 300 $PY experiments/bench_prefill_attention.py --out "$OUTDIR/prefill_attention_h200.json"
+step probe_host_step 300 $PY experiments/probe_host_step.py --out "$OUTDIR/host_step_h200.json"
 step bench_prefill_buckets 300 $PY experiments/bench_prefill_buckets.py --out "$OUTDIR/prefill_buckets_h200.json"
 step bench_decode_process 300 $PY experiments/bench_decode_process.py --small-cache --out "$OUTDIR/decode_process_h200.json"
 step bench_decode_contexts 300 $PY experiments/bench_decode_contexts.py --out "$OUTDIR/decode_contexts_h200.json"

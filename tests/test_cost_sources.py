@@ -54,8 +54,7 @@ def test_cost_model_pads_as_the_bucket_rule_says():
     buckets = sorted(pre["buckets"])
     assert prefill_bucket(buckets, pre["max_seqs"], [(100, 0)]) == 128
     assert prefill_bucket(buckets, pre["max_seqs"], [(1, 0), (60, 0)]) is None     # a 1-token chunk: eager
-    assert prefill_bucket(buckets + [2048], pre["max_seqs"], [(2048, 2048)]) == 2048
-    assert prefill_bucket(buckets + [2048], pre["max_seqs"], [(2048, 8192)]) is None   # long prefix: dense, eager
+    assert prefill_bucket(buckets + [2048], pre["max_seqs"], [(2048, 8192)]) == 2048
     assert prefill_bucket(buckets + [4096], pre["max_seqs"], [(4096, 0)]) is None      # runs dense: eager
     for seqs, bucket in ((72, 96), (3, 4), (200, 224)):
         assert bucket_for(sorted(dec["buckets"]), seqs) == bucket

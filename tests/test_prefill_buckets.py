@@ -147,7 +147,7 @@ def test_a_chunk_that_runs_dense_sends_its_step_eager_in_the_engine_and_the_mode
     from real.batch import Chunk
 
     assert runs_dense(nexus.graph_buckets.DENSE_MIN_TOKENS, 0)
-    assert not runs_dense(nexus.graph_buckets.DENSE_MIN_TOKENS - 1, 0)
+    assert not runs_dense(nexus.graph_buckets.DENSE_MIN_TOKENS - 1, 10**6)
     # Today no chunk that runs dense fits a bucket; lower the rule's bound to see the plumbing.
     monkeypatch.setattr(nexus.graph_buckets, "DENSE_MIN_TOKENS", 1024)
     graphs = PrefillGraphs.__new__(PrefillGraphs)
@@ -159,12 +159,3 @@ def test_a_chunk_that_runs_dense_sends_its_step_eager_in_the_engine_and_the_mode
                            ([(1024, 0)], None), ([(2048, 8192)], None), ([(64, 0), (1024, 0)], None)):
         assert graphs.bucket_for(part, [chunk(n, prior) for n, prior in chunks] + [decode_row]) == bucket
         assert prefill_bucket([1024, 2304], PREFILL_GRAPH_MAX_SEQS, chunks, 1) == bucket
-
-
-def test_a_2k_chunk_after_a_long_prefix_runs_dense_and_leaves_its_graph():
-    from nexus.graph_buckets import DENSE_MIN_PREFIX, DENSE_MIN_TOKENS_AFTER_PREFIX, prefill_bucket, runs_dense
-
-    n, prefix = DENSE_MIN_TOKENS_AFTER_PREFIX, DENSE_MIN_PREFIX
-    assert runs_dense(n, prefix) and not runs_dense(n, prefix - 1) and not runs_dense(n - 1, 10 * prefix)
-    assert prefill_bucket([2048, 2304], PREFILL_GRAPH_MAX_SEQS, [(n, prefix - 1)], 32) == 2304
-    assert prefill_bucket([2048, 2304], PREFILL_GRAPH_MAX_SEQS, [(n, prefix)], 32) is None
