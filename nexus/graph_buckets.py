@@ -41,8 +41,9 @@ PREFILL_GRAPH_MAX_SEQS = 16
 # 59.9 ms; but in served runs the first such step of each pair of lengths ran 2-5x slower
 # than in its graph (2048 after 4096: 145-310 ms against 57; notes_h200_perf.md, item 11).
 # The likely cause is cuDNN building an execution graph for each new pair of lengths, which
-# a bench that repeats one shape pays once and a server pays all the time. So the prefix does not decide the path; chunks of 3072+ tokens, never
-# served at the default 2048-token budget, meet the same cost at larger budgets.
+# a bench that repeats one shape pays once and a server pays all the time. So the prefix does
+# not decide the path; chunks of 3072+ tokens, never served at the default 2048-token budget,
+# meet the same cost at larger budgets.
 DENSE_MIN_TOKENS = 3072
 
 
