@@ -6,17 +6,35 @@ Ctrl-C in that time would otherwise print a traceback from deep inside an import
 from __future__ import annotations
 
 import importlib
+import os
 import sys
-from typing import NoReturn
+from typing import Callable, NoReturn
+
+INTERRUPTED = 130
 
 
-def _launch(module: str, prog: str) -> NoReturn:
+def exit_with(code: int) -> NoReturn:
+    """Exit with `code`; after an interrupt, at once, without the interpreter's teardown.
+
+    For nexus-real: a run interrupted mid-step has already said so, written nothing and joined
+    its stream threads and worker processes, and tearing down with torch's C++ threads still
+    alive once aborted it after that message ("terminate called without an active exception",
+    status 134 where 130 was due). Not for nexus-sim, whose process pools and Ray end in the
+    interpreter's exit handlers."""
+    if code == INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(INTERRUPTED)
+    sys.exit(code)
+
+
+def _launch(module: str, prog: str, leave: Callable[[int], NoReturn] = sys.exit) -> NoReturn:
     try:
         main = importlib.import_module(module).main
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted while starting; nothing was done\n")
-        sys.exit(130)
-    sys.exit(main())
+        sys.exit(INTERRUPTED)
+    leave(main())
 
 
 def nexus_sim() -> NoReturn:
@@ -24,7 +42,7 @@ def nexus_sim() -> NoReturn:
 
 
 def nexus_real() -> NoReturn:
-    _launch("real.cli", "nexus-real")
+    _launch("real.cli", "nexus-real", leave=exit_with)
 
 
 def nexus_trace() -> NoReturn:

@@ -316,4 +316,5 @@ def profile_command(args: argparse.Namespace, console: Console) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from nexus.launch import exit_with
+    exit_with(main())
