@@ -2,7 +2,8 @@
 # Run the real engine's GPU tests and benchmarks on a CUDA machine; results go to OUTDIR.
 #
 #   bash scripts/gpu_check.sh [OUTDIR]          GPU tests, roofline and host-overhead benchmarks, and a
-#                                               bench smoke run (~10 min on an H100)
+#                                               bench smoke run (~10 min on an H100, before the
+#                                               cold-shape bench and the host-step probe joined)
 #   FULL=1 bash scripts/gpu_check.sh [OUTDIR]   also a fresh profile (all parts) and nexus-real validate
 #                                               on four workloads, all on this GPU (each step <= 10 min)
 #   MAXRATE=1 bash scripts/gpu_check.sh [OUTDIR]  also nexus-real max-rate of nexus-slo against tuned and
@@ -42,6 +43,7 @@ step bench_real_roofline 600 $PY experiments/bench_real_roofline.py --out "$OUTD
 step roofline_vs_profile 120 $PY experiments/roofline_vs_profile.py "$OUTDIR/real_roofline_h200.json" \
     --out "$OUTDIR/roofline_vs_profile_h200.json"
 step bench_prefill_attention 300 $PY experiments/bench_prefill_attention.py --out "$OUTDIR/prefill_attention_h200.json"
+step bench_cold_shapes 300 $PY experiments/bench_cold_shapes.py --out "$OUTDIR/cold_shapes_h200.json"
 step probe_host_step 300 $PY experiments/probe_host_step.py --out "$OUTDIR/host_step_h200.json"
 step bench_prefill_buckets 300 $PY experiments/bench_prefill_buckets.py --out "$OUTDIR/prefill_buckets_h200.json"
 step bench_decode_process 300 $PY experiments/bench_decode_process.py --small-cache --out "$OUTDIR/decode_process_h200.json"

@@ -1,0 +1,150 @@
+"""Prefill steps of lengths the process has not run before, as a server meets them.
+
+    python3 experiments/bench_cold_shapes.py [--out cold_shapes_h200.json]
+    python3 experiments/bench_cold_shapes.py --device cpu --model tiny-llama --shapes 40:0,24:16
+
+The roofline bench and the profile repeat every shape, so a cost paid once per new shape never
+shows there. A served run meets new lengths all the time: chunked prefill's chunk is the
+step's budget less its decode rows, and a prefix is whatever the chunks before it left. In
+served runs on an H200, the first 2048-token chunk after each 4096+ prefix length ran 2-5x
+over its price once such chunks took the cuDNN path (experiments/notes_h200_perf.md, item 11).
+
+Each shape (tokens:prior, lengths no earlier shape used) runs once in a new thread (`first`),
+three more times in that thread (`repeat`, the median), and once in another new thread
+(`new_thread`): an engine makes its stream threads anew for each run, so a cost kept per
+thread comes back in every run. Times are host wall clock around `ModelRunner.step`, which
+waits for the step's tokens. `dense` says whether the shape takes the cuDNN path
+(nexus.graph_buckets.runs_dense, where cuDNN works), `graph` whether a prefill graph holds it.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from nexus.cost.base import FULL_GPU  # noqa: E402
+from nexus.graph_buckets import prefill_bucket, runs_dense  # noqa: E402
+from nexus.specs import GPUS, MODELS  # noqa: E402
+from real.batch import Chunk  # noqa: E402
+from real.dense_attention import dense_attention_works  # noqa: E402
+from real.gpu_info import gpu_facts  # noqa: E402
+from real.model_runner import ModelRunner  # noqa: E402
+from real.partitions import Partition, Partitions  # noqa: E402
+
+# Odd lengths, so that no warm-up or earlier shape has run them: graph-bucket chunks after new
+# prefixes, and eager prompts of 3072+ tokens (the dense path), each a length of its own.
+SHAPES = ((2048, 4160), (2048, 6240), (2000, 8320), (1900, 2100), (3100, 0), (4200, 0), (8300, 0), (3300, 2000))
+REPEATS = 3
+
+
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    shapes = []
+    for item in text.split(","):
+        tokens, _, prior = item.partition(":")
+        shapes.append((int(tokens), int(prior or 0)))
+    return shapes
+
+
+def in_new_thread(fn) -> float:
+    """Wall seconds of fn() run in a thread of its own, as an engine's stream runs it; the
+    thread's exception, if any, is raised here."""
+    outcome: list = []
+
+    def body() -> None:
+        t = time.perf_counter()
+        try:
+            fn()
+        except BaseException as e:
+            outcome.append(e)
+            return
+        outcome.append(time.perf_counter() - t)
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
+def time_shape(runner: ModelRunner, part: Partition, tokens: int, prior: int, first_block: int,
+               rng: np.random.Generator) -> dict:
+    blocks = -(-(tokens + prior) // runner.block_size)
+    table = list(range(first_block, first_block + blocks))
+    chunk = Chunk(rng.integers(0, runner.spec.vocab_size, tokens).tolist(), prior, table)
+
+    def step() -> None:
+        runner.step([chunk], part)
+
+    first: list[float] = []
+    repeats: list[float] = []
+
+    def first_then_repeats() -> None:
+        t = time.perf_counter()
+        step()
+        first.append(time.perf_counter() - t)
+        for _ in range(REPEATS):
+            t = time.perf_counter()
+            step()
+            repeats.append(time.perf_counter() - t)
+
+    in_new_thread(first_then_repeats)
+    again = in_new_thread(step)
+    graphs = runner.prefill_graph_spec()
+    in_graph = graphs is not None and prefill_bucket(graphs["buckets"], graphs["max_seqs"], [(tokens, prior)]) is not None
+    dense = runs_dense(tokens, prior) and dense_attention_works(runner.device, runner.dtype, runner.spec.head_dim)
+    return {"tokens": tokens, "prior": prior, "dense": dense, "graph": in_graph,
+            "first_ms": first[0] * 1e3, "repeat_ms": statistics.median(repeats) * 1e3,
+            "new_thread_ms": again * 1e3, "first_over_repeat": first[0] / statistics.median(repeats)}
+
+
+def run(args: argparse.Namespace) -> dict:
+    spec = MODELS[args.model]
+    shapes = parse_shapes(args.shapes) if args.shapes else list(SHAPES)
+    longest = max(t + p for t, p in shapes)
+    parts = Partitions([], device=args.device, **({} if args.device == "cuda" else {"cpu_gpu": GPUS["h100-sxm"]}))
+    part = parts.decode(FULL_GPU)
+    runner = ModelRunner(spec, device=args.device, max_model_len=longest + 64, max_decode_batch=256,
+                         max_batch_tokens=max(t for t, _ in shapes) + 256,
+                         num_blocks=None if args.device == "cuda" else 4 * (-(-longest // 16)))
+    runner.capture_prefill_graphs([part])
+    rng = np.random.default_rng(0)
+    rows = []
+    for tokens, prior in shapes:
+        row = time_shape(runner, part, tokens, prior, 0, rng)
+        rows.append(row)
+        print(f"{tokens:6d} after {prior:6d}  dense {row['dense']!s:5}  graph {row['graph']!s:5}  "
+              f"first {row['first_ms']:8.2f} ms  repeat {row['repeat_ms']:8.2f}  "
+              f"new thread {row['new_thread_ms']:8.2f}", flush=True)
+    return {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": gpu_facts() if args.device == "cuda" else {"device": "cpu"},
+            "model": spec.name, "repeats": REPEATS, "shapes": rows}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="llama-3.1-8b", choices=sorted(MODELS))
+    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    ap.add_argument("--shapes", default="", help="comma list of TOKENS:PRIOR (default: the built-in list)")
+    ap.add_argument("--out", type=Path, default=Path("cold_shapes_h200.json"))
+    args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench_cold_shapes needs a CUDA GPU (or --device cpu)")
+    result = run(args)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
