@@ -7,7 +7,8 @@ The roofline bench and the profile repeat every shape, so a cost paid once per n
 shows there. A served run meets new lengths all the time: chunked prefill's chunk is the
 step's budget less its decode rows, and a prefix is whatever the chunks before it left. In
 served runs on an H200, the first 2048-token chunk after each 4096+ prefix length ran 2-5x
-over its price once such chunks took the cuDNN path (experiments/notes_h200_perf.md, item 11).
+over its price once such chunks took the cuDNN path (experiments/notes_h200_perf.md, item 11),
+which is off in the engine since; `--dense-from 3072` turns it on here to measure it.
 
 Each shape (tokens:prior, lengths no earlier shape used) runs once in a new thread (`first`),
 three more times in that thread (`repeat`, the median), and once in another new thread
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import nexus.graph_buckets  # noqa: E402
 from nexus.cost.base import FULL_GPU  # noqa: E402
 from nexus.graph_buckets import prefill_bucket, runs_dense  # noqa: E402
 from nexus.specs import GPUS, MODELS  # noqa: E402
@@ -109,6 +111,8 @@ def time_shape(runner: ModelRunner, part: Partition, tokens: int, prior: int, fi
 
 def run(args: argparse.Namespace) -> dict:
     spec = MODELS[args.model]
+    if args.dense_from is not None:
+        nexus.graph_buckets.DENSE_MIN_TOKENS = args.dense_from
     shapes = parse_shapes(args.shapes) if args.shapes else list(SHAPES)
     longest = max(t + p for t, p in shapes)
     parts = Partitions([], device=args.device, **({} if args.device == "cuda" else {"cpu_gpu": GPUS["h100-sxm"]}))
@@ -128,7 +132,7 @@ def run(args: argparse.Namespace) -> dict:
     return {"command": " ".join([Path(sys.executable).name, *sys.argv]),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": gpu_facts() if args.device == "cuda" else {"device": "cpu"},
-            "model": spec.name, "repeats": REPEATS, "shapes": rows}
+            "model": spec.name, "repeats": REPEATS, "dense_min_tokens": args.dense_from, "shapes": rows}
 
 
 def main() -> int:
@@ -136,6 +140,9 @@ def main() -> int:
     ap.add_argument("--model", default="llama-3.1-8b", choices=sorted(MODELS))
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     ap.add_argument("--shapes", default="", help="comma list of TOKENS:PRIOR (default: the built-in list)")
+    ap.add_argument("--dense-from", type=int, default=None, metavar="TOKENS",
+                    help="run prompt chunks of this many tokens or more on cuDNN in eager steps "
+                         "(nexus.graph_buckets.DENSE_MIN_TOKENS; default: the engine's rule, off)")
     ap.add_argument("--out", type=Path, default=Path("cold_shapes_h200.json"))
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -30,21 +30,22 @@ PREFILL_GRAPH_BUCKETS = (16, 32, 64, 128, 192, 256, 320, 384, 448, 512, 640, 768
 DOMINANCE_MARGIN = 0.01
 GREEN_MAX_TOKENS = 512
 PREFILL_GRAPH_MAX_SEQS = 16
-# Prompt chunks whose attention runs on cuDNN in eager steps (real.dense_attention) rather
-# than on the paged Triton kernel the graphs hold. One layer's attention on three H200 boards,
-# cuDNN against Triton (experiments/results/prefill_attention_h200{,_board1,_board2}.json):
-# 8k 1.28-1.42x, 16k 1.46-1.58x, 4k 0.96-1.08x, 2k 0.60-1.08x (one layer timed alone shows
-# cuDNN's host work, which a whole step hides behind its other layers). Chunks this long never
-# fit a graph bucket, so the rule sends no step eager that was not already. After a prefix
-# cuDNN wins too (2k after 8k 1.19-1.42x, 2k after 2k 1.10-1.19x, 512 after 4k 0.49-0.69x),
-# and sending 2k chunks after 4k+ prefixes eager took the roofline's 2k after 8k from 68.9 to
-# 59.9 ms; but in served runs the first such step of each pair of lengths ran 2-5x slower
-# than in its graph (2048 after 4096: 145-310 ms against 57; notes_h200_perf.md, item 11).
-# The likely cause is cuDNN building an execution graph for each new pair of lengths, which
-# a bench that repeats one shape pays once and a server pays all the time. So the prefix does
-# not decide the path; chunks of 3072+ tokens, never served at the default 2048-token budget,
-# meet the same cost at larger budgets.
-DENSE_MIN_TOKENS = 3072
+# Prompt chunks whose attention would run on cuDNN in eager steps (real.dense_attention)
+# rather than on the paged Triton kernel the graphs hold: chunks of at least this many tokens,
+# or none while it is None. Off for served steps. One layer's attention on three H200 boards,
+# cuDNN against Triton (experiments/results/prefill_attention_h200{,_board1,_board2}.json): 8k
+# 1.28-1.42x, 16k 1.46-1.58x, 4k 0.96-1.08x, 2k 0.60-1.08x; 2k after 8k 1.19-1.42x. With it on
+# from 3072 tokens, the roofline's 4k and 8k prompts ran 3-6% faster. But cuDNN builds an
+# execution graph for each new pair of lengths, and PyTorch keeps those graphs per thread
+# (aten/src/ATen/native/cudnn/MHA.cpp, getMHAGraphCache_), while an engine makes its stream
+# threads anew for each run. With 2k chunks after 4k+ prefixes on the path, the first such step
+# of each pair of lengths in a served run took 2-5x its graph's time (2048 after 4096: 145-310
+# ms against 57; notes_h200_perf.md, item 11); a bench that repeats one shape pays the build
+# once. Prefill-first's default 8192-token budget would meet a new length with nearly every
+# prompt. Bounded lengths (padding the own-keys causal call, which a top-left mask keeps
+# exact) and graphs built on each stream thread before its run are what it would take;
+# experiments/bench_cold_shapes.py measures the cost, and --dense-from turns it on in the benches.
+DENSE_MIN_TOKENS: int | None = None
 
 
 def bucket_for(buckets: Sequence[int], n: int) -> int | None:
@@ -55,8 +56,8 @@ def bucket_for(buckets: Sequence[int], n: int) -> int | None:
 
 def runs_dense(tokens: int, prior: int) -> bool:
     """Whether a prompt chunk of `tokens` after `prior` cached tokens takes the dense attention
-    path, which only eager steps run (the prefix does not decide it yet: see above)."""
-    return tokens >= DENSE_MIN_TOKENS
+    path, which only eager steps run (never while DENSE_MIN_TOKENS is None: see above)."""
+    return DENSE_MIN_TOKENS is not None and tokens >= DENSE_MIN_TOKENS
 
 
 def prefill_bucket(buckets: Sequence[int], max_seqs: int, chunks: Sequence[tuple[int, int]],

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import nexus.graph_buckets
+
 from nexus.cost import BatchShape, CostModel, load_cost_model
 from nexus.cost.analytical import AnalyticalCost
 from nexus.cost.calibration import content_digest, read_calibration, write_calibration
@@ -43,7 +45,7 @@ def test_engine_graphs_use_the_shared_buckets():
     assert real.prefill_graphs.MAX_SEQS == PREFILL_GRAPH_MAX_SEQS
 
 
-def test_cost_model_pads_as_the_bucket_rule_says():
+def test_cost_model_pads_as_the_bucket_rule_says(monkeypatch):
     cost = load_cost_model(LLAMA8, H100)
     pre, dec = cost.engine["prefill_graphs"], cost.engine["decode_graphs"]
     for shape in ([(100, 0)], [(3, 0), (40, 0), (57, 0)], [(1, 0), (60, 0)], [(600, 0)], [(2, 0)] * 17,
@@ -55,6 +57,8 @@ def test_cost_model_pads_as_the_bucket_rule_says():
     assert prefill_bucket(buckets, pre["max_seqs"], [(100, 0)]) == 128
     assert prefill_bucket(buckets, pre["max_seqs"], [(1, 0), (60, 0)]) is None     # a 1-token chunk: eager
     assert prefill_bucket(buckets + [2048], pre["max_seqs"], [(2048, 8192)]) == 2048
+    assert prefill_bucket(buckets + [4096], pre["max_seqs"], [(4096, 0)]) == 4096      # the dense path is off
+    monkeypatch.setattr(nexus.graph_buckets, "DENSE_MIN_TOKENS", 3072)
     assert prefill_bucket(buckets + [4096], pre["max_seqs"], [(4096, 0)]) is None      # runs dense: eager
     for seqs, bucket in ((72, 96), (3, 4), (200, 224)):
         assert bucket_for(sorted(dec["buckets"]), seqs) == bucket

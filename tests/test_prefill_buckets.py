@@ -146,9 +146,13 @@ def test_a_chunk_that_runs_dense_sends_its_step_eager_in_the_engine_and_the_mode
     from nexus.graph_buckets import prefill_bucket, runs_dense
     from real.batch import Chunk
 
-    assert runs_dense(nexus.graph_buckets.DENSE_MIN_TOKENS, 0)
-    assert not runs_dense(nexus.graph_buckets.DENSE_MIN_TOKENS - 1, 10**6)
-    # Today no chunk that runs dense fits a bucket; lower the rule's bound to see the plumbing.
+    # Off for served steps: no chunk runs dense, however long, and the buckets alone decide.
+    assert nexus.graph_buckets.DENSE_MIN_TOKENS is None
+    assert not runs_dense(10**6, 0) and not runs_dense(2048, 10**6)
+    assert prefill_bucket([1024, 2304], PREFILL_GRAPH_MAX_SEQS, [(2048, 8192)], 1) == 2304
+    monkeypatch.setattr(nexus.graph_buckets, "DENSE_MIN_TOKENS", 3072)
+    assert runs_dense(3072, 0) and not runs_dense(3071, 10**6)
+    # No chunk of 3072+ tokens fits a bucket; lower the rule's bound to see the plumbing.
     monkeypatch.setattr(nexus.graph_buckets, "DENSE_MIN_TOKENS", 1024)
     graphs = PrefillGraphs.__new__(PrefillGraphs)
     graphs._sizes_on = {"decode:0": [(1024, 256), (2304, 256)]}

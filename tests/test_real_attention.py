@@ -4,10 +4,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nexus.graph_buckets import DENSE_MIN_TOKENS
+import nexus.graph_buckets
 from real.attention import paged_attention, prefill_dense, takes_dense_path
 from real.dense_attention import attend, merge_attention
 from real_helpers import PagedCase, rel_err, triton_device
+
+# The dense path is off for served steps (nexus.graph_buckets.DENSE_MIN_TOKENS is None); these
+# tests turn it on at the bound it had, to keep the path itself right for when it returns.
+DENSE_MIN_TOKENS = 3072
+
+
+@pytest.fixture
+def dense_on(monkeypatch):
+    monkeypatch.setattr(nexus.graph_buckets, "DENSE_MIN_TOKENS", DENSE_MIN_TOKENS)
 
 # (prior tokens already cached, new tokens): prefill from scratch, continuing chunks that
 # start mid-block, a 1-token chunk (runs as a decode), and decodes of many context lengths.
@@ -95,7 +104,7 @@ def test_merging_two_key_sets_is_attention_over_their_union() -> None:
         torch.testing.assert_close(torch.logaddexp(lse_a, lse_b), lse_whole)
 
 
-def test_only_eager_steps_with_a_long_chunk_take_the_dense_path() -> None:
+def test_only_eager_steps_with_a_long_chunk_take_the_dense_path(dense_on) -> None:
     case = PagedCase([(0, 20), (5, 1)], 8, 2, 16, torch.bfloat16, "cpu", 0)
     assert case.meta.prefill_chunks == ((0, 20, 0),)
     long = PagedCase([(0, DENSE_MIN_TOKENS)], 8, 2, 16, torch.bfloat16, "cpu", 0)
@@ -112,7 +121,7 @@ def test_only_eager_steps_with_a_long_chunk_take_the_dense_path() -> None:
     [(0, DENSE_MIN_TOKENS + 5)],
     # a long chunk after a prefix between runs of short chunks, which the Triton kernel takes
     [(0, 40), (17, 300), (3000, DENSE_MIN_TOKENS), (5, 33), (0, DENSE_MIN_TOKENS)]])
-def test_dense_path_on_cuda_matches_float64(chunks) -> None:
+def test_dense_path_on_cuda_matches_float64(chunks, dense_on) -> None:
     # 8 query heads on 2 KV heads keeps the float64 reference's score matrices near 1 GB.
     case = PagedCase(chunks, 8, 2, 128, torch.bfloat16, triton_device(torch.bfloat16), 8)
     assert takes_dense_path(case.q, case.meta)
