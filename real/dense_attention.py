@@ -1,5 +1,7 @@
 """Prefill attention on keys and values gathered out of the paged cache, by cuDNN's fused
-kernel: the path `real.attention` takes for long chunks in eager steps.
+kernel: the path `real.attention` takes for long chunks in eager steps when
+nexus.graph_buckets.runs_dense picks them (no chunk of a served step, for now: cuDNN builds a
+graph per new pair of lengths, per thread; see there).
 
 A chunk's keys and values are copied out of its blocks into one [S, KV, D] tensor (an
 `index_select` each) and handed to cuDNN as strided [1, KV, S, D] views; cuDNN takes GQA and
