@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import nexus.graph_buckets  # noqa: E402
+from bench_real_roofline import add_dense_from, use_dense_from  # noqa: E402
 from nexus.cost.base import FULL_GPU  # noqa: E402
 from nexus.graph_buckets import prefill_bucket, runs_dense  # noqa: E402
 from nexus.specs import GPUS, MODELS  # noqa: E402
@@ -78,10 +79,10 @@ def in_new_thread(fn) -> float:
     return outcome[0]
 
 
-def time_shape(runner: ModelRunner, part: Partition, tokens: int, prior: int, first_block: int,
+def time_shape(runner: ModelRunner, part: Partition, tokens: int, prior: int,
                rng: np.random.Generator) -> dict:
     blocks = -(-(tokens + prior) // runner.block_size)
-    table = list(range(first_block, first_block + blocks))
+    table = list(range(blocks))
     chunk = Chunk(rng.integers(0, runner.spec.vocab_size, tokens).tolist(), prior, table)
 
     def step() -> None:
@@ -111,11 +112,10 @@ def time_shape(runner: ModelRunner, part: Partition, tokens: int, prior: int, fi
 
 def run(args: argparse.Namespace) -> dict:
     spec = MODELS[args.model]
-    if args.dense_from is not None:
-        nexus.graph_buckets.DENSE_MIN_TOKENS = args.dense_from
+    use_dense_from(args.dense_from)
     shapes = parse_shapes(args.shapes) if args.shapes else list(SHAPES)
     longest = max(t + p for t, p in shapes)
-    parts = Partitions([], device=args.device, **({} if args.device == "cuda" else {"cpu_gpu": GPUS["h100-sxm"]}))
+    parts = Partitions([], device=args.device, cpu_gpu=GPUS["h100-sxm"])   # the preset: a CPU's stand-in SMs
     part = parts.decode(FULL_GPU)
     runner = ModelRunner(spec, device=args.device, max_model_len=longest + 64, max_decode_batch=256,
                          max_batch_tokens=max(t for t, _ in shapes) + 256,
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(0)
     rows = []
     for tokens, prior in shapes:
-        row = time_shape(runner, part, tokens, prior, 0, rng)
+        row = time_shape(runner, part, tokens, prior, rng)
         rows.append(row)
         print(f"{tokens:6d} after {prior:6d}  dense {row['dense']!s:5}  graph {row['graph']!s:5}  "
               f"first {row['first_ms']:8.2f} ms  repeat {row['repeat_ms']:8.2f}  "
@@ -140,9 +140,7 @@ def main() -> int:
     ap.add_argument("--model", default="llama-3.1-8b", choices=sorted(MODELS))
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     ap.add_argument("--shapes", default="", help="comma list of TOKENS:PRIOR (default: the built-in list)")
-    ap.add_argument("--dense-from", type=int, default=None, metavar="TOKENS",
-                    help="run prompt chunks of this many tokens or more on cuDNN in eager steps "
-                         "(nexus.graph_buckets.DENSE_MIN_TOKENS; default: the engine's rule, off)")
+    add_dense_from(ap)
     ap.add_argument("--out", type=Path, default=Path("cold_shapes_h200.json"))
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():

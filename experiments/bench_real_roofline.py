@@ -292,14 +292,26 @@ class Shapes:
         self._record(row, part, time_step(self.runner, batch, part, self.reps, self.cycles_per_ms))
 
 
+def add_dense_from(ap: argparse.ArgumentParser) -> None:
+    """The benches' --dense-from option (see use_dense_from)."""
+    ap.add_argument("--dense-from", type=int, default=None, metavar="TOKENS",
+                    help="run prompt chunks of this many tokens or more on cuDNN in eager steps "
+                         "(nexus.graph_buckets.DENSE_MIN_TOKENS; default: the engine's rule, off)")
+
+
+def use_dense_from(tokens: int | None) -> None:
+    """Turn the dense prefill path on from `tokens` for this process (None: the engine's rule)."""
+    if tokens is not None:
+        nexus.graph_buckets.DENSE_MIN_TOKENS = tokens
+
+
 def run(args: argparse.Namespace) -> dict:
     spec = MODELS[args.model]
     result: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
                     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     "machine": gpu_facts(), "model": spec.name, "dtype": "bfloat16", "weights": "random (seed 0)",
                     "targets": TARGETS, "dense_min_tokens": args.dense_from}
-    if args.dense_from is not None:
-        nexus.graph_buckets.DENSE_MIN_TOKENS = args.dense_from
+    use_dense_from(args.dense_from)
     parts = Partitions([SPLIT], device="cuda")
     full, pre_side, dec_side = parts.decode(FULL_GPU), parts.prefill(SPLIT), parts.decode(SPLIT)
     ceilings = {}
@@ -357,9 +369,7 @@ def main() -> None:
     ap.add_argument("--model", default="llama-3.1-8b", choices=sorted(MODELS))
     ap.add_argument("--reps", type=int, default=25)
     ap.add_argument("--only", default="", help="comma list of decode,prefill,mixed,partition (default: all)")
-    ap.add_argument("--dense-from", type=int, default=None, metavar="TOKENS",
-                    help="run prompt chunks of this many tokens or more on cuDNN in eager steps "
-                         "(nexus.graph_buckets.DENSE_MIN_TOKENS; default: the engine's rule, off)")
+    add_dense_from(ap)
     ap.add_argument("--out", type=Path, default=Path("experiments/results/real_roofline_h200.json"))
     args = ap.parse_args()
     if not torch.cuda.is_available():
