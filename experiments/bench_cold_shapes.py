@@ -7,15 +7,20 @@ The roofline bench and the profile repeat every shape, so a cost paid once per n
 shows there. A served run meets new lengths all the time: chunked prefill's chunk is the
 step's budget less its decode rows, and a prefix is whatever the chunks before it left. In
 served runs on an H200, the first 2048-token chunk after each 4096+ prefix length ran 2-5x
-over its price once such chunks took the cuDNN path (experiments/notes_h200_perf.md, item 11),
-which is off in the engine since; `--dense-from 3072` turns it on here to measure it.
+over its price once such chunks took the cuDNN path (experiments/notes_h200_perf.md, item 11).
+The engine now pads first chunks to a few lengths and builds their graphs on each stream
+thread before the run (nexus.graph_buckets.dense_length, ModelRunner.warm_thread); this bench
+checks that a served step no longer pays. `--dense-from` moves the path's lower bound and
+`--no-warm` skips the thread warm-up, to see what it saves.
 
 Each shape (tokens:prior, lengths no earlier shape used) runs once in a new thread (`first`),
 three more times in that thread (`repeat`, the median), and once in another new thread
 (`new_thread`): an engine makes its stream threads anew for each run, so a cost kept per
-thread comes back in every run. Times are host wall clock around `ModelRunner.step`, which
-waits for the step's tokens. `dense` says whether the shape takes the cuDNN path
-(nexus.graph_buckets.runs_dense, where cuDNN works), `graph` whether a prefill graph holds it.
+thread comes back in every run. Each new thread first warms as a stream thread does, for the
+longest shape (`warm_ms`, not in the step times). Times are host wall clock around
+`ModelRunner.step`, which waits for the step's tokens. `dense` says whether the shape takes the
+cuDNN path (nexus.graph_buckets.runs_dense, where cuDNN works), `graph` whether a prefill graph
+holds it.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_real_roofline import add_dense_from, use_dense_from  # noqa: E402
+import nexus.graph_buckets  # noqa: E402
 from nexus.cost.base import FULL_GPU  # noqa: E402
 from nexus.graph_buckets import prefill_bucket, runs_dense  # noqa: E402
 from nexus.specs import GPUS, MODELS  # noqa: E402
@@ -80,7 +86,7 @@ def in_new_thread(fn) -> float:
 
 
 def time_shape(runner: ModelRunner, part: Partition, tokens: int, prior: int,
-               rng: np.random.Generator) -> dict:
+               rng: np.random.Generator, warm_for: int) -> dict:
     blocks = -(-(tokens + prior) // runner.block_size)
     table = list(range(blocks))
     chunk = Chunk(rng.integers(0, runner.spec.vocab_size, tokens).tolist(), prior, table)
@@ -90,8 +96,15 @@ def time_shape(runner: ModelRunner, part: Partition, tokens: int, prior: int,
 
     first: list[float] = []
     repeats: list[float] = []
+    warm: list[float] = []
+
+    def warmed() -> None:
+        t = time.perf_counter()
+        runner.warm_thread(warm_for)
+        warm.append(time.perf_counter() - t)
 
     def first_then_repeats() -> None:
+        warmed()
         t = time.perf_counter()
         step()
         first.append(time.perf_counter() - t)
@@ -101,13 +114,22 @@ def time_shape(runner: ModelRunner, part: Partition, tokens: int, prior: int,
             repeats.append(time.perf_counter() - t)
 
     in_new_thread(first_then_repeats)
-    again = in_new_thread(step)
+
+    def warmed_step() -> float:
+        warmed()
+        t = time.perf_counter()
+        step()
+        return time.perf_counter() - t
+
+    again: list[float] = []
+    in_new_thread(lambda: again.append(warmed_step()))
     graphs = runner.prefill_graph_spec()
     in_graph = graphs is not None and prefill_bucket(graphs["buckets"], graphs["max_seqs"], [(tokens, prior)]) is not None
     dense = runs_dense(tokens, prior) and dense_attention_works(runner.device, runner.dtype, runner.spec.head_dim)
     return {"tokens": tokens, "prior": prior, "dense": dense, "graph": in_graph,
             "first_ms": first[0] * 1e3, "repeat_ms": statistics.median(repeats) * 1e3,
-            "new_thread_ms": again * 1e3, "first_over_repeat": first[0] / statistics.median(repeats)}
+            "new_thread_ms": again[0] * 1e3, "first_over_repeat": first[0] / statistics.median(repeats),
+            "warm_ms": [w * 1e3 for w in warm]}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -124,15 +146,16 @@ def run(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(0)
     rows = []
     for tokens, prior in shapes:
-        row = time_shape(runner, part, tokens, prior, rng)
+        row = time_shape(runner, part, tokens, prior, rng, 0 if args.no_warm else longest)
         rows.append(row)
         print(f"{tokens:6d} after {prior:6d}  dense {row['dense']!s:5}  graph {row['graph']!s:5}  "
               f"first {row['first_ms']:8.2f} ms  repeat {row['repeat_ms']:8.2f}  "
-              f"new thread {row['new_thread_ms']:8.2f}", flush=True)
+              f"new thread {row['new_thread_ms']:8.2f}  warm {max(row['warm_ms']):7.1f}", flush=True)
     return {"command": " ".join([Path(sys.executable).name, *sys.argv]),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": gpu_facts() if args.device == "cuda" else {"device": "cpu"},
-            "model": spec.name, "repeats": REPEATS, "dense_min_tokens": args.dense_from, "shapes": rows}
+            "model": spec.name, "repeats": REPEATS, "dense_min_tokens": nexus.graph_buckets.DENSE_MIN_TOKENS,
+            "warm": not args.no_warm, "shapes": rows}
 
 
 def main() -> int:
@@ -141,6 +164,7 @@ def main() -> int:
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     ap.add_argument("--shapes", default="", help="comma list of TOKENS:PRIOR (default: the built-in list)")
     add_dense_from(ap)
+    ap.add_argument("--no-warm", action="store_true", help="skip the stream threads' warm-up (ModelRunner.warm_thread)")
     ap.add_argument("--out", type=Path, default=Path("cold_shapes_h200.json"))
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():

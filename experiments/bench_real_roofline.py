@@ -294,15 +294,16 @@ class Shapes:
 
 def add_dense_from(ap: argparse.ArgumentParser) -> None:
     """The benches' --dense-from option (see use_dense_from)."""
-    ap.add_argument("--dense-from", type=int, default=None, metavar="TOKENS",
-                    help="run prompt chunks of this many tokens or more on cuDNN in eager steps "
-                         "(nexus.graph_buckets.DENSE_MIN_TOKENS; default: the engine's rule, off)")
+    ap.add_argument("--dense-from", type=lambda text: None if text == "off" else int(text),
+                    default=nexus.graph_buckets.DENSE_MIN_TOKENS, metavar="TOKENS|off",
+                    help="run first prompt chunks of this many tokens or more on cuDNN in eager steps, or "
+                         "none (off) (nexus.graph_buckets.DENSE_MIN_TOKENS; default: the engine's, "
+                         f"{nexus.graph_buckets.DENSE_MIN_TOKENS})")
 
 
 def use_dense_from(tokens: int | None) -> None:
-    """Turn the dense prefill path on from `tokens` for this process (None: the engine's rule)."""
-    if tokens is not None:
-        nexus.graph_buckets.DENSE_MIN_TOKENS = tokens
+    """Set the dense prefill path's lower bound for this process (None: off)."""
+    nexus.graph_buckets.DENSE_MIN_TOKENS = tokens
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -30,22 +30,29 @@ PREFILL_GRAPH_BUCKETS = (16, 32, 64, 128, 192, 256, 320, 384, 448, 512, 640, 768
 DOMINANCE_MARGIN = 0.01
 GREEN_MAX_TOKENS = 512
 PREFILL_GRAPH_MAX_SEQS = 16
-# Prompt chunks whose attention would run on cuDNN in eager steps (real.dense_attention)
-# rather than on the paged Triton kernel the graphs hold: chunks of at least this many tokens,
-# or none while it is None. Off for served steps. One layer's attention on three H200 boards,
-# cuDNN against Triton (experiments/results/prefill_attention_h200{,_board1,_board2}.json): 8k
-# 1.28-1.42x, 16k 1.46-1.58x, 4k 0.96-1.08x, 2k 0.60-1.08x; 2k after 8k 1.19-1.42x. With it on
-# from 3072 tokens, the roofline's 4k and 8k prompts ran 3-6% faster. But cuDNN builds an
-# execution graph for each new pair of lengths, and PyTorch keeps those graphs per thread
-# (aten/src/ATen/native/cudnn/MHA.cpp, getMHAGraphCache_), while an engine makes its stream
-# threads anew for each run. With 2k chunks after 4k+ prefixes on the path, the first such step
-# of each pair of lengths in a served run took 2-5x its graph's time (2048 after 4096: 145-310
-# ms against 57; notes_h200_perf.md, item 11); a bench that repeats one shape pays the build
-# once. Prefill-first's default 8192-token budget would meet a new length with nearly every
-# prompt. Bounded lengths (padding the own-keys causal call, which a top-left mask keeps
-# exact) and graphs built on each stream thread before its run are what it would take;
-# experiments/bench_cold_shapes.py measures the cost, and --dense-from turns it on in the benches.
-DENSE_MIN_TOKENS: int | None = None
+# Prompts whose attention runs on cuDNN in eager steps (real.dense_attention) rather than on
+# the paged Triton kernel the graphs hold: a first chunk (nothing cached before it) of
+# DENSE_MIN_TOKENS to DENSE_MAX_TOKENS tokens; None turns the path off. One layer's attention
+# on three H200 boards, cuDNN against Triton (experiments/results/prefill_attention_h200{,_board1,
+# _board2}.json): 8k 1.28-1.42x, 16k 1.46-1.58x, 4k 0.96-1.08x, 2k 0.60-1.08x; whole eager steps
+# on GPU-5c946a6f (experiments/results/cold_shapes_h200_off.json against _unpadded3072.json,
+# repeats) 3100 tokens 2.5% faster, 4200 4.5%, 8300 5.8%.
+#
+# cuDNN builds an execution graph for each new shape, 40-60 ms on an H200, and PyTorch keeps
+# those graphs per thread (aten/src/ATen/native/cudnn/MHA.cpp, getMHAGraphCache_), while an
+# engine makes its stream threads anew for each run: on GPU-5c946a6f each dense step's first
+# call in a new thread ran 39-50 ms over its repeats (98 ms with a prefix: two graphs;
+# cold_shapes_h200_unpadded3072.json). A served run meets new lengths all the time, and paid
+# 2-5x a step for each (notes_h200_perf.md, item 11). So cuDNN sees lengths
+# from a small set only, `dense_length`: a chunk's queries and keys are padded at the end to
+# the next of them, which a top-left causal mask keeps exact (padded keys come after every real
+# query), and each stream thread builds the set's graphs up to its run's longest prompt before
+# the run's clock starts (real.engine). Chunks after a prefix stay on Triton: their prefix call
+# has no causal mask to hide padded keys, so each prefix length would be a graph of its own.
+# The set holds 37 lengths up to 16k tokens (about 2 s of builds a thread) and 53 up to the
+# cap, which bounds the warm-up; longer prompts stay on Triton.
+DENSE_MIN_TOKENS: int | None = 3072
+DENSE_MAX_TOKENS = 32768
 
 
 def bucket_for(buckets: Sequence[int], n: int) -> int | None:
@@ -56,8 +63,30 @@ def bucket_for(buckets: Sequence[int], n: int) -> int | None:
 
 def runs_dense(tokens: int, prior: int) -> bool:
     """Whether a prompt chunk of `tokens` after `prior` cached tokens takes the dense attention
-    path, which only eager steps run (never while DENSE_MIN_TOKENS is None: see above)."""
-    return DENSE_MIN_TOKENS is not None and tokens >= DENSE_MIN_TOKENS
+    path, which only eager steps run (see DENSE_MIN_TOKENS)."""
+    return DENSE_MIN_TOKENS is not None and prior == 0 and DENSE_MIN_TOKENS <= tokens <= DENSE_MAX_TOKENS
+
+
+def dense_length(tokens: int) -> int:
+    """The length a dense chunk of `tokens` is padded to: the next multiple of 256, or of a
+    sixteenth of the power of two at or below it where that is larger. Padding at most 1/16
+    keeps the padded attention (quadratic in length) within 13% of the chunk's own, about 1%
+    of an 8k prompt's step, and the set small."""
+    step = max(256, (1 << (tokens.bit_length() - 1)) // 16)
+    return -(-tokens // step) * step
+
+
+def dense_lengths(longest: int) -> list[int]:
+    """Every length `dense_length` gives a dense chunk of at most `longest` tokens: the cuDNN
+    graphs a thread needs for prompts up to that length."""
+    if DENSE_MIN_TOKENS is None:
+        return []
+    lengths = []
+    n = DENSE_MIN_TOKENS
+    while n <= min(longest, DENSE_MAX_TOKENS):
+        lengths.append(dense_length(n))
+        n = lengths[-1] + 1
+    return lengths
 
 
 def prefill_bucket(buckets: Sequence[int], max_seqs: int, chunks: Sequence[tuple[int, int]],

@@ -1,20 +1,32 @@
 """Prefill attention on keys and values gathered out of the paged cache, by cuDNN's fused
-kernel: the path `real.attention` takes for long chunks in eager steps when
-nexus.graph_buckets.runs_dense picks them (no chunk of a served step, for now: cuDNN builds a
-graph per new pair of lengths, per thread; see there).
+kernel: the path `real.attention` takes for long first chunks in eager steps when
+nexus.graph_buckets.runs_dense picks them.
 
 A chunk's keys and values are copied out of its blocks into one [S, KV, D] tensor (an
 `index_select` each) and handed to cuDNN as strided [1, KV, S, D] views; cuDNN takes GQA and
-those strides as they are. A chunk after a prefix runs as two calls, the prefix unmasked and
-the chunk's own keys causal, merged by log-sum-exp: cuDNN's lower-right causal mask, which
-would do it in one, ran at 255 TFLOP/s on an H200 (experiments/results/engine_probes_h200.json).
-On the CPU the same steps run on PyTorch's CPU kernel, which is how the tests check them.
+those strides as they are. cuDNN builds a graph for each new shape and PyTorch keeps them per
+thread, so the chunk's own causal call is padded to nexus.graph_buckets.dense_length, and
+`warm` builds those lengths' graphs on a thread before it serves (measurements in
+nexus/graph_buckets.py). A chunk after a prefix runs as two calls, the prefix unmasked and the
+chunk's own keys causal, merged by log-sum-exp: cuDNN's lower-right causal mask, which would do
+it in one, ran at 255 TFLOP/s on an H200 (experiments/results/engine_probes_h200.json). No
+served chunk takes that form (its prefix length would be a graph of its own); the attention
+bench times it. On the CPU the same steps run on PyTorch's CPU kernel, which is how the tests
+check them.
 """
 from __future__ import annotations
 
 import functools
+import threading
+from typing import Iterable
 
 import torch
+import torch.nn.functional as F
+
+from nexus.graph_buckets import dense_length
+
+# The own-keys shapes whose cuDNN graphs this thread has built (see warm).
+_built = threading.local()
 
 
 @functools.cache
@@ -67,14 +79,47 @@ def chunk_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     as many as its prior + n tokens fill."""
     n = q.shape[0]
     total = prior + n
-    # [1, KV, S, D] views of a gathered [S, KV, D] copy.
-    k = k_cache.index_select(0, blocks).flatten(0, 1)[:total].transpose(0, 1).unsqueeze(0)
-    v = v_cache.index_select(0, blocks).flatten(0, 1)[:total].transpose(0, 1).unsqueeze(0)
-    qs = q.transpose(0, 1).unsqueeze(0)
+    k = k_cache.index_select(0, blocks).flatten(0, 1)[:total]
+    v = v_cache.index_select(0, blocks).flatten(0, 1)[:total]
+    o, lse = own_keys_attention(q, k[prior:], v[prior:], scale)
     into = out.transpose(0, 1).unsqueeze(0)
-    o, lse = attend(qs, k[:, :, prior:], v[:, :, prior:], causal=True, scale=scale)
     if prior:
-        o_prefix, lse_prefix = attend(qs, k[:, :, :prior], v[:, :, :prior], causal=False, scale=scale)
+        qs = q.transpose(0, 1).unsqueeze(0)
+        o_prefix, lse_prefix = attend(qs, as_heads(k[:prior]), as_heads(v[:prior]), causal=False, scale=scale)
         merge_attention(o_prefix, lse_prefix, o, lse, out=into)
     else:
         into.copy_(o)
+
+
+def own_keys_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal attention of a chunk's queries q [n, H, D] over its own keys and values [n, KV, D],
+    all padded at the end to dense_length(n) (zeros: finite, and after every real query, so the
+    causal mask hides them); returns `attend`'s output and log-sum-exp for the n real queries."""
+    n = q.shape[0]
+    pad = (0, 0, 0, 0, 0, dense_length(n) - n)
+    o, lse = attend(as_heads(F.pad(q, pad)), as_heads(F.pad(k, pad)), as_heads(F.pad(v, pad)),
+                    causal=True, scale=scale)
+    return o[:, :, :n], lse[:, :, :n]
+
+
+def as_heads(x: torch.Tensor) -> torch.Tensor:
+    """[1, heads, S, D], a view of x [S, heads, D] (the strides cuDNN's graphs are built for)."""
+    return x.transpose(0, 1).unsqueeze(0)
+
+
+def warm(lengths: Iterable[int], device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int,
+         head_dim: int) -> int:
+    """Build, on this thread, the cuDNN graphs of own-keys calls padded to each of `lengths`
+    (dense_length values) that it has not built yet; returns how many it built. A step's first
+    call of a new shape otherwise builds its graph inside the step: 40-60 ms on an H200."""
+    built = _built.__dict__.setdefault("shapes", set())
+    todo = [(n, device, dtype, heads, kv_heads, head_dim) for n in lengths]
+    todo = [shape for shape in todo if shape not in built]
+    for shape in todo:
+        n = shape[0]
+        q = torch.zeros(n, heads, head_dim, device=device, dtype=dtype)
+        kv = torch.zeros(n, kv_heads, head_dim, device=device, dtype=dtype)
+        own_keys_attention(q, kv, kv, scale=1.0)
+        built.add(shape)
+    return len(todo)

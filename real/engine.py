@@ -41,11 +41,14 @@ class RealEngine:
         self._error: BaseException | None = None
         self._stopping = False
         self.clock: Clock | None = None
+        self._ready: threading.Barrier | None = None
 
     def run(self) -> None:
-        self.clock = Clock(self.runner.is_cuda)
         threads = [threading.Thread(target=self._guarded, args=(s,), name=f"stream-{s}", daemon=True)
                    for s in self.stepper.policy.streams]
+        # The clock starts once every stream thread has built what its steps would otherwise
+        # build inside them (ModelRunner.warm_thread): arrivals count from then.
+        self._ready = threading.Barrier(len(threads), action=self._start_clock)
         gc.freeze()   # the model, caches and graphs are long-lived: keep collections off them
         try:
             for t in threads:
@@ -75,6 +78,15 @@ class RealEngine:
         with self.lock:
             self._stopping = True
             self.lock.notify_all()
+        if self._ready is not None:
+            self._ready.abort()
+
+    def longest_prompt(self) -> int:
+        """The most prompt tokens a request of this run has: what each stream thread warms for."""
+        return max((r.prompt_tokens for r in self.requests), default=0)
+
+    def _start_clock(self) -> None:
+        self.clock = Clock(self.runner.is_cuda)
 
     def _done(self) -> bool:
         return len(self.state.finished) == len(self.requests) or self._error is not None or self._stopping
@@ -92,11 +104,17 @@ class RealEngine:
 
     def _guarded(self, stream: str) -> None:
         try:
+            self.runner.warm_thread(self.longest_prompt())
+            self._ready.wait()
             self._loop(stream)
         except BaseException as e:  # surface a worker's failure in the main thread
             with self.lock:
-                self._error = e
+                # A thread whose wait was broken by another's failure, or by stop(), has
+                # nothing to add.
+                if not (isinstance(e, threading.BrokenBarrierError) and (self._stopping or self._error)):
+                    self._error = self._error or e
                 self.lock.notify_all()
+            self._ready.abort()
 
     def _loop(self, stream: str) -> None:
         while True:

@@ -22,8 +22,10 @@ from typing import Iterable, Iterator, Sequence
 import torch
 
 from nexus.errors import UserError
+from nexus.graph_buckets import dense_lengths
 from nexus.specs import ModelSpec
 from real.batch import BlockTables, Chunk, pack, validate
+from real.dense_attention import dense_attention_works, warm
 from real.graphs import DEFAULT_BUCKETS, DecodeGraphs
 from real.kv_cache import BLOCK_SIZE, KVCache, blocks_for_memory
 from real.memory import check_memory
@@ -133,6 +135,17 @@ class ModelRunner:
         if self._graphs is None or not self._graphs.graphs:
             return None
         return {"buckets": sorted({n for _, n in self._graphs.graphs})}
+
+    def warm_thread(self, longest_prompt: int) -> int:
+        """Build on the calling thread what a step of a prompt of up to `longest_prompt` tokens
+        would otherwise build inside it: cuDNN's graphs for the dense path, which PyTorch keeps
+        per thread (nexus.graph_buckets.DENSE_MIN_TOKENS); returns how many it built."""
+        if not dense_attention_works(self.device, self.dtype, self.spec.head_dim):
+            return 0
+        spec = self.spec
+        with torch.inference_mode():
+            return warm(dense_lengths(longest_prompt), self.device, self.dtype, spec.num_heads, spec.num_kv_heads,
+                        spec.head_dim)
 
     def graph_buckets(self, partition: Partition) -> list[int]:
         return self._graphs.buckets(partition) if self._graphs else []

@@ -151,11 +151,13 @@ class ServingEngine(RealEngine):
         self._abort_everyone()
 
     def stop(self) -> None:
-        with self.lock:
-            self._stopping = True
-            self.lock.notify_all()
+        super().stop()
         if self.thread is not None:
             self.thread.join()
+
+    def longest_prompt(self) -> int:
+        """Any prompt the context holds: requests come later."""
+        return self.runner.max_model_len
 
     @property
     def healthy(self) -> bool:

@@ -4,6 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 pytest.importorskip("torch")
 
@@ -146,12 +148,14 @@ def test_a_chunk_that_runs_dense_sends_its_step_eager_in_the_engine_and_the_mode
     from nexus.graph_buckets import prefill_bucket, runs_dense
     from real.batch import Chunk
 
-    # Off for served steps: no chunk runs dense, however long, and the buckets alone decide.
-    assert nexus.graph_buckets.DENSE_MIN_TOKENS is None
-    assert not runs_dense(10**6, 0) and not runs_dense(2048, 10**6)
+    # First chunks of DENSE_MIN_TOKENS..DENSE_MAX_TOKENS only: a chunk after a prefix stays on
+    # the graphs' kernel (its prefix call would need a graph per prefix length).
+    low, high = nexus.graph_buckets.DENSE_MIN_TOKENS, nexus.graph_buckets.DENSE_MAX_TOKENS
+    assert runs_dense(low, 0) and runs_dense(high, 0)
+    assert not runs_dense(low - 1, 0) and not runs_dense(high + 1, 0) and not runs_dense(low, 1)
     assert prefill_bucket([1024, 2304], PREFILL_GRAPH_MAX_SEQS, [(2048, 8192)], 1) == 2304
-    monkeypatch.setattr(nexus.graph_buckets, "DENSE_MIN_TOKENS", 3072)
-    assert runs_dense(3072, 0) and not runs_dense(3071, 10**6)
+    monkeypatch.setattr(nexus.graph_buckets, "DENSE_MIN_TOKENS", None)      # off
+    assert not runs_dense(low, 0) and nexus.graph_buckets.dense_lengths(high) == []
     # No chunk of 3072+ tokens fits a bucket; lower the rule's bound to see the plumbing.
     monkeypatch.setattr(nexus.graph_buckets, "DENSE_MIN_TOKENS", 1024)
     graphs = PrefillGraphs.__new__(PrefillGraphs)
@@ -160,6 +164,24 @@ def test_a_chunk_that_runs_dense_sends_its_step_eager_in_the_engine_and_the_mode
     chunk = lambda tokens, start: Chunk(list(range(tokens)), start, list(range(-(-(start + tokens) // 16))))  # noqa: E731
     decode_row = chunk(1, 300)
     for chunks, bucket in (([(512, 0)], 1024), ([(1023, 8192)], 1024), ([(700, 0), (700, 9000)], 2304),
-                           ([(1024, 0)], None), ([(2048, 8192)], None), ([(64, 0), (1024, 0)], None)):
+                           ([(1024, 0)], None), ([(2048, 8192)], 2304), ([(64, 0), (1024, 0)], None)):
         assert graphs.bucket_for(part, [chunk(n, prior) for n, prior in chunks] + [decode_row]) == bucket
         assert prefill_bucket([1024, 2304], PREFILL_GRAPH_MAX_SEQS, chunks, 1) == bucket
+
+
+@given(st.integers(1, 40000))
+def test_dense_lengths_are_few_and_pad_little(tokens):
+    from nexus.graph_buckets import DENSE_MAX_TOKENS, DENSE_MIN_TOKENS, dense_length, dense_lengths
+
+    padded = dense_length(tokens)
+    assert tokens <= padded < tokens + max(256, tokens / 16) and padded % 256 == 0
+    assert dense_length(padded) == padded
+    lengths = dense_lengths(tokens)
+    assert lengths == sorted(set(lengths))
+    if DENSE_MIN_TOKENS <= tokens <= DENSE_MAX_TOKENS:
+        # a thread that warmed for a prompt this long has every length its first chunks pad to
+        assert padded in lengths and dense_length(DENSE_MIN_TOKENS) in lengths
+        assert lengths == [n for n in dense_lengths(DENSE_MAX_TOKENS) if n <= padded]
+    elif tokens < DENSE_MIN_TOKENS:
+        assert lengths == []
+    assert len(dense_lengths(16384)) == 37

@@ -1,16 +1,18 @@
 """Paged attention (prefill chunks with cached prefixes, decodes) against a float64 reference."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
 import nexus.graph_buckets
 from real.attention import paged_attention, prefill_dense, takes_dense_path
-from real.dense_attention import attend, merge_attention
+from real.dense_attention import attend, merge_attention, own_keys_attention, warm
 from real_helpers import PagedCase, rel_err, triton_device
 
-# The dense path is off for served steps (nexus.graph_buckets.DENSE_MIN_TOKENS is None); these
-# tests turn it on at the bound it had, to keep the path itself right for when it returns.
+# Set here rather than read, so that these tests keep covering the path whatever bound the
+# engine ships (None turns it off).
 DENSE_MIN_TOKENS = 3072
 
 
@@ -93,6 +95,37 @@ def test_dense_path_matches_float64_on_cpu(seed: int) -> None:
     assert rel_err(out.flatten(1), case.reference(scale)) < 1e-5
 
 
+@pytest.mark.parametrize("n", [1, 37, 256, 300])
+def test_padding_a_chunk_to_its_dense_length_changes_no_real_query(n: int) -> None:
+    # Padded keys sit after every real query, where the causal mask hides them.
+    gen = torch.Generator().manual_seed(n)
+    q, k, v = torch.randn(n, 4, 8, generator=gen), torch.randn(n, 2, 8, generator=gen), torch.randn(n, 2, 8, generator=gen)
+    out, lse = own_keys_attention(q, k, v, scale=0.3)
+    exact, exact_lse = attend(q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0),
+                              v.transpose(0, 1).unsqueeze(0), causal=True, scale=0.3)
+    assert out.shape == exact.shape == (1, 4, n, 8)
+    torch.testing.assert_close(out, exact)
+    torch.testing.assert_close(lse, exact_lse)
+
+
+def test_warm_builds_each_length_once_a_thread(dense_on) -> None:
+    # cuDNN's graphs live per thread, so a new thread builds them again; the CPU runs the same calls.
+    lengths = nexus.graph_buckets.dense_lengths(DENSE_MIN_TOKENS + 1)
+    assert lengths == [DENSE_MIN_TOKENS, nexus.graph_buckets.dense_length(DENSE_MIN_TOKENS + 1)]
+    shape = (torch.device("cpu"), torch.float32, 2, 1, 8)
+
+    def twice() -> list[int]:
+        return [warm(lengths, *shape), warm(lengths[:1], *shape), warm(lengths, *shape)]
+
+    counts: list[list[int]] = []
+    for _ in range(2):
+        thread = threading.Thread(target=lambda: counts.append(twice()))
+        thread.start()
+        thread.join()
+    assert counts == [[2, 0, 0], [2, 0, 0]]
+    assert warm(lengths, torch.device("cpu"), torch.float32, 4, 1, 8) == 2    # another model's heads
+
+
 def test_merging_two_key_sets_is_attention_over_their_union() -> None:
     gen = torch.Generator().manual_seed(4)
     q, k, v = (torch.randn(1, 4, 9, 8, generator=gen) for _ in range(3))
@@ -119,7 +152,8 @@ def test_only_eager_steps_with_a_long_chunk_take_the_dense_path(dense_on) -> Non
 @pytest.mark.gpu
 @pytest.mark.parametrize("chunks", [
     [(0, DENSE_MIN_TOKENS + 5)],
-    # a long chunk after a prefix between runs of short chunks, which the Triton kernel takes
+    # long first chunks between runs of short chunks and a long chunk after a prefix, which
+    # the Triton kernel takes
     [(0, 40), (17, 300), (3000, DENSE_MIN_TOKENS), (5, 33), (0, DENSE_MIN_TOKENS)]])
 def test_dense_path_on_cuda_matches_float64(chunks, dense_on) -> None:
     # 8 query heads on 2 KV heads keeps the float64 reference's score matrices near 1 GB.

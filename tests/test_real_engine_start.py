@@ -1,0 +1,74 @@
+"""A run's clock starts once every stream thread has warmed (ModelRunner.warm_thread), and a
+thread that fails there fails the run instead of leaving the others waiting."""
+import threading
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from nexus.cost import load_cost_model  # noqa: E402
+from nexus.kv import BlockPool  # noqa: E402
+from nexus.policy import Static  # noqa: E402
+from nexus.request import Request  # noqa: E402
+from nexus.specs import GPUS, MODELS  # noqa: E402
+from nexus.state import ServingState  # noqa: E402
+from nexus.step import Stepper  # noqa: E402
+from real.engine import RealEngine  # noqa: E402
+from real.model_runner import ModelRunner  # noqa: E402
+from real.partitions import Partitions  # noqa: E402
+
+MODEL, GPU = MODELS["tiny-llama"], GPUS["h100-sxm"]
+
+
+def two_stream_engine(runner: ModelRunner) -> RealEngine:
+    policy = Static()
+    state = ServingState(MODEL, GPU, load_cost_model(MODEL, GPU, None),
+                         BlockPool(runner.num_blocks, runner.block_size, track_ids=True), policy.priority)
+    requests = [Request(f"r{i}", 0.001 * i, 20 + 7 * i, 3) for i in range(4)]
+    parts = Partitions(policy.splits(GPU), device="cpu", cpu_gpu=GPU)
+    return RealEngine(runner, parts, Stepper(state, policy), requests)
+
+
+@pytest.fixture(scope="module")
+def runner():
+    return ModelRunner(MODEL, device="cpu", num_blocks=64)
+
+
+def test_each_stream_thread_warms_for_the_longest_prompt_before_the_clock_starts(runner, monkeypatch):
+    engine = two_stream_engine(runner)
+    seen = []
+
+    def warm_thread(longest_prompt: int) -> int:
+        seen.append((threading.current_thread().name, longest_prompt, engine.clock))
+        return 0
+
+    monkeypatch.setattr(runner, "warm_thread", warm_thread)
+    engine.run()
+    assert sorted(name for name, _, _ in seen) == ["stream-decode", "stream-prefill"]
+    assert all(longest == 20 + 7 * 3 and clock is None for _, longest, clock in seen)
+    assert engine.clock is not None and len(engine.state.finished) == 4
+
+
+def test_a_thread_that_fails_to_warm_fails_the_run_and_frees_the_other(runner, monkeypatch):
+    engine = two_stream_engine(runner)
+
+    def warm_thread(longest_prompt: int) -> int:
+        if threading.current_thread().name == "stream-prefill":
+            raise RuntimeError("no graphs today")
+        return 0
+
+    monkeypatch.setattr(runner, "warm_thread", warm_thread)
+    done = threading.Event()
+    outcome = []
+
+    def run() -> None:
+        try:
+            engine.run()
+        except RuntimeError as e:
+            outcome.append(str(e))
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert done.wait(60), "the run hung on its start barrier"
+    assert outcome == ["no graphs today"]       # the failure, not the other thread's broken wait
+    assert engine.clock is None and not engine.state.finished
