@@ -72,3 +72,24 @@ def test_a_thread_that_fails_to_warm_fails_the_run_and_frees_the_other(runner, m
     assert done.wait(60), "the run hung on its start barrier"
     assert outcome == ["no graphs today"]       # the failure, not the other thread's broken wait
     assert engine.clock is None and not engine.state.finished
+
+
+def test_warm_up_runs_a_dense_prompt_beside_a_short_one_once_the_cache_holds_it(monkeypatch):
+    import nexus.graph_buckets
+    from nexus.graph_buckets import runs_dense
+    from real.batch import validate
+    from real.bench import warm_up_batches
+
+    big = ModelRunner(MODEL, device="cpu", num_blocks=256, max_model_len=4096)
+    batches = warm_up_batches(big)
+    long = [b for b in batches if any(runs_dense(len(c.token_ids), c.start) for c in b)]
+    # The dense call's first run, and the Triton kernel on chunks from index 1 on (a slice off
+    # a 16-byte boundary), each a first of its kind in a process otherwise.
+    assert len(long) == 1 and runs_dense(len(long[0][0].token_ids), 0)
+    assert len(long[0]) == 2 and not runs_dense(len(long[0][1].token_ids), long[0][1].start)
+    for batch in batches:
+        validate(batch, big.num_blocks, big.block_size, big.max_model_len)
+        assert len(big.step(batch)) == len(batch)
+    assert len(warm_up_batches(ModelRunner(MODEL, device="cpu", num_blocks=64))) == len(batches) - 1
+    monkeypatch.setattr(nexus.graph_buckets, "DENSE_MIN_TOKENS", None)
+    assert len(warm_up_batches(big)) == len(batches) - 1
