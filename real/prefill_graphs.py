@@ -5,8 +5,8 @@ host work (~10 ms for an 8B model, with jitter) outlasts the GPU work, and a mix
 chunk and 32-256 decode rows spent 15-60% of its GPU time waiting for the host on an H200.
 A graph replays the same step in one call. A batch of up to MAX_SEQS prompt chunks, plus
 decode rows on a partition whose graphs take them, whose tokens fit a bucket replays its
-graph; anything larger, and any step with a chunk whose attention runs dense
-(nexus.graph_buckets.runs_dense), runs eagerly.
+graph; anything larger, and any step with a chunk whose attention runs dense, runs eagerly
+(nexus.graph_buckets.prefill_bucket, the rule the cost model pads by).
 
 Every graph is the whole forward, attention included: the attention kernels read the split
 of the bucket's tokens from the graph's inputs. Prompt tokens come first, then the decode
@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from nexus.graph_buckets import GREEN_MAX_TOKENS, PREFILL_GRAPH_BUCKETS, PREFILL_GRAPH_MAX_SEQS, runs_dense
+from nexus.graph_buckets import GREEN_MAX_TOKENS, PREFILL_GRAPH_BUCKETS, PREFILL_GRAPH_MAX_SEQS, prefill_bucket
 from real.attention import ITEM_FIELDS, MAX_PIECES, AttentionMetadata, decode_items_for, decode_schedule
 from real.batch import Chunk, split, token_layout
 from real.graphs import StepGraphs
@@ -74,16 +74,16 @@ class PrefillGraphs(StepGraphs):
         return ids, pos, slots, cu, starts, select, ctx, dec_rows, first, work, pre_tables, dec_tables
 
     def bucket_for(self, partition: Partition, batch: Sequence[Chunk]) -> int | None:
+        """The bucket whose graph runs this batch on `partition`, or None (eager): the rule the
+        cost model pads by (nexus.graph_buckets.prefill_bucket), over the partition's graphs
+        with room for its decode rows (its 1-token chunks)."""
         lens = [len(c.token_ids) for c in batch]
-        tokens = sum(lens)
         decodes = lens.count(1)
-        prompts = len(batch) - decodes
-        if prompts == 0 or prompts > MAX_SEQS or any(runs_dense(n, c.start) for n, c in zip(lens, batch) if n > 1):
-            return None
-        for bucket, rows in self._sizes_on.get(partition.name, ()):
-            if bucket >= tokens and rows >= decodes:
-                return bucket
-        return None
+        prompts = [(n, c.start) for n, c in zip(lens, batch) if n > 1]
+        if not prompts:
+            return None   # decode-only steps replay the decode graphs
+        buckets = [b for b, rows in self._sizes_on.get(partition.name, ()) if rows >= decodes]
+        return prefill_bucket(buckets, MAX_SEQS, prompts, decodes)
 
     def _fill_host(self, batch: Sequence[Chunk], bucket: int, rows: int, items: int) -> int:
         """Write the batch, padded to the bucket, into `host`; returns how many int32 to upload."""
