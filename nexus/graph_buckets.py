@@ -46,8 +46,9 @@ PREFILL_GRAPH_MAX_SEQS = 16
 # 2-5x a step for each (notes_h200_perf.md, item 11). So cuDNN sees lengths
 # from a small set only, `dense_length`: a chunk's queries and keys are padded at the end to
 # the next of them, which a top-left causal mask keeps exact (padded keys come after every real
-# query), and each stream thread builds the set's graphs up to its run's longest prompt before
-# the run's clock starts (real.engine). Chunks after a prefix stay on Triton: their prefix call
+# query), and each stream thread builds the set's graphs up to the longest chunk its run can
+# form (its longest prompt, or the policy's chunk_limit) before the run's clock starts
+# (real.engine). Chunks after a prefix stay on Triton: their prefix call
 # has no causal mask to hide padded keys, so each prefix length would be a graph of its own.
 # The set holds 37 lengths up to 16k tokens (about 2 s of builds a thread) and 53 up to the
 # cap, which bounds the warm-up; longer prompts stay on Triton.

@@ -81,9 +81,11 @@ class RealEngine:
         if self._ready is not None:
             self._ready.abort()
 
-    def longest_prompt(self) -> int:
-        """The most prompt tokens a request of this run has: what each stream thread warms for."""
-        return max((r.prompt_tokens for r in self.requests), default=0)
+    def longest_chunk(self) -> int:
+        """The most tokens a prompt chunk of this run can have: what each stream thread warms for."""
+        longest = max((r.prompt_tokens for r in self.requests), default=0)
+        limit = self.stepper.policy.chunk_limit()
+        return longest if limit is None else min(longest, limit)
 
     def _start_clock(self) -> None:
         self.clock = Clock(self.runner.is_cuda)
@@ -104,7 +106,7 @@ class RealEngine:
 
     def _guarded(self, stream: str) -> None:
         try:
-            self.runner.warm_thread(self.longest_prompt())
+            self.runner.warm_thread(self.longest_chunk())
             self._ready.wait()
             self._loop(stream)
         except BaseException as e:  # surface a worker's failure in the main thread

@@ -136,15 +136,15 @@ class ModelRunner:
             return None
         return {"buckets": sorted({n for _, n in self._graphs.graphs})}
 
-    def warm_thread(self, longest_prompt: int) -> int:
-        """Build on the calling thread what a step of a prompt of up to `longest_prompt` tokens
-        would otherwise build inside it: cuDNN's graphs for the dense path, which PyTorch keeps
-        per thread (nexus.graph_buckets.DENSE_MIN_TOKENS); returns how many it built."""
+    def warm_thread(self, longest_chunk: int) -> int:
+        """Build on the calling thread what a step with a prompt chunk of up to `longest_chunk`
+        tokens would otherwise build inside it: cuDNN's graphs for the dense path, which PyTorch
+        keeps per thread (nexus.graph_buckets.DENSE_MIN_TOKENS); returns how many it built."""
         if not dense_attention_works(self.device, self.dtype, self.spec.head_dim):
             return 0
         spec = self.spec
         with torch.inference_mode():
-            return warm(dense_lengths(longest_prompt), self.device, self.dtype, spec.num_heads, spec.num_kv_heads,
+            return warm(dense_lengths(longest_chunk), self.device, self.dtype, spec.num_heads, spec.num_kv_heads,
                         spec.head_dim)
 
     def graph_buckets(self, partition: Partition) -> list[int]:

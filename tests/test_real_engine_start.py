@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 
 from nexus.cost import load_cost_model  # noqa: E402
 from nexus.kv import BlockPool  # noqa: E402
-from nexus.policy import Static  # noqa: E402
+from nexus.policy import Chunked, PrefillFirst, Static  # noqa: E402
 from nexus.request import Request  # noqa: E402
 from nexus.specs import GPUS, MODELS  # noqa: E402
 from nexus.state import ServingState  # noqa: E402
@@ -20,8 +20,8 @@ from real.partitions import Partitions  # noqa: E402
 MODEL, GPU = MODELS["tiny-llama"], GPUS["h100-sxm"]
 
 
-def two_stream_engine(runner: ModelRunner) -> RealEngine:
-    policy = Static()
+def two_stream_engine(runner: ModelRunner, policy=None) -> RealEngine:
+    policy = policy or Static()
     state = ServingState(MODEL, GPU, load_cost_model(MODEL, GPU, None),
                          BlockPool(runner.num_blocks, runner.block_size, track_ids=True), policy.priority)
     requests = [Request(f"r{i}", 0.001 * i, 20 + 7 * i, 3) for i in range(4)]
@@ -38,8 +38,8 @@ def test_each_stream_thread_warms_for_the_longest_prompt_before_the_clock_starts
     engine = two_stream_engine(runner)
     seen = []
 
-    def warm_thread(longest_prompt: int) -> int:
-        seen.append((threading.current_thread().name, longest_prompt, engine.clock))
+    def warm_thread(longest_chunk: int) -> int:
+        seen.append((threading.current_thread().name, longest_chunk, engine.clock))
         return 0
 
     monkeypatch.setattr(runner, "warm_thread", warm_thread)
@@ -49,10 +49,16 @@ def test_each_stream_thread_warms_for_the_longest_prompt_before_the_clock_starts
     assert engine.clock is not None and len(engine.state.finished) == 4
 
 
+def test_threads_warm_for_the_longest_chunk_the_policy_can_form(runner):
+    assert two_stream_engine(runner, Chunked(max_num_batched_tokens=30)).longest_chunk() == 30
+    assert two_stream_engine(runner, Chunked(max_num_batched_tokens=64)).longest_chunk() == 41
+    assert two_stream_engine(runner, PrefillFirst(max_prefill_tokens=16)).longest_chunk() == 41   # whole prompts
+
+
 def test_a_thread_that_fails_to_warm_fails_the_run_and_frees_the_other(runner, monkeypatch):
     engine = two_stream_engine(runner)
 
-    def warm_thread(longest_prompt: int) -> int:
+    def warm_thread(longest_chunk: int) -> int:
         if threading.current_thread().name == "stream-prefill":
             raise RuntimeError("no graphs today")
         return 0

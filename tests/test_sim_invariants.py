@@ -118,3 +118,19 @@ def test_disagg_pays_exactly_the_kv_transfer():
     kv_bytes = prompt * MODELS["llama-3.1-8b"].kv_bytes_per_token
     assert fast["ttft_s"] == pytest.approx(slow["ttft_s"], rel=1e-12)
     assert slow["e2e_s"] - fast["e2e_s"] == pytest.approx(kv_bytes / LINKS["pcie4"] - kv_bytes / LINKS["nvlink"], rel=1e-6)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_no_step_takes_more_prompt_tokens_than_the_policy_declares(policy):
+    # A real engine builds its long-prompt path only up to chunk_limit (real.engine), so a
+    # policy that broke its own limit would meet an unbuilt shape mid-run.
+    from nexus.policy import make_policy
+
+    trace = make_trace(40, 20.0, (1500, 9000), (2, 8), seed=3)
+    limit = make_policy(policy).chunk_limit()
+    steps = sim.run(trace, policy=policy).timeline
+    most = steps["prefill_tokens"].max()
+    if limit is None:
+        assert policy == "prefill-first" and most > 2048     # whole prompts in one chunk
+    else:
+        assert 0 < most <= limit

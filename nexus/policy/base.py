@@ -38,6 +38,11 @@ class Policy:
     def check(self, gpu: GPUSpec) -> None:
         """Raise UserError if this policy asks for a split `gpu` cannot give."""
 
+    def chunk_limit(self) -> int | None:
+        """The most prompt tokens one chunk may take, or None where a whole prompt may go in one
+        chunk; a real engine prepares its long-prompt path up to this (real.engine)."""
+        return None
+
     def splits(self, gpu: GPUSpec) -> list[int]:
         """Prefill SM counts `plan` may choose; a real engine makes these partitions at start-up."""
         return [] if self.streams == ("mixed",) else gpu.partition_sizes()

@@ -16,6 +16,9 @@ class Chunked(Policy):
     def __init__(self, max_num_batched_tokens: int = 2048):
         self.max_num_batched_tokens = max_num_batched_tokens
 
+    def chunk_limit(self) -> int:
+        return self.max_num_batched_tokens
+
     def plan(self, state: ServingState, stream: str) -> Batch | None:
         batch = Batch(stream)
         make_decode_room(state, batch)

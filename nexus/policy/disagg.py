@@ -30,6 +30,9 @@ class Disagg(Policy):
             raise UserError(f"unknown link {link!r}; known: {', '.join(LINKS)}, or a link file (.json)")
         self.link, self.link_latency_s, self.prefill_tokens = link, link_latency_s, prefill_tokens
 
+    def chunk_limit(self) -> int:
+        return self.prefill_tokens
+
     def topology(self, kv: BlockPool) -> TwoGPUs:
         return TwoGPUs(kv, self._link_spec)
 

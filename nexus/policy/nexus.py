@@ -45,6 +45,9 @@ class Nexus(Policy):
         self.check(gpu)
         return gpu.partition_sizes() if self.dynamic else [self.static_split[0]]
 
+    def chunk_limit(self) -> int:
+        return self.chunk_tokens
+
     def plan(self, state: ServingState, stream: str) -> Batch | None:
         if stream == "decode":
             batch = decode_step(state, stream)

@@ -80,6 +80,9 @@ class NexusSLO(Policy):
         prefill = state.inflight.get("prefill")
         return self._split if prefill is not None and len(state.running) else Split()
 
+    def chunk_limit(self) -> int:
+        return self.chunk_tokens
+
     def plan(self, state: ServingState, stream: str) -> Batch | None:
         return self._plan_decode(state) if stream == "decode" else self._plan_prefill(state)
 

@@ -28,6 +28,9 @@ class Static(Policy):
         self.check(gpu)
         return [self.prefill_sms]
 
+    def chunk_limit(self) -> int:
+        return self.chunk_tokens
+
     def plan(self, state: ServingState, stream: str) -> Batch | None:
         split = self._split
         if split is None or split.prefill_sms != self.prefill_sms or split.decode_sms != self.decode_sms:
