@@ -31,10 +31,28 @@ def exit_with(code: int) -> NoReturn:
 def _launch(module: str, prog: str, leave: Callable[[int], NoReturn] = sys.exit) -> NoReturn:
     try:
         main = importlib.import_module(module).main
-    except KeyboardInterrupt:
+    except BaseException as e:
+        if not caused_by_interrupt(e):
+            raise
         sys.stderr.write(f"{prog}: interrupted while starting; nothing was done\n")
-        sys.exit(INTERRUPTED)
+        # At once: Ctrl-C inside an extension module's initialisation leaves it half made
+        # (matplotlib's ft2font raised "ImportError: initialization failed" from the
+        # KeyboardInterrupt), and the interpreter's teardown then aborted (status -6). Nothing
+        # has started that would need the exit handlers.
+        exit_with(INTERRUPTED)
     leave(main())
+
+
+def caused_by_interrupt(error: BaseException) -> bool:
+    """Whether `error` is a KeyboardInterrupt or was raised while handling one, as an extension
+    module's failed import is."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def nexus_sim() -> NoReturn:

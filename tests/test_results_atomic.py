@@ -117,14 +117,8 @@ def test_sim_cli_interrupted_while_plotting_writes_nothing(tmp_path, monkeypatch
     assert not out.exists() and leftovers(tmp_path) == []
 
 
-def test_ctrl_c_during_start_up_imports_is_one_line(tmp_path, monkeypatch, capsys):
-    (tmp_path / "slow_to_import.py").write_text("raise KeyboardInterrupt\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    from nexus.launch import _launch
-    with pytest.raises(SystemExit) as exit_:
-        _launch("slow_to_import", "nexus-sim")
-    assert exit_.value.code == 130
-    assert capsys.readouterr().err == "nexus-sim: interrupted while starting; nothing was done\n"
+# Ctrl-C while the command's modules import: tests/test_launch_exit.py (it leaves with
+# os._exit, so it runs in a subprocess there).
 
 
 def test_sigint_soon_after_start_exits_130_without_a_traceback(tmp_path):
