@@ -124,13 +124,14 @@ def warm_up(runner: ModelRunner, parts: Partitions) -> None:
     """
     if not runner.is_cuda:
         return   # the CPU path compiles nothing
+    table = _warm_up_table(runner, 64)
     for part in parts.all():
         for batch in warm_up_batches(runner):
             runner.step(batch, part, graphs=False)
         for n in (1, 7, runner.max_decode_batch):
-            decodes = [Chunk([1], 16 + i % 32, _warm_up_table(runner, 64)) for i in range(n)]
+            decodes = [Chunk([1], 16 + i % 32, table) for i in range(n)]
             runner.step(decodes, part, graphs=False)
-            runner.step([Chunk(list(range(1, 18)), 0, _warm_up_table(runner, 64)), *decodes], part)
+            runner.step([Chunk(list(range(1, 18)), 0, table), *decodes], part)
 
 
 def warm_up_batches(runner: ModelRunner) -> list[list[Chunk]]:

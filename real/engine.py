@@ -81,11 +81,14 @@ class RealEngine:
         if self._ready is not None:
             self._ready.abort()
 
+    def longest_prompt(self) -> int:
+        """The most prompt tokens a request of this run has."""
+        return max((r.prompt_tokens for r in self.requests), default=0)
+
     def longest_chunk(self) -> int:
         """The most tokens a prompt chunk of this run can have: what each stream thread warms for."""
-        longest = max((r.prompt_tokens for r in self.requests), default=0)
         limit = self.stepper.policy.chunk_limit()
-        return longest if limit is None else min(longest, limit)
+        return self.longest_prompt() if limit is None else min(self.longest_prompt(), limit)
 
     def _start_clock(self) -> None:
         self.clock = Clock(self.runner.is_cuda)

@@ -155,10 +155,9 @@ class ServingEngine(RealEngine):
         if self.thread is not None:
             self.thread.join()
 
-    def longest_chunk(self) -> int:
-        """Requests come later: any chunk the context holds and the policy allows."""
-        limit = self.stepper.policy.chunk_limit()
-        return self.runner.max_model_len if limit is None else min(self.runner.max_model_len, limit)
+    def longest_prompt(self) -> int:
+        """Requests come later: any prompt the context holds."""
+        return self.runner.max_model_len
 
     @property
     def healthy(self) -> bool:
