@@ -8,8 +8,8 @@ shows there. A served run meets new lengths all the time: chunked prefill's chun
 step's budget less its decode rows, and a prefix is whatever the chunks before it left. In
 served runs on an H200, the first 2048-token chunk after each 4096+ prefix length ran 2-5x
 over its price once such chunks took the cuDNN path (experiments/notes_h200_perf.md, item 11).
-The engine now pads first chunks to a few lengths and builds their graphs on each stream
-thread before the run (nexus.graph_buckets.dense_length, ModelRunner.warm_thread); this bench
+The engine now pads dense chunks to a few lengths and builds their graphs on each stream
+thread before the run (nexus.graph_buckets.dense_shapes, ModelRunner.warm_thread); this bench
 checks that a served step no longer pays. `--dense-from` moves the path's lower bound and
 `--no-warm` skips the thread warm-up, to see what it saves. `--warm-up` first runs the
 engine's once-a-process warm-up (real.bench.warm_up): a step's first of its kind in a process
@@ -19,7 +19,7 @@ Each shape (a step's chunks, tokens:prior each, of lengths no earlier shape used
 a new thread (`first`), three more times in that thread (`repeat`, the median), and once in another new thread
 (`new_thread`): an engine makes its stream threads anew for each run, so a cost kept per
 thread comes back in every run. Each new thread first warms as a stream thread does, for the
-longest shape (`warm_ms`, not in the step times). Times are host wall clock around
+longest shape and chunk (`warm_ms`, not in the step times). Times are host wall clock around
 `ModelRunner.step`, which waits for the step's tokens. `dense` says whether the shape takes the
 cuDNN path (nexus.graph_buckets.runs_dense, where cuDNN works), `graph` whether a prefill graph
 holds it.
@@ -52,8 +52,9 @@ from real.gpu_info import gpu_facts  # noqa: E402
 from real.model_runner import ModelRunner  # noqa: E402
 from real.partitions import Partition, Partitions  # noqa: E402
 
-# Odd lengths, so that no warm-up or earlier shape has run them: graph-bucket chunks after new
-# prefixes, and eager prompts of 3072+ tokens (the dense path), each a length of its own.
+# Odd lengths, so that no warm-up or earlier shape has run them: 2048-token chunks after new
+# prefixes (the dense path since it takes chunks after 4096+ prefixes), other chunks after
+# prefixes (graph buckets), and eager prompts of 3072+ tokens (the dense path).
 SHAPES = tuple(((tokens, prior),) for tokens, prior in (
     (2048, 4160), (2048, 6240), (2000, 8320), (1900, 2100), (3100, 0), (4200, 0), (8300, 0), (3300, 2000)))
 REPEATS = 3
@@ -100,7 +101,7 @@ def in_new_thread(fn) -> float:
 
 
 def time_shape(runner: ModelRunner, part: Partition, shape: Shape, rng: np.random.Generator,
-               warm_for: int) -> dict:
+               warm_for: tuple[int, int | None]) -> dict:
     batch, first_block = [], 0
     for tokens, prior in shape:
         blocks = -(-(tokens + prior) // runner.block_size)
@@ -117,7 +118,7 @@ def time_shape(runner: ModelRunner, part: Partition, shape: Shape, rng: np.rando
 
     def warmed() -> None:
         t = time.perf_counter()
-        runner.warm_thread(warm_for)
+        runner.warm_thread(*warm_for)
         warm.append(time.perf_counter() - t)
 
     def first_then_repeats() -> None:
@@ -155,6 +156,7 @@ def run(args: argparse.Namespace) -> dict:
     use_dense_from(args.dense_from)
     shapes = parse_shapes(args.shapes) if args.shapes else list(SHAPES)
     longest = max(t + p for shape in shapes for t, p in shape)
+    longest_chunk = max(t for shape in shapes for t, _ in shape)
     most_blocks = max(sum(-(-(t + p) // 16) for t, p in shape) for shape in shapes)
     parts = Partitions([], device=args.device, cpu_gpu=GPUS["h100-sxm"])   # the preset: a CPU's stand-in SMs
     part = parts.decode(FULL_GPU)
@@ -167,7 +169,7 @@ def run(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(0)
     rows = []
     for shape in shapes:
-        row = time_shape(runner, part, shape, rng, 0 if args.no_warm else longest)
+        row = time_shape(runner, part, shape, rng, (0, None) if args.no_warm else (longest, longest_chunk))
         rows.append(row)
         print(f"{describe(shape):>24}  dense {row['dense']!s:5}  graph {row['graph']!s:5}  "
               f"first {row['first_ms']:8.2f} ms  repeat {row['repeat_ms']:8.2f}  "

@@ -48,12 +48,22 @@ PREFILL_GRAPH_MAX_SEQS = 16
 # the next of them, which a top-left causal mask keeps exact (padded keys come after every real
 # query), and each stream thread builds the set's graphs up to the longest chunk its run can
 # form (its longest prompt, or the policy's chunk_limit) before the run's clock starts
-# (real.engine). Chunks after a prefix stay on Triton: their prefix call
-# has no causal mask to hide padded keys, so each prefix length would be a graph of its own.
-# The set holds 37 lengths up to 16k tokens (about 2 s of builds a thread) and 53 up to the
-# cap, which bounds the warm-up; longer prompts stay on Triton.
+# (real.engine). The set holds 37 lengths up to 16k tokens (about 2 s of builds a thread) and 53
+# up to the cap, which bounds the warm-up; longer prompts stay on Triton.
+#
+# Chunks after a prefix: DENSE_AFTER_TOKENS tokens after DENSE_AFTER_PRIOR or more cached ones
+# (one layer on an H200: 2k after 8k 1.19x, 4k after 4k 1.22x; 512 after 4k 0.49x,
+# prefill_attention_h200.json). Their prefix call has no causal mask to hide padded keys, so it
+# covers the prefix only up to `prefix_cut` (a dense length at or below it), its queries padded
+# at the end; the rest of the prefix, under a sixteenth of it, goes before the chunk's own keys
+# in the causal call, queried by as many zero rows put in front (a top-left causal mask then
+# shows each real query that whole rest, and its own keys up to itself). Both calls' lengths
+# come from the same small set, and the prefix calls add a graph per (chunk length, prefix cut)
+# pair: 29 up to 16k-token prompts with the shipped policies' 2048-token chunks.
 DENSE_MIN_TOKENS: int | None = 3072
 DENSE_MAX_TOKENS = 32768
+DENSE_AFTER_PRIOR = 4096
+DENSE_AFTER_TOKENS = (2048, 4096)
 
 
 def bucket_for(buckets: Sequence[int], n: int) -> int | None:
@@ -65,7 +75,11 @@ def bucket_for(buckets: Sequence[int], n: int) -> int | None:
 def runs_dense(tokens: int, prior: int) -> bool:
     """Whether a prompt chunk of `tokens` after `prior` cached tokens takes the dense attention
     path, which only eager steps run (see DENSE_MIN_TOKENS)."""
-    return DENSE_MIN_TOKENS is not None and prior == 0 and DENSE_MIN_TOKENS <= tokens <= DENSE_MAX_TOKENS
+    if DENSE_MIN_TOKENS is None or prior + tokens > DENSE_MAX_TOKENS:
+        return False
+    if prior == 0:
+        return tokens >= DENSE_MIN_TOKENS
+    return prior >= DENSE_AFTER_PRIOR and DENSE_AFTER_TOKENS[0] <= tokens <= DENSE_AFTER_TOKENS[1]
 
 
 def dense_length(tokens: int) -> int:
@@ -73,21 +87,51 @@ def dense_length(tokens: int) -> int:
     sixteenth of the power of two at or below it where that is larger. Padding at most 1/16
     keeps the padded attention (quadratic in length) within 13% of the chunk's own, about 1%
     of an 8k prompt's step, and the set small."""
-    step = max(256, (1 << (tokens.bit_length() - 1)) // 16)
+    step = _dense_step(tokens)
     return -(-tokens // step) * step
 
 
-def dense_lengths(longest: int) -> list[int]:
-    """Every length `dense_length` gives a dense chunk of at most `longest` tokens: the cuDNN
-    graphs a thread needs for prompts up to that length."""
+def prefix_cut(prior: int) -> int:
+    """How much of a dense chunk's prefix of `prior` tokens its unmasked prefix call covers: the
+    largest dense length at or below it (0 under 256); the rest joins the chunk's causal call."""
+    step = _dense_step(prior) if prior else 256
+    return prior // step * step
+
+
+def _dense_step(tokens: int) -> int:
+    return max(256, (1 << (tokens.bit_length() - 1)) // 16)
+
+
+def dense_lengths(longest: int, shortest: int | None = None) -> list[int]:
+    """Every length `dense_length` gives from `shortest` (DENSE_MIN_TOKENS by default) to
+    `longest` tokens: the own-keys graphs a thread needs for first chunks up to that length."""
     if DENSE_MIN_TOKENS is None:
         return []
     lengths = []
-    n = DENSE_MIN_TOKENS
+    n = DENSE_MIN_TOKENS if shortest is None else shortest
     while n <= min(longest, DENSE_MAX_TOKENS):
         lengths.append(dense_length(n))
         n = lengths[-1] + 1
     return lengths
+
+
+def dense_shapes(longest_prompt: int, chunk_limit: int | None) -> tuple[list[int], list[tuple[int, int]]]:
+    """The cuDNN graphs a thread needs for prompts of up to `longest_prompt` tokens cut into
+    chunks of up to `chunk_limit` (None: whole prompts, so never a chunk after a prefix): the
+    own-keys calls' lengths, and the prefix calls' (queries, keys) pairs."""
+    longest_chunk = longest_prompt if chunk_limit is None else min(chunk_limit, longest_prompt)
+    own = set(dense_lengths(longest_chunk))
+    if DENSE_MIN_TOKENS is None or chunk_limit is None:
+        return sorted(own), []
+    low, high = DENSE_AFTER_TOKENS
+    high = min(high, longest_chunk, longest_prompt - DENSE_AFTER_PRIOR)
+    if high < low:
+        return sorted(own), []
+    longest_prior = longest_prompt - low
+    # The rest of a prefix past its cut is under its step, which grows with the prefix.
+    own.update(dense_lengths(high + _dense_step(longest_prior) - 1, low))
+    cuts = dense_lengths(longest_prior, prefix_cut(DENSE_AFTER_PRIOR))
+    return sorted(own), [(q, cut) for q in dense_lengths(high, low) for cut in cuts]
 
 
 def prefill_bucket(buckets: Sequence[int], max_seqs: int, chunks: Sequence[tuple[int, int]],

@@ -1,5 +1,5 @@
 """Prefill attention on keys and values gathered out of the paged cache, by cuDNN's fused
-kernel: the path `real.attention` takes for long first chunks in eager steps when
+kernel: the path `real.attention` takes for long chunks in eager steps when
 nexus.graph_buckets.runs_dense picks them.
 
 A chunk's keys and values are copied out of its blocks into one [S, KV, D] tensor (an
@@ -7,11 +7,11 @@ A chunk's keys and values are copied out of its blocks into one [S, KV, D] tenso
 those strides as they are. cuDNN builds a graph for each new shape and PyTorch keeps them per
 thread, so the chunk's own causal call is padded to nexus.graph_buckets.dense_length, and
 `warm` builds those lengths' graphs on a thread before it serves (measurements in
-nexus/graph_buckets.py). A chunk after a prefix runs as two calls, the prefix unmasked and the
-chunk's own keys causal, merged by log-sum-exp: cuDNN's lower-right causal mask, which would do
-it in one, ran at 255 TFLOP/s on an H200 (experiments/results/engine_probes_h200.json). No
-served chunk takes that form (its prefix length would be a graph of its own); the attention
-bench times it. On the CPU the same steps run on PyTorch's CPU kernel, which is how the tests
+nexus/graph_buckets.py). A chunk after a prefix runs as two calls merged by log-sum-exp: the
+prefix up to nexus.graph_buckets.prefix_cut unmasked, and the rest of the prefix with the
+chunk's own keys causal, behind as many zero queries (cuDNN's lower-right causal mask, which
+would do it in one call, ran at 255 TFLOP/s on an H200: experiments/results/engine_probes_h200.json).
+On the CPU the same steps run on PyTorch's CPU kernel, which is how the tests
 check them.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 
-from nexus.graph_buckets import dense_length
+from nexus.graph_buckets import dense_length, prefix_cut
 
 # The own-keys shapes whose cuDNN graphs this thread has built (see warm).
 _built = threading.local()
@@ -78,14 +78,13 @@ def chunk_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     itself, written into out [n, H, D]; `blocks` holds the sequence's blocks in order, at least
     as many as its prior + n tokens fill."""
     n = q.shape[0]
-    total = prior + n
-    k = k_cache.index_select(0, blocks).flatten(0, 1)[:total]
-    v = v_cache.index_select(0, blocks).flatten(0, 1)[:total]
-    o, lse = own_keys_attention(q, k[prior:], v[prior:], scale)
+    cut = prefix_cut(prior)
+    k = k_cache.index_select(0, blocks).flatten(0, 1)[:prior + n]
+    v = v_cache.index_select(0, blocks).flatten(0, 1)[:prior + n]
+    o, lse = own_keys_attention(q, k[cut:], v[cut:], scale)
     into = out.transpose(0, 1).unsqueeze(0)
-    if prior:
-        qs = q.transpose(0, 1).unsqueeze(0)
-        o_prefix, lse_prefix = attend(qs, as_heads(k[:prior]), as_heads(v[:prior]), causal=False, scale=scale)
+    if cut:
+        o_prefix, lse_prefix = prefix_attention(q, k[:cut], v[:cut], scale)
         merge_attention(o_prefix, lse_prefix, o, lse, out=into)
     else:
         into.copy_(o)
@@ -93,13 +92,26 @@ def chunk_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
 
 def own_keys_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal attention of a chunk's queries q [n, H, D] over its own keys and values [n, KV, D],
-    all padded at the end to dense_length(n) (zeros: finite, and after every real query, so the
-    causal mask hides them); returns `attend`'s output and log-sum-exp for the n real queries."""
+    """Attention of a chunk's queries q [n, H, D] over keys and values [m, KV, D] (m >= n) whose
+    last n are the chunk's own, causal among those, and the first m - n visible to every query;
+    returns `attend`'s output and log-sum-exp for the n queries. The call is causal over m rows
+    padded at the end to dense_length(m): m - n zero queries in front (their rows are dropped),
+    zeros after (finite, and after every real query, so the mask hides them)."""
+    n, m = q.shape[0], k.shape[0]
+    end = (0, 0, 0, 0, 0, dense_length(m) - m)
+    o, lse = attend(as_heads(F.pad(q, (0, 0, 0, 0, m - n, dense_length(m) - m))), as_heads(F.pad(k, end)),
+                    as_heads(F.pad(v, end)), causal=True, scale=scale)
+    return o[:, :, m - n:m], lse[:, :, m - n:m]
+
+
+def prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of queries q [n, H, D] over every one of keys and values [cut, KV, D] (cut a
+    dense length), the queries padded at the end to dense_length(n); as `attend` returns, for
+    the n queries."""
     n = q.shape[0]
-    pad = (0, 0, 0, 0, 0, dense_length(n) - n)
-    o, lse = attend(as_heads(F.pad(q, pad)), as_heads(F.pad(k, pad)), as_heads(F.pad(v, pad)),
-                    causal=True, scale=scale)
+    o, lse = attend(as_heads(F.pad(q, (0, 0, 0, 0, 0, dense_length(n) - n))), as_heads(k), as_heads(v),
+                    causal=False, scale=scale)
     return o[:, :, :n], lse[:, :, :n]
 
 
@@ -108,16 +120,23 @@ def as_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(0, 1).unsqueeze(0)
 
 
-def warm(lengths: Iterable[int], device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int,
-         head_dim: int) -> int:
-    """Build, on this thread, the cuDNN graphs of own-keys calls padded to each of `lengths`
-    (dense_length values) that it has not built yet; returns how many it built. A step's first
-    call of a new shape otherwise builds its graph inside the step: 40-60 ms on an H200."""
+def warm(own_lengths: Iterable[int], prefix_pairs: Iterable[tuple[int, int]], device: torch.device,
+         dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int) -> int:
+    """Build, on this thread, the cuDNN graphs of own-keys calls padded to each of `own_lengths`
+    and of prefix calls of each (queries, keys) of `prefix_pairs` (nexus.graph_buckets.dense_shapes)
+    that it has not built yet; returns how many it built. A step's first call of a new shape
+    otherwise builds its graph inside the step: 40-60 ms on an H200."""
     built = _built.__dict__.setdefault("shapes", set())
-    todo = [n for n in lengths if (n, device, dtype, heads, kv_heads, head_dim) not in built]
-    for n in todo:
+    model = (device, dtype, heads, kv_heads, head_dim)
+    todo = [(n, 0) for n in own_lengths] + list(prefix_pairs)
+    todo = [shape for shape in todo if (shape, model) not in built]
+    for n, cut in todo:
         q = torch.zeros(n, heads, head_dim, device=device, dtype=dtype)
-        kv = torch.zeros(n, kv_heads, head_dim, device=device, dtype=dtype)
-        own_keys_attention(q, kv, kv, scale=1.0)
-        built.add((n, device, dtype, heads, kv_heads, head_dim))
+        if cut:
+            kv = torch.zeros(cut, kv_heads, head_dim, device=device, dtype=dtype)
+            prefix_attention(q, kv, kv, scale=1.0)
+        else:
+            kv = torch.zeros(n, kv_heads, head_dim, device=device, dtype=dtype)
+            own_keys_attention(q, kv, kv, scale=1.0)
+        built.add(((n, cut), model))
     return len(todo)

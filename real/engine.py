@@ -85,11 +85,6 @@ class RealEngine:
         """The most prompt tokens a request of this run has."""
         return max((r.prompt_tokens for r in self.requests), default=0)
 
-    def longest_chunk(self) -> int:
-        """The most tokens a prompt chunk of this run can have: what each stream thread warms for."""
-        limit = self.stepper.policy.chunk_limit()
-        return self.longest_prompt() if limit is None else min(self.longest_prompt(), limit)
-
     def _start_clock(self) -> None:
         self.clock = Clock(self.runner.is_cuda)
 
@@ -109,7 +104,7 @@ class RealEngine:
 
     def _guarded(self, stream: str) -> None:
         try:
-            self.runner.warm_thread(self.longest_chunk())
+            self.runner.warm_thread(self.longest_prompt(), self.stepper.policy.chunk_limit())
             self._ready.wait()
             self._loop(stream)
         except BaseException as e:  # surface a worker's failure in the main thread

@@ -22,7 +22,7 @@ from typing import Iterable, Iterator, Sequence
 import torch
 
 from nexus.errors import UserError
-from nexus.graph_buckets import dense_lengths
+from nexus.graph_buckets import dense_shapes
 from nexus.specs import ModelSpec
 from real.batch import BlockTables, Chunk, pack, validate
 from real.dense_attention import dense_attention_works, warm
@@ -136,15 +136,16 @@ class ModelRunner:
             return None
         return {"buckets": sorted({n for _, n in self._graphs.graphs})}
 
-    def warm_thread(self, longest_chunk: int) -> int:
-        """Build on the calling thread what a step with a prompt chunk of up to `longest_chunk`
-        tokens would otherwise build inside it: cuDNN's graphs for the dense path, which PyTorch
-        keeps per thread (nexus.graph_buckets.DENSE_MIN_TOKENS); returns how many it built."""
+    def warm_thread(self, longest_prompt: int, chunk_limit: int | None) -> int:
+        """Build on the calling thread what steps of prompts of up to `longest_prompt` tokens, in
+        chunks of up to `chunk_limit` (None: whole), would otherwise build inside them: cuDNN's
+        graphs for the dense path, which PyTorch keeps per thread
+        (nexus.graph_buckets.DENSE_MIN_TOKENS); returns how many it built."""
         if not dense_attention_works(self.device, self.dtype, self.spec.head_dim):
             return 0
         spec = self.spec
         with torch.inference_mode():
-            return warm(dense_lengths(longest_chunk), self.device, self.dtype, spec.num_heads, spec.num_kv_heads,
+            return warm(*dense_shapes(longest_prompt, chunk_limit), self.device, self.dtype, spec.num_heads, spec.num_kv_heads,
                         spec.head_dim)
 
     def graph_buckets(self, partition: Partition) -> list[int]:

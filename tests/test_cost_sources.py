@@ -56,7 +56,8 @@ def test_cost_model_pads_as_the_bucket_rule_says(monkeypatch):
     buckets = sorted(pre["buckets"])
     assert prefill_bucket(buckets, pre["max_seqs"], [(100, 0)]) == 128
     assert prefill_bucket(buckets, pre["max_seqs"], [(1, 0), (60, 0)]) is None     # a 1-token chunk: eager
-    assert prefill_bucket(buckets + [2048], pre["max_seqs"], [(2048, 8192)]) == 2048
+    assert prefill_bucket(buckets + [2048], pre["max_seqs"], [(2047, 8192)]) == 2048
+    assert prefill_bucket(buckets + [2048], pre["max_seqs"], [(2048, 8192)]) is None    # runs dense: eager
     assert prefill_bucket(buckets + [4096], pre["max_seqs"], [(4096, 0)]) is None      # runs dense: eager
     assert prefill_bucket(buckets + [4096], pre["max_seqs"], [(4096, 1)]) == 4096      # after a prefix: not dense
     monkeypatch.setattr(nexus.graph_buckets, "DENSE_MIN_TOKENS", None)

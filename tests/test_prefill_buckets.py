@@ -148,14 +148,21 @@ def test_a_chunk_that_runs_dense_sends_its_step_eager_in_the_engine_and_the_mode
     from nexus.graph_buckets import prefill_bucket, runs_dense
     from real.batch import Chunk
 
-    # First chunks of DENSE_MIN_TOKENS..DENSE_MAX_TOKENS only: a chunk after a prefix stays on
-    # the graphs' kernel (its prefix call would need a graph per prefix length).
+    # First chunks of DENSE_MIN_TOKENS..DENSE_MAX_TOKENS, and chunks of DENSE_AFTER_TOKENS
+    # after DENSE_AFTER_PRIOR or more cached tokens, the whole within DENSE_MAX_TOKENS.
     low, high = nexus.graph_buckets.DENSE_MIN_TOKENS, nexus.graph_buckets.DENSE_MAX_TOKENS
+    after_low, after_high = nexus.graph_buckets.DENSE_AFTER_TOKENS
+    after = nexus.graph_buckets.DENSE_AFTER_PRIOR
     assert runs_dense(low, 0) and runs_dense(high, 0)
     assert not runs_dense(low - 1, 0) and not runs_dense(high + 1, 0) and not runs_dense(low, 1)
-    assert prefill_bucket([1024, 2304], PREFILL_GRAPH_MAX_SEQS, [(2048, 8192)], 1) == 2304
+    assert runs_dense(after_low, after) and runs_dense(after_high, after) and runs_dense(after_low, high - after_low)
+    assert not runs_dense(after_low - 1, after) and not runs_dense(after_high + 1, after)
+    assert not runs_dense(after_low, after - 1) and not runs_dense(after_low, high - after_low + 1)
+    assert prefill_bucket([1024, 2304], PREFILL_GRAPH_MAX_SEQS, [(2047, 8192)], 1) == 2304
+    assert prefill_bucket([1024, 2304], PREFILL_GRAPH_MAX_SEQS, [(2048, 8192)], 1) is None
     monkeypatch.setattr(nexus.graph_buckets, "DENSE_MIN_TOKENS", None)      # off
-    assert not runs_dense(low, 0) and nexus.graph_buckets.dense_lengths(high) == []
+    assert not runs_dense(low, 0) and not runs_dense(after_low, after)
+    assert nexus.graph_buckets.dense_lengths(high) == [] and nexus.graph_buckets.dense_shapes(high, 2048) == ([], [])
     # No chunk of 3072+ tokens fits a bucket; lower the rule's bound to see the plumbing.
     monkeypatch.setattr(nexus.graph_buckets, "DENSE_MIN_TOKENS", 1024)
     graphs = PrefillGraphs.__new__(PrefillGraphs)
@@ -164,9 +171,28 @@ def test_a_chunk_that_runs_dense_sends_its_step_eager_in_the_engine_and_the_mode
     chunk = lambda tokens, start: Chunk(list(range(tokens)), start, list(range(-(-(start + tokens) // 16))))  # noqa: E731
     decode_row = chunk(1, 300)
     for chunks, bucket in (([(512, 0)], 1024), ([(1023, 8192)], 1024), ([(700, 0), (700, 9000)], 2304),
-                           ([(1024, 0)], None), ([(2048, 8192)], 2304), ([(64, 0), (1024, 0)], None)):
+                           ([(1024, 0)], None), ([(2047, 8192)], 2304), ([(2048, 8192)], None),
+                           ([(64, 0), (1024, 0)], None)):
         assert graphs.bucket_for(part, [chunk(n, prior) for n, prior in chunks] + [decode_row]) == bucket
         assert prefill_bucket([1024, 2304], PREFILL_GRAPH_MAX_SEQS, chunks, 1) == bucket
+
+
+@given(st.integers(1, 40000), st.one_of(st.none(), st.integers(1, 40000)), st.data())
+def test_a_thread_warmed_for_a_run_has_every_dense_shape_its_chunks_meet(longest_prompt, chunk_limit, data):
+    from nexus.graph_buckets import dense_length, dense_shapes, prefix_cut, runs_dense
+
+    own, pairs = dense_shapes(longest_prompt, chunk_limit)
+    longest_chunk = min(longest_prompt, chunk_limit or longest_prompt)
+    tokens = data.draw(st.integers(1, longest_chunk))
+    # Whole prompts (no chunk_limit) never follow a prefix.
+    prior = 0 if chunk_limit is None else data.draw(st.integers(0, longest_prompt - tokens))
+    if runs_dense(tokens, prior):
+        cut = prefix_cut(prior)
+        assert cut <= prior < cut + max(256, cut // 16)
+        assert dense_length(prior - cut + tokens) in own
+        assert cut == 0 or (dense_length(tokens), cut) in pairs
+    # Few enough to build before a run: about 60 ms a graph on an H200.
+    assert len(own) + len(pairs) <= 57 + 9 * 49
 
 
 @given(st.integers(1, 40000))

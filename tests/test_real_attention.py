@@ -80,7 +80,9 @@ def test_triton_long_prefill_with_prefix(dtype: torch.dtype, tol: float) -> None
 
 
 # ---------------------------------------------------------------- dense path (long chunks of eager steps)
-PROMPTS = [(0, 37), (21, 50), (64, 16), (130, 70), (0, 2)]
+# Chunks after prefixes of under 256 tokens run as one causal call behind zero queries; longer
+# prefixes split at prefix_cut (300: 256 + 44; 4100: 4096 + 4; 8500: 8192 + 308; 512: no rest).
+PROMPTS = [(0, 37), (21, 50), (64, 16), (130, 70), (0, 2), (300, 40), (512, 9), (4100, 30), (8500, 3)]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -112,18 +114,19 @@ def test_warm_builds_each_length_once_a_thread(dense_on) -> None:
     # cuDNN's graphs live per thread, so a new thread builds them again; the CPU runs the same calls.
     lengths = nexus.graph_buckets.dense_lengths(DENSE_MIN_TOKENS + 1)
     assert lengths == [DENSE_MIN_TOKENS, nexus.graph_buckets.dense_length(DENSE_MIN_TOKENS + 1)]
+    pairs = [(256, 512)]          # a prefix call: 256 queries over 512 keys
     shape = (torch.device("cpu"), torch.float32, 2, 1, 8)
 
     def twice() -> list[int]:
-        return [warm(lengths, *shape), warm(lengths[:1], *shape), warm(lengths, *shape)]
+        return [warm(lengths, pairs, *shape), warm(lengths[:1], pairs, *shape), warm(lengths, [], *shape)]
 
     counts: list[list[int]] = []
     for _ in range(2):
         thread = threading.Thread(target=lambda: counts.append(twice()))
         thread.start()
         thread.join()
-    assert counts == [[2, 0, 0], [2, 0, 0]]
-    assert warm(lengths, torch.device("cpu"), torch.float32, 4, 1, 8) == 2    # another model's heads
+    assert counts == [[3, 0, 0], [3, 0, 0]]
+    assert warm(lengths, pairs, torch.device("cpu"), torch.float32, 4, 1, 8) == 3    # another model's heads
 
 
 def test_merging_two_key_sets_is_attention_over_their_union() -> None:
@@ -154,7 +157,9 @@ def test_only_eager_steps_with_a_long_chunk_take_the_dense_path(dense_on) -> Non
     [(0, DENSE_MIN_TOKENS + 5)],
     # long first chunks between runs of short chunks and a long chunk after a prefix, which
     # the Triton kernel takes
-    [(0, 40), (17, 300), (3000, DENSE_MIN_TOKENS), (5, 33), (0, DENSE_MIN_TOKENS)]])
+    [(0, 40), (17, 300), (3000, DENSE_MIN_TOKENS), (5, 33), (0, DENSE_MIN_TOKENS)],
+    # chunks after long prefixes: split at a cut with a rest (4400: 4352 + 48), and without
+    [(4400, 2048), (5, 1), (8192, 2100)]])
 def test_dense_path_on_cuda_matches_float64(chunks, dense_on) -> None:
     # 8 query heads on 2 KV heads keeps the float64 reference's score matrices near 1 GB.
     case = PagedCase(chunks, 8, 2, 128, torch.bfloat16, triton_device(torch.bfloat16), 8)

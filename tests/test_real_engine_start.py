@@ -38,27 +38,31 @@ def test_each_stream_thread_warms_for_the_longest_prompt_before_the_clock_starts
     engine = two_stream_engine(runner)
     seen = []
 
-    def warm_thread(longest_chunk: int) -> int:
-        seen.append((threading.current_thread().name, longest_chunk, engine.clock))
+    def warm_thread(longest_prompt: int, chunk_limit: int | None) -> int:
+        seen.append((threading.current_thread().name, (longest_prompt, chunk_limit), engine.clock))
         return 0
 
     monkeypatch.setattr(runner, "warm_thread", warm_thread)
     engine.run()
     assert sorted(name for name, _, _ in seen) == ["stream-decode", "stream-prefill"]
-    assert all(longest == 20 + 7 * 3 and clock is None for _, longest, clock in seen)
+    # Static's chunks are of at most its chunk_tokens.
+    assert all(warm_for == (20 + 7 * 3, 2048) and clock is None for _, warm_for, clock in seen)
     assert engine.clock is not None and len(engine.state.finished) == 4
 
 
-def test_threads_warm_for_the_longest_chunk_the_policy_can_form(runner):
-    assert two_stream_engine(runner, Chunked(max_num_batched_tokens=30)).longest_chunk() == 30
-    assert two_stream_engine(runner, Chunked(max_num_batched_tokens=64)).longest_chunk() == 41
-    assert two_stream_engine(runner, PrefillFirst(max_prefill_tokens=16)).longest_chunk() == 41   # whole prompts
+@pytest.mark.parametrize("policy, chunk_limit", [
+    (Chunked(max_num_batched_tokens=30), 30), (PrefillFirst(max_prefill_tokens=16), None)])   # whole prompts
+def test_threads_warm_for_the_chunks_the_policy_can_form(runner, monkeypatch, policy, chunk_limit):
+    seen = []
+    monkeypatch.setattr(runner, "warm_thread", lambda *warm_for: seen.append(warm_for) or 0)
+    two_stream_engine(runner, policy).run()
+    assert seen and set(seen) == {(20 + 7 * 3, chunk_limit)}
 
 
 def test_a_thread_that_fails_to_warm_fails_the_run_and_frees_the_other(runner, monkeypatch):
     engine = two_stream_engine(runner)
 
-    def warm_thread(longest_chunk: int) -> int:
+    def warm_thread(longest_prompt: int, chunk_limit: int | None) -> int:
         if threading.current_thread().name == "stream-prefill":
             raise RuntimeError("no graphs today")
         return 0
