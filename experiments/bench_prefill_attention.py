@@ -9,8 +9,10 @@ events around each call; TFLOP/s counts the causal half only (4 * heads * head_d
 query-key pair); `dense_no_gather_ms` is the dense path's attention calls on keys already laid
 out, so the gather's share shows, and `own_keys_ms`, `prefix_keys_ms` and `merge_ms` its
 parts; `rel_diff` is the dense output against the Triton one; `dense_path_taken` whether the
-engine's rule (nexus.graph_buckets.runs_dense: first chunks of 3072-32768 tokens; the
-bench's committed runs predate it) would send the chunk there in an eager step.
+engine's rule (nexus.graph_buckets.runs_dense: first chunks of 3072-32768 tokens, chunks of
+2048-4096 after 4096 or more; the bench's committed runs predate it) would send the chunk
+there in an eager step. `dense_ms` is the path as the engine runs it (padded, the prefix cut
+at nexus.graph_buckets.prefix_cut); the parts are unpadded calls.
 """
 from __future__ import annotations
 
