@@ -300,3 +300,30 @@ def test_step_times_share_the_host_clock_the_sampler_reads() -> None:
     sampled = [s[1] for s in sampler.samples]
     mhz = steps["sm_clock_mhz"]
     assert mhz.notna().mean() > 0.9 and mhz.between(min(sampled), max(sampled)).sum() == mhz.notna().sum()
+
+
+def test_dense_chunks_on_a_green_partition_use_graphs_built_outside_it_and_match_triton(parts, monkeypatch) -> None:
+    # A stream thread builds its cuDNN graphs before the run, outside any partition
+    # (ModelRunner.warm_thread); its steps then run them on the partition it serves.
+    import nexus.graph_buckets
+    from nexus.graph_buckets import runs_dense
+    from real.dense_attention import dense_attention_works
+    if not dense_attention_works(torch.device("cuda"), torch.bfloat16, SMALL.head_dim):
+        pytest.skip("cuDNN's fused attention is not available")
+    long = ModelSpec("small-long", num_layers=2, hidden_size=1024, num_heads=8, num_kv_heads=2, head_dim=128,
+                     intermediate_size=2816, vocab_size=4096, rope_theta=500000.0, max_position_embeddings=8192)
+    runner = ModelRunner(long, device="cuda", num_blocks=520, max_model_len=8192, max_decode_batch=16)
+    gen = torch.Generator().manual_seed(11)
+    prompt = torch.randint(0, long.vocab_size, (4400 + 2048,), generator=gen).tolist()
+    table = list(range(0, 404))
+    first, after = Chunk(prompt[:4400], 0, table), Chunk(prompt[4400:], 4400, table)
+    assert runs_dense(4400, 0) and runs_dense(2048, 4400)
+    built = runner.warm_thread(len(prompt), 2048)
+    assert built >= 3        # the first chunk's length, the causal call's and the prefix call's
+    part = parts.prefill(32)
+    runner.step([first], part)
+    dense = runner.logits([after], part)
+    monkeypatch.setattr(nexus.graph_buckets, "DENSE_MIN_TOKENS", None)     # the Triton kernel
+    assert not runs_dense(2048, 4400)
+    triton = runner.logits([after], part)
+    assert rel_err(dense, triton) < 1e-2
