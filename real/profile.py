@@ -25,9 +25,10 @@ from nexus.cost.calibration import merge_calibrations, new_calibration, read_cal
 from nexus.cost.fit import fit_calibration, one_prompt_prefill_medians
 from nexus.cost.served import read_replay, served_scales, write_replay
 from nexus.errors import UserError
-from nexus.graph_buckets import dominated
+from nexus.graph_buckets import dominated, runs_dense
 from nexus.specs import GPUSpec, ModelSpec
 from real.batch import Chunk
+from real.dense_attention import dense_attention_works
 from real.gpu_info import ClockPowerSampler, gpu_facts
 from real.model_runner import ModelRunner
 from real.partitions import Partitions
@@ -249,6 +250,11 @@ def profile(runner: ModelRunner, parts: Partitions, model: ModelSpec, gpu: GPUSp
         return (kind, tuple(sorted((k, str(v)) for k, v in rec.items()))) not in have
 
     fits = lambda tokens: tokens <= runner.max_model_len  # noqa: E731  (the tiny CPU model is short)
+
+    def runs_dense_here(chunk: int, prior: int) -> bool:
+        # Which kernel a chunk's attention over its prefix runs on: the fit prices the two apart.
+        return runs_dense(chunk, prior) and dense_attention_works(runner.device, runner.dtype, runner.spec.head_dim)
+
     prefill_sizes = list(grid.prefill)
     if grid.prefill_graph_buckets and prefill_graphs is not None:
         prefill_sizes += [(b, 0) for b in prefill_graphs["buckets"] if (b, 0) not in prefill_sizes]
@@ -264,7 +270,8 @@ def profile(runner: ModelRunner, parts: Partitions, model: ModelSpec, gpu: GPUSp
                 part = parts.prefill(p)
                 for chunk, prior, prompts in prefill_shapes:
                     key = {"sms": part.sm_count if p else 0, "chunk_tokens": chunk, "prior_tokens": prior,
-                           **({"prompts": prompts} if prompts > 1 else {})}
+                           **({"prompts": prompts} if prompts > 1 else {}),
+                           **({"dense": True} if prior and runs_dense_here(chunk, prior) else {})}
                     if missing("prefill", key):
                         steps = prof.prefill_batch(chunk, prior, prompts)
                         meas["prefill"].append({**key, "time_s": prof.time_alone(steps, part)})

@@ -793,3 +793,40 @@ def test_a_prefill_size_slower_than_the_next_larger_one_is_reported():
     assert prefill_inversions([{"sms": 0, "chunk_tokens": 64, "prior_tokens": 4096, "time_s": 9.0},
                                {"sms": 0, "chunk_tokens": 128, "prior_tokens": 0, "time_s": 1.0},
                                {"sms": 0, "chunk_tokens": 96, "prior_tokens": 0, "prompts": 4, "time_s": 9.0}]) == []
+
+
+def test_prefix_pairs_that_ran_on_the_dense_path_get_a_price_of_their_own(data, fitted):
+    # The profile marks the records whose prefix took cuDNN (real.profile: "dense"); the fit
+    # prices those pairs apart from the Triton kernel's, and the evaluator splits a step's
+    # chunks by the same rule (nexus.graph_buckets.runs_dense). Truth here: the synthetic fit
+    # with dense pairs at 0.6x the others, as the H200's cuDNN ran them 1.2-1.4x faster.
+    from nexus.graph_buckets import runs_dense
+    from nexus.cost.terms import prefill_attention
+    true_fit = copy.deepcopy(fitted["fit"])
+    true_fit["prefill"]["dense_cross_pair_s"] = [0.6 * c for c in true_fit["prefill"]["cross_pair_s"]]
+    truth = MeasuredCost(LLAMA8, H100, true_fit)
+    marked = copy.deepcopy(data)
+    for rec in marked["measurements"]["prefill"]:
+        if rec["prior_tokens"] and runs_dense(rec["chunk_tokens"], rec["prior_tokens"]):
+            rec["dense"] = True
+        rec["time_s"] = float(truth.solo_time(prefill_shape(rec), rec["sms"]))
+    assert sum(bool(r.get("dense")) for r in marked["measurements"]["prefill"]) >= 4 * len(SMS)
+    refit = MeasuredCost(LLAMA8, H100, fit_params(marked["measurements"], LLAMA8, H100))
+    plain = MeasuredCost(LLAMA8, H100, fitted["fit"])     # no record marked: one price for both
+    dense, triton = BatchShape(((2048, 6000),)), BatchShape(((1024, 6000),))
+    assert prefill_attention(dense.prefill_chunks)[2:] == (0, 6000, 2048 * 6000)
+    assert prefill_attention(triton.prefill_chunks)[2:] == (1024 * 6000, 6000, 0)
+    assert prefill_attention(((2048, 6000), (1024, 6000)))[2:] == (1024 * 6000, 12000, 2048 * 6000)
+    for s in (FULL_GPU, 64, 16):
+        assert abs_pct(refit.solo_time(dense, s), truth.solo_time(dense, s)) < 2.0
+        assert abs_pct(refit.solo_time(triton, s), truth.solo_time(triton, s)) < 2.0
+        assert truth.solo_time(dense, s) < plain.solo_time(dense, s) * 0.97
+        assert truth.solo_time(triton, s) == pytest.approx(plain.solo_time(triton, s), rel=1e-12)
+
+
+def test_a_fit_before_the_dense_prefix_term_prices_those_pairs_as_the_others(fitted):
+    old = copy.deepcopy(fitted["fit"])
+    old["version"] = 4
+    del old["prefill"]["dense_cross_pair_s"]
+    shape = BatchShape(((2048, 6000),))
+    assert MeasuredCost(LLAMA8, H100, old).solo_time(shape, 64) == MeasuredCost(LLAMA8, H100, fitted["fit"]).solo_time(shape, 64)

@@ -4,14 +4,16 @@ Solo time of one phase on an SM count s is a sum of non-negative terms, each a f
 coefficient times a physical feature of the shape:
 
     prefill: base(tokens) + own_pair_s * own_pairs + cross_pair_s * cross_pairs
-             + prior_token_s * prior_tokens
+             + prior_token_s * prior_tokens + dense_cross_pair_s * dense_cross_pairs
     decode:  base(batch)  + kv_token_s * kv_tokens
 
 own_pairs = sum over chunks of n(n+1)/2, the causal query-key pairs among a chunk's n new
 tokens; cross_pairs = sum of n*prior, its queries against the prior tokens already cached;
 kv_tokens = batch * context. The two kinds of pairs get their own coefficients: attention
 over a cached prefix runs other kernels than causal attention within a chunk, and on the
-H100 profile costs several times more per pair. base() is fitted as a non-decreasing
+H100 profile costs several times more per pair. A chunk whose prefix runs on the dense path
+(cuDNN, nexus.graph_buckets.runs_dense) counts its n*prior in dense_cross_pairs instead: the
+profile marks those records ("dense"), and a profile without any prices them as cross pairs. base() is fitted as a non-decreasing
 piecewise-linear curve with knots at the measured chunk sizes (batch sizes), flat below
 the first knot (a tiny chunk still streams every weight and launches every kernel) and
 extended with its last slope above the last one. Not a line, because a matmul is
@@ -237,9 +239,15 @@ def fit_prefill(records: list[dict], num_sms: int) -> dict[str, Any]:
     prompts = np.array([r.get("prompts", 1) for r in records], dtype=float)
     times = np.array([r["time_s"] for r in records], dtype=float)
     # The dense layers see every prompt's tokens; attention stays within each prompt.
-    attention = prompts[:, None] * np.stack([n * (n + 1) / 2, n * prior, prior], axis=1)
+    # Which records' prefix ran on the dense path is what the profile saw, not today's rule.
+    dense = np.array([bool(r.get("dense")) and r["prior_tokens"] > 0 for r in records])
+    cross = n * prior
+    attention = prompts[:, None] * np.stack([n * (n + 1) / 2, np.where(dense, 0.0, cross), prior,
+                                             np.where(dense, cross, 0.0)], axis=1)
     fit = _fit_phase(sms, prompts * n, attention, times, num_sms, "prefill", "chunk size")
-    att = np.array(fit.pop("attention")).reshape(-1, 3)
+    att = np.array(fit.pop("attention")).reshape(-1, len(PREFILL_ATTENTION))
+    if not dense.any():   # an engine that ran every prefix on one kernel
+        att[:, PREFILL_ATTENTION.index("dense_cross_pair_s")] = att[:, PREFILL_ATTENTION.index("cross_pair_s")]
     return {"sms": fit["sms"], "token_knots": fit["knots"], "base_s": fit["base_s"],
             **{name: att[:, i].tolist() for i, name in enumerate(PREFILL_ATTENTION)}}
 

@@ -428,7 +428,9 @@ class MeasuredCost:
         for spec, knots, att in ((p, "token_knots", PREFILL_ATTENTION),
                                  (d, "batch_knots", ("kv_token_s",))):
             sms, kn, base = spec["sms"], spec[knots], np.asarray(spec["base_s"], dtype=float)
-            attention = np.stack([np.asarray(spec[a], dtype=float) for a in att], axis=1)
+            # Fits before version 5 priced every chunk after a prefix by cross_pair_s.
+            attention = np.stack([np.asarray(spec[a if a in spec or a != "dense_cross_pair_s" else "cross_pair_s"],
+                                             dtype=float) for a in att], axis=1)
             if (len(kn) < 2 or list(kn) != sorted(set(kn)) or base.shape != (len(sms), len(kn))
                     or attention.shape[0] != len(sms) or len(set(sms)) != len(sms)
                     or not all(0 <= s <= num_sms for s in sms)):
@@ -465,10 +467,10 @@ class MeasuredCost:
         """(phase curve, where the size falls on it, its attention features, decode KV tokens)."""
         chunks = shape.prefill_chunks
         seqs = shape.decode_seqs if shape.decode_seqs > 0 else 0
-        tokens, own, cross, prior = prefill_attention(chunks) if chunks else (0, 0, 0, 0)
+        tokens, own, cross, prior, dense = prefill_attention(chunks) if chunks else (0, 0, 0, 0, 0)
         if tokens:
             size = self._padded_tokens(chunks, tokens, seqs)
-            return (self._prefill, self._prefill.locate(size), (own, cross, prior),
+            return (self._prefill, self._prefill.locate(size), (own, cross, prior, dense),
                     shape.decode_kv_tokens if seqs else 0, seqs)
         if seqs:
             # A decode graph runs its whole bucket; padded rows read no KV, so attention is unpadded.
@@ -526,7 +528,7 @@ class MeasuredCost:
         """`_chunk_part` at each of (checked) SM counts, the chunks' features and where they fall
         on the curve worked out once: a split search asks at a dozen, and working them out per
         count was four fifths of its solo times (callgrind). Empty if the chunks hold no token."""
-        tokens, own, cross, prior = prefill_attention(chunks)
+        tokens, own, cross, prior, dense = prefill_attention(chunks)
         if not tokens:
             return []
         phase = self._prefill
@@ -536,7 +538,7 @@ class MeasuredCost:
         for s in sms:
             c = rows[s]
             v = (c[i] * wi if i else 0.0) + (c[j] * wj if j else 0.0) + c[k] * beyond
-            parts.append(c[0] + (v + c[k + 1] * own + c[k + 2] * cross + c[k + 3] * prior))
+            parts.append(c[0] + (v + c[k + 1] * own + c[k + 2] * cross + c[k + 3] * prior + c[k + 4] * dense))
         return parts
 
     def mixed_step_times(self, prior: int, seqs: int, kv_tokens: int, sms: int) -> Callable[[int], float]:
