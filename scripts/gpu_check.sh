@@ -44,9 +44,10 @@ step roofline_vs_profile 120 $PY experiments/roofline_vs_profile.py "$OUTDIR/rea
     --out "$OUTDIR/roofline_vs_profile_h200.json"
 step bench_prefill_attention 300 $PY experiments/bench_prefill_attention.py --out "$OUTDIR/prefill_attention_h200.json"
 step bench_cold_shapes 300 $PY experiments/bench_cold_shapes.py --out "$OUTDIR/cold_shapes_h200.json"
-# prefill-first's first long steps of a process, after the engine's warm-up (real.bench.warm_up)
+# prefill-first's first long steps of a process, after the engine's warm-up (real.bench.warm_up), and
+# first chunks after new prefixes on the dense path
 step bench_cold_shapes_warm_up 300 $PY experiments/bench_cold_shapes.py --warm-up \
-    --shapes 3529:0,4797:0+1019:0,1000:0+2014:0+1000:0+3075:0+1000:0 --out "$OUTDIR/cold_shapes_warm_up_h200.json"
+    --shapes 3529:0,4797:0+1019:0,1000:0+2014:0+1000:0+3075:0+1000:0,2048:8000,2048:12345 --out "$OUTDIR/cold_shapes_warm_up_h200.json"
 step probe_host_step 300 $PY experiments/probe_host_step.py --out "$OUTDIR/host_step_h200.json"
 step bench_prefill_buckets 300 $PY experiments/bench_prefill_buckets.py --out "$OUTDIR/prefill_buckets_h200.json"
 step bench_decode_process 300 $PY experiments/bench_decode_process.py --small-cache --out "$OUTDIR/decode_process_h200.json"
