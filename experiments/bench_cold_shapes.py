@@ -17,8 +17,9 @@ engine's once-a-process warm-up (real.bench.warm_up): a step's first of its kind
 
 Each shape (a step's chunks, tokens:prior each, of lengths no earlier shape used) runs once in
 a new thread (`first`), three more times in that thread (`repeat`, the median), and once in another new thread
-(`new_thread`): an engine makes its stream threads anew for each run, so a cost kept per
-thread comes back in every run. Each new thread first warms as a stream thread does, for the
+(`new_thread`): a cost kept per thread comes back in every new thread (an engine's stream
+threads last as long as its runner, real.stream_threads, but a new process or stream starts
+one). Each new thread first warms as a stream thread does, for the
 longest shape and chunk (`warm_ms`, not in the step times). Times are host wall clock around
 `ModelRunner.step`, which waits for the step's tokens. `dense` says whether the shape takes the
 cuDNN path (nexus.graph_buckets.runs_dense, where cuDNN works), `graph` whether a prefill graph

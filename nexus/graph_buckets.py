@@ -39,8 +39,8 @@ PREFILL_GRAPH_MAX_SEQS = 16
 # repeats) 3100 tokens 2.5% faster, 4200 4.5%, 8300 5.8%.
 #
 # cuDNN builds an execution graph for each new shape, 40-60 ms on an H200, and PyTorch keeps
-# those graphs per thread (aten/src/ATen/native/cudnn/MHA.cpp, getMHAGraphCache_), while an
-# engine makes its stream threads anew for each run: on GPU-5c946a6f each dense step's first
+# those graphs per thread (aten/src/ATen/native/cudnn/MHA.cpp, getMHAGraphCache_), and a
+# stream's thread meets new shapes all along: on GPU-5c946a6f each dense step's first
 # call in a new thread ran 39-50 ms over its repeats (98 ms with a prefix: two graphs;
 # cold_shapes_h200_unpadded3072.json). A served run meets new lengths all the time, and paid
 # 2-5x a step for each (notes_h200_perf.md, item 11). So cuDNN sees lengths
@@ -48,7 +48,7 @@ PREFILL_GRAPH_MAX_SEQS = 16
 # the next of them, which a top-left causal mask keeps exact (padded keys come after every real
 # query), and each stream thread builds the set's graphs up to the longest chunk its run can
 # form (its longest prompt, or the policy's chunk_limit) before the run's clock starts
-# (real.engine). The set holds 37 lengths up to 16k tokens (about 2 s of builds a thread) and 53
+# (real.engine; the threads are the runner's, real.stream_threads, so later runs find them built). The set holds 37 lengths up to 16k tokens (about 2 s of builds a thread) and 53
 # up to the cap, which bounds the warm-up; longer prompts stay on Triton.
 #
 # Chunks after a prefix: DENSE_AFTER_TOKENS tokens after DENSE_AFTER_PRIOR or more cached ones

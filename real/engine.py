@@ -1,6 +1,6 @@
 """The real engine: the shared iteration contract drives a ModelRunner on green-context partitions.
 
-One thread per policy stream tells the same story as the simulator's processes: take the
+One thread per policy stream (the runner's, kept across runs) tells the same story as the simulator's processes: take the
 requests that have arrived by the wall clock, ask the stepper for the next step, launch it
 on the partition of its split, wait for its tokens, let the stepper account them. The
 ServingState is shared under one lock; the GPU work runs outside it, so prefill and decode
@@ -10,8 +10,10 @@ Token times come from CUDA events measured against one origin event (host clock 
 """
 from __future__ import annotations
 
+import functools
 import gc
 import threading
+from concurrent import futures
 
 import numpy as np
 
@@ -44,31 +46,29 @@ class RealEngine:
         self._ready: threading.Barrier | None = None
 
     def run(self) -> None:
-        threads = [threading.Thread(target=self._guarded, args=(s,), name=f"stream-{s}", daemon=True)
-                   for s in self.stepper.policy.streams]
+        streams = self.stepper.policy.streams
         # The clock starts once every stream thread has built what its steps would otherwise
-        # build inside them (ModelRunner.warm_thread): arrivals count from then.
-        self._ready = threading.Barrier(len(threads), action=self._start_clock)
+        # build inside them (ModelRunner.warm_thread): arrivals count from then. The threads
+        # are the runner's (real.stream_threads), so a later run finds that work done.
+        self._ready = threading.Barrier(len(streams), action=self._start_clock)
         gc.freeze()   # the model, caches and graphs are long-lived: keep collections off them
+        running = [self.runner.stream_threads.submit(f"stream-{s}", functools.partial(self._guarded, s))
+                   for s in streams]
         try:
-            for t in threads:
-                t.start()
-            for t in threads:
-                # Short joins: Ctrl-C may be delivered to a stream thread (or one of torch's),
-                # and the main thread only sees it once it runs Python again.
-                while t.is_alive():
-                    t.join(timeout=0.1)
+            # Short waits: Ctrl-C may be delivered to a stream thread (or one of torch's),
+            # and the main thread only sees it once it runs Python again.
+            while futures.wait(running, timeout=0.1).not_done:
+                pass
         except BaseException:
             # Ctrl-C lands here, in the main thread. Let each stream finish the step it has
             # on the device and return, so that nothing is torn down under a running kernel
             # (which aborted the process with "terminate called without an active exception").
             self.stop()
-            for t in threads:
-                while t.is_alive():
-                    try:
-                        t.join()
-                    except KeyboardInterrupt:
-                        pass   # already stopping; a second Ctrl-C must not abandon the threads
+            while not all(f.done() for f in running):
+                try:
+                    futures.wait(running)
+                except KeyboardInterrupt:
+                    pass   # already stopping; a second Ctrl-C must not abandon the streams
             raise
         if self._error is not None:
             raise self._error

@@ -32,6 +32,7 @@ from real.memory import check_memory
 from real.model import build_model
 from real.partitions import Partition
 from real.prefill_graphs import GREEN_MAX_TOKENS, MAX_SEQS, PREFILL_GRAPH_BUCKETS, PrefillGraphs
+from real.stream_threads import StreamThreads
 from real.weights import load_weights
 
 CPU_DEFAULT_BLOCKS = 256
@@ -72,6 +73,8 @@ class ModelRunner:
             raise UserError(f"no GPU memory left for the KV cache of {spec.name} "
                             f"(utilization {memory_utilization}); raise --gpu-memory-utilization")
         self.kv = KVCache(spec, num_blocks, self.device, self.dtype)
+        # The threads engines run their streams on: what warm_thread builds there lasts.
+        self.stream_threads = StreamThreads()
         self.max_decode_batch = max_decode_batch
         self._graphs: DecodeGraphs | None = None
         self._prefill_graphs: PrefillGraphs | None = None

@@ -5,7 +5,7 @@
 #                                               bench smoke run (~10 min on an H100, before the
 #                                               cold-shape bench and the host-step probe joined)
 #   FULL=1 bash scripts/gpu_check.sh [OUTDIR]   also a fresh profile (all parts) and nexus-real validate
-#                                               on four workloads, all on this GPU (each step <= 10 min)
+#                                               on five workloads, all on this GPU (each step <= 10 min)
 #   MAXRATE=1 bash scripts/gpu_check.sh [OUTDIR]  also nexus-real max-rate of nexus-slo against tuned and
 #                                               default chunked, the best static split and nexus on the
 #                                               conversation and mixed traces (about 26 min on an H200)
@@ -66,8 +66,11 @@ if [ "${FULL:-0}" = 1 ]; then
     step profile 600 $PY -m real.cli profile --repeats 5 --out "$cal"
     # 100 requests a trace: the four traces x four policies x two loads take about 10 minutes
     # on an H200, so the long-prompt trace runs as a second call.
+    # longdoc's 6-16k prompts put most chunks after 4096+ cached tokens (the dense path's
+    # chunks after a prefix), which longprompt's meet in 4 prompts of 100.
     for pair in "short sharegpt=traces/sharegpt.jsonl bursty=experiments/workloads/bursty.jsonl mixed=traces/mixed.jsonl" \
-                "long longprompt=experiments/workloads/longprompt.jsonl"; do
+                "long longprompt=experiments/workloads/longprompt.jsonl" \
+                "longdoc longdoc=experiments/workloads/longdoc.jsonl"; do
         set -- $pair
         name=$1; shift
         step "validate_$name" 600 $PY -m real.cli validate --calibration "$cal" --limit 100 \
@@ -76,7 +79,7 @@ if [ "${FULL:-0}" = 1 ]; then
             --loads auto=0.7,1.2 --out "$OUTDIR/validate_$name"
     done
     step fidelity_merge 120 $PY experiments/fidelity_merge.py --run "$OUTDIR/validate_short" \
-        --run "$OUTDIR/validate_long" --out "$OUTDIR/fidelity"
+        --run "$OUTDIR/validate_long" --run "$OUTDIR/validate_longdoc" --out "$OUTDIR/fidelity"
 fi
 
 if [ "${MAXRATE:-0}" = 1 ]; then

@@ -103,3 +103,30 @@ def test_warm_up_runs_a_dense_prompt_beside_a_short_one_once_the_cache_holds_it(
     assert len(warm_up_batches(ModelRunner(MODEL, device="cpu", num_blocks=64))) == len(batches) - 1
     monkeypatch.setattr(nexus.graph_buckets, "DENSE_MIN_TOKENS", None)
     assert len(warm_up_batches(big)) == len(batches) - 1
+
+
+def test_runs_of_one_runner_share_its_stream_threads_so_their_warm_up_lasts(runner, monkeypatch):
+    # cuDNN's graphs live per thread: on the runner's long-lived threads a later run finds
+    # them built (real.stream_threads).
+    seen = []
+    monkeypatch.setattr(runner, "warm_thread", lambda *warm_for: seen.append(threading.current_thread()) or 0)
+    for _ in range(2):
+        engine = two_stream_engine(runner)
+        engine.run()
+        assert len(engine.state.finished) == 4
+    assert len(seen) == 4 and len(set(seen)) == 2          # two streams, two threads, both runs
+    assert set(seen[:2]) == set(seen[2:]) and all(t.daemon for t in seen)
+    assert sorted(t.name for t in set(seen)) == ["stream-decode", "stream-prefill"]
+
+
+def test_stream_threads_run_each_name_on_one_thread_and_hand_back_errors():
+    from real.stream_threads import StreamThreads
+    threads = StreamThreads()
+    where = [threads.submit(name, threading.current_thread).result(timeout=5) for name in ("a", "b", "a")]
+    assert where[0] is where[2] and where[0] is not where[1] and where[0].name == "a"
+
+    def fail() -> None:
+        raise ValueError("boom")
+    with pytest.raises(ValueError, match="boom"):
+        threads.submit("a", fail).result(timeout=5)
+    assert threads.submit("a", lambda: 7).result(timeout=5) == 7     # the thread lives on
