@@ -48,8 +48,9 @@ PREFILL_GRAPH_MAX_SEQS = 16
 # the next of them, which a top-left causal mask keeps exact (padded keys come after every real
 # query), and each stream thread builds the set's graphs up to the longest chunk its run can
 # form (its longest prompt, or the policy's chunk_limit) before the run's clock starts
-# (real.engine; the threads are the runner's, real.stream_threads, so later runs find them built). The set holds 37 lengths up to 16k tokens (about 2 s of builds a thread) and 53
-# up to the cap, which bounds the warm-up; longer prompts stay on Triton.
+# (real.engine; the threads are the runner's, real.stream_threads, so later runs find them
+# built). The set holds 37 lengths up to 16k tokens (about 2 s of builds a thread) and 53 up
+# to the cap, which bounds the warm-up; longer prompts stay on Triton.
 #
 # Chunks after a prefix: DENSE_AFTER_TOKENS tokens after DENSE_AFTER_PRIOR or more cached ones
 # (one layer on an H200: 2k after 8k 1.19x, 4k after 4k 1.22x; 512 after 4k 0.49x,

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from nexus.graph_buckets import dense_length, prefix_cut
 
-# The own-keys shapes whose cuDNN graphs this thread has built (see warm).
+# The shapes whose cuDNN graphs this thread has built (see warm).
 _built = threading.local()
 
 
