@@ -3,9 +3,8 @@
 One thread per policy stream (the runner's, kept across runs) tells the same story as the
 simulator's processes: take the requests that have arrived by the wall clock, ask the
 stepper for the next step, launch it on the partition of its split, wait for its tokens, let
-the stepper account them. The
-ServingState is shared under one lock; the GPU work runs outside it, so prefill and decode
-overlap.
+the stepper account them. The ServingState is shared under one lock; the GPU work runs
+outside it, so prefill and decode overlap.
 
 Token times come from CUDA events measured against one origin event (host clock on CPU).
 """
