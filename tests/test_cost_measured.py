@@ -824,9 +824,14 @@ def test_prefix_pairs_that_ran_on_the_dense_path_get_a_price_of_their_own(data, 
         assert truth.solo_time(triton, s) == pytest.approx(plain.solo_time(triton, s), rel=1e-12)
 
 
-def test_a_fit_before_the_dense_prefix_term_prices_those_pairs_as_the_others(fitted):
+def test_a_fit_before_the_dense_prefix_term_prices_those_pairs_as_the_others(data, fitted, tmp_path):
     old = copy.deepcopy(fitted["fit"])
     old["version"] = 4
     del old["prefill"]["dense_cross_pair_s"]
     shape = BatchShape(((2048, 6000),))
     assert MeasuredCost(LLAMA8, H100, old).solo_time(shape, 64) == MeasuredCost(LLAMA8, H100, fitted["fit"]).solo_time(shape, 64)
+    # A version 5 fit without it is malformed, not read as an old one.
+    current = copy.deepcopy(fitted)
+    del current["fit"]["prefill"]["dense_cross_pair_s"]
+    with pytest.raises(UserError, match="malformed fit .*dense_cross_pair_s"):
+        MeasuredCost.load(_write(tmp_path, {**data, **current}), LLAMA8, H100)

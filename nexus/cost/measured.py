@@ -424,13 +424,13 @@ class MeasuredCost:
             raise ValueError(f"fit method {fit.get('method')!r} version {fit.get('version')!r}, "
                              f"this build reads {FIT_METHOD!r} version {FIT_VERSION}")
         p, d, c = fit["prefill"], fit["decode"], fit["corun"]
+        if fit["version"] < 5:   # they priced every chunk after a prefix by one coefficient
+            p = {**p, "dense_cross_pair_s": p["cross_pair_s"]}
         phases = []
         for spec, knots, att in ((p, "token_knots", PREFILL_ATTENTION),
                                  (d, "batch_knots", ("kv_token_s",))):
             sms, kn, base = spec["sms"], spec[knots], np.asarray(spec["base_s"], dtype=float)
-            # Fits before version 5 priced every chunk after a prefix by cross_pair_s.
-            attention = np.stack([np.asarray(spec[a if a in spec or a != "dense_cross_pair_s" else "cross_pair_s"],
-                                             dtype=float) for a in att], axis=1)
+            attention = np.stack([np.asarray(spec[a], dtype=float) for a in att], axis=1)
             if (len(kn) < 2 or list(kn) != sorted(set(kn)) or base.shape != (len(sms), len(kn))
                     or attention.shape[0] != len(sms) or len(set(sms)) != len(sms)
                     or not all(0 <= s <= num_sms for s in sms)):
