@@ -7,7 +7,8 @@ process instead of once per run. With a thread per run, every run of a validate 
 of a max-rate search rebuilt them before its clock: 29-47 graphs (1.5-2.5 s on an H200) for
 the shipped policies' 2048-token chunks, about 260 (13 s) for 4096-token chunks of 16k
 prompts. The threads are daemons, so a stream stuck on the device never holds the process
-open at exit.
+open at exit. Two engines run at once on one runner take turns on a stream's thread: the
+second's streams start when the first's return.
 """
 from __future__ import annotations
 
