@@ -105,7 +105,7 @@ def _dense_step(tokens: int) -> int:
 
 def dense_lengths(longest: int, shortest: int | None = None) -> list[int]:
     """Every length `dense_length` gives from `shortest` (DENSE_MIN_TOKENS by default) to
-    `longest` tokens: the own-keys graphs a thread needs for first chunks up to that length."""
+    `longest` tokens: by default the own-keys lengths of first chunks up to `longest`."""
     if DENSE_MIN_TOKENS is None:
         return []
     lengths = []
@@ -121,8 +121,8 @@ def dense_shapes(longest_prompt: int, chunk_limit: int | None) -> tuple[list[int
     chunks of up to `chunk_limit` (None: whole prompts, so never a chunk after a prefix): the
     own-keys calls' lengths, and the prefix calls' (queries, keys) pairs."""
     longest_chunk = longest_prompt if chunk_limit is None else min(chunk_limit, longest_prompt)
-    own = set(dense_lengths(longest_chunk))
-    if DENSE_MIN_TOKENS is None or chunk_limit is None:
+    own = set(dense_lengths(longest_chunk))   # empty, like every list below, with the path off
+    if chunk_limit is None:
         return sorted(own), []
     low, high = DENSE_AFTER_TOKENS
     high = min(high, longest_chunk, longest_prompt - DENSE_AFTER_PRIOR)

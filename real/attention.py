@@ -6,7 +6,7 @@ sequence. Each new token's K and V are written to the cache before attention run
 kernels read every key and value, old and new, through the sequence's block table.
 
 - prefill: causal attention of a chunk's queries over its cached prefix and itself; in
-  eager steps, a long first chunk (nexus.graph_buckets.runs_dense) takes the dense path
+  eager steps, a long chunk (nexus.graph_buckets.runs_dense) takes the dense path
   instead (real.dense_attention: its keys gathered out of the cache, cuDNN's fused kernel);
 - decode: one query per sequence over its whole context, cut along the context into
   pieces (flash-decoding) by a work list the host balances over the batch's total context,

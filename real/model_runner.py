@@ -148,8 +148,8 @@ class ModelRunner:
             return 0
         spec = self.spec
         with torch.inference_mode():
-            return warm(*dense_shapes(longest_prompt, chunk_limit), self.device, self.dtype, spec.num_heads, spec.num_kv_heads,
-                        spec.head_dim)
+            return warm(*dense_shapes(longest_prompt, chunk_limit), self.device, self.dtype,
+                        spec.num_heads, spec.num_kv_heads, spec.head_dim)
 
     def graph_buckets(self, partition: Partition) -> list[int]:
         return self._graphs.buckets(partition) if self._graphs else []

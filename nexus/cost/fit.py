@@ -13,8 +13,8 @@ kv_tokens = batch * context. The two kinds of pairs get their own coefficients: 
 over a cached prefix runs other kernels than causal attention within a chunk, and on the
 H100 profile costs several times more per pair. A chunk whose prefix runs on the dense path
 (cuDNN, nexus.graph_buckets.runs_dense) counts its n*prior in dense_cross_pairs instead: the
-profile marks those records ("dense"), and a profile without any prices them as cross pairs. base() is fitted as a non-decreasing
-piecewise-linear curve with knots at the measured chunk sizes (batch sizes), flat below
+profile marks those records ("dense"), and a profile without any prices them as cross pairs.
+base() is fitted as a non-decreasing piecewise-linear curve with knots at the measured chunk sizes (batch sizes), flat below
 the first knot (a tiny chunk still streams every weight and launches every kernel) and
 extended with its last slope above the last one. Not a line, because a matmul is
 weight-bound for few tokens and compute-bound for many: its time has a knee whose place
