@@ -53,6 +53,7 @@ import torch
 import nexus.graph_buckets
 from nexus.cost.base import FULL_GPU
 from nexus.specs import MODELS, ModelSpec
+from real import blas_choice
 from real.batch import Chunk
 from real.gpu_info import ClockPowerSampler, gpu_facts
 from real.model_runner import ModelRunner
@@ -340,6 +341,7 @@ def run(args: argparse.Namespace) -> dict:
     runner.capture_graphs([full, dec_side])
     runner.capture_prefill_graphs([full, pre_side])
     result["setup_s"] = time.perf_counter() - t0
+    result["blas"] = runner.blas_choices()
     result["kv_blocks"] = runner.num_blocks
     print(f"runner ready in {result['setup_s']:.1f} s, {runner.num_blocks} KV blocks", flush=True)
 
@@ -370,11 +372,15 @@ def main() -> None:
     ap.add_argument("--model", default="llama-3.1-8b", choices=sorted(MODELS))
     ap.add_argument("--reps", type=int, default=25)
     ap.add_argument("--only", default="", help="comma list of decode,prefill,mixed,partition (default: all)")
+    ap.add_argument("--no-blas-trial", action="store_true",
+                    help="capture every graph with the default BLAS library (for an A/B of real.blas_choice)")
     add_dense_from(ap)
     ap.add_argument("--out", type=Path, default=Path("experiments/results/real_roofline_h200.json"))
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_real_roofline needs a CUDA GPU")
+    if args.no_blas_trial:
+        blas_choice.TRIAL_MAX_TOKENS = 0
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))

@@ -16,6 +16,7 @@ import torch
 from nexus.graph_buckets import DECODE_GRAPH_BUCKETS, bucket_for
 from real.attention import ITEM_FIELDS, MAX_PIECES, AttentionMetadata, decode_items_for, decode_schedule
 from real.batch import BlockTables, Chunk, decode_part, token_layout
+from real.blas_choice import DEFAULT, capture_fastest
 from real.kv_cache import KVCache
 from real.model import Transformer
 from real.partitions import Partition
@@ -38,18 +39,34 @@ class StepGraphs:
         self.step_events: list[tuple[torch.cuda.Event, torch.cuda.Event]] | None = None
         self._empty = torch.zeros(0, dtype=torch.int32, device=device)
         self.tables = BlockTables()
+        self.libraries: dict[tuple[str, int], str] = {}   # (partition, bucket) -> non-default BLAS library
 
-    def _capture(self, partition: Partition, forward) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        """Capture `forward` (which reads the static buffer) on `partition`'s stream."""
-        with partition.use():
-            torch.cuda.current_stream().wait_stream(torch.cuda.default_stream(self.device))
-            forward()  # compiles kernels and warms cuBLAS on this stream, outside the capture
+    def _capture(self, partition: Partition, forward, tokens: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """Capture `forward` (which reads the static buffer, `tokens` rows) on `partition`'s
+        stream, with the BLAS library whose replay is fastest (real.blas_choice)."""
+        def capture_once() -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+            forward()  # compiles kernels and warms the BLAS library on this stream, outside the capture
             torch.cuda.current_stream().synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool, stream=torch.cuda.current_stream()):
                 out = forward()
             torch.cuda.current_stream().synchronize()
+            return graph, out
+
+        with partition.use():
+            torch.cuda.current_stream().wait_stream(torch.cuda.default_stream(self.device))
+            graph, out, library = capture_fastest(capture_once, tokens)
+        if library != DEFAULT:
+            self.libraries[(partition.name, tokens)] = library
         return graph, out
+
+    def library_choices(self) -> dict[str, dict[str, str]]:
+        """{partition name: {bucket: library}} of the graphs captured off the default library."""
+        out: dict[str, dict[str, str]] = {}
+        for (name, n), library in sorted(self.libraries.items()):
+            if (name, n) in self.graphs:
+                out.setdefault(name, {})[str(n)] = library
+        return out
 
     def buckets(self, partition: Partition) -> list[int]:
         return sorted(n for name, n in self.graphs if name == partition.name)
@@ -136,7 +153,7 @@ class DecodeGraphs(StepGraphs):
 
             # The graph stops at the final hidden states: keeping [bucket, vocab] logits alive
             # for every (partition, bucket) would take gigabytes; the LM head runs after replay.
-            graph, hidden = self._capture(partition, lambda: self.model(ids, pos, self.kv, meta))
+            graph, hidden = self._capture(partition, lambda: self.model(ids, pos, self.kv, meta), n)
             self.graphs[(partition.name, n)] = (graph, hidden, items)
 
     def bucket_for(self, partition: Partition, n: int) -> int | None:

@@ -139,6 +139,12 @@ class ModelRunner:
             return None
         return {"buckets": sorted({n for _, n in self._graphs.graphs})}
 
+    def blas_choices(self) -> dict[str, dict[str, dict[str, str]]]:
+        """{'decode' or 'prefill': {partition: {bucket: library}}} of the graphs whose capture
+        found a library faster than the default (real.blas_choice); empty if none did."""
+        sets = (("decode", self._graphs), ("prefill", self._prefill_graphs))
+        return {kind: choices for kind, graphs in sets if graphs is not None and (choices := graphs.library_choices())}
+
     def warm_thread(self, longest_prompt: int, chunk_limit: int | None) -> int:
         """Build on the calling thread what steps of prompts of up to `longest_prompt` tokens, in
         chunks of up to `chunk_limit` (None: whole), would otherwise build inside them: cuDNN's

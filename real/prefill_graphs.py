@@ -133,7 +133,8 @@ class PrefillGraphs(StepGraphs):
                 prefill_block_tables=pre_tables, prefill_max_q=bucket, decode_ctx_lens=ctx,
                 decode_block_tables=dec_tables, decode_items=work, decode_first=first,
                 block_size=self.kv.block_size, decode_rows=dec_rows)
-            graph, hidden = self._capture(partition, lambda: self.model(ids, pos, self.kv, meta, select))
+            graph, hidden = self._capture(partition, lambda: self.model(ids, pos, self.kv, meta, select),
+                                          bucket)
             self.graphs[(partition.name, bucket)] = (graph, hidden, rows, items)
         self._sizes_on[partition.name] = sorted((b, g[2]) for (name, b), g in self.graphs.items()
                                                 if name == partition.name)

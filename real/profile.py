@@ -243,6 +243,8 @@ def profile(runner: ModelRunner, parts: Partitions, model: ModelSpec, gpu: GPUSp
     for key, spec in (("prefill_graphs", prefill_graphs), ("decode_graphs", runner.decode_graph_spec())):
         if spec is not None:
             data.setdefault("engine", {})[key] = spec
+    if runner.blas_choices():   # for the record: the steps measured ran these graphs
+        data.setdefault("engine", {})["blas"] = runner.blas_choices()
     have = {(k, tuple(sorted((kk, str(vv)) for kk, vv in r.items() if not kk.endswith("_s"))))
             for k in PARTS for r in data["measurements"].get(k, [])}
 

@@ -327,3 +327,42 @@ def test_dense_chunks_on_a_green_partition_use_graphs_built_outside_it_and_match
     assert not runs_dense(2048, 4400)
     triton = runner.logits([after], part)
     assert rel_err(dense, triton) < 1e-2
+
+
+def test_graphs_captured_on_cublaslt_replay_like_eager_and_are_reported(parts, monkeypatch) -> None:
+    from real import blas_choice
+    previous = torch.backends.cuda.preferred_blas_library()
+    # Times that crown the challenger wherever there is a trial: the graphs then hold cuBLASLt's kernels.
+    monkeypatch.setattr(blas_choice, "median_replay_ms", lambda graphs: [1.0] + [0.5] * (len(graphs) - 1))
+    runner, prompts, tables = _prefilled_runner(8, 100)
+    part = parts.decode(64)
+    runner.capture_graphs([part], buckets=[4, 8])
+    assert torch.backends.cuda.preferred_blas_library() == previous    # the switch is put back
+    assert runner.blas_choices() == {"decode": {part.name: {"4": "cublaslt", "8": "cublaslt"}}}
+    for n in (3, 8):
+        batch = [Chunk([(5 + i + 13 * n) % SMALL.vocab_size], len(prompts[i]), tables[i]) for i in range(n)]
+        _assert_graph_replays_like_eager(runner, batch, part)
+
+
+def test_blas_trial_times_every_candidate_and_keeps_the_default_within_the_margin(parts) -> None:
+    from real import blas_choice
+    a, b = torch.randn(64, 1024, device="cuda", dtype=torch.bfloat16), torch.randn(1024, 4096, device="cuda",
+                                                                                    dtype=torch.bfloat16)
+    pool = torch.cuda.graph_pool_handle()
+
+    def capture():
+        torch.mm(a, b)
+        torch.cuda.current_stream().synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool, stream=torch.cuda.current_stream()):
+            out = torch.mm(a, b)
+        return graph, out
+
+    with parts.decode(64).use():
+        graph, out, name = blas_choice.capture_fastest(capture, tokens=64)
+        graph.replay()
+        torch.cuda.current_stream().synchronize()
+        times = blas_choice.median_replay_ms([graph, graph])
+    assert name in blas_choice.LIBRARIES
+    assert rel_err(out.float(), (a.float() @ b.float())) < 1e-2
+    assert len(times) == 2 and all(t > 0 for t in times)
